@@ -1,0 +1,151 @@
+// tidefs: one binary, with subcommands.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "client/api_client.h"
+#include "client/importer.h"
+#include "core/logging.h"
+#include "server/admin.h"
+
+namespace {
+
+using namespace tidefs;
+
+int Fail(const Status& st) {
+  fprintf(stderr, "tidefs: %s\n", st.message().c_str());
+  return st.code() == Code::kInvalidArgument ? 2 : 1;
+}
+
+Status ParseListen(const std::string& listen, std::string* host, uint16_t* port) {
+  size_t colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0) return Status::Invalid("--listen must be HOST:PORT, got \"" + listen + "\"");
+  *host = listen.substr(0, colon);
+  if (host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
+  std::string p = listen.substr(colon + 1);
+  char* end = nullptr;
+  long v = std::strtol(p.c_str(), &end, 10);
+  if (p.empty() || *end != '\0' || v < 0 || v > 65535) return Status::Invalid("--listen port \"" + p + "\" is not 0..65535");
+  *port = static_cast<uint16_t>(v);
+  return Status::Ok();
+}
+
+std::string TokenFrom(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  if (const char* env = std::getenv("TIDEFS_TOKEN")) return env;
+  return "";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"tidefs: mount a remote project as an ordinary folder"};
+  app.require_subcommand(1);
+  int verbosity = 0;
+  app.add_flag("-v,--verbose", verbosity, "More log output (repeat for more)");
+
+  // serve
+  auto* serve = app.add_subcommand("serve", "Run a tidefs server");
+  ServeOptions so;
+  std::string listen = "127.0.0.1:7750";
+  serve->add_option("--data", so.data_dir, "Data directory (metadata and packs)")->required();
+  serve->add_option("--listen", listen, "HOST:PORT to listen on (port 0 picks one)");
+  serve->add_option("--threads", so.threads, "Server threads")->check(CLI::Range(1, 256));
+  serve->add_option("--ready-file", so.ready_file, "Write the server URL here once listening");
+
+  // admin
+  auto* admin = app.add_subcommand("admin", "Manage projects and tokens in a data directory");
+  std::string admin_data;
+  admin->add_option("--data", admin_data, "Data directory")->required();
+  admin->require_subcommand(1);
+  auto* project = admin->add_subcommand("project", "Projects");
+  project->require_subcommand(1);
+  std::string project_name;
+  auto* project_create = project->add_subcommand("create", "Create a project");
+  project_create->add_option("name", project_name, "Project name")->required();
+  auto* project_list = project->add_subcommand("list", "List projects");
+  auto* token = admin->add_subcommand("token", "Tokens");
+  token->require_subcommand(1);
+  std::string tok_project, tok_device, tok_value;
+  bool read_only = false;
+  auto* token_create = token->add_subcommand("create", "Create a token (printed once, on the last line)");
+  token_create->add_option("--project", tok_project)->required();
+  token_create->add_option("--device", tok_device)->required();
+  token_create->add_flag("--read-only", read_only, "The token may only read");
+  auto* token_revoke = token->add_subcommand("revoke", "Revoke a token, or every token of a device");
+  token_revoke->add_option("--project", tok_project);
+  token_revoke->add_option("--device", tok_device);
+  token_revoke->add_option("--token", tok_value);
+
+  // import
+  auto* import = app.add_subcommand("import", "Upload a local tree into a project");
+  ClientOptions co;
+  ImportOptions io;
+  std::string import_token;
+  import->add_option("--server", co.server, "Server URL, e.g. http://127.0.0.1:7750")->required();
+  import->add_option("--project", co.project, "Project name")->required();
+  import->add_option("--token", import_token, "Token (default: $TIDEFS_TOKEN)");
+  import->add_option("--parallel", io.parallel, "Uploads in flight")->check(CLI::Range(1, 64));
+  import->add_option("src", io.src_dir, "Local directory to upload")->required();
+  import->add_option("dest", io.dest, "Path inside the project (default /)");
+
+  CLI11_PARSE(app, argc, argv);
+  SetupLogging(verbosity);
+
+  if (*serve) {
+    if (Status st = ParseListen(listen, &so.host, &so.port); !st.ok()) return Fail(st);
+    if (Status st = Serve(so); !st.ok()) return Fail(st);
+    return 0;
+  }
+  if (*admin) {
+    auto store = OpenDataDir(admin_data);
+    if (!store.ok()) return Fail(store.status());
+    if (*project_create) {
+      auto p = (*store)->CreateProject(project_name);
+      if (!p.ok()) return Fail(p.status());
+      printf("created project %s\n", p->name.c_str());
+    } else if (*project_list) {
+      auto ps = (*store)->ListProjects();
+      if (!ps.ok()) return Fail(ps.status());
+      for (const auto& p : *ps) printf("%s\tseq=%llu\n", p.name.c_str(), static_cast<unsigned long long>(p.seq));
+    } else if (*token_create) {
+      auto t = CreateToken(store->get(), tok_project, tok_device, read_only);
+      if (!t.ok()) return Fail(t.status());
+      printf("token for device %s of project %s%s (shown once; keep it secret):\n%s\n", tok_device.c_str(),
+             tok_project.c_str(), read_only ? ", read-only" : "", t->c_str());
+    } else if (*token_revoke) {
+      Result<int> n = 0;
+      if (!tok_value.empty()) {
+        n = (*store)->RevokeToken(HashToken(tok_value));
+      } else if (!tok_project.empty() && !tok_device.empty()) {
+        auto p = (*store)->GetProject(tok_project);
+        if (!p.ok()) return Fail(p.status());
+        n = (*store)->RevokeDeviceTokens(p->id, tok_device);
+      } else {
+        return Fail(Status::Invalid("token revoke needs --token T, or --project P --device D"));
+      }
+      if (!n.ok()) return Fail(n.status());
+      printf("revoked %d token(s)\n", *n);
+      if (*n == 0) return 1;
+    }
+    return 0;
+  }
+  if (*import) {
+    co.token = TokenFrom(import_token);
+    if (co.token.empty()) return Fail(Status::Invalid("no token: pass --token or set TIDEFS_TOKEN"));
+    io.progress = isatty(STDERR_FILENO);
+    ApiClient client(co);
+    ImportStats stats;
+    if (Status st = Import(&client, io, &stats); !st.ok()) return Fail(st);
+    printf("imported %llu files, %llu dirs, %llu symlinks (%llu unchanged); %.1f MB read, %llu blocks (%.1f MB) sent in %llu commits\n",
+           (unsigned long long)stats.files, (unsigned long long)stats.dirs, (unsigned long long)stats.symlinks,
+           (unsigned long long)stats.unchanged, stats.bytes / 1e6, (unsigned long long)stats.blocks_sent,
+           stats.bytes_sent / 1e6, (unsigned long long)stats.commits);
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,292 @@
+#include "client/api_client.h"
+
+#include <curl/curl.h>
+
+#include <chrono>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+namespace tidefs {
+
+using nlohmann::json;
+
+namespace {
+
+struct CurlGlobal {
+  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+};
+
+size_t OnBody(char* p, size_t size, size_t n, void* ud) {
+  static_cast<std::string*>(ud)->append(p, size * n);
+  return size * n;
+}
+
+size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
+  auto* h = static_cast<std::map<std::string, std::string>*>(ud);
+  std::string_view line(p, size * n);
+  size_t colon = line.find(':');
+  if (colon != std::string_view::npos) {
+    std::string name(line.substr(0, colon));
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::string_view v = line.substr(colon + 1);
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
+    (*h)[name] = std::string(v);
+  } else if (line.substr(0, 5) == "HTTP/") {
+    h->clear();  // a new response (after 100-continue or a redirect)
+  }
+  return size * n;
+}
+
+Result<std::vector<NodeRecord>> ParseNodes(const json& arr) {
+  if (!arr.is_array()) return Status::Corruption("answer lacks an items array");
+  std::vector<NodeRecord> out;
+  out.reserve(arr.size());
+  for (const auto& j : arr) {
+    ASSIGN_OR_RETURN(NodeRecord n, NodeFromJson(j));
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+Result<json> ParseJson(const std::string& body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Status::Corruption("server answered with invalid JSON");
+  return j;
+}
+
+}  // namespace
+
+Status StatusFromAnswer(const HttpAnswer& a, const std::string& what) {
+  std::string msg = "HTTP " + std::to_string(a.status);
+  json j = json::parse(a.body, nullptr, false);
+  if (!j.is_discarded() && j.is_object() && j.contains("message") && j["message"].is_string())
+    msg = j["message"].get<std::string>();
+  Code code = CodeForHttpStatus(a.status);
+  if (a.status == 409 && j.is_object() && j.value("error", "") == "already_exists") code = Code::kAlreadyExists;
+  if (a.status == 409 && j.is_object() && j.value("error", "") == "not_empty") code = Code::kNotEmpty;
+  return Status(code, what + ": " + msg);
+}
+
+struct ApiClient::Pool {
+  std::mutex mu;
+  std::vector<CURL*> free;  // guarded by mu
+  ~Pool() {
+    for (CURL* c : free) curl_easy_cleanup(c);
+  }
+  CURL* Get() {
+    {
+      std::lock_guard lock(mu);
+      if (!free.empty()) {
+        CURL* c = free.back();
+        free.pop_back();
+        return c;
+      }
+    }
+    return curl_easy_init();
+  }
+  void Put(CURL* c) {
+    std::lock_guard lock(mu);
+    free.push_back(c);
+  }
+};
+
+ApiClient::ApiClient(ClientOptions opts) : opts_(std::move(opts)), pool_(std::make_unique<Pool>()) {
+  static CurlGlobal global;
+  while (!opts_.server.empty() && opts_.server.back() == '/') opts_.server.pop_back();
+}
+
+ApiClient::~ApiClient() = default;
+
+std::string ApiClient::UrlEncode(std::string_view s) {
+  static const char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    }
+  }
+  return out;
+}
+
+Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& path, const std::string& body,
+                                  const std::vector<std::string>& headers, bool idempotent) {
+  std::string url = path.rfind("//", 0) == 0 ? opts_.server + path.substr(1)
+                                             : opts_.server + "/v1/projects/" + opts_.project + path;
+  int attempts = idempotent ? opts_.retries + 1 : 1;
+  Status last;
+  for (int attempt = 0; attempt < attempts; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100 << std::min(attempt, 5)));
+    CURL* c = pool_->Get();
+    if (!c) return Status::Internal("curl_easy_init failed");
+    curl_easy_reset(c);
+    HttpAnswer a;
+    curl_slist* hl = nullptr;
+    std::string auth = "Authorization: Bearer " + opts_.token;
+    if (!opts_.token.empty()) hl = curl_slist_append(hl, auth.c_str());
+    hl = curl_slist_append(hl, "Expect:");
+    for (const auto& h : headers) hl = curl_slist_append(hl, h.c_str());
+    curl_easy_setopt(c, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, OnBody);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &a.body);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, OnHeader);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &a.headers);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, opts_.timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, opts_.connect_timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+    if (method != "GET" && method != "HEAD") {
+      curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());
+      curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
+    }
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(hl);
+    pool_->Put(c);
+    if (rc != CURLE_OK) {
+      last = Status::Unavailable(method + " " + url + ": " + curl_easy_strerror(rc));
+      spdlog::debug("{}", last.message());
+      continue;
+    }
+    a.status = static_cast<int>(status);
+    if (a.status >= 500 && attempt + 1 < attempts) {
+      last = StatusFromAnswer(a, method + " " + url);
+      continue;
+    }
+    return a;
+  }
+  return last;
+}
+
+Result<NodePage> ApiClient::ListNodes(uint64_t parent, const std::string& after, int limit) {
+  std::string path = "/nodes?parent=" + std::to_string(parent) + "&limit=" + std::to_string(limit);
+  if (!after.empty()) path += "&after=" + UrlEncode(after);
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", path));
+  if (a.status != 200) return StatusFromAnswer(a, "listing directory " + std::to_string(parent));
+  ASSIGN_OR_RETURN(json j, ParseJson(a.body));
+  NodePage page;
+  ASSIGN_OR_RETURN(page.items, ParseNodes(j["items"]));
+  if (j.contains("next") && j["next"].is_string()) page.next = j["next"].get<std::string>();
+  return page;
+}
+
+Result<std::vector<NodeRecord>> ApiClient::ListAll(uint64_t parent) {
+  std::vector<NodeRecord> all;
+  std::string after;
+  for (;;) {
+    ASSIGN_OR_RETURN(NodePage page, ListNodes(parent, after));
+    for (auto& n : page.items) all.push_back(std::move(n));
+    if (!page.next) return all;
+    after = *page.next;
+  }
+}
+
+Result<ChangesPage> ApiClient::Changes(uint64_t since, int limit) {
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", "/changes?since=" + std::to_string(since) + "&limit=" + std::to_string(limit)));
+  if (a.status != 200) return StatusFromAnswer(a, "changes since " + std::to_string(since));
+  ASSIGN_OR_RETURN(json j, ParseJson(a.body));
+  ChangesPage page;
+  ASSIGN_OR_RETURN(page.items, ParseNodes(j["items"]));
+  if (!j.contains("head") || !j["head"].is_number_unsigned()) return Status::Corruption("changes answer lacks head");
+  page.head = j["head"].get<uint64_t>();
+  page.more = j.value("more", false);
+  return page;
+}
+
+Result<Snapshot> ApiClient::GetSnapshot() {
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", "/snapshot"));
+  if (a.status != 200) return StatusFromAnswer(a, "snapshot");
+  ASSIGN_OR_RETURN(Snapshot s, DecodeSnapshot(a.body));
+  const std::string* seq = a.Header("x-tidefs-seq");
+  if (!seq || *seq != std::to_string(s.seq)) return Status::Corruption("snapshot seq header does not match its body");
+  return s;
+}
+
+Result<Manifest> ApiClient::GetManifest(uint64_t id, uint64_t version) {
+  std::string path = "/nodes/" + std::to_string(id) + "/manifest";
+  if (version) path += "?version=" + std::to_string(version);
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", path));
+  if (a.status != 200) return StatusFromAnswer(a, "manifest of node " + std::to_string(id));
+  return DecodeManifest(a.body);
+}
+
+Result<std::string> ApiClient::GetContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last) {
+  std::string path = "/nodes/" + std::to_string(id) + "/content";
+  if (version) path += "?version=" + std::to_string(version);
+  std::string range = "Range: bytes=" + std::to_string(first) + "-" + std::to_string(last);
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", path, "", {range}));
+  if (a.status != 206 && a.status != 200) return StatusFromAnswer(a, "content of node " + std::to_string(id));
+  return std::move(a.body);
+}
+
+Result<std::vector<Hash128>> ApiClient::MissingBlocks(const std::vector<Hash128>& hashes) {
+  std::string body = "{\"hashes\":[";
+  for (size_t i = 0; i < hashes.size(); ++i) {
+    if (i) body += ',';
+    body += '"' + hashes[i].Hex() + '"';
+  }
+  body += "]}";
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/blocks/missing", body, {"Content-Type: application/json"}));
+  if (a.status != 200) return StatusFromAnswer(a, "blocks/missing");
+  ASSIGN_OR_RETURN(json j, ParseJson(a.body));
+  if (!j.contains("missing") || !j["missing"].is_array()) return Status::Corruption("blocks/missing answer lacks missing");
+  std::vector<Hash128> out;
+  for (const auto& h : j["missing"]) {
+    auto parsed = h.is_string() ? Hash128::FromHex(h.get_ref<const std::string&>()) : std::nullopt;
+    if (!parsed) return Status::Corruption("blocks/missing answered a bad hash");
+    out.push_back(*parsed);
+  }
+  return out;
+}
+
+Status ApiClient::UploadBlocks(const std::string& body) {
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/blocks", body, {"Content-Type: application/octet-stream"}));
+  if (a.status != 200) return StatusFromAnswer(a, "uploading blocks");
+  return Status::Ok();
+}
+
+Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops) {
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/commit", EncodeCommit(ops), {"Content-Type: application/json"},
+                                     /*idempotent=*/false));
+  CommitReply r;
+  r.http_status = a.status;
+  if (a.status == 200) {
+    ASSIGN_OR_RETURN(json j, ParseJson(a.body));
+    ASSIGN_OR_RETURN(r.items, ParseNodes(j["items"]));
+    r.head = j.value("head", uint64_t{0});
+    return r;
+  }
+  if (a.status >= 500) return StatusFromAnswer(a, "commit");
+  json j = json::parse(a.body, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return StatusFromAnswer(a, "commit");
+  r.refused = true;
+  r.error = j.value("error", "");
+  r.reason = j.value("reason", "");
+  r.message = j.value("message", "");
+  r.op = j.value("op", size_t{0});
+  r.node = j.value("node", uint64_t{0});
+  r.current_version = j.value("current_version", uint64_t{0});
+  if (j.contains("missing") && j["missing"].is_array())
+    for (const auto& h : j["missing"])
+      if (h.is_string())
+        if (auto p = Hash128::FromHex(h.get_ref<const std::string&>())) r.missing.push_back(*p);
+  return r;
+}
+
+Status ApiClient::PutCheckpoint(const std::string& device, uint64_t seq) {
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("PUT", "/devices/" + UrlEncode(device) + "/checkpoint",
+                                     "{\"seq\":" + std::to_string(seq) + "}", {"Content-Type: application/json"}));
+  if (a.status != 200) return StatusFromAnswer(a, "checkpoint of " + device);
+  return Status::Ok();
+}
+
+}  // namespace tidefs

@@ -1,0 +1,76 @@
+// The v1 API client over libcurl, used by `tidefs import`, the mount and
+// the tests. Thread-safe: each call leases a curl handle from a pool, so
+// connections are kept alive and several calls may run at once.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/manifest_codec.h"
+#include "core/protocol.h"
+#include "core/snapshot_codec.h"
+#include "core/status.h"
+#include "core/commit_codec.h"
+
+namespace tidefs {
+
+struct ClientOptions {
+  std::string server;  // http://host:port
+  std::string project;
+  std::string token;
+  long timeout_ms = 60000;
+  long connect_timeout_ms = 5000;
+  int retries = 3;  // for idempotent requests, on connection errors and 5xx
+};
+
+struct HttpAnswer {
+  int status = 0;
+  std::string body;
+  std::map<std::string, std::string> headers;  // lowercase names
+  const std::string* Header(const std::string& lower) const {
+    auto it = headers.find(lower);
+    return it == headers.end() ? nullptr : &it->second;
+  }
+};
+
+class ApiClient {
+ public:
+  explicit ApiClient(ClientOptions opts);
+  ~ApiClient();
+  const ClientOptions& options() const { return opts_; }
+
+  // One HTTP exchange. `path` is relative to /v1/projects/{project} unless
+  // it starts with "//" (then it is taken from the server root, minus one
+  // slash). Any status is returned; only transport failures are errors.
+  Result<HttpAnswer> Raw(const std::string& method, const std::string& path, const std::string& body = "",
+                         const std::vector<std::string>& headers = {}, bool idempotent = true);
+
+  Result<NodePage> ListNodes(uint64_t parent, const std::string& after = "", int limit = kMaxPageSize);
+  // Every live child of `parent`, all pages.
+  Result<std::vector<NodeRecord>> ListAll(uint64_t parent);
+  Result<ChangesPage> Changes(uint64_t since, int limit = kMaxPageSize);
+  Result<Snapshot> GetSnapshot();
+  Result<Manifest> GetManifest(uint64_t id, uint64_t version = 0);
+  // Bytes [first, last] of a file version (0 = current).
+  Result<std::string> GetContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last);
+  Result<std::vector<Hash128>> MissingBlocks(const std::vector<Hash128>& hashes);
+  // `body` is a sequence of block frames (core/block_frame.h).
+  Status UploadBlocks(const std::string& body);
+  Result<CommitReply> Commit(const std::vector<CommitOp>& ops);
+  Status PutCheckpoint(const std::string& device, uint64_t seq);
+
+  static std::string UrlEncode(std::string_view s);
+
+ private:
+  struct Pool;
+  ClientOptions opts_;
+  std::unique_ptr<Pool> pool_;
+};
+
+// The error an answer carries: its JSON message and the matching Code.
+Status StatusFromAnswer(const HttpAnswer& a, const std::string& what);
+
+}  // namespace tidefs

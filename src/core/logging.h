@@ -1,0 +1,7 @@
+// Logging setup: spdlog to stderr, quiet (warnings) by default; each -v
+// step shows more (1: info, 2: debug, 3: trace).
+#pragma once
+
+namespace tidefs {
+void SetupLogging(int verbosity);
+}

@@ -1,0 +1,44 @@
+#include "core/names.h"
+
+#include <string>
+
+namespace tidefs {
+
+bool IsValidUtf8(std::string_view s) {
+  size_t i = 0, n = s.size();
+  while (i < n) {
+    unsigned char c = s[i];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) { ++i; continue; }
+    if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; }
+    else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; }
+    else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; }
+    else return false;
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      unsigned char d = s[i + k];
+      if ((d & 0xC0) != 0x80) return false;
+      cp = cp << 6 | (d & 0x3F);
+    }
+    // Overlong forms, surrogates and values past U+10FFFF are invalid.
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+      return false;
+    i += len;
+  }
+  return true;
+}
+
+Status ValidateName(std::string_view name) {
+  if (name.empty()) return Status::Invalid("name is empty");
+  if (name == "." || name == "..") return Status::Invalid("name may not be '.' or '..'");
+  if (name.size() > kMaxNameBytes)
+    return Status::Invalid("name is " + std::to_string(name.size()) + " bytes; the limit is 255");
+  if (name.find('/') != std::string_view::npos) return Status::Invalid("name contains '/'");
+  if (name.find('\0') != std::string_view::npos) return Status::Invalid("name contains NUL");
+  if (!IsValidUtf8(name)) return Status::Invalid("name is not valid UTF-8");
+  return Status::Ok();
+}
+
+}  // namespace tidefs

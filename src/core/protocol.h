@@ -1,0 +1,42 @@
+// Shapes of v1 answers shared by the server and the client.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/hash.h"
+#include "core/node.h"
+
+namespace tidefs {
+
+inline constexpr int kMaxPageSize = 500;
+
+struct NodePage {
+  std::vector<NodeRecord> items;
+  std::optional<std::string> next;  // name to pass as `after`
+};
+
+struct ChangesPage {
+  std::vector<NodeRecord> items;
+  uint64_t head = 0;
+  bool more = false;
+};
+
+// A /commit answer: applied (items, head) or refused (the rest).
+struct CommitReply {
+  bool refused = false;
+  int http_status = 200;
+  std::string error;   // e.g. "conflict"
+  std::string reason;  // e.g. "stale_base", "name_taken", "id_taken", "missing_blocks"
+  std::string message;
+  size_t op = 0;
+  uint64_t node = 0;
+  uint64_t current_version = 0;
+  std::vector<Hash128> missing;
+  std::vector<NodeRecord> items;
+  uint64_t head = 0;
+};
+
+}  // namespace tidefs

@@ -1,0 +1,103 @@
+// RAII wrappers for SQLite connections and statements. A Db is not
+// thread-safe; each thread uses its own or holds the owner's mutex.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <sqlite3.h>
+
+#include "core/status.h"
+
+namespace tidefs {
+
+class Stmt {
+ public:
+  Stmt() = default;
+  Stmt(sqlite3* db, sqlite3_stmt* s) : db_(db), s_(s) {}
+  Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_) { o.s_ = nullptr; }
+  Stmt& operator=(Stmt&& o) noexcept {
+    std::swap(db_, o.db_);
+    std::swap(s_, o.s_);
+    return *this;
+  }
+  Stmt(const Stmt&) = delete;
+  ~Stmt() { if (s_) sqlite3_finalize(s_); }
+
+  // Binds are 1-based, like SQLite's.
+  Stmt& Bind(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); return *this; }
+  Stmt& Bind(int i, uint64_t v) { sqlite3_bind_int64(s_, i, static_cast<int64_t>(v)); return *this; }
+  Stmt& Bind(int i, int v) { sqlite3_bind_int64(s_, i, v); return *this; }
+  Stmt& Bind(int i, uint32_t v) { sqlite3_bind_int64(s_, i, v); return *this; }
+  Stmt& Bind(int i, std::string_view v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, const void* p, size_t n) {
+    sqlite3_bind_blob(s_, i, p, static_cast<int>(n), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindNull(int i) { sqlite3_bind_null(s_, i); return *this; }
+
+  // Returns true while a row is available; errors end up in status().
+  bool Step();
+  // Runs to completion; for statements without rows.
+  Status Run();
+  void Reset() { sqlite3_reset(s_); sqlite3_clear_bindings(s_); status_ = Status::Ok(); }
+  const Status& status() const { return status_; }
+
+  int64_t Int(int col) const { return sqlite3_column_int64(s_, col); }
+  uint64_t U64(int col) const { return static_cast<uint64_t>(sqlite3_column_int64(s_, col)); }
+  bool IsNull(int col) const { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
+  std::string Text(int col) const {
+    auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
+    return p ? std::string(p, sqlite3_column_bytes(s_, col)) : std::string();
+  }
+  std::string_view Blob(int col) const {
+    auto* p = static_cast<const char*>(sqlite3_column_blob(s_, col));
+    return p ? std::string_view(p, sqlite3_column_bytes(s_, col)) : std::string_view();
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt* s_ = nullptr;
+  Status status_;
+};
+
+class Db {
+ public:
+  // Opens (creating if needed) with WAL, NORMAL sync and a busy timeout.
+  static Result<std::unique_ptr<Db>> Open(const std::string& path);
+  ~Db();
+  Db(const Db&) = delete;
+
+  Result<Stmt> Prepare(std::string_view sql);
+  Status Exec(const std::string& sql);
+  int64_t LastInsertId() const { return sqlite3_last_insert_rowid(db_); }
+  int Changes() const { return sqlite3_changes(db_); }
+  sqlite3* raw() { return db_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  Db(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  sqlite3* db_;
+  std::string path_;
+};
+
+// BEGIN IMMEDIATE on construction; ROLLBACK on destruction unless Commit().
+class Transaction {
+ public:
+  explicit Transaction(Db* db, bool immediate = true);
+  ~Transaction();
+  Status Commit();
+  const Status& status() const { return begin_; }
+
+ private:
+  Db* db_;
+  Status begin_;
+  bool done_ = false;
+};
+
+}  // namespace tidefs

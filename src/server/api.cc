@@ -1,0 +1,472 @@
+#include "server/api.h"
+
+#include <openssl/sha.h>
+
+#include <charconv>
+#include <unordered_set>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "core/block_frame.h"
+#include "core/commit_codec.h"
+#include "core/http_range.h"
+#include "core/manifest_codec.h"
+#include "core/names.h"
+#include "server/json_writer.h"
+
+namespace tidefs {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxMissingQuery = 20000;
+
+HttpResponse JsonResponse(int status, std::string body) {
+  HttpResponse r;
+  r.status = status;
+  r.body = std::move(body);
+  return r;
+}
+
+std::vector<std::string> SplitPath(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t i = 0;
+  while (i < path.size()) {
+    if (path[i] == '/') { ++i; continue; }
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    parts.push_back(path.substr(i, j - i));
+    i = j;
+  }
+  return parts;
+}
+
+// Strict unsigned parse: digits only, no sign, no overflow.
+bool ParseU64(std::string_view s, uint64_t* v) {
+  if (s.empty() || s.size() > 20) return false;
+  for (char c : s)
+    if (c < '0' || c > '9') return false;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *v);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+Status QueryU64(const HttpRequest& req, const char* key, uint64_t* out, bool* present) {
+  auto it = req.query.find(key);
+  *present = it != req.query.end();
+  if (!*present) return Status::Ok();
+  if (!ParseU64(it->second, out))
+    return Status::Invalid(std::string("query parameter ") + key + "=\"" + it->second + "\" is not a non-negative integer");
+  return Status::Ok();
+}
+
+Status QueryLimit(const HttpRequest& req, int* limit) {
+  uint64_t v = kMaxPageSize;
+  bool present;
+  RETURN_IF_ERROR(QueryU64(req, "limit", &v, &present));
+  if (present && (v < 1 || v > kMaxPageSize))
+    return Status::Invalid("limit must be between 1 and " + std::to_string(kMaxPageSize));
+  *limit = static_cast<int>(v);
+  return Status::Ok();
+}
+
+Status CheckQueryKeys(const HttpRequest& req, std::initializer_list<const char*> allowed) {
+  for (const auto& [k, v] : req.query) {
+    bool ok = false;
+    for (auto* a : allowed) ok = ok || k == a;
+    if (!ok) return Status::Invalid("unknown query parameter \"" + k + "\"");
+  }
+  return Status::Ok();
+}
+
+TokenHash Sha256(std::string_view s) {
+  TokenHash h;
+  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), h.data());
+  return h;
+}
+
+std::string NodesJson(const char* key, const std::vector<NodeRecord>& items) {
+  std::string out;
+  out.reserve(64 + items.size() * 200);
+  out += "{\"";
+  out += key;
+  out += "\":[";
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i) out += ',';
+    AppendNodeJson(&out, items[i]);
+  }
+  out += ']';
+  return out;
+}
+
+}  // namespace
+
+HttpResponse ErrorResponse(const Status& st) {
+  json j{{"error", CodeName(st.code())}, {"message", st.message()}};
+  return JsonResponse(HttpStatusFor(st.code()), j.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+Api::Api(MetadataStore* meta, BlockStore* blocks, Metrics* metrics)
+    : meta_(meta), blocks_(blocks), metrics_(metrics), snapshots_(meta) {}
+
+size_t Api::BodyLimitFor(const std::string& method, const std::string& path) {
+  if (method == "POST" && path.ends_with("/blocks")) return kMaxUploadBody + 4096;
+  if (method == "POST" && path.ends_with("/commit")) return kMaxCommitBody;
+  return 1 << 20;
+}
+
+Result<Api::Caller> Api::Authenticate(const HttpRequest& req, const std::string& project) {
+  const std::string* auth = req.Header("authorization");
+  if (!auth) return Status::Unauthenticated("missing Authorization: Bearer <token> header");
+  std::string_view v(*auth);
+  if (v.substr(0, 7) != "Bearer " || v.size() <= 7 || v.size() > 512)
+    return Status::Unauthenticated("Authorization header must be \"Bearer <token>\"");
+  auto info = meta_->LookupToken(Sha256(v.substr(7)));
+  if (!info.ok()) {
+    if (info.status().code() == Code::kUnauthenticated) return Status::Unauthenticated("unknown or revoked token");
+    return info.status();
+  }
+  if (info->project != project)
+    return Status::Denied("this token is for another project; ask for a token of project " + project);
+  return Caller{std::move(*info)};
+}
+
+void Api::TouchDevice(const TokenInfo& token) {
+  auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(touch_mu_);
+    auto& last = touched_[{token.project_id, token.device}];
+    if (last.time_since_epoch().count() != 0 && now - last < std::chrono::seconds(30)) return;
+    last = now;
+  }
+  Status st = meta_->TouchDevice(token.project_id, token.device);
+  if (!st.ok()) spdlog::warn("cannot record last-seen of device {}: {}", token.device, st.ToString());
+}
+
+HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
+  *route = "other";
+  if (req.bad_target) return ErrorResponse(Status::Invalid("request target is not valid percent-encoding"));
+  if (req.path == "/healthz") {
+    *route = "GET /healthz";
+    return JsonResponse(200, "{\"status\":\"ok\"}");
+  }
+  if (req.path == "/metrics") {
+    *route = "GET /metrics";
+    HttpResponse r = JsonResponse(200, metrics_->Render());
+    r.content_type = "text/plain; version=0.0.4";
+    return r;
+  }
+  auto parts = SplitPath(req.path);
+  if (parts.size() < 3 || parts[0] != "v1" || parts[1] != "projects")
+    return ErrorResponse(Status::NotFound("no such endpoint: " + req.path));
+  const std::string& project = parts[2];
+  if (Status st = ValidateProjectName(project); !st.ok()) return ErrorResponse(st);
+  std::vector<std::string> rest(parts.begin() + 3, parts.end());
+  const std::string& m = req.method;
+
+  // Route first (so an unknown path is 404 before auth), then authenticate.
+  enum class R { kNone, kNodes, kChanges, kSnapshot, kManifest, kContent, kMissing, kBlocks, kCommit, kCheckpoint, kDevices };
+  R r = R::kNone;
+  bool write = false;
+  uint64_t id = 0;
+  if (rest.size() == 1 && rest[0] == "nodes") { r = R::kNodes; *route = "GET /nodes"; }
+  else if (rest.size() == 1 && rest[0] == "changes") { r = R::kChanges; *route = "GET /changes"; }
+  else if (rest.size() == 1 && rest[0] == "snapshot") { r = R::kSnapshot; *route = "GET /snapshot"; }
+  else if (rest.size() == 3 && rest[0] == "nodes" && rest[2] == "manifest") { r = R::kManifest; *route = "GET /manifest"; }
+  else if (rest.size() == 3 && rest[0] == "nodes" && rest[2] == "content") { r = R::kContent; *route = "GET /content"; }
+  else if (rest.size() == 2 && rest[0] == "blocks" && rest[1] == "missing") { r = R::kMissing; *route = "POST /blocks/missing"; }
+  else if (rest.size() == 1 && rest[0] == "blocks") { r = R::kBlocks; *route = "POST /blocks"; write = true; }
+  else if (rest.size() == 1 && rest[0] == "commit") { r = R::kCommit; *route = "POST /commit"; write = true; }
+  else if (rest.size() == 3 && rest[0] == "devices" && rest[2] == "checkpoint") { r = R::kCheckpoint; *route = "PUT /checkpoint"; write = true; }
+  else if (rest.size() == 1 && rest[0] == "devices") { r = R::kDevices; *route = "GET /devices"; }
+  if (r == R::kNone) return ErrorResponse(Status::NotFound("no such endpoint: " + req.path));
+
+  const char* want = (r == R::kMissing || r == R::kBlocks || r == R::kCommit) ? "POST" : r == R::kCheckpoint ? "PUT" : "GET";
+  if (m != want) {
+    HttpResponse resp = ErrorResponse(Status::Invalid(m + " is not allowed on " + req.path + "; use " + want));
+    resp.status = 405;
+    resp.headers.emplace_back("Allow", want);
+    return resp;
+  }
+  if (r == R::kManifest || r == R::kContent) {
+    if (!ParseU64(rest[1], &id) || id == 0 || id > kMaxNodeId)
+      return ErrorResponse(Status::Invalid("node id \"" + rest[1] + "\" is not a number in 1..2^63-1"));
+  }
+  auto caller = Authenticate(req, project);
+  if (!caller.ok()) return ErrorResponse(caller.status());
+  if (write && caller->token.read_only)
+    return ErrorResponse(Status::Denied("this token is read-only; " + req.path + " needs a read-write token"));
+  TouchDevice(caller->token);
+
+  switch (r) {
+    case R::kNodes: return ListNodes(req, *caller);
+    case R::kChanges: return Changes(req, *caller);
+    case R::kSnapshot: return GetSnapshot(*caller);
+    case R::kManifest: return GetManifest(req, *caller, id);
+    case R::kContent: return GetContent(req, *caller, id);
+    case R::kMissing: return BlocksMissing(req, *caller);
+    case R::kBlocks: return UploadBlocks(req, *caller);
+    case R::kCommit: return Commit(req, *caller);
+    case R::kCheckpoint: {
+      const std::string& device = rest[1];
+      if (Status st = ValidateDeviceName(device); !st.ok()) return ErrorResponse(st);
+      return PutCheckpoint(req, *caller, device);
+    }
+    case R::kDevices: return ListDevices(*caller);
+    case R::kNone: break;
+  }
+  return ErrorResponse(Status::NotFound("no such endpoint"));
+}
+
+HttpResponse Api::ListNodes(const HttpRequest& req, const Caller& c) {
+  if (Status st = CheckQueryKeys(req, {"parent", "after", "limit"}); !st.ok()) return ErrorResponse(st);
+  uint64_t parent = kRootId;
+  bool present;
+  int limit;
+  if (Status st = QueryU64(req, "parent", &parent, &present); !st.ok()) return ErrorResponse(st);
+  if (Status st = QueryLimit(req, &limit); !st.ok()) return ErrorResponse(st);
+  std::string after;
+  if (auto it = req.query.find("after"); it != req.query.end()) {
+    after = it->second;
+    if (after.size() > kMaxNameBytes) return ErrorResponse(Status::Invalid("cursor \"after\" is longer than any name"));
+  }
+  auto page = meta_->ListChildren(c.token.project_id, parent, after, limit);
+  if (!page.ok()) return ErrorResponse(page.status());
+  std::string body = NodesJson("items", page->items);
+  body += ",\"next\":";
+  if (page->next) AppendJsonString(&body, *page->next);
+  else body += "null";
+  body += '}';
+  return JsonResponse(200, std::move(body));
+}
+
+HttpResponse Api::Changes(const HttpRequest& req, const Caller& c) {
+  if (Status st = CheckQueryKeys(req, {"since", "limit"}); !st.ok()) return ErrorResponse(st);
+  uint64_t since = 0;
+  bool present;
+  int limit;
+  if (Status st = QueryU64(req, "since", &since, &present); !st.ok()) return ErrorResponse(st);
+  if (!present) return ErrorResponse(Status::Invalid("query parameter since=SEQ is required"));
+  if (Status st = QueryLimit(req, &limit); !st.ok()) return ErrorResponse(st);
+  auto page = meta_->Changes(c.token.project_id, since, limit);
+  if (!page.ok()) return ErrorResponse(page.status());
+  if (since > page->head)
+    return ErrorResponse(Status::Invalid("since=" + std::to_string(since) + " is beyond the head " + std::to_string(page->head)));
+  std::string body = NodesJson("items", page->items);
+  body += ",\"head\":" + std::to_string(page->head);
+  body += page->more ? ",\"more\":true}" : ",\"more\":false}";
+  return JsonResponse(200, std::move(body));
+}
+
+HttpResponse Api::GetSnapshot(const Caller& c) {
+  auto project = meta_->GetProject(c.token.project);
+  if (!project.ok()) return ErrorResponse(project.status());
+  auto snap = snapshots_.Get(c.token.project_id, project->seq);
+  if (!snap.ok()) return ErrorResponse(snap.status());
+  HttpResponse r;
+  r.content_type = "application/vnd.tidefs.snapshot";
+  r.headers.emplace_back("X-Tidefs-Seq", std::to_string((*snap)->seq));
+  r.headers.emplace_back("X-Tidefs-Nodes", std::to_string((*snap)->nodes));
+  // The body is shared with the cache: stream it without copying.
+  auto keep = *snap;
+  r.stream_length = keep->bytes.size();
+  auto pos = std::make_shared<size_t>(0);
+  r.stream = [keep, pos](std::string* out) -> Status {
+    size_t n = std::min<size_t>(keep->bytes.size() - *pos, 1 << 20);
+    out->append(keep->bytes, *pos, n);
+    *pos += n;
+    return Status::Ok();
+  };
+  return r;
+}
+
+HttpResponse Api::GetManifest(const HttpRequest& req, const Caller& c, uint64_t id) {
+  if (Status st = CheckQueryKeys(req, {"version"}); !st.ok()) return ErrorResponse(st);
+  uint64_t version = 0, got = 0;
+  bool present;
+  if (Status st = QueryU64(req, "version", &version, &present); !st.ok()) return ErrorResponse(st);
+  if (present && version == 0) return ErrorResponse(Status::Invalid("version must be at least 1"));
+  auto m = meta_->GetManifest(c.token.project_id, id, version, &got);
+  if (!m.ok()) return ErrorResponse(m.status());
+  HttpResponse r;
+  r.content_type = "application/vnd.tidefs.manifest";
+  r.headers.emplace_back("X-Tidefs-Version", std::to_string(got));
+  r.body = EncodeManifest(*m);
+  return r;
+}
+
+HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t id) {
+  if (Status st = CheckQueryKeys(req, {"version"}); !st.ok()) return ErrorResponse(st);
+  uint64_t version = 0, got = 0;
+  bool present;
+  if (Status st = QueryU64(req, "version", &version, &present); !st.ok()) return ErrorResponse(st);
+  if (present && version == 0) return ErrorResponse(Status::Invalid("version must be at least 1"));
+  auto m = meta_->GetManifest(c.token.project_id, id, version, &got);
+  if (!m.ok()) return ErrorResponse(m.status());
+  const uint64_t size = m->size;
+  const std::string etag = "\"" + std::to_string(id) + "." + std::to_string(got) + "\"";
+
+  HttpResponse r;
+  r.content_type = "application/octet-stream";
+  r.headers.emplace_back("Accept-Ranges", "bytes");
+  r.headers.emplace_back("ETag", etag);
+  r.headers.emplace_back("X-Tidefs-Version", std::to_string(got));
+  ByteRange range{0, size == 0 ? 0 : size - 1};
+  bool partial = false;
+  if (const std::string* h = req.Header("range")) {
+    const std::string* if_range = req.Header("if-range");
+    if (!if_range || *if_range == etag) {
+      switch (ParseRange(*h, size, &range)) {
+        case RangeResult::kNone: range = {0, size == 0 ? 0 : size - 1}; break;
+        case RangeResult::kSatisfiable: partial = true; break;
+        case RangeResult::kUnsatisfiable: {
+          HttpResponse e = ErrorResponse(Status(Code::kRangeNotSatisfiable, "range " + *h + " is outside the file's " + std::to_string(size) + " bytes"));
+          e.headers.emplace_back("Content-Range", "bytes */" + std::to_string(size));
+          return e;
+        }
+      }
+    }
+  }
+  if (size == 0) return r;
+  if (partial) {
+    r.status = 206;
+    r.headers.emplace_back("Content-Range", "bytes " + std::to_string(range.first) + "-" + std::to_string(range.last) + "/" + std::to_string(size));
+  }
+  uint64_t first_block = range.first / kBlockSize, last_block = range.last / kBlockSize;
+  std::vector<Hash128> hashes(m->blocks.begin() + first_block, m->blocks.begin() + last_block + 1);
+  auto locs = meta_->LocateBlocks(c.token.project_id, hashes);
+  if (!locs.ok()) return ErrorResponse(locs.status());
+
+  struct State {
+    std::vector<Hash128> hashes;
+    std::vector<BlockLocation> locs;
+    size_t next = 0;
+    uint64_t pos;   // absolute offset of the next byte to send
+    uint64_t last;  // inclusive
+    uint64_t first_block;
+  };
+  auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, range.first, range.last, first_block});
+  r.stream_length = range.length();
+  BlockStore* store = blocks_;
+  Metrics* metrics = metrics_;
+  r.stream = [st, store, metrics](std::string* out) -> Status {
+    // About 1 MiB per piece.
+    for (int k = 0; k < 16 && st->next < st->locs.size(); ++k, ++st->next) {
+      ASSIGN_OR_RETURN(std::string block, store->Read(st->locs[st->next], st->hashes[st->next]));
+      uint64_t block_start = (st->first_block + st->next) * kBlockSize;
+      uint64_t from = st->pos - block_start;
+      uint64_t to = std::min<uint64_t>(block.size(), st->last - block_start + 1);
+      if (from >= to || to > block.size()) return Status::Corruption("block shorter than its manifest says");
+      out->append(block, from, to - from);
+      st->pos += to - from;
+      metrics->AddContentBytes(to - from);
+    }
+    return Status::Ok();
+  };
+  return r;
+}
+
+HttpResponse Api::BlocksMissing(const HttpRequest& req, const Caller& c) {
+  json doc = json::parse(req.body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || !doc.contains("hashes") || !doc["hashes"].is_array() || doc.size() != 1)
+    return ErrorResponse(Status::Invalid("body must be {\"hashes\": [\"<32 hex digits>\", ...]}"));
+  const json& arr = doc["hashes"];
+  if (arr.size() > kMaxMissingQuery) return ErrorResponse(Status::TooLarge("at most 20000 hashes per request"));
+  std::vector<Hash128> hashes;
+  hashes.reserve(arr.size());
+  for (const auto& h : arr) {
+    std::optional<Hash128> parsed;
+    if (h.is_string()) parsed = Hash128::FromHex(h.get_ref<const std::string&>());
+    if (!parsed) return ErrorResponse(Status::Invalid("hash " + h.dump() + " is not 32 hex digits"));
+    hashes.push_back(*parsed);
+  }
+  auto missing = meta_->MissingBlocks(c.token.project_id, hashes);
+  if (!missing.ok()) return ErrorResponse(missing.status());
+  std::string body = "{\"missing\":[";
+  for (size_t i = 0; i < missing->size(); ++i) {
+    if (i) body += ',';
+    body += '"' + (*missing)[i].Hex() + '"';
+  }
+  body += "]}";
+  return JsonResponse(200, std::move(body));
+}
+
+HttpResponse Api::UploadBlocks(const HttpRequest& req, const Caller& c) {
+  if (req.body.size() > kMaxUploadBody)
+    return ErrorResponse(Status::TooLarge("upload body is over 8 MiB; send at most 4 MiB of blocks per request"));
+  auto frames = DecodeBlockFrames(req.body);
+  if (!frames.ok()) return ErrorResponse(frames.status());
+  if (Status st = VerifyBlockFrames(*frames); !st.ok()) return ErrorResponse(st);
+  std::vector<Hash128> hashes;
+  for (const auto& f : *frames) hashes.push_back(f.hash);
+  auto missing = meta_->MissingBlocks(c.token.project_id, hashes);
+  if (!missing.ok()) return ErrorResponse(missing.status());
+  std::vector<std::string_view> to_store;
+  std::vector<Hash128> to_index;
+  std::unordered_set<Hash128, Hash128Hasher> want(missing->begin(), missing->end());
+  uint64_t bytes = 0;
+  for (const auto& f : *frames) {
+    if (want.erase(f.hash)) {  // once per hash, even if sent twice
+      to_store.push_back(f.data);
+      to_index.push_back(f.hash);
+      bytes += f.data.size();
+    }
+  }
+  if (!to_store.empty()) {
+    auto locs = blocks_->Append(to_store);
+    if (!locs.ok()) {
+      spdlog::error("storing {} blocks failed: {}", to_store.size(), locs.status().ToString());
+      return ErrorResponse(locs.status());
+    }
+    std::vector<std::pair<Hash128, BlockLocation>> index;
+    for (size_t i = 0; i < to_index.size(); ++i) index.emplace_back(to_index[i], (*locs)[i]);
+    if (Status st = meta_->AddBlocks(c.token.project_id, index); !st.ok()) return ErrorResponse(st);
+    metrics_->AddBlocksStored(to_store.size(), bytes);
+  }
+  return JsonResponse(200, "{\"stored\":" + std::to_string(to_store.size()) + ",\"present\":" +
+                               std::to_string(frames->size() - to_store.size()) + "}");
+}
+
+HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
+  auto ops = DecodeCommit(req.body);
+  if (!ops.ok()) return ErrorResponse(ops.status());
+  auto result = meta_->Commit(c.token.project_id, *ops);
+  if (!result.ok()) return ErrorResponse(result.status());
+  if (result->refused) {
+    const CommitRefusal& f = *result->refused;
+    json j{{"error", CodeName(f.code)}, {"reason", f.reason}, {"message", f.message}, {"op", f.op_index}};
+    if (f.node) j["node"] = f.node;
+    if (f.current_version) j["current_version"] = f.current_version;
+    if (!f.missing.empty()) {
+      json miss = json::array();
+      for (const auto& h : f.missing) miss.push_back(h.Hex());
+      j["missing"] = std::move(miss);
+    }
+    return JsonResponse(HttpStatusFor(f.code), j.dump(-1, ' ', false, json::error_handler_t::replace));
+  }
+  std::string body = NodesJson("items", result->records);
+  body += ",\"head\":" + std::to_string(result->head) + "}";
+  return JsonResponse(200, std::move(body));
+}
+
+HttpResponse Api::PutCheckpoint(const HttpRequest& req, const Caller& c, const std::string& device) {
+  if (device != c.token.device)
+    return ErrorResponse(Status::Denied("this token belongs to device " + c.token.device + "; it cannot move the checkpoint of " + device));
+  json doc = json::parse(req.body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || doc.size() != 1 || !doc.contains("seq") || !doc["seq"].is_number_unsigned())
+    return ErrorResponse(Status::Invalid("body must be {\"seq\": <non-negative integer>}"));
+  uint64_t seq = doc["seq"].get<uint64_t>();
+  if (Status st = meta_->SetCheckpoint(c.token.project_id, device, seq); !st.ok()) return ErrorResponse(st);
+  return JsonResponse(200, "{\"device\":\"" + device + "\",\"checkpoint\":" + std::to_string(seq) + "}");
+}
+
+HttpResponse Api::ListDevices(const Caller& c) {
+  auto devices = meta_->ListDevices(c.token.project_id);
+  if (!devices.ok()) return ErrorResponse(devices.status());
+  json items = json::array();
+  for (const auto& d : *devices)
+    items.push_back({{"name", d.name}, {"checkpoint", d.checkpoint}, {"last_seen_ns", d.last_seen_ns}, {"retired", d.retired}});
+  return JsonResponse(200, json{{"items", std::move(items)}}.dump());
+}
+
+}  // namespace tidefs

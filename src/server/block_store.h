@@ -1,0 +1,31 @@
+// BlockStore: where block bytes live. Pack files on local disk by default;
+// the interface is what an S3-compatible store would implement. The index
+// (hash -> location) lives in the MetadataStore. Thread-safe.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/hash.h"
+#include "core/status.h"
+#include "server/metadata_store.h"
+
+namespace tidefs {
+
+class BlockStore {
+ public:
+  virtual ~BlockStore() = default;
+  // Stores the blocks; when it returns OK they are durable on disk.
+  virtual Result<std::vector<BlockLocation>> Append(const std::vector<std::string_view>& blocks) = 0;
+  // Reads one block back and checks it against `hash`: a mismatch is
+  // kCorruption and no bytes are returned.
+  virtual Result<std::string> Read(const BlockLocation& loc, const Hash128& hash) = 0;
+};
+
+// Packs of about `pack_bytes` each under `dir` (created if missing).
+Result<std::unique_ptr<BlockStore>> OpenPackBlockStore(const std::string& dir,
+                                                       uint64_t pack_bytes = 256ull << 20);
+
+}  // namespace tidefs

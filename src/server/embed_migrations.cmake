@@ -1,0 +1,11 @@
+# Writes OUT: a C++ table of the numbered migration files in FILES.
+set(body "// Generated from src/server/migrations/*.sql. Do not edit.\n#include \"server/migrations.h\"\nnamespace tidefs {\nconst std::vector<Migration>& Migrations() {\n  static const std::vector<Migration> kAll = {\n")
+foreach(f ${FILES})
+  get_filename_component(name ${f} NAME_WE)
+  string(REGEX MATCH "^[0-9]+" num ${name})
+  math(EXPR num "${num} + 0")
+  file(READ ${f} sql)
+  string(APPEND body "    {${num}, \"${name}\", R\"__SQL__(${sql})__SQL__\"},\n")
+endforeach()
+string(APPEND body "  };\n  return kAll;\n}\n}  // namespace tidefs\n")
+file(WRITE ${OUT} "${body}")

@@ -1,0 +1,45 @@
+// Plain request/response types between the Beast server (http_server.cc,
+// the only file that includes Beast) and the API handlers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+
+namespace tidefs {
+
+struct HttpRequest {
+  std::string method;
+  std::string path;                           // percent-decoded, without query
+  std::map<std::string, std::string> query;   // percent-decoded
+  std::map<std::string, std::string> headers; // lowercase names
+  std::string body;
+  bool bad_target = false;  // the target did not decode
+
+  const std::string* Header(const std::string& lower_name) const {
+    auto it = headers.find(lower_name);
+    return it == headers.end() ? nullptr : &it->second;
+  }
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  // When set, the body is produced piece by piece (large downloads):
+  // `stream_length` bytes in all, each call appends the next piece to its
+  // argument; an error aborts the connection.
+  std::function<Status(std::string*)> stream;
+  uint64_t stream_length = 0;
+};
+
+// Percent-decodes; false on a malformed escape.
+bool PercentDecode(std::string_view in, std::string* out, bool plus_is_space);
+
+}  // namespace tidefs

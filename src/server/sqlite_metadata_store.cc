@@ -1,0 +1,771 @@
+// SQLite implementation of MetadataStore. One writer connection (behind
+// write_mu_) and a pool of reader connections; WAL lets readers run while
+// a commit is in progress. Each connection caches its prepared statements.
+#include <chrono>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "core/sqlite.h"
+#include "server/metadata_store.h"
+#include "server/migrations.h"
+
+namespace tidefs {
+namespace {
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+constexpr const char* kNodeCols =
+    "id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target";
+
+NodeRecord ReadNode(const Stmt& s, int c = 0) {
+  NodeRecord n;
+  n.id = s.U64(c);
+  n.parent = s.U64(c + 1);
+  n.name = s.Text(c + 2);
+  n.kind = static_cast<NodeKind>(s.Int(c + 3));
+  n.mode = static_cast<uint32_t>(s.Int(c + 4));
+  n.size = s.U64(c + 5);
+  n.mtime_ns = s.Int(c + 6);
+  n.version = s.U64(c + 7);
+  n.seq = s.U64(c + 8);
+  n.deleted = s.Int(c + 9) != 0;
+  if (!s.IsNull(c + 10)) n.target = s.Text(c + 10);
+  return n;
+}
+
+// A connection and its prepared statements, keyed by the SQL literal.
+struct Conn {
+  std::unique_ptr<Db> db;
+  std::unordered_map<const char*, Stmt> stmts;
+
+  Result<Stmt*> Get(const char* sql) {
+    auto it = stmts.find(sql);
+    if (it == stmts.end()) {
+      ASSIGN_OR_RETURN(Stmt s, db->Prepare(sql));
+      it = stmts.emplace(sql, std::move(s)).first;
+    }
+    it->second.Reset();
+    return &it->second;
+  }
+  // Ends every statement's read so the connection holds no snapshot.
+  void ResetAll() {
+    for (auto& [sql, s] : stmts) s.Reset();
+  }
+};
+
+// SQL, named so that each literal has one address (the statement cache key).
+const char* const kGetNode =
+    "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
+    "WHERE project=?1 AND id=?2";
+const char* const kFindName =
+    "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
+    "WHERE project=?1 AND parent=?2 AND name=?3 AND deleted=0";
+const char* const kHasChild = "SELECT 1 FROM nodes WHERE project=?1 AND parent=?2 AND deleted=0 LIMIT 1";
+const char* const kListChildren =
+    "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
+    "WHERE project=?1 AND parent=?2 AND deleted=0 AND name>?3 ORDER BY name LIMIT ?4";
+const char* const kChanges =
+    "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
+    "WHERE project=?1 AND seq>?2 ORDER BY seq LIMIT ?3";
+const char* const kAllLive =
+    "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
+    "WHERE project=?1 AND deleted=0 ORDER BY parent, name";
+const char* const kInsertNode =
+    "INSERT INTO nodes(project, id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+const char* const kUpdateNode =
+    "UPDATE nodes SET parent=?3, name=?4, mode=?5, size=?6, mtime_ns=?7, version=?8, seq=?9, deleted=?10 "
+    "WHERE project=?1 AND id=?2";
+const char* const kIdUsed = "SELECT 1 FROM nodes WHERE project=?1 AND id=?2";
+const char* const kInsertVersion =
+    "INSERT OR REPLACE INTO versions(project, node, version, size, manifest, seq) VALUES(?1, ?2, ?3, ?4, ?5, ?6)";
+const char* const kGetVersion = "SELECT manifest FROM versions WHERE project=?1 AND node=?2 AND version=?3";
+const char* const kBlockLen = "SELECT raw_length FROM blocks WHERE project=?1 AND hash=?2";
+const char* const kBlockRef = "UPDATE blocks SET refs=refs+1 WHERE project=?1 AND hash=?2";
+const char* const kLocate =
+    "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE project=?1 AND hash=?2";
+const char* const kInsertBlock =
+    "INSERT OR IGNORE INTO blocks(project, hash, pack, offset, stored_length, raw_length, codec, refs, created_ns) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)";
+const char* const kProjectSeq = "SELECT seq FROM projects WHERE id=?1";
+const char* const kSetProjectSeq = "UPDATE projects SET seq=?2 WHERE id=?1";
+const char* const kProjectByName = "SELECT id, name, seq FROM projects WHERE name=?1";
+const char* const kLookupToken =
+    "SELECT t.project, p.name, t.device, t.read_only FROM tokens t JOIN projects p ON p.id=t.project "
+    "WHERE t.hash=?1 AND t.revoked=0";
+
+class SqliteMetadataStore final : public MetadataStore {
+ public:
+  explicit SqliteMetadataStore(std::string path) : path_(std::move(path)) {}
+
+  Status Init() {
+    ASSIGN_OR_RETURN(auto db, Db::Open(path_));
+    writer_.db = std::move(db);
+    RETURN_IF_ERROR(Migrate(writer_.db.get()));
+    return Status::Ok();
+  }
+
+  // --- projects ---
+  Result<ProjectInfo> CreateProject(std::string_view name) override {
+    RETURN_IF_ERROR(ValidateProjectName(name));
+    std::lock_guard lock(write_mu_);
+    Transaction tx(writer_.db.get());
+    RETURN_IF_ERROR(tx.status());
+    ASSIGN_OR_RETURN(Stmt * find, writer_.Get(kProjectByName));
+    find->Bind(1, name);
+    if (find->Step()) return Status::Exists("project " + std::string(name) + " already exists");
+    ASSIGN_OR_RETURN(Stmt ins, writer_.db->Prepare("INSERT INTO projects(name, seq, created_ns) VALUES(?1, 1, ?2)"));
+    ins.Bind(1, name).Bind(2, NowNs());
+    RETURN_IF_ERROR(ins.Run());
+    writer_.ResetAll();
+    ProjectInfo p{writer_.db->LastInsertId(), std::string(name), 1};
+    NodeRecord root;
+    root.id = kRootId;
+    root.kind = NodeKind::kDir;
+    root.mode = 0755;
+    root.mtime_ns = NowNs();
+    root.version = 1;
+    root.seq = 1;
+    RETURN_IF_ERROR(InsertNode(p.id, root));
+    RETURN_IF_ERROR(tx.Commit());
+    return p;
+  }
+
+  Result<std::vector<ProjectInfo>> ListProjects() override {
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    ASSIGN_OR_RETURN(Stmt s, (*lease)->db->Prepare("SELECT id, name, seq FROM projects ORDER BY name"));
+    std::vector<ProjectInfo> out;
+    while (s.Step()) out.push_back({s.Int(0), s.Text(1), s.U64(2)});
+    RETURN_IF_ERROR(s.status());
+    Release(std::move(*lease));
+    return out;
+  }
+
+  Result<ProjectInfo> GetProject(std::string_view name) override {
+    return WithReader<ProjectInfo>([&](Conn& c) -> Result<ProjectInfo> {
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kProjectByName));
+      s->Bind(1, name);
+      if (!s->Step()) {
+        RETURN_IF_ERROR(s->status());
+        return Status::NotFound("project " + std::string(name) + " does not exist");
+      }
+      return ProjectInfo{s->Int(0), s->Text(1), s->U64(2)};
+    });
+  }
+
+  // --- tokens ---
+  Status AddToken(const TokenHash& hash, int64_t project, std::string_view device, bool read_only) override {
+    RETURN_IF_ERROR(ValidateDeviceName(device));
+    std::lock_guard lock(write_mu_);
+    ASSIGN_OR_RETURN(Stmt s, writer_.db->Prepare(
+        "INSERT INTO tokens(hash, project, device, read_only, created_ns) VALUES(?1, ?2, ?3, ?4, ?5)"));
+    s.BindBlob(1, hash.data(), hash.size()).Bind(2, project).Bind(3, device).Bind(4, read_only ? 1 : 0).Bind(5, NowNs());
+    RETURN_IF_ERROR(s.Run());
+    ASSIGN_OR_RETURN(Stmt d, writer_.db->Prepare(
+        "INSERT OR IGNORE INTO devices(project, name, checkpoint, last_seen_ns) VALUES(?1, ?2, 0, 0)"));
+    d.Bind(1, project).Bind(2, device);
+    return d.Run();
+  }
+
+  Result<TokenInfo> LookupToken(const TokenHash& hash) override {
+    return WithReader<TokenInfo>([&](Conn& c) -> Result<TokenInfo> {
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kLookupToken));
+      s->BindBlob(1, hash.data(), hash.size());
+      if (!s->Step()) {
+        RETURN_IF_ERROR(s->status());
+        return Status::Unauthenticated("unknown or revoked token");
+      }
+      return TokenInfo{s->Int(0), s->Text(1), s->Text(2), s->Int(3) != 0};
+    });
+  }
+
+  Result<int> RevokeDeviceTokens(int64_t project, std::string_view device) override {
+    std::lock_guard lock(write_mu_);
+    ASSIGN_OR_RETURN(Stmt s, writer_.db->Prepare("UPDATE tokens SET revoked=1 WHERE project=?1 AND device=?2 AND revoked=0"));
+    s.Bind(1, project).Bind(2, device);
+    RETURN_IF_ERROR(s.Run());
+    return writer_.db->Changes();
+  }
+
+  Result<int> RevokeToken(const TokenHash& hash) override {
+    std::lock_guard lock(write_mu_);
+    ASSIGN_OR_RETURN(Stmt s, writer_.db->Prepare("UPDATE tokens SET revoked=1 WHERE hash=?1 AND revoked=0"));
+    s.BindBlob(1, hash.data(), hash.size());
+    RETURN_IF_ERROR(s.Run());
+    return writer_.db->Changes();
+  }
+
+  // --- nodes ---
+  Result<NodePage> ListChildren(int64_t project, uint64_t parent, std::string_view after, int limit) override {
+    return WithReader<NodePage>([&](Conn& c) -> Result<NodePage> {
+      Transaction tx(c.db.get(), /*immediate=*/false);
+      RETURN_IF_ERROR(tx.status());
+      ASSIGN_OR_RETURN(NodeRecord dir, GetNodeOn(c, project, parent));
+      if (dir.deleted) return Status::NotFound("directory " + std::to_string(parent) + " was deleted");
+      if (dir.kind != NodeKind::kDir) return Status::Invalid("node " + std::to_string(parent) + " is not a directory");
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kListChildren));
+      s->Bind(1, project).Bind(2, parent).Bind(3, after).Bind(4, limit + 1);
+      NodePage page;
+      page.items.reserve(limit);
+      while (s->Step()) page.items.push_back(ReadNode(*s));
+      RETURN_IF_ERROR(s->status());
+      if (static_cast<int>(page.items.size()) > limit) {
+        page.items.pop_back();
+        page.next = page.items.back().name;
+      }
+      return page;
+    });
+  }
+
+  Result<ChangesPage> Changes(int64_t project, uint64_t since, int limit) override {
+    return WithReader<ChangesPage>([&](Conn& c) -> Result<ChangesPage> {
+      Transaction tx(c.db.get(), /*immediate=*/false);
+      RETURN_IF_ERROR(tx.status());
+      ChangesPage page;
+      ASSIGN_OR_RETURN(page.head, SeqOn(c, project));
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kChanges));
+      s->Bind(1, project).Bind(2, since).Bind(3, limit + 1);
+      while (s->Step()) page.items.push_back(ReadNode(*s));
+      RETURN_IF_ERROR(s->status());
+      if (static_cast<int>(page.items.size()) > limit) {
+        page.items.pop_back();
+        page.more = true;
+      }
+      return page;
+    });
+  }
+
+  Result<Snapshot> ReadSnapshot(int64_t project) override {
+    return WithReader<Snapshot>([&](Conn& c) -> Result<Snapshot> {
+      Transaction tx(c.db.get(), /*immediate=*/false);
+      RETURN_IF_ERROR(tx.status());
+      Snapshot snap;
+      ASSIGN_OR_RETURN(snap.seq, SeqOn(c, project));
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kAllLive));
+      s->Bind(1, project);
+      while (s->Step()) snap.nodes.push_back(ReadNode(*s));
+      RETURN_IF_ERROR(s->status());
+      return snap;
+    });
+  }
+
+  Result<NodeRecord> GetNode(int64_t project, uint64_t id) override {
+    return WithReader<NodeRecord>([&](Conn& c) { return GetNodeOn(c, project, id); });
+  }
+
+  Result<Manifest> GetManifest(int64_t project, uint64_t id, uint64_t version, uint64_t* version_out) override {
+    return WithReader<Manifest>([&](Conn& c) -> Result<Manifest> {
+      Transaction tx(c.db.get(), /*immediate=*/false);
+      RETURN_IF_ERROR(tx.status());
+      ASSIGN_OR_RETURN(NodeRecord n, GetNodeOn(c, project, id));
+      if (n.kind != NodeKind::kFile) return Status::Invalid("node " + std::to_string(id) + " is not a file");
+      if (version == 0) {
+        if (n.deleted) return Status::NotFound("file " + std::to_string(id) + " was deleted");
+        version = n.version;
+      }
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kGetVersion));
+      s->Bind(1, project).Bind(2, id).Bind(3, version);
+      if (!s->Step()) {
+        RETURN_IF_ERROR(s->status());
+        return Status::NotFound("file " + std::to_string(id) + " has no version " + std::to_string(version));
+      }
+      if (version_out) *version_out = version;
+      auto m = DecodeManifest(s->Blob(0));
+      if (!m.ok()) return Status::Corruption("stored manifest of " + std::to_string(id) + ": " + m.status().message());
+      return m;
+    });
+  }
+
+  // --- blocks ---
+  Result<std::vector<Hash128>> MissingBlocks(int64_t project, const std::vector<Hash128>& hashes) override {
+    return WithReader<std::vector<Hash128>>([&](Conn& c) -> Result<std::vector<Hash128>> {
+      std::vector<Hash128> missing;
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kBlockLen));
+      for (const auto& h : hashes) {
+        s->Reset();
+        s->Bind(1, project).BindBlob(2, h.bytes.data(), 16);
+        if (!s->Step()) {
+          RETURN_IF_ERROR(s->status());
+          missing.push_back(h);
+        }
+      }
+      return missing;
+    });
+  }
+
+  Result<std::vector<BlockLocation>> LocateBlocks(int64_t project, const std::vector<Hash128>& hashes) override {
+    return WithReader<std::vector<BlockLocation>>([&](Conn& c) -> Result<std::vector<BlockLocation>> {
+      std::vector<BlockLocation> out;
+      out.reserve(hashes.size());
+      ASSIGN_OR_RETURN(Stmt * s, c.Get(kLocate));
+      for (const auto& h : hashes) {
+        s->Reset();
+        s->Bind(1, project).BindBlob(2, h.bytes.data(), 16);
+        if (!s->Step()) {
+          RETURN_IF_ERROR(s->status());
+          return Status::Corruption("block " + h.Hex() + " is referenced but not stored");
+        }
+        out.push_back({s->U64(0), s->U64(1), static_cast<uint32_t>(s->Int(2)), static_cast<uint32_t>(s->Int(3)),
+                       static_cast<uint8_t>(s->Int(4))});
+      }
+      return out;
+    });
+  }
+
+  Status AddBlocks(int64_t project, const std::vector<std::pair<Hash128, BlockLocation>>& blocks) override {
+    std::lock_guard lock(write_mu_);
+    Transaction tx(writer_.db.get());
+    RETURN_IF_ERROR(tx.status());
+    int64_t now = NowNs();
+    for (const auto& [h, loc] : blocks) {
+      ASSIGN_OR_RETURN(Stmt * s, writer_.Get(kInsertBlock));
+      s->Bind(1, project).BindBlob(2, h.bytes.data(), 16).Bind(3, loc.pack).Bind(4, loc.offset)
+          .Bind(5, loc.stored_length).Bind(6, loc.raw_length).Bind(7, int{loc.codec}).Bind(8, now);
+      RETURN_IF_ERROR(s->Run());
+    }
+    return tx.Commit();
+  }
+
+  // --- commit ---
+  Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops) override {
+    std::lock_guard lock(write_mu_);
+    Transaction tx(writer_.db.get());
+    RETURN_IF_ERROR(tx.status());
+    CommitApplier a(this, project);
+    ASSIGN_OR_RETURN(a.seq, SeqOn(writer_, project));
+    for (size_t i = 0; i < ops.size(); ++i) {
+      ASSIGN_OR_RETURN(std::optional<CommitRefusal> refusal, a.Apply(ops[i]));
+      if (refusal) {
+        refusal->op_index = i;
+        CommitResult r;
+        r.refused = std::move(refusal);
+        r.head = a.seq;
+        return r;  // the transaction rolls back
+      }
+    }
+    ASSIGN_OR_RETURN(Stmt * up, writer_.Get(kSetProjectSeq));
+    up->Bind(1, project).Bind(2, a.seq);
+    RETURN_IF_ERROR(up->Run());
+    CommitResult result;
+    result.head = a.seq;
+    for (uint64_t id : a.touched_order) {
+      ASSIGN_OR_RETURN(NodeRecord n, GetNodeOn(writer_, project, id));
+      result.records.push_back(std::move(n));
+    }
+    writer_.ResetAll();
+    RETURN_IF_ERROR(tx.Commit());
+    return result;
+  }
+
+  // --- devices ---
+  Status SetCheckpoint(int64_t project, std::string_view device, uint64_t seq) override {
+    std::lock_guard lock(write_mu_);
+    ASSIGN_OR_RETURN(uint64_t head, SeqOn(writer_, project));
+    if (seq > head)
+      return Status::Invalid("checkpoint " + std::to_string(seq) + " is beyond the project's head " + std::to_string(head));
+    ASSIGN_OR_RETURN(Stmt s, writer_.db->Prepare(
+        "INSERT INTO devices(project, name, checkpoint, last_seen_ns) VALUES(?1, ?2, ?3, ?4) "
+        "ON CONFLICT(project, name) DO UPDATE SET checkpoint=excluded.checkpoint, last_seen_ns=excluded.last_seen_ns"));
+    s.Bind(1, project).Bind(2, device).Bind(3, seq).Bind(4, NowNs());
+    return s.Run();
+  }
+
+  Status TouchDevice(int64_t project, std::string_view device) override {
+    std::lock_guard lock(write_mu_);
+    ASSIGN_OR_RETURN(Stmt s, writer_.db->Prepare(
+        "INSERT INTO devices(project, name, checkpoint, last_seen_ns) VALUES(?1, ?2, 0, ?3) "
+        "ON CONFLICT(project, name) DO UPDATE SET last_seen_ns=excluded.last_seen_ns"));
+    s.Bind(1, project).Bind(2, device).Bind(3, NowNs());
+    return s.Run();
+  }
+
+  Result<std::vector<DeviceInfo>> ListDevices(int64_t project) override {
+    return WithReader<std::vector<DeviceInfo>>([&](Conn& c) -> Result<std::vector<DeviceInfo>> {
+      ASSIGN_OR_RETURN(Stmt s, c.db->Prepare(
+          "SELECT name, checkpoint, last_seen_ns, retired FROM devices WHERE project=?1 ORDER BY name"));
+      s.Bind(1, project);
+      std::vector<DeviceInfo> out;
+      while (s.Step()) out.push_back({s.Text(0), s.U64(1), s.Int(2), s.Int(3) != 0});
+      RETURN_IF_ERROR(s.status());
+      return out;
+    });
+  }
+
+  Result<StoreStats> Stats() override {
+    return WithReader<StoreStats>([&](Conn& c) -> Result<StoreStats> {
+      ASSIGN_OR_RETURN(Stmt s, c.db->Prepare("SELECT count(*), coalesce(sum(raw_length), 0) FROM blocks"));
+      StoreStats st;
+      if (s.Step()) {
+        st.blocks = s.U64(0);
+        st.block_bytes = s.U64(1);
+      }
+      RETURN_IF_ERROR(s.status());
+      return st;
+    });
+  }
+
+ private:
+  // Applies ops one by one inside the writer's transaction.
+  struct CommitApplier {
+    SqliteMetadataStore* store;
+    int64_t project;
+    uint64_t seq = 0;
+    std::vector<uint64_t> touched_order;
+    std::unordered_set<uint64_t> touched;
+
+    CommitApplier(SqliteMetadataStore* s, int64_t p) : store(s), project(p) {}
+
+    void Touch(uint64_t id) {
+      if (touched.insert(id).second) touched_order.push_back(id);
+    }
+
+    static CommitRefusal Refuse(Code code, std::string reason, std::string message, uint64_t node = 0,
+                                uint64_t version = 0) {
+      CommitRefusal r;
+      r.code = code;
+      r.reason = std::move(reason);
+      r.message = std::move(message);
+      r.node = node;
+      r.current_version = version;
+      return r;
+    }
+
+    // The live node `id`, or a refusal.
+    Result<std::optional<NodeRecord>> Live(uint64_t id, std::optional<CommitRefusal>* refusal) {
+      auto n = store->GetNodeOn(store->writer_, project, id);
+      if (!n.ok()) {
+        if (n.status().code() != Code::kNotFound) return n.status();
+        *refusal = Refuse(Code::kNotFound, "no_such_node", "node " + std::to_string(id) + " does not exist", id);
+        return std::optional<NodeRecord>();
+      }
+      if (n->deleted) {
+        *refusal = Refuse(Code::kConflict, "deleted", "node " + std::to_string(id) + " was deleted", id, n->version);
+        return std::optional<NodeRecord>();
+      }
+      return std::optional<NodeRecord>(std::move(*n));
+    }
+
+    Result<std::optional<NodeRecord>> LiveDir(uint64_t id, std::optional<CommitRefusal>* refusal) {
+      ASSIGN_OR_RETURN(auto d, Live(id, refusal));
+      if (d && d->kind != NodeKind::kDir) {
+        *refusal = Refuse(Code::kInvalidArgument, "not_a_directory", "parent " + std::to_string(id) + " is not a directory", id);
+        return std::optional<NodeRecord>();
+      }
+      return d;
+    }
+
+    // Checks every block exists with the length its position needs.
+    Result<std::optional<CommitRefusal>> CheckBlocks(const CommitOp& op) {
+      std::vector<Hash128> missing;
+      for (size_t i = 0; i < op.blocks.size(); ++i) {
+        ASSIGN_OR_RETURN(Stmt * s, store->writer_.Get(kBlockLen));
+        s->Bind(1, project).BindBlob(2, op.blocks[i].bytes.data(), 16);
+        if (!s->Step()) {
+          RETURN_IF_ERROR(s->status());
+          missing.push_back(op.blocks[i]);
+          continue;
+        }
+        uint64_t want = i + 1 < op.blocks.size() ? kBlockSize : op.size - i * kBlockSize;
+        if (s->U64(0) != want) {
+          return std::optional<CommitRefusal>(Refuse(
+              Code::kInvalidArgument, "block_length",
+              "block " + std::to_string(i) + " (" + op.blocks[i].Hex() + ") holds " + std::to_string(s->U64(0)) +
+                  " bytes; at that position the file needs " + std::to_string(want)));
+        }
+      }
+      if (!missing.empty()) {
+        CommitRefusal r = Refuse(Code::kInvalidArgument, "missing_blocks",
+                                 std::to_string(missing.size()) + " referenced blocks are not on the server; upload them first");
+        r.missing = std::move(missing);
+        return std::optional<CommitRefusal>(std::move(r));
+      }
+      return std::optional<CommitRefusal>();
+    }
+
+    Status StoreVersion(uint64_t id, uint64_t version, const CommitOp& op) {
+      Manifest m{op.size, op.blocks};
+      std::string bytes = EncodeManifest(m);
+      ASSIGN_OR_RETURN(Stmt * s, store->writer_.Get(kInsertVersion));
+      s->Bind(1, project).Bind(2, id).Bind(3, version).Bind(4, op.size).BindBlob(5, bytes.data(), bytes.size()).Bind(6, seq);
+      RETURN_IF_ERROR(s->Run());
+      for (const auto& h : op.blocks) {
+        ASSIGN_OR_RETURN(Stmt * r, store->writer_.Get(kBlockRef));
+        r->Bind(1, project).BindBlob(2, h.bytes.data(), 16);
+        RETURN_IF_ERROR(r->Run());
+      }
+      return Status::Ok();
+    }
+
+    Status Save(const NodeRecord& n) {
+      ASSIGN_OR_RETURN(Stmt * s, store->writer_.Get(kUpdateNode));
+      s->Bind(1, project).Bind(2, n.id).Bind(3, n.parent).Bind(4, n.name).Bind(5, n.mode).Bind(6, n.size)
+          .Bind(7, n.mtime_ns).Bind(8, n.version).Bind(9, n.seq).Bind(10, n.deleted ? 1 : 0);
+      RETURN_IF_ERROR(s->Run());
+      Touch(n.id);
+      return Status::Ok();
+    }
+
+    Result<std::optional<NodeRecord>> FindName(uint64_t parent, const std::string& name) {
+      ASSIGN_OR_RETURN(Stmt * s, store->writer_.Get(kFindName));
+      s->Bind(1, project).Bind(2, parent).Bind(3, name);
+      if (s->Step()) return std::optional<NodeRecord>(ReadNode(*s));
+      RETURN_IF_ERROR(s->status());
+      return std::optional<NodeRecord>();
+    }
+
+    Result<bool> HasChildren(uint64_t dir) {
+      ASSIGN_OR_RETURN(Stmt * s, store->writer_.Get(kHasChild));
+      s->Bind(1, project).Bind(2, dir);
+      bool any = s->Step();
+      RETURN_IF_ERROR(s->status());
+      return any;
+    }
+
+    std::optional<CommitRefusal> StaleBase(const CommitOp& op, const NodeRecord& n) {
+      if (op.has_base && op.base != n.version)
+        return Refuse(Code::kConflict, "stale_base",
+                      "node " + std::to_string(n.id) + " is at version " + std::to_string(n.version) +
+                          ", not the base " + std::to_string(op.base),
+                      n.id, n.version);
+      return std::nullopt;
+    }
+
+    Result<std::optional<CommitRefusal>> Apply(const CommitOp& op) {
+      std::optional<CommitRefusal> refusal;
+      const int64_t now = NowNs();
+      switch (op.type) {
+        case OpType::kCreate:
+        case OpType::kMkdir:
+        case OpType::kSymlink: {
+          ASSIGN_OR_RETURN(Stmt * used, store->writer_.Get(kIdUsed));
+          used->Bind(1, project).Bind(2, op.id);
+          if (used->Step() || op.id == kRootId)
+            return std::optional(Refuse(Code::kAlreadyExists, "id_taken", "node id " + std::to_string(op.id) + " is already used; pick another", op.id));
+          RETURN_IF_ERROR(used->status());
+          ASSIGN_OR_RETURN(auto parent, LiveDir(op.parent, &refusal));
+          if (!parent) return refusal;
+          ASSIGN_OR_RETURN(auto existing, FindName(op.parent, op.name));
+          if (existing)
+            return std::optional(Refuse(Code::kAlreadyExists, "name_taken", "\"" + op.name + "\" already exists in directory " + std::to_string(op.parent), existing->id, existing->version));
+          if (op.type == OpType::kCreate) {
+            ASSIGN_OR_RETURN(refusal, CheckBlocks(op));
+            if (refusal) return refusal;
+          }
+          NodeRecord n;
+          n.id = op.id;
+          n.parent = op.parent;
+          n.name = op.name;
+          n.kind = op.type == OpType::kCreate ? NodeKind::kFile : op.type == OpType::kMkdir ? NodeKind::kDir : NodeKind::kSymlink;
+          n.mode = op.has_mode ? op.mode : (n.kind == NodeKind::kDir ? 0755 : n.kind == NodeKind::kSymlink ? 0777 : 0644);
+          n.size = op.type == OpType::kCreate ? op.size : op.type == OpType::kSymlink ? op.target.size() : 0;
+          n.mtime_ns = op.has_mtime ? op.mtime_ns : now;
+          n.version = 1;
+          n.seq = ++seq;
+          n.target = op.target;
+          RETURN_IF_ERROR(store->InsertNode(project, n));
+          if (op.type == OpType::kCreate) RETURN_IF_ERROR(StoreVersion(n.id, 1, op));
+          Touch(n.id);
+          return refusal;
+        }
+        case OpType::kWrite: {
+          ASSIGN_OR_RETURN(auto n, Live(op.id, &refusal));
+          if (!n) return refusal;
+          if (n->kind != NodeKind::kFile)
+            return std::optional(Refuse(Code::kInvalidArgument, "not_a_file", "node " + std::to_string(op.id) + " is not a file", op.id, n->version));
+          if ((refusal = StaleBase(op, *n))) return refusal;
+          ASSIGN_OR_RETURN(refusal, CheckBlocks(op));
+          if (refusal) return refusal;
+          n->version++;
+          n->seq = ++seq;
+          n->size = op.size;
+          n->mtime_ns = op.has_mtime ? op.mtime_ns : now;
+          RETURN_IF_ERROR(StoreVersion(n->id, n->version, op));
+          RETURN_IF_ERROR(Save(*n));
+          return refusal;
+        }
+        case OpType::kSetattr: {
+          ASSIGN_OR_RETURN(auto n, Live(op.id, &refusal));
+          if (!n) return refusal;
+          if ((refusal = StaleBase(op, *n))) return refusal;
+          if (op.has_mode) n->mode = op.mode;
+          if (op.has_mtime) n->mtime_ns = op.mtime_ns;
+          n->version++;
+          n->seq = ++seq;
+          if (n->kind == NodeKind::kFile) {
+            // The new version keeps the old content.
+            uint64_t v = 0;
+            ASSIGN_OR_RETURN(Stmt * g, store->writer_.Get(kGetVersion));
+            g->Bind(1, project).Bind(2, n->id).Bind(3, n->version - 1);
+            if (!g->Step()) return Status::Corruption("file " + std::to_string(n->id) + " lacks its manifest");
+            std::string manifest(g->Blob(0));
+            ASSIGN_OR_RETURN(Stmt * s, store->writer_.Get(kInsertVersion));
+            s->Bind(1, project).Bind(2, n->id).Bind(3, n->version).Bind(4, n->size).BindBlob(5, manifest.data(), manifest.size()).Bind(6, seq);
+            RETURN_IF_ERROR(s->Run());
+            (void)v;
+          }
+          RETURN_IF_ERROR(Save(*n));
+          return refusal;
+        }
+        case OpType::kDelete: {
+          ASSIGN_OR_RETURN(auto n, Live(op.id, &refusal));
+          if (!n) return refusal;
+          if (n->id == kRootId) return std::optional(Refuse(Code::kInvalidArgument, "root", "the root cannot be deleted", n->id));
+          if ((refusal = StaleBase(op, *n))) return refusal;
+          if (n->kind == NodeKind::kDir) {
+            ASSIGN_OR_RETURN(bool busy, HasChildren(n->id));
+            if (busy) return std::optional(Refuse(Code::kNotEmpty, "not_empty", "directory " + std::to_string(n->id) + " is not empty", n->id, n->version));
+          }
+          n->deleted = true;
+          n->version++;
+          n->seq = ++seq;
+          RETURN_IF_ERROR(Save(*n));
+          return refusal;
+        }
+        case OpType::kRename: {
+          ASSIGN_OR_RETURN(auto n, Live(op.id, &refusal));
+          if (!n) return refusal;
+          if (n->id == kRootId) return std::optional(Refuse(Code::kInvalidArgument, "root", "the root cannot be renamed", n->id));
+          if ((refusal = StaleBase(op, *n))) return refusal;
+          ASSIGN_OR_RETURN(auto parent, LiveDir(op.parent, &refusal));
+          if (!parent) return refusal;
+          if (n->kind == NodeKind::kDir) {
+            // Refuse moving a directory into its own subtree.
+            uint64_t cur = op.parent;
+            for (int depth = 0; cur != 0 && depth < 100000; ++depth) {
+              if (cur == n->id)
+                return std::optional(Refuse(Code::kInvalidArgument, "into_own_subtree", "directory " + std::to_string(n->id) + " cannot move into its own subtree", n->id));
+              if (cur == kRootId) break;
+              ASSIGN_OR_RETURN(NodeRecord up, store->GetNodeOn(store->writer_, project, cur));
+              cur = up.parent;
+            }
+          }
+          ASSIGN_OR_RETURN(auto target, FindName(op.parent, op.name));
+          if (target && target->id != n->id) {
+            if (!op.replace)
+              return std::optional(Refuse(Code::kAlreadyExists, "name_taken", "\"" + op.name + "\" already exists in directory " + std::to_string(op.parent), target->id, target->version));
+            if ((target->kind == NodeKind::kDir) != (n->kind == NodeKind::kDir))
+              return std::optional(Refuse(Code::kConflict, target->kind == NodeKind::kDir ? "is_a_directory" : "not_a_directory",
+                                          "cannot replace \"" + op.name + "\": one is a directory, the other is not", target->id, target->version));
+            if (target->kind == NodeKind::kDir) {
+              ASSIGN_OR_RETURN(bool busy, HasChildren(target->id));
+              if (busy) return std::optional(Refuse(Code::kNotEmpty, "not_empty", "directory \"" + op.name + "\" is not empty", target->id, target->version));
+            }
+            target->deleted = true;
+            target->version++;
+            target->seq = ++seq;
+            RETURN_IF_ERROR(Save(*target));
+          }
+          n->parent = op.parent;
+          n->name = op.name;
+          n->seq = ++seq;
+          RETURN_IF_ERROR(Save(*n));
+          return refusal;
+        }
+      }
+      return refusal;
+    }
+  };
+
+  Status Migrate(Db* db) {
+    RETURN_IF_ERROR(db->Exec("CREATE TABLE IF NOT EXISTS schema_migrations (number INTEGER PRIMARY KEY, name TEXT, applied_ns INTEGER)"));
+    for (const auto& m : Migrations()) {
+      ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT 1 FROM schema_migrations WHERE number=?1"));
+      q.Bind(1, m.number);
+      if (q.Step()) continue;
+      RETURN_IF_ERROR(q.status());
+      Transaction tx(db);
+      RETURN_IF_ERROR(tx.status());
+      Status st = db->Exec(m.sql);
+      if (!st.ok()) return Status::IoError("migration " + std::string(m.name) + " failed: " + st.message());
+      ASSIGN_OR_RETURN(Stmt ins, db->Prepare("INSERT INTO schema_migrations(number, name, applied_ns) VALUES(?1, ?2, ?3)"));
+      ins.Bind(1, m.number).Bind(2, std::string_view(m.name)).Bind(3, NowNs());
+      RETURN_IF_ERROR(ins.Run());
+      RETURN_IF_ERROR(tx.Commit());
+      spdlog::info("applied migration {}", m.name);
+    }
+    return Status::Ok();
+  }
+
+  Status InsertNode(int64_t project, const NodeRecord& n) {
+    ASSIGN_OR_RETURN(Stmt * s, writer_.Get(kInsertNode));
+    s->Bind(1, project).Bind(2, n.id).Bind(3, n.parent).Bind(4, n.name).Bind(5, static_cast<int>(n.kind))
+        .Bind(6, n.mode).Bind(7, n.size).Bind(8, n.mtime_ns).Bind(9, n.version).Bind(10, n.seq).Bind(11, n.deleted ? 1 : 0);
+    if (n.kind == NodeKind::kSymlink) s->Bind(12, n.target); else s->BindNull(12);
+    return s->Run();
+  }
+
+  Result<NodeRecord> GetNodeOn(Conn& c, int64_t project, uint64_t id) {
+    ASSIGN_OR_RETURN(Stmt * s, c.Get(kGetNode));
+    s->Bind(1, project).Bind(2, id);
+    if (!s->Step()) {
+      RETURN_IF_ERROR(s->status());
+      return Status::NotFound("node " + std::to_string(id) + " does not exist");
+    }
+    return ReadNode(*s);
+  }
+
+  Result<uint64_t> SeqOn(Conn& c, int64_t project) {
+    ASSIGN_OR_RETURN(Stmt * s, c.Get(kProjectSeq));
+    s->Bind(1, project);
+    if (!s->Step()) {
+      RETURN_IF_ERROR(s->status());
+      return Status::NotFound("project does not exist");
+    }
+    return s->U64(0);
+  }
+
+  Result<std::unique_ptr<Conn>> Lease() {
+    {
+      std::lock_guard lock(pool_mu_);
+      if (!pool_.empty()) {
+        auto c = std::move(pool_.back());
+        pool_.pop_back();
+        return c;
+      }
+    }
+    ASSIGN_OR_RETURN(auto db, Db::Open(path_));
+    auto c = std::make_unique<Conn>();
+    c->db = std::move(db);
+    return c;
+  }
+
+  void Release(std::unique_ptr<Conn> c) {
+    std::lock_guard lock(pool_mu_);
+    if (pool_.size() < 64) pool_.push_back(std::move(c));
+  }
+
+  template <typename T, typename F>
+  Result<T> WithReader(F&& f) {
+    auto lease = Lease();
+    if (!lease.ok()) return lease.status();
+    std::unique_ptr<Conn> c = std::move(*lease);
+    Result<T> r = f(*c);
+    c->ResetAll();
+    Release(std::move(c));
+    return r;
+  }
+
+  const std::string path_;
+  std::mutex write_mu_;
+  Conn writer_;  // guarded by write_mu_
+  std::mutex pool_mu_;
+  std::vector<std::unique_ptr<Conn>> pool_;  // guarded by pool_mu_
+};
+
+}  // namespace
+
+Result<std::unique_ptr<MetadataStore>> OpenSqliteMetadataStore(const std::string& path) {
+  auto store = std::make_unique<SqliteMetadataStore>(path);
+  RETURN_IF_ERROR(store->Init());
+  return std::unique_ptr<MetadataStore>(std::move(store));
+}
+
+}  // namespace tidefs

@@ -1,0 +1,345 @@
+// The v1 API against the real server binary.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "helpers.h"
+#include "test_server.h"
+
+namespace tidefs {
+namespace {
+
+class ServerApiTest : public ::testing::Test {
+ protected:
+  TestServer server_;
+  ApiClient c_ = server_.Client(server_.rw_token);
+};
+
+TEST_F(ServerApiTest, HealthzAndMetrics) {
+  auto h = c_.Raw("GET", "//healthz");
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->status, 200);
+  ASSERT_TRUE(c_.ListNodes(kRootId).ok());
+  auto m = c_.Raw("GET", "//metrics");
+  ASSERT_TRUE(m.ok());
+  EXPECT_NE(m->body.find("tidefs_http_requests_total{route=\"GET /nodes\",status=\"200\"}"), std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("tidefs_http_request_duration_seconds_bucket"), std::string::npos);
+  EXPECT_NE(m->body.find("tidefs_blocks_stored_total"), std::string::npos);
+}
+
+TEST_F(ServerApiTest, AuthRefusesMissingUnknownForeignAndReadOnlyWrites) {
+  ApiClient none = server_.Client("");
+  EXPECT_EQ(none.Raw("GET", "/nodes")->status, 401);
+  ApiClient bogus = server_.Client("tdf_nope");
+  EXPECT_EQ(bogus.Raw("GET", "/nodes")->status, 401);
+  server_.Admin("project create other");
+  std::string other = server_.NewToken("other", "laptop");
+  ApiClient foreign = server_.Client(other, "demo");
+  EXPECT_EQ(foreign.Raw("GET", "/nodes")->status, 403);
+  ApiClient ro = server_.Client(server_.ro_token);
+  EXPECT_EQ(ro.Raw("GET", "/nodes")->status, 200);
+  uint64_t head = Head(c_);
+  auto r = ro.Raw("POST", "/commit", EncodeCommit({MkdirOp(kRootId, "x")}));
+  EXPECT_EQ(r->status, 403);
+  EXPECT_EQ(ro.Raw("POST", "/blocks", "")->status, 403);
+  EXPECT_EQ(Head(c_), head);
+  // A revoked token stops working at once.
+  std::string t = server_.NewToken("demo", "tablet");
+  ApiClient tablet = server_.Client(t);
+  EXPECT_EQ(tablet.Raw("GET", "/nodes")->status, 200);
+  server_.Admin("token revoke --project demo --device tablet");
+  EXPECT_EQ(tablet.Raw("GET", "/nodes")->status, 401);
+}
+
+TEST_F(ServerApiTest, CreateListAndReadBack) {
+  CommitOp dir = MkdirOp(kRootId, "docs");
+  std::string small = "hello tidefs\n";
+  std::string big = RandomBytes(9 * 1024 * 1024 + 123, 7);
+  std::string exact = RandomBytes(4 * 1024 * 1024, 8);
+  std::vector<CommitOp> ops{dir, CreateOp(c_, dir.id, "a.txt", small), CreateOp(c_, dir.id, "big.bin", big),
+                            CreateOp(c_, dir.id, "empty", ""), CreateOp(c_, dir.id, "exact4m", exact)};
+  CommitOp link;
+  link.type = OpType::kSymlink;
+  link.id = NewNodeId();
+  link.parent = dir.id;
+  link.name = "link";
+  link.target = "a.txt";
+  ops.push_back(link);
+  CommitReply reply = MustCommit(c_, ops);
+  EXPECT_EQ(reply.items.size(), ops.size());
+
+  auto list = c_.ListAll(dir.id);
+  ASSERT_TRUE(list.ok());
+  std::vector<std::string> names;
+  for (auto& n : *list) names.push_back(n.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"a.txt", "big.bin", "empty", "exact4m", "link"}));
+  EXPECT_EQ((*list)[4].target, "a.txt");
+  EXPECT_EQ((*list)[1].size, big.size());
+
+  auto a = c_.GetContent(ops[1].id, 0, 0, small.size() - 1);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(*a, small);
+  // A 4 MiB chunk in the middle of the big file, crossing block boundaries.
+  auto chunk = c_.GetContent(ops[2].id, 0, 100, 100 + (4 << 20) - 1);
+  ASSERT_TRUE(chunk.ok());
+  EXPECT_EQ(*chunk, big.substr(100, 4 << 20));
+  auto whole = c_.Raw("GET", "/nodes/" + std::to_string(ops[2].id) + "/content");
+  ASSERT_TRUE(whole.ok());
+  EXPECT_EQ(whole->status, 200);
+  EXPECT_EQ(whole->body, big);
+  auto ex = c_.Raw("GET", "/nodes/" + std::to_string(ops[4].id) + "/content");
+  EXPECT_EQ(ex->body, exact);
+  auto empty = c_.Raw("GET", "/nodes/" + std::to_string(ops[3].id) + "/content");
+  EXPECT_EQ(empty->status, 200);
+  EXPECT_EQ(empty->body, "");
+
+  auto m = c_.GetManifest(ops[2].id);
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->size, big.size());
+  EXPECT_EQ(m->blocks, ops[2].blocks);
+}
+
+TEST_F(ServerApiTest, RangeRequestsFollowRfc9110) {
+  std::string data = RandomBytes(300000, 3);
+  CommitOp f = CreateOp(c_, kRootId, "r.bin", data);
+  MustCommit(c_, {f});
+  std::string path = "/nodes/" + std::to_string(f.id) + "/content";
+  auto r = c_.Raw("GET", path, "", {"Range: bytes=70000-70009"});
+  EXPECT_EQ(r->status, 206);
+  EXPECT_EQ(r->body, data.substr(70000, 10));
+  EXPECT_EQ(*r->Header("content-range"), "bytes 70000-70009/300000");
+  std::string etag = *r->Header("etag");
+  auto suffix = c_.Raw("GET", path, "", {"Range: bytes=-5"});
+  EXPECT_EQ(suffix->body, data.substr(data.size() - 5));
+  auto beyond = c_.Raw("GET", path, "", {"Range: bytes=300000-"});
+  EXPECT_EQ(beyond->status, 416);
+  EXPECT_EQ(*beyond->Header("content-range"), "bytes */300000");
+  // If-Range with the current ETag keeps the range; a stale one gets it all.
+  auto same = c_.Raw("GET", path, "", {"Range: bytes=0-1", "If-Range: " + etag});
+  EXPECT_EQ(same->status, 206);
+  auto stale = c_.Raw("GET", path, "", {"Range: bytes=0-1", "If-Range: \"1.1\""});
+  EXPECT_EQ(stale->status, 200);
+  EXPECT_EQ(stale->body.size(), data.size());
+}
+
+TEST_F(ServerApiTest, OldVersionsStayReadableByVersion) {
+  CommitOp f = CreateOp(c_, kRootId, "v.txt", "version one");
+  MustCommit(c_, {f});
+  CommitOp w;
+  w.type = OpType::kWrite;
+  w.id = f.id;
+  w.has_base = true;
+  w.base = 1;
+  UploadContent(c_, "version two, longer", &w);
+  CommitReply r = MustCommit(c_, {w});
+  ASSERT_EQ(r.items.size(), 1u);
+  EXPECT_EQ(r.items[0].version, 2u);
+  auto v1 = c_.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content?version=1");
+  EXPECT_EQ(v1->body, "version one");
+  auto v2 = c_.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content");
+  EXPECT_EQ(v2->body, "version two, longer");
+  EXPECT_EQ(c_.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content?version=9")->status, 404);
+}
+
+TEST_F(ServerApiTest, StaleBaseIsA409NamingTheNode) {
+  CommitOp f = CreateOp(c_, kRootId, "s.txt", "one");
+  MustCommit(c_, {f});
+  CommitOp w;
+  w.type = OpType::kWrite;
+  w.id = f.id;
+  w.has_base = true;
+  w.base = 1;
+  UploadContent(c_, "two", &w);
+  MustCommit(c_, {w});
+  uint64_t head = Head(c_);
+  UploadContent(c_, "three", &w);  // still based on version 1
+  auto r = c_.Commit({w});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->refused);
+  EXPECT_EQ(r->http_status, 409);
+  EXPECT_EQ(r->reason, "stale_base");
+  EXPECT_EQ(r->node, f.id);
+  EXPECT_EQ(r->current_version, 2u);
+  EXPECT_EQ(Head(c_), head);
+  EXPECT_EQ(*c_.GetContent(f.id, 0, 0, 2), "two");
+}
+
+TEST_F(ServerApiTest, CommitIsAtomic) {
+  CommitOp a = MkdirOp(kRootId, "a");
+  MustCommit(c_, {a});
+  uint64_t head = Head(c_);
+  // The second op clashes with "a": neither op may land.
+  auto r = c_.Commit({MkdirOp(kRootId, "b"), MkdirOp(kRootId, "a")});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->refused);
+  EXPECT_EQ(r->reason, "name_taken");
+  EXPECT_EQ(r->op, 1u);
+  EXPECT_EQ(Head(c_), head);
+  auto list = c_.ListAll(kRootId);
+  EXPECT_EQ(list->size(), 1u);
+  // Reusing an id is refused too.
+  auto dup = c_.Commit({MkdirOp(kRootId, "c", a.id)});
+  EXPECT_EQ(dup->reason, "id_taken");
+}
+
+TEST_F(ServerApiTest, RenameRules) {
+  CommitOp top = MkdirOp(kRootId, "top");
+  CommitOp sub = MkdirOp(top.id, "sub");
+  CommitOp f = CreateOp(c_, kRootId, "f", "f");
+  CommitOp g = CreateOp(c_, kRootId, "g", "g");
+  MustCommit(c_, {top, sub, f, g});
+  CommitOp mv;
+  mv.type = OpType::kRename;
+  mv.id = top.id;
+  mv.parent = sub.id;
+  mv.name = "loop";
+  auto r = c_.Commit({mv});
+  EXPECT_TRUE(r->refused);
+  EXPECT_EQ(r->reason, "into_own_subtree");
+  EXPECT_EQ(r->http_status, 400);
+  // Onto an existing name: refused unless replace.
+  mv.id = f.id;
+  mv.parent = kRootId;
+  mv.name = "g";
+  EXPECT_EQ(c_.Commit({mv})->reason, "name_taken");
+  mv.replace = true;
+  MustCommit(c_, {mv});
+  auto list = c_.ListAll(kRootId);
+  std::set<std::string> names;
+  for (auto& n : *list) names.insert(n.name);
+  EXPECT_EQ(names, (std::set<std::string>{"g", "top"}));
+  EXPECT_EQ(*c_.GetContent(f.id, 0, 0, 0), "f");
+  // Deleting a non-empty directory is refused.
+  CommitOp del;
+  del.type = OpType::kDelete;
+  del.id = top.id;
+  del.has_base = true;
+  del.base = 1;
+  auto d = c_.Commit({del});
+  EXPECT_EQ(d->reason, "not_empty");
+  EXPECT_EQ(d->http_status, 409);
+}
+
+TEST_F(ServerApiTest, PaginationIsStableWhileOthersChangeTheDirectory) {
+  CommitOp dir = MkdirOp(kRootId, "many");
+  std::vector<CommitOp> ops{dir};
+  for (int i = 0; i < 1200; ++i) {
+    char name[16];
+    snprintf(name, sizeof name, "n%04d", i);
+    ops.push_back(MkdirOp(dir.id, name));
+  }
+  MustCommit(c_, ops);
+  auto p1 = c_.ListNodes(dir.id);
+  ASSERT_TRUE(p1.ok());
+  EXPECT_EQ(p1->items.size(), 500u);
+  ASSERT_TRUE(p1->next);
+  EXPECT_EQ(*p1->next, "n0499");
+  // Others insert before and after the cursor and delete one ahead of it.
+  CommitOp del;
+  del.type = OpType::kDelete;
+  del.id = ops[1 + 700].id;
+  del.has_base = true;
+  del.base = 1;
+  MustCommit(c_, {MkdirOp(dir.id, "a-first"), MkdirOp(dir.id, "zz-last"), del});
+  auto p2 = c_.ListNodes(dir.id, *p1->next);
+  ASSERT_TRUE(p2.ok());
+  EXPECT_EQ(p2->items.front().name, "n0500");
+  auto p3 = c_.ListNodes(dir.id, *p2->next);
+  ASSERT_TRUE(p3.ok());
+  EXPECT_FALSE(p3->next);
+  EXPECT_EQ(p3->items.back().name, "zz-last");
+  size_t total = p1->items.size() + p2->items.size() + p3->items.size();
+  EXPECT_EQ(total, 1200u);  // 1200 - 1 deleted + 1 after the cursor
+  auto small = c_.ListNodes(dir.id, "", 3);
+  EXPECT_EQ(small->items.size(), 3u);
+}
+
+TEST_F(ServerApiTest, ChangesIncludeTombstonesInSeqOrder) {
+  uint64_t start = Head(c_);
+  CommitOp a = MkdirOp(kRootId, "a");
+  CommitOp f = CreateOp(c_, a.id, "f", "x");
+  MustCommit(c_, {a, f});
+  CommitOp del;
+  del.type = OpType::kDelete;
+  del.id = f.id;
+  del.has_base = true;
+  del.base = 1;
+  MustCommit(c_, {del});
+  auto ch = c_.Changes(start);
+  ASSERT_TRUE(ch.ok());
+  ASSERT_EQ(ch->items.size(), 2u);  // a, then f's tombstone
+  EXPECT_EQ(ch->items[0].id, a.id);
+  EXPECT_EQ(ch->items[1].id, f.id);
+  EXPECT_TRUE(ch->items[1].deleted);
+  EXPECT_EQ(ch->head, start + 3);
+  EXPECT_FALSE(ch->more);
+  auto page = c_.Changes(start, 1);
+  EXPECT_TRUE(page->more);
+  EXPECT_EQ(page->items.size(), 1u);
+  auto none = c_.Changes(ch->head);
+  EXPECT_TRUE(none->items.empty());
+}
+
+TEST_F(ServerApiTest, SnapshotMatchesTheTreeAndCarriesItsSeq) {
+  CommitOp a = MkdirOp(kRootId, "a");
+  MustCommit(c_, {a, CreateOp(c_, a.id, "f", "data")});
+  auto snap = c_.GetSnapshot();
+  ASSERT_TRUE(snap.ok()) << snap.status().ToString();
+  EXPECT_EQ(snap->seq, Head(c_));
+  EXPECT_EQ(snap->nodes.size(), 3u);  // root, a, f
+  // Stale after a commit: rebuilt with the new node.
+  MustCommit(c_, {MkdirOp(kRootId, "b")});
+  auto again = c_.GetSnapshot();
+  EXPECT_EQ(again->nodes.size(), 4u);
+  EXPECT_EQ(again->seq, Head(c_));
+}
+
+TEST_F(ServerApiTest, DevicesAndCheckpoints) {
+  MustCommit(c_, {MkdirOp(kRootId, "a")});
+  uint64_t head = Head(c_);
+  EXPECT_TRUE(c_.PutCheckpoint("laptop", head).ok());
+  EXPECT_EQ(c_.PutCheckpoint("viewer", 1).code(), Code::kPermissionDenied);
+  EXPECT_EQ(c_.PutCheckpoint("laptop", head + 1).code(), Code::kInvalidArgument);
+  auto d = c_.Raw("GET", "/devices");
+  ASSERT_EQ(d->status, 200);
+  auto j = nlohmann::json::parse(d->body);
+  bool found = false;
+  for (const auto& dev : j["items"])
+    if (dev["name"] == "laptop") {
+      found = true;
+      EXPECT_EQ(dev["checkpoint"].get<uint64_t>(), head);
+      EXPECT_GT(dev["last_seen_ns"].get<int64_t>(), 0);
+    }
+  EXPECT_TRUE(found) << d->body;
+}
+
+TEST_F(ServerApiTest, DedupStoresABlockOnce) {
+  std::string data(kBlockSize, 'd');
+  CommitOp a = CreateOp(c_, kRootId, "a", data);
+  std::string body;
+  AppendBlockFrame(&body, HashBlock(data), data);
+  auto r = c_.Raw("POST", "/blocks", body);
+  EXPECT_EQ(r->body, "{\"stored\":0,\"present\":1}");
+  auto missing = c_.MissingBlocks({HashBlock(data), HashBlock("other")});
+  ASSERT_TRUE(missing.ok());
+  ASSERT_EQ(missing->size(), 1u);
+  EXPECT_EQ((*missing)[0], HashBlock("other"));
+}
+
+TEST_F(ServerApiTest, DataSurvivesARestart) {
+  std::string data = RandomBytes(200000, 11);
+  CommitOp f = CreateOp(c_, kRootId, "keep.bin", data);
+  MustCommit(c_, {f});
+  uint64_t head = Head(c_);
+  server_.Stop();
+  server_.Start();
+  ApiClient c = server_.Client(server_.rw_token);
+  EXPECT_EQ(Head(c), head);
+  auto back = c.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content");
+  EXPECT_EQ(back->body, data);
+}
+
+}  // namespace
+}  // namespace tidefs
