@@ -45,6 +45,7 @@ std::string TokenFrom(const std::string& flag) {
 int main(int argc, char** argv) {
   CLI::App app{"tidefs: mount a remote project as an ordinary folder"};
   app.require_subcommand(1);
+  app.fallthrough();  // -v works after the subcommand too
   int verbosity = 0;
   app.add_flag("-v,--verbose", verbosity, "More log output (repeat for more)");
 

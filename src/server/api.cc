@@ -430,7 +430,8 @@ HttpResponse Api::UploadBlocks(const HttpRequest& req, const Caller& c) {
 HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
   auto ops = DecodeCommit(req.body);
   if (!ops.ok()) return ErrorResponse(ops.status());
-  auto result = meta_->Commit(c.token.project_id, *ops);
+  BlockStore* blocks = blocks_;
+  auto result = meta_->Commit(c.token.project_id, *ops, [blocks] { return blocks->Sync(); });
   if (!result.ok()) return ErrorResponse(result.status());
   if (result->refused) {
     const CommitRefusal& f = *result->refused;

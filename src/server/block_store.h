@@ -17,8 +17,10 @@ namespace tidefs {
 class BlockStore {
  public:
   virtual ~BlockStore() = default;
-  // Stores the blocks; when it returns OK they are durable on disk.
+  // Stores the blocks; they are durable once a later Sync() returns OK.
   virtual Result<std::vector<BlockLocation>> Append(const std::vector<std::string_view>& blocks) = 0;
+  // Makes every block appended so far durable on disk.
+  virtual Status Sync() = 0;
   // Reads one block back and checks it against `hash`: a mismatch is
   // kCorruption and no bytes are returned.
   virtual Result<std::string> Read(const BlockLocation& loc, const Hash128& hash) = 0;

@@ -1,5 +1,6 @@
 # Writes OUT: a C++ table of the numbered migration files in FILES.
 set(body "// Generated from src/server/migrations/*.sql. Do not edit.\n#include \"server/migrations.h\"\nnamespace tidefs {\nconst std::vector<Migration>& Migrations() {\n  static const std::vector<Migration> kAll = {\n")
+string(REPLACE "|" ";" FILES "${FILES}")
 foreach(f ${FILES})
   get_filename_component(name ${f} NAME_WE)
   string(REGEX MATCH "^[0-9]+" num ${name})

@@ -44,7 +44,7 @@ bool PercentDecode(std::string_view in, std::string* out, bool plus_is_space) {
 namespace {
 
 template <class Body>
-HttpRequest Convert(http::request<Body>& req) {
+HttpRequest Convert(http::request<Body>& req, std::string_view body) {
   HttpRequest r;
   r.method = std::string(req.method_string());
   std::string_view target(req.target().data(), req.target().size());
@@ -73,7 +73,7 @@ HttpRequest Convert(http::request<Body>& req) {
     for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     r.headers[name] = std::string(f.value());
   }
-  r.body = std::move(req.body());
+  r.body = body;
   return r;
 }
 
@@ -105,36 +105,66 @@ struct HttpServer::Impl {
     co_await http::async_write(stream, res, net::redirect_error(net::use_awaitable, ec));
   }
 
+  // Reads the body into `body` (which keeps its size between requests, so
+  // its pages are reused, never re-zeroed). Returns the body's length.
+  net::awaitable<size_t> ReadBody(beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                                  http::request_parser<http::buffer_body>& parser, std::string& body,
+                                  size_t limit, beast::error_code& ec) {
+    size_t used = 0;
+    if (parser.content_length()) {
+      size_t want = static_cast<size_t>(*parser.content_length());
+      if (body.size() < want) body.resize(want);
+    }
+    while (!parser.is_done()) {
+      if (used == body.size()) {
+        if (body.size() >= limit) {
+          ec = http::error::body_limit;
+          co_return used;
+        }
+        body.resize(std::min(limit, std::max<size_t>(body.size() * 2, 64 * 1024)));
+      }
+      auto& b = parser.get().body();
+      b.data = body.data() + used;
+      b.size = body.size() - used;
+      co_await http::async_read(stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
+      if (ec == http::error::need_buffer) ec = {};
+      if (ec) co_return used;
+      used = body.size() - b.size;
+    }
+    co_return used;
+  }
+
   net::awaitable<void> Session(tcp::socket socket) {
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
+    // Beast reads at most the free capacity at a time: without room, a
+    // 4 MiB upload arrives in thousands of tiny reads.
+    buffer.reserve(256 * 1024);
+    std::string body;
     beast::error_code ec;
     for (;;) {
-      http::request_parser<http::string_body> parser;
+      http::request_parser<http::buffer_body> parser;
       parser.header_limit(16 * 1024);
-      // Beast checks Content-Length against this while reading the header;
-      // the endpoint's own limit is set once the target is known.
+      // The largest endpoint limit; each endpoint's own is enforced below.
+      // (Not boost::none: Beast 1.74 compares lengths with it wrongly.)
       parser.body_limit(Api::BodyLimitFor("POST", "/commit"));
       stream.expires_after(std::chrono::seconds(120));
       co_await http::async_read_header(stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
       if (ec) {
         if (!IsClientGone(ec)) {
-          HttpResponse bad = ErrorResponse(ec == http::error::body_limit
-                                               ? Status::TooLarge("request body is over the limit for this endpoint")
-                                               : Status::Invalid("malformed HTTP request: " + ec.message()));
+          HttpResponse bad = ErrorResponse(Status::Invalid("malformed HTTP request: " + ec.message()));
           beast::error_code ignore;
           co_await WriteSimple(stream, bad.status, 11, false, bad, ignore);
         }
         break;
       }
       auto t0 = std::chrono::steady_clock::now();
+      size_t limit;
       {
         auto& h = parser.get();
         std::string target(h.target());
         std::string path = target.substr(0, target.find('?'));
-        const size_t limit = Api::BodyLimitFor(std::string(h.method_string()), path);
-        // Beast compared Content-Length with the largest limit already;
-        // chunked bodies are cut at this one while they are read.
+        limit = Api::BodyLimitFor(std::string(h.method_string()), path);
         if (parser.content_length() && *parser.content_length() > limit) {
           HttpResponse bad = ErrorResponse(Status::TooLarge(
               "request body of " + std::to_string(*parser.content_length()) + " bytes is over the " +
@@ -143,9 +173,8 @@ struct HttpServer::Impl {
           co_await WriteSimple(stream, bad.status, h.version(), false, bad, ignore);
           break;
         }
-        parser.body_limit(limit);
       }
-      co_await http::async_read(stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
+      size_t body_len = co_await ReadBody(stream, buffer, parser, body, limit, ec);
       if (ec) {
         if (!IsClientGone(ec)) {
           bool too_big = ec == http::error::body_limit;
@@ -156,11 +185,11 @@ struct HttpServer::Impl {
         }
         break;
       }
-      auto req = parser.release();
+      auto& req = parser.get();
       const bool keep = req.keep_alive();
       const unsigned version = req.version();
-      const uint64_t bytes_in = req.body().size();
-      HttpRequest r = Convert(req);
+      const uint64_t bytes_in = body_len;
+      HttpRequest r = Convert(req, std::string_view(body.data(), body_len));
       std::string route;
       HttpResponse resp = api->Handle(r, &route);
       uint64_t bytes_out = resp.body.size();

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18,7 +19,7 @@ struct HttpRequest {
   std::string path;                           // percent-decoded, without query
   std::map<std::string, std::string> query;   // percent-decoded
   std::map<std::string, std::string> headers; // lowercase names
-  std::string body;
+  std::string_view body;  // valid while the request is handled
   bool bad_target = false;  // the target did not decode
 
   const std::string* Header(const std::string& lower_name) const {

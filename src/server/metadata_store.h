@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -103,7 +104,11 @@ class MetadataStore {
   virtual Status AddBlocks(int64_t project, const std::vector<std::pair<Hash128, BlockLocation>>& blocks) = 0;
 
   // Applies all ops atomically or none (then `refused` says why).
-  virtual Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops) = 0;
+  // `barrier` runs first, under the store's write lock: it makes the block
+  // store durable, so every block indexed before the commit is on disk
+  // before the commit is.
+  virtual Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops,
+                                      const std::function<Status()>& barrier) = 0;
 
   virtual Status SetCheckpoint(int64_t project, std::string_view device, uint64_t seq) = 0;
   virtual Status TouchDevice(int64_t project, std::string_view device) = 0;

@@ -68,9 +68,10 @@ const char* const kFindName =
     "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
     "WHERE project=?1 AND parent=?2 AND name=?3 AND deleted=0";
 const char* const kHasChild = "SELECT 1 FROM nodes WHERE project=?1 AND parent=?2 AND deleted=0 LIMIT 1";
+// Served from the covering index alone (migration 0002).
 const char* const kListChildren =
-    "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
-    "WHERE project=?1 AND parent=?2 AND deleted=0 AND name>?3 ORDER BY name LIMIT ?4";
+    "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, 0, target FROM nodes "
+    "INDEXED BY nodes_listing WHERE project=?1 AND parent=?2 AND deleted=0 AND name>?3 ORDER BY name LIMIT ?4";
 const char* const kChanges =
     "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target FROM nodes "
     "WHERE project=?1 AND seq>?2 ORDER BY seq LIMIT ?3";
@@ -108,6 +109,9 @@ class SqliteMetadataStore final : public MetadataStore {
   Status Init() {
     ASSIGN_OR_RETURN(auto db, Db::Open(path_));
     writer_.db = std::move(db);
+    // Commits are acknowledged to clients that then drop their journal:
+    // they must survive a power cut, not only a crash of the process.
+    RETURN_IF_ERROR(writer_.db->Exec("PRAGMA synchronous=FULL"));
     RETURN_IF_ERROR(Migrate(writer_.db.get()));
     return Status::Ok();
   }
@@ -335,8 +339,10 @@ class SqliteMetadataStore final : public MetadataStore {
   }
 
   // --- commit ---
-  Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops) override {
+  Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops,
+                              const std::function<Status()>& barrier) override {
     std::lock_guard lock(write_mu_);
+    if (barrier) RETURN_IF_ERROR(barrier());
     Transaction tx(writer_.db.get());
     RETURN_IF_ERROR(tx.status());
     CommitApplier a(this, project);
@@ -677,12 +683,16 @@ class SqliteMetadataStore final : public MetadataStore {
   Status Migrate(Db* db) {
     RETURN_IF_ERROR(db->Exec("CREATE TABLE IF NOT EXISTS schema_migrations (number INTEGER PRIMARY KEY, name TEXT, applied_ns INTEGER)"));
     for (const auto& m : Migrations()) {
-      ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT 1 FROM schema_migrations WHERE number=?1"));
-      q.Bind(1, m.number);
-      if (q.Step()) continue;
-      RETURN_IF_ERROR(q.status());
+      // Checked inside the write transaction: a server and an admin command
+      // starting together must not both apply a migration.
       Transaction tx(db);
       RETURN_IF_ERROR(tx.status());
+      ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT 1 FROM schema_migrations WHERE number=?1"));
+      q.Bind(1, m.number);
+      bool applied = q.Step();
+      RETURN_IF_ERROR(q.status());
+      q = Stmt();
+      if (applied) continue;
       Status st = db->Exec(m.sql);
       if (!st.ok()) return Status::IoError("migration " + std::string(m.name) + " failed: " + st.message());
       ASSIGN_OR_RETURN(Stmt ins, db->Prepare("INSERT INTO schema_migrations(number, name, applied_ns) VALUES(?1, ?2, ?3)"));

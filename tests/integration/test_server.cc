@@ -2,6 +2,7 @@
 
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -53,6 +54,7 @@ void TestServer::Start() {
   std::filesystem::remove(ready);
   pid_ = fork();
   if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive a crashed test
     execl(TIDEFS_BINARY, TIDEFS_BINARY, "serve", "--data", data_.c_str(), "--listen", "127.0.0.1:0", "--ready-file",
           ready.c_str(), static_cast<char*>(nullptr));
     _exit(127);

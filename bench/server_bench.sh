@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Server API benchmarks (issue: server and v1 API), each beside a baseline
+# measured in the same run. Usage: bench/server_bench.sh [nodes snapshot transfer commit import]
+# Needs a built tree (build/). BENCH_DIR (default /tmp/tidefs-bench) holds data.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${BENCH_DIR:-/tmp/tidefs-bench}
+BIN=$PWD/build/tidefs
+BENCH=$PWD/build/tidefs_bench
+rm -rf "$B/data" "$B/ready" && mkdir -p "$B"
+PID=
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; true; }
+trap cleanup EXIT
+
+"$BIN" serve --data "$B/data" --listen 127.0.0.1:0 --ready-file "$B/ready" &
+PID=$!
+for _ in $(seq 200); do [ -s "$B/ready" ] && break; sleep 0.05; done
+URL=$(cat "$B/ready")
+
+token() {  # project
+  "$BIN" admin --data "$B/data" project create "$1" >/dev/null
+  "$BIN" admin --data "$B/data" token create --project "$1" --device bench | tail -n 1
+}
+
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; $(date -u +%F)"
+for w in "${@:-nodes snapshot transfer commit import}"; do
+  case $w in
+    nodes) "$BENCH" "$URL" nodes "$(token nodes)" nodes 100000 2000 10 ;;
+    snapshot) "$BENCH" "$URL" snap "$(token snap)" snapshot 1000 1000 ;;
+    transfer) "$BENCH" "$URL" xfer "$(token xfer)" transfer 1024 4 ;;
+    commit) "$BENCH" "$URL" commit "$(token commit)" commit 10000 ;;
+    import)
+      T=$(token imp)
+      SRC=$B/import-src
+      if [ ! -f "$SRC/.complete" ]; then
+        rm -rf "$SRC"
+        python3 - "$SRC" <<'PY'
+import os, sys
+r = sys.argv[1]
+for d in range(1000):
+    os.makedirs(f"{r}/d{d:04d}")
+    for i in range(100):
+        with open(f"{r}/d{d:04d}/f{i:03d}", "wb") as f: f.write(os.urandom(512))
+PY
+        touch "$SRC/.complete"
+      fi
+      sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+      rm -rf "$B/copy"; t0=$(date +%s.%N); cp -r "$SRC" "$B/copy"; t1=$(date +%s.%N)
+      base=$(python3 -c "print($t1-$t0)")
+      printf '%-40s %12.3f %s\n' baseline_cp_r_100k_local "$base" s
+      sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+      t0=$(date +%s.%N); "$BIN" import --server "$URL" --project imp --token "$T" "$SRC" >/dev/null; t1=$(date +%s.%N)
+      imp=$(python3 -c "print($t1-$t0)")
+      printf '%-40s %12.3f %s\n' import_100k_small_files "$imp" s
+      printf '%-40s %12.3f %s\n' import_over_cp_r "$(python3 -c "print($imp/$base)")" x
+      rm -rf "$B/copy" ;;
+  esac
+done
