@@ -67,7 +67,7 @@ uint64_t PopulateDir(ApiClient& c, const std::string& dir, size_t count, size_t 
   d.parent = parent;
   d.name = dir;
   std::vector<CommitOp> ops{d};
-  std::mt19937 rng(count);
+  std::mt19937 rng(std::hash<std::string>()(dir));  // each directory differs
   for (size_t i = 0; i < count; ++i) {
     CommitOp op;
     op.type = OpType::kCreate;

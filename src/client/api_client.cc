@@ -57,16 +57,30 @@ Result<json> ParseJson(const std::string& body) {
   return j;
 }
 
+// Runs a parser of a server answer; a field of an unexpected type (which
+// nlohmann reports by throwing) becomes kCorruption, never a crash.
+template <typename F>
+auto Guard(const char* what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const json::exception& e) {
+    return Status::Corruption(std::string(what) + ": unexpected answer from the server: " + e.what());
+  }
+}
+
 }  // namespace
 
 Status StatusFromAnswer(const HttpAnswer& a, const std::string& what) {
   std::string msg = "HTTP " + std::to_string(a.status);
   json j = json::parse(a.body, nullptr, false);
-  if (!j.is_discarded() && j.is_object() && j.contains("message") && j["message"].is_string())
-    msg = j["message"].get<std::string>();
+  auto text = [&](const char* key) -> std::string {
+    if (!j.is_object() || !j.contains(key) || !j[key].is_string()) return "";
+    return j[key].get<std::string>();
+  };
+  if (!text("message").empty()) msg = text("message");
   Code code = CodeForHttpStatus(a.status);
-  if (a.status == 409 && j.is_object() && j.value("error", "") == "already_exists") code = Code::kAlreadyExists;
-  if (a.status == 409 && j.is_object() && j.value("error", "") == "not_empty") code = Code::kNotEmpty;
+  if (a.status == 409 && text("error") == "already_exists") code = Code::kAlreadyExists;
+  if (a.status == 409 && text("error") == "not_empty") code = Code::kNotEmpty;
   return Status(code, what + ": " + msg);
 }
 
@@ -171,6 +185,7 @@ Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& 
 }
 
 Result<NodePage> ApiClient::ListNodes(uint64_t parent, const std::string& after, int limit) {
+  return Guard("listing", [&]() -> Result<NodePage> {
   std::string path = "/nodes?parent=" + std::to_string(parent) + "&limit=" + std::to_string(limit);
   if (!after.empty()) path += "&after=" + UrlEncode(after);
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", path));
@@ -180,6 +195,7 @@ Result<NodePage> ApiClient::ListNodes(uint64_t parent, const std::string& after,
   ASSIGN_OR_RETURN(page.items, ParseNodes(j["items"]));
   if (j.contains("next") && j["next"].is_string()) page.next = j["next"].get<std::string>();
   return page;
+  });
 }
 
 Result<std::vector<NodeRecord>> ApiClient::ListAll(uint64_t parent) {
@@ -194,6 +210,7 @@ Result<std::vector<NodeRecord>> ApiClient::ListAll(uint64_t parent) {
 }
 
 Result<ChangesPage> ApiClient::Changes(uint64_t since, int limit) {
+  return Guard("changes", [&]() -> Result<ChangesPage> {
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", "/changes?since=" + std::to_string(since) + "&limit=" + std::to_string(limit)));
   if (a.status != 200) return StatusFromAnswer(a, "changes since " + std::to_string(since));
   ASSIGN_OR_RETURN(json j, ParseJson(a.body));
@@ -203,6 +220,7 @@ Result<ChangesPage> ApiClient::Changes(uint64_t since, int limit) {
   page.head = j["head"].get<uint64_t>();
   page.more = j.value("more", false);
   return page;
+  });
 }
 
 Result<Snapshot> ApiClient::GetSnapshot() {
@@ -232,6 +250,7 @@ Result<std::string> ApiClient::GetContent(uint64_t id, uint64_t version, uint64_
 }
 
 Result<std::vector<Hash128>> ApiClient::MissingBlocks(const std::vector<Hash128>& hashes) {
+  return Guard("blocks/missing", [&]() -> Result<std::vector<Hash128>> {
   std::string body = "{\"hashes\":[";
   for (size_t i = 0; i < hashes.size(); ++i) {
     if (i) body += ',';
@@ -249,6 +268,7 @@ Result<std::vector<Hash128>> ApiClient::MissingBlocks(const std::vector<Hash128>
     out.push_back(*parsed);
   }
   return out;
+  });
 }
 
 Status ApiClient::UploadBlocks(const std::string& body) {
@@ -258,6 +278,7 @@ Status ApiClient::UploadBlocks(const std::string& body) {
 }
 
 Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops) {
+  return Guard("commit", [&]() -> Result<CommitReply> {
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/commit", EncodeCommit(ops), {"Content-Type: application/json"},
                                      /*idempotent=*/false));
   CommitReply r;
@@ -283,6 +304,7 @@ Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops) {
       if (h.is_string())
         if (auto p = Hash128::FromHex(h.get_ref<const std::string&>())) r.missing.push_back(*p);
   return r;
+  });
 }
 
 Status ApiClient::PutCheckpoint(const std::string& device, uint64_t seq) {

@@ -1,6 +1,9 @@
 #include "server/http_server.h"
 
+#include "core/url.h"
+
 #include <chrono>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -14,32 +17,6 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = net::ip::tcp;
-
-bool PercentDecode(std::string_view in, std::string* out, bool plus_is_space) {
-  out->clear();
-  out->reserve(in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    char c = in[i];
-    if (c == '%') {
-      if (i + 2 >= in.size()) return false;
-      auto hex = [](char h) -> int {
-        if (h >= '0' && h <= '9') return h - '0';
-        if (h >= 'a' && h <= 'f') return h - 'a' + 10;
-        if (h >= 'A' && h <= 'F') return h - 'A' + 10;
-        return -1;
-      };
-      int hi = hex(in[i + 1]), lo = hex(in[i + 2]);
-      if (hi < 0 || lo < 0) return false;
-      out->push_back(static_cast<char>(hi << 4 | lo));
-      i += 2;
-    } else if (c == '+' && plus_is_space) {
-      out->push_back(' ');
-    } else {
-      out->push_back(c);
-    }
-  }
-  return true;
-}
 
 namespace {
 
@@ -112,8 +89,17 @@ struct HttpServer::Impl {
                                   size_t limit, beast::error_code& ec) {
     size_t used = 0;
     if (parser.content_length()) {
+      // Known length: take what is buffered, then read the rest straight
+      // from the socket into the body (no copy through Beast's buffer).
       size_t want = static_cast<size_t>(*parser.content_length());
       if (body.size() < want) body.resize(want);
+      size_t have = std::min(buffer.size(), want);
+      std::memcpy(body.data(), buffer.data().data(), have);
+      buffer.consume(have);
+      if (want > have)
+        co_await net::async_read(stream, net::buffer(body.data() + have, want - have),
+                                 net::redirect_error(net::use_awaitable, ec));
+      co_return want;
     }
     while (!parser.is_done()) {
       if (used == body.size()) {

@@ -40,7 +40,4 @@ struct HttpResponse {
   uint64_t stream_length = 0;
 };
 
-// Percent-decodes; false on a malformed escape.
-bool PercentDecode(std::string_view in, std::string* out, bool plus_is_space);
-
 }  // namespace tidefs

@@ -51,7 +51,12 @@ class PackBlockStore final : public BlockStore {
       if (name.size() == 11 && name.substr(6) == ".pack") last = std::max<uint64_t>(last, std::stoull(name.substr(0, 6)));
     }
     if (ec) return Status::IoError("cannot list " + dir_ + ": " + ec.message());
-    return OpenForAppend(last == 0 ? 1 : last);
+    last_pack_ = last;
+    if (last > 0) {  // keep filling the newest pack
+      ASSIGN_OR_RETURN(Lane lane, OpenLane(last));
+      lanes_.push_back(lane);
+    }
+    return Status::Ok();
   }
 
   Result<std::vector<BlockLocation>> Append(const std::vector<std::string_view>& blocks) override {
@@ -65,9 +70,17 @@ class PackBlockStore final : public BlockStore {
     std::vector<iovec> iov(blocks.size());
     uint64_t total = 0;
     for (size_t i = 0; i < blocks.size(); ++i) {
-      size_t n = ZSTD_compressCCtx(cctx, scratch.get(), ZSTD_COMPRESSBOUND(kBlockSize), blocks[i].data(),
-                                   blocks[i].size(), 1);
-      bool keep = !ZSTD_isError(n) && n <= blocks[i].size() - blocks[i].size() / 8;
+      // A 4 KiB sample that does not compress says the block will not
+      // either (media, archives, random data): skip the full attempt.
+      size_t n = 0;
+      bool keep = false;
+      const size_t sample = std::min<size_t>(blocks[i].size(), 4096);
+      size_t s = ZSTD_compressCCtx(cctx, scratch.get(), ZSTD_COMPRESSBOUND(kBlockSize), blocks[i].data(), sample, 1);
+      if (!ZSTD_isError(s) && s <= sample - sample / 16) {
+        n = ZSTD_compressCCtx(cctx, scratch.get(), ZSTD_COMPRESSBOUND(kBlockSize), blocks[i].data(),
+                              blocks[i].size(), 1);
+        keep = !ZSTD_isError(n) && n <= blocks[i].size() - blocks[i].size() / 8;
+      }
       locs[i].raw_length = static_cast<uint32_t>(blocks[i].size());
       locs[i].codec = keep ? 1 : 0;
       locs[i].stored_length = static_cast<uint32_t>(keep ? n : blocks[i].size());
@@ -80,17 +93,49 @@ class PackBlockStore final : public BlockStore {
       total += locs[i].stored_length;
     }
 
+    // Take a lane: a pack file no one else is appending to. Writers on
+    // one file serialize on its inode lock, so concurrent uploads each get
+    // their own file and both cores can copy into the page cache.
     int fd;
     uint64_t pack, offset;
+    size_t lane_index;
     {
       std::lock_guard lock(mu_);
-      if (append_size_ >= pack_bytes_) RETURN_IF_ERROR(OpenForAppend(append_pack_ + 1));
-      pack = append_pack_;
-      offset = append_size_;
-      append_size_ += total;
-      fd = append_fd_;
+      lane_index = lanes_.size();
+      for (size_t i = 0; i < lanes_.size(); ++i)
+        if (!lanes_[i].busy) {
+          lane_index = i;
+          break;
+        }
+      if (lane_index == lanes_.size()) {
+        if (lanes_.size() >= kMaxLanes) {
+          lane_index = next_shared_++ % lanes_.size();  // all busy: share one
+        } else {
+          ASSIGN_OR_RETURN(Lane lane, OpenLane(++last_pack_));
+          lanes_.push_back(lane);
+        }
+      }
+      Lane& lane = lanes_[lane_index];
+      if (lane.size >= pack_bytes_) {
+        int busy = lane.busy;  // a sharer may still write to the old file
+        ASSIGN_OR_RETURN(lane, OpenLane(++last_pack_));
+        lane.busy = busy;
+      }
+      lane.busy++;
+      pack = lane.pack;
+      offset = lane.size;
+      lane.size += total;
+      fd = lane.fd;
       unsynced_.insert(pack);
     }
+    struct Release {
+      PackBlockStore* self;
+      size_t lane;
+      ~Release() {
+        std::lock_guard lock(self->mu_);
+        self->lanes_[lane].busy--;
+      }
+    } release{this, lane_index};
     // Regions are reserved under the lock, so writers never overlap. Bytes
     // become durable at the next Sync(), which every commit calls first.
     size_t first = 0;
@@ -174,17 +219,23 @@ class PackBlockStore final : public BlockStore {
     return dir_ + "/" + name;
   }
 
-  // Requires mu_ held (or single-threaded init).
-  Status OpenForAppend(uint64_t pack) {
+  struct Lane {
+    uint64_t pack = 0;
+    uint64_t size = 0;
+    int fd = -1;
+    int busy = 0;  // appends in progress
+  };
+  static constexpr size_t kMaxLanes = 4;
+
+  // Requires mu_ held (or single-threaded init). The fd stays open in fds_.
+  Result<Lane> OpenLane(uint64_t pack) {
     Fd fd(::open(PackPath(pack).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
     if (fd.get() < 0) return Status::IoError(Errno("cannot open pack " + PackPath(pack)));
     struct stat st;
     if (::fstat(fd.get(), &st) != 0) return Status::IoError(Errno("cannot stat pack " + PackPath(pack)));
-    append_pack_ = pack;
-    append_size_ = st.st_size;
-    append_fd_ = fd.get();
+    Lane lane{pack, static_cast<uint64_t>(st.st_size), fd.get(), 0};
     fds_[pack] = std::move(fd);
-    return Status::Ok();
+    return lane;
   }
 
   Result<int> ReadFd(uint64_t pack) {
@@ -202,9 +253,9 @@ class PackBlockStore final : public BlockStore {
   const uint64_t pack_bytes_;
   std::mutex mu_;
   std::map<uint64_t, Fd> fds_;  // guarded by mu_; open packs, never closed while running
-  uint64_t append_pack_ = 0;    // guarded by mu_
-  uint64_t append_size_ = 0;    // guarded by mu_
-  int append_fd_ = -1;          // guarded by mu_
+  std::vector<Lane> lanes_;     // guarded by mu_
+  uint64_t last_pack_ = 0;      // guarded by mu_; the highest pack number in use
+  size_t next_shared_ = 0;      // guarded by mu_
   std::set<uint64_t> unsynced_;  // guarded by mu_; packs appended since the last Sync
 };
 

@@ -109,9 +109,6 @@ class SqliteMetadataStore final : public MetadataStore {
   Status Init() {
     ASSIGN_OR_RETURN(auto db, Db::Open(path_));
     writer_.db = std::move(db);
-    // Commits are acknowledged to clients that then drop their journal:
-    // they must survive a power cut, not only a crash of the process.
-    RETURN_IF_ERROR(writer_.db->Exec("PRAGMA synchronous=FULL"));
     RETURN_IF_ERROR(Migrate(writer_.db.get()));
     return Status::Ok();
   }
@@ -343,6 +340,15 @@ class SqliteMetadataStore final : public MetadataStore {
                               const std::function<Status()>& barrier) override {
     std::lock_guard lock(write_mu_);
     if (barrier) RETURN_IF_ERROR(barrier());
+    // Commits are acknowledged to clients that then drop their journal:
+    // they must survive a power cut, not only a crash of the process, so
+    // this transaction syncs the WAL. Other writes (block index, device
+    // last-seen) are made durable by the next commit's sync.
+    RETURN_IF_ERROR(writer_.db->Exec("PRAGMA synchronous=FULL"));
+    struct Restore {
+      Db* db;
+      ~Restore() { (void)db->Exec("PRAGMA synchronous=NORMAL"); }
+    } restore{writer_.db.get()};
     Transaction tx(writer_.db.get());
     RETURN_IF_ERROR(tx.status());
     CommitApplier a(this, project);

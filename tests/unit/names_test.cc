@@ -23,3 +23,22 @@ TEST(Names, RefusesBadNames) {
 }
 
 }  // namespace tidefs
+
+#include "core/url.h"
+
+namespace tidefs {
+
+TEST(Url, PercentDecode) {
+  std::string out;
+  EXPECT_TRUE(PercentDecode("a%20b%2Fc+d", &out, true));
+  EXPECT_EQ(out, "a b/c d");
+  EXPECT_TRUE(PercentDecode("a+b", &out, false));
+  EXPECT_EQ(out, "a+b");
+  EXPECT_FALSE(PercentDecode("%", &out, false));
+  EXPECT_FALSE(PercentDecode("%2", &out, false));
+  EXPECT_FALSE(PercentDecode("%zz", &out, false));
+  EXPECT_TRUE(PercentDecode("%00", &out, false));
+  EXPECT_EQ(out, std::string(1, '\0'));
+}
+
+}  // namespace tidefs
