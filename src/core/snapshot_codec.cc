@@ -10,6 +10,7 @@ namespace {
 
 constexpr char kMagic[8] = {'T', 'D', 'F', 'S', 'S', 'N', 'A', 'P'};
 // Upper bound of one record's raw size, to bound the decompressed size.
+constexpr uint64_t kMaxSnapshotRatio = 512;
 constexpr uint64_t kMaxRecordBytes = 8 + 8 + 1 + 10 * 6 + 3 + kMaxNameBytes + 3 + kMaxSymlinkTarget;
 
 }  // namespace
@@ -77,6 +78,10 @@ Result<Snapshot> DecodeSnapshot(std::string_view bytes) {
     return Status::Corruption("snapshot: bad zstd frame");
   if (raw_size > count * kMaxRecordBytes || raw_size < count * 20)
     return Status::Corruption("snapshot: body size does not fit the node count");
+  // Real snapshots compress 3-20x; a claim far beyond that is an attempt to
+  // make the reader allocate gigabytes, refused before any allocation.
+  if (raw_size > uint64_t{frame.size()} * kMaxSnapshotRatio)
+    return Status::Corruption("snapshot: implausible compression ratio");
   std::string raw(raw_size, '\0');
   size_t got = ZSTD_decompress(raw.data(), raw.size(), frame.data(), frame.size());
   if (ZSTD_isError(got) || got != raw_size) return Status::Corruption("snapshot: zstd body is corrupt");
