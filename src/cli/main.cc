@@ -1,8 +1,11 @@
 // tidefs: one binary, with subcommands.
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -10,6 +13,7 @@
 #include "client/api_client.h"
 #include "client/importer.h"
 #include "core/logging.h"
+#include "mount/fuse_mount.h"
 #include "server/admin.h"
 
 namespace {
@@ -94,6 +98,21 @@ int main(int argc, char** argv) {
   import->add_option("src", io.src_dir, "Local directory to upload")->required();
   import->add_option("dest", io.dest, "Path inside the project (default /)");
 
+  // mount / unmount
+  auto* mount = app.add_subcommand("mount", "Mount a project as a folder");
+  MountOptions mo;
+  std::string mount_token;
+  mount->add_option("--server", mo.client.server, "Server URL")->required();
+  mount->add_option("--project", mo.client.project, "Project name")->required();
+  mount->add_option("--token", mount_token, "Token (default: $TIDEFS_TOKEN)");
+  mount->add_option("--device", mo.device, "This device's name");
+  mount->add_option("--cache-dir", mo.cache_dir, "Cache directory (default ~/.cache/tidefs/PROJECT)");
+  mount->add_flag("-f,--foreground", mo.foreground, "Stay in the foreground");
+  mount->add_option("mountpoint", mo.mountpoint, "An empty directory")->required()->check(CLI::ExistingDirectory);
+  auto* unmount = app.add_subcommand("unmount", "Unmount a tidefs folder");
+  std::string unmount_point;
+  unmount->add_option("mountpoint", unmount_point)->required();
+
   CLI11_PARSE(app, argc, argv);
   SetupLogging(verbosity);
 
@@ -134,6 +153,50 @@ int main(int argc, char** argv) {
       if (*n == 0) return 1;
     }
     return 0;
+  }
+  if (*mount) {
+    mo.client.token = TokenFrom(mount_token);
+    if (mo.client.token.empty()) return Fail(Status::Invalid("no token: pass --token or set TIDEFS_TOKEN"));
+    if (!mo.foreground) {
+      // Return once the tree is visible; the child serves in the background.
+      int fds[2];
+      if (pipe(fds) != 0) return Fail(Status::IoError("pipe failed"));
+      pid_t pid = fork();
+      if (pid < 0) return Fail(Status::IoError("fork failed"));
+      if (pid > 0) {
+        close(fds[1]);
+        char ok = 0;
+        ssize_t n = read(fds[0], &ok, 1);
+        if (n == 1 && ok == 1) return 0;
+        int status = 0;
+        waitpid(pid, &status, 0);
+        return WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : 1;
+      }
+      close(fds[0]);
+      setsid();
+      mo.ready_fd = fds[1];
+      // A daemon keeps no terminal or pipe of its caller open: its log goes
+      // to mount.log in the cache dir.
+      if (mo.cache_dir.empty()) {
+        const char* home = getenv("HOME");
+        mo.cache_dir = std::string(home ? home : "/tmp") + "/.cache/tidefs/" + mo.client.project;
+      }
+      std::filesystem::create_directories(mo.cache_dir);
+      int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+      int log = open((mo.cache_dir + "/mount.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+      if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+      if (log >= 0) {
+        dup2(log, STDOUT_FILENO);
+        dup2(log, STDERR_FILENO);
+      }
+    }
+    if (Status st = RunMount(mo); !st.ok()) return Fail(st);
+    return 0;
+  }
+  if (*unmount) {
+    std::string cmd = "fusermount3 -u '" + unmount_point + "'";
+    int rc = system(cmd.c_str());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
   }
   if (*import) {
     co.token = TokenFrom(import_token);

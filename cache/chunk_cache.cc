@@ -1,0 +1,173 @@
+#include "cache/chunk_cache.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <spdlog/spdlog.h>
+
+namespace tidefs {
+
+ChunkCache::Entry::~Entry() {
+  if (fd >= 0) ::close(fd);
+}
+
+ChunkCache::ChunkCache(std::string dir, ApiClient* client, int readahead_chunks, int threads)
+    : dir_(std::move(dir)), client_(client), readahead_(readahead_chunks) {
+  std::filesystem::create_directories(dir_ + "/data");
+  for (int i = 0; i < threads; ++i)
+    pool_.emplace_back([this] {
+      for (;;) {
+        std::function<void()> task;
+        {
+          std::unique_lock lock(pool_mu_);
+          pool_cv_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+          if (stopping_) return;
+          task = std::move(tasks_.front());
+          tasks_.pop_front();
+        }
+        task();
+      }
+    });
+}
+
+ChunkCache::~ChunkCache() {
+  {
+    std::lock_guard lock(pool_mu_);
+    stopping_ = true;
+  }
+  pool_cv_.notify_all();
+  for (auto& t : pool_) t.join();
+}
+
+void ChunkCache::Post(std::function<void()> task) {
+  {
+    std::lock_guard lock(pool_mu_);
+    if (stopping_) return;
+    tasks_.push_back(std::move(task));
+  }
+  pool_cv_.notify_one();
+}
+
+ChunkCacheStats ChunkCache::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n) {
+  auto key = std::make_pair(n.id, n.version);
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(key);
+    if (it != entries_.end()) return it->second;
+  }
+  // The manifest names every block; fetched once per version.
+  ASSIGN_OR_RETURN(Manifest m, client_->GetManifest(n.id, n.version));
+  if (m.size != n.size)
+    return Status::Corruption("manifest of node " + std::to_string(n.id) + " says " + std::to_string(m.size) +
+                              " bytes, the node record " + std::to_string(n.size));
+  auto e = std::make_shared<Entry>();
+  std::string path = dir_ + "/data/" + std::to_string(n.id) + "-" + std::to_string(n.version);
+  e->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (e->fd < 0) return Status::IoError("cannot create cache file " + path + ": " + std::strerror(errno));
+  e->present.assign(m.blocks.size(), false);
+  e->manifest = std::move(m);
+  std::lock_guard lock(mu_);
+  auto [it, inserted] = entries_.emplace(key, e);
+  return it->second;
+}
+
+Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
+  const uint64_t first = chunk * kChunkSize;
+  const uint64_t last = std::min<uint64_t>(first + kChunkSize, e.manifest.size) - 1;
+  ASSIGN_OR_RETURN(std::string bytes, client_->GetContent(n.id, n.version, first, last));
+  if (bytes.size() != last - first + 1) {
+    return Status::Corruption("node " + std::to_string(n.id) + " chunk " + std::to_string(chunk) + ": got " +
+                              std::to_string(bytes.size()) + " bytes, expected " + std::to_string(last - first + 1));
+  }
+  for (uint64_t off = 0; off < bytes.size(); off += kBlockSize) {
+    size_t len = std::min<uint64_t>(kBlockSize, bytes.size() - off);
+    uint64_t block = (first + off) / kBlockSize;
+    if (HashBlock(bytes.data() + off, len) != e.manifest.blocks[block]) {
+      std::lock_guard lock(mu_);
+      stats_.verify_failures++;
+      return Status::Corruption("node " + std::to_string(n.id) + " block " + std::to_string(block) +
+                                ": bytes from the server do not match the manifest's hash");
+    }
+  }
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::pwrite(e.fd, bytes.data() + done, bytes.size() - done, first + done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(errno));
+    done += w;
+  }
+  {
+    std::lock_guard lock(e.mu);
+    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) e.present[b] = true;
+  }
+  std::lock_guard lock(mu_);
+  stats_.chunks_fetched++;
+  stats_.bytes_fetched += bytes.size();
+  return Status::Ok();
+}
+
+Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk) {
+  std::shared_future<Status> wait;
+  std::promise<Status> mine;
+  {
+    std::lock_guard lock(e->mu);
+    uint64_t b0 = chunk * kBlocksPerChunk;
+    uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e->present.size());
+    bool all = true;
+    for (uint64_t b = b0; b < b1 && all; ++b) all = e->present[b];
+    if (all) return Status::Ok();
+    auto it = e->inflight.find(chunk);
+    if (it != e->inflight.end()) {
+      wait = it->second;
+    } else {
+      e->inflight.emplace(chunk, mine.get_future().share());
+    }
+  }
+  if (wait.valid()) return wait.get();
+  Status st = Fetch(*e, n, chunk);
+  if (!st.ok()) spdlog::error("fetching chunk {} of node {} failed: {}", chunk, n.id, st.ToString());
+  mine.set_value(st);
+  std::lock_guard lock(e->mu);
+  e->inflight.erase(chunk);
+  return st;
+}
+
+Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, char* out) {
+  if (off >= n.size || len == 0) return size_t{0};
+  len = std::min<uint64_t>(len, n.size - off);
+  ASSIGN_OR_RETURN(auto e, Open(n));
+  const uint64_t c0 = off / kChunkSize, c1 = (off + len - 1) / kChunkSize;
+  for (uint64_t c = c0; c <= c1; ++c) RETURN_IF_ERROR(EnsureChunk(e, n, c));
+  // Sequential access: fetch the next chunks before they are asked for.
+  uint64_t ra_from = 0, ra_to = 0;
+  {
+    std::lock_guard lock(e->mu);
+    if (off == e->next_sequential || off == 0) {
+      const uint64_t chunks = (n.size + kChunkSize - 1) / kChunkSize;
+      ra_from = std::max(c1 + 1, e->readahead_from);
+      ra_to = std::min<uint64_t>(c1 + 1 + readahead_, chunks);
+      if (ra_to > ra_from) e->readahead_from = ra_to;
+    }
+    e->next_sequential = off + len;
+  }
+  for (uint64_t c = ra_from; c < ra_to; ++c) Post([this, e, n, c] { (void)EnsureChunk(e, n, c); });
+  size_t done = 0;
+  while (done < len) {
+    ssize_t r = ::pread(e->fd, out + done, len - done, off + done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return Status::IoError(std::string("cannot read the cache: ") + std::strerror(errno));
+    done += r;
+  }
+  return done;
+}
+
+}  // namespace tidefs

@@ -1,0 +1,74 @@
+// The read cache: one sparse file per file version plus a bitmap of the
+// 64 KiB blocks present. A miss fetches the 4 MiB chunk around it with a
+// Range request pinned to the version; concurrent misses of one chunk share
+// one fetch; every block is checked against the manifest's hash before it
+// is written, so nothing unverified is ever cached. Sequential reads start
+// read-ahead of the next chunks on a small pool. Thread-safe.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/api_client.h"
+#include "core/manifest_codec.h"
+#include "core/node.h"
+
+namespace tidefs {
+
+struct ChunkCacheStats {
+  uint64_t chunks_fetched = 0;
+  uint64_t bytes_fetched = 0;
+  uint64_t verify_failures = 0;
+};
+
+class ChunkCache {
+ public:
+  ChunkCache(std::string dir, ApiClient* client, int readahead_chunks = 4, int threads = 4);
+  ~ChunkCache();
+
+  // Reads [off, off+len) of `n` at its version into `out`; returns the
+  // bytes read (short at end of file).
+  Result<size_t> Read(const NodeRecord& n, uint64_t off, size_t len, char* out);
+  ChunkCacheStats stats() const;
+
+ private:
+  struct Entry {
+    std::mutex mu;
+    int fd = -1;
+    Manifest manifest;
+    std::vector<bool> present;                                // guarded by mu, per block
+    std::map<uint64_t, std::shared_future<Status>> inflight;  // guarded by mu, per chunk
+    uint64_t next_sequential = 0;                             // guarded by mu
+    uint64_t readahead_from = 0;                              // guarded by mu; first chunk not yet posted
+    ~Entry();
+  };
+
+  Result<std::shared_ptr<Entry>> Open(const NodeRecord& n);
+  // Makes every block of `chunk` present, fetching it if needed.
+  Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
+  Status Fetch(Entry& e, const NodeRecord& n, uint64_t chunk);
+  void Post(std::function<void()> task);
+
+  const std::string dir_;
+  ApiClient* client_;
+  const int readahead_;
+  mutable std::mutex mu_;
+  std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Entry>> entries_;  // guarded by mu_
+  ChunkCacheStats stats_;                                                   // guarded by mu_
+
+  std::mutex pool_mu_;
+  std::condition_variable pool_cv_;
+  std::deque<std::function<void()>> tasks_;  // guarded by pool_mu_
+  bool stopping_ = false;                    // guarded by pool_mu_
+  std::vector<std::thread> pool_;
+};
+
+}  // namespace tidefs

@@ -1,0 +1,162 @@
+// End to end: the real server, `tidefs import`, and a real FUSE mount
+// driven with real syscalls.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "../integration/helpers.h"
+#include "../integration/test_server.h"
+
+namespace tidefs {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool IsMounted(const std::string& path) {
+  std::ifstream f("/proc/self/mounts");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.find(" " + path + " ") != std::string::npos) return true;
+  return false;
+}
+
+// A mount that is unmounted (and waited for) in the destructor.
+class TestMount {
+ public:
+  TestMount(const TestServer& server, const std::string& token, const std::string& dir) : dir_(dir) {
+    mnt_ = dir + "/mnt";
+    fs::create_directories(mnt_);
+    std::string out;
+    int rc = RunCommand(std::string(TIDEFS_BINARY) + " mount --server " + server.url() + " --project demo --token " +
+                            token + " --cache-dir " + dir + "/cache " + mnt_ + " 2>&1",
+                        &out);
+    if (rc != 0 || !IsMounted(mnt_)) throw std::runtime_error("tidefs mount failed: " + out);
+  }
+  ~TestMount() {
+    std::string out;
+    RunCommand("fusermount3 -u " + mnt_ + " 2>&1", &out);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (IsMounted(mnt_) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (IsMounted(mnt_)) RunCommand("fusermount3 -uz " + mnt_, &out);
+  }
+  const std::string& path() const { return mnt_; }
+
+ private:
+  std::string dir_, mnt_;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+uint64_t ContentBytesSent(ApiClient& c) {
+  auto m = c.Raw("GET", "//metrics");
+  std::string key = "\ntidefs_content_bytes_sent_total ";
+  size_t at = m->body.find(key);
+  return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
+}
+
+class MountTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // No /dev/fuse is a failure, never a silent skip.
+    ASSERT_EQ(access("/dev/fuse", R_OK | W_OK), 0) << "/dev/fuse is missing: end-to-end tests cannot run";
+    dir_ = MakeTempDir("tidefs-e2e");
+    src_ = dir_ + "/src";
+    fs::create_directories(src_ + "/sub/deeper");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  void Import() {
+    std::string out;
+    ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " import --server " + server_.url() + " --project demo --token " +
+                             server_.rw_token + " " + src_ + " 2>&1",
+                         &out),
+              0)
+        << out;
+  }
+  void Write(const std::string& rel, const std::string& data) {
+    std::ofstream f(src_ + "/" + rel, std::ios::binary);
+    f << data;
+  }
+  TestServer server_;
+  ApiClient c_ = server_.Client(server_.rw_token);
+  std::string dir_, src_;
+};
+
+TEST_F(MountTest, TreeAndBytesMatchWhatWasCommitted) {
+  Write("a.txt", "hello\n");
+  Write("empty", "");
+  Write("sub/exact4m", RandomBytes(4 << 20, 1));
+  Write("sub/deeper/multi", RandomBytes(9 * 1024 * 1024 + 4321, 2));
+  Write("sub/deeper/one-block", RandomBytes(65536, 3));
+  ASSERT_EQ(symlink("a.txt", (src_ + "/link").c_str()), 0);
+  Import();
+  TestMount m(server_, server_.ro_token, dir_);
+
+  // The same tree, entry for entry.
+  std::vector<std::string> want, got;
+  for (auto& e : fs::recursive_directory_iterator(src_)) want.push_back(fs::relative(e.path(), src_).string());
+  for (auto& e : fs::recursive_directory_iterator(m.path())) got.push_back(fs::relative(e.path(), m.path()).string());
+  std::sort(want.begin(), want.end());
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, want);
+
+  for (const char* rel : {"a.txt", "empty", "sub/exact4m", "sub/deeper/multi", "sub/deeper/one-block"}) {
+    EXPECT_EQ(ReadAll(m.path() + "/" + rel), ReadAll(src_ + "/" + rel)) << rel;
+    struct stat a, b;
+    ASSERT_EQ(stat((m.path() + "/" + rel).c_str(), &a), 0);
+    ASSERT_EQ(stat((src_ + "/" + rel).c_str(), &b), 0);
+    EXPECT_EQ(a.st_size, b.st_size) << rel;
+    EXPECT_EQ(a.st_mtim.tv_sec, b.st_mtim.tv_sec) << rel;
+  }
+  char target[64] = {};
+  ASSERT_GT(readlink((m.path() + "/link").c_str(), target, sizeof target), 0);
+  EXPECT_STREQ(target, "a.txt");
+  struct stat st;
+  EXPECT_EQ(stat((m.path() + "/missing").c_str(), &st), -1);
+  EXPECT_EQ(errno, ENOENT);
+  // Writes wait for the journal: refused, not lost.
+  int fd = open((m.path() + "/new").c_str(), O_CREAT | O_WRONLY, 0644);
+  EXPECT_EQ(fd, -1);
+  EXPECT_EQ(errno, EROFS);
+}
+
+TEST_F(MountTest, OneByteInTheMiddleOfALargeFileFetchesOneChunk) {
+  // 1 GiB whose 64 KiB blocks differ (each starts with its index) but
+  // compress well, so the test stays quick.
+  {
+    std::ofstream f(src_ + "/big", std::ios::binary);
+    std::string block(kBlockSize, 'z');
+    for (uint64_t i = 0; i < (1ull << 30) / kBlockSize; ++i) {
+      std::memcpy(block.data(), &i, sizeof i);
+      f.write(block.data(), block.size());
+    }
+  }
+  Import();
+  TestMount m(server_, server_.ro_token, dir_);
+  uint64_t before = ContentBytesSent(c_);
+  int fd = open((m.path() + "/big").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  char byte = 0;
+  const off_t middle = (512ll << 20) + (1 << 20) + 12345;
+  ASSERT_EQ(pread(fd, &byte, 1, middle), 1);
+  close(fd);
+  EXPECT_EQ(byte, 'z');
+  uint64_t sent = ContentBytesSent(c_) - before;
+  EXPECT_GT(sent, 0u);
+  EXPECT_LE(sent, kChunkSize) << "a one-byte read fetched more than one 4 MiB chunk";
+}
+
+}  // namespace
+}  // namespace tidefs
