@@ -36,16 +36,24 @@ if [ -z "$(curl -fs -H "Authorization: Bearer $TOKEN" "$URL/v1/projects/demo/nod
   rm -rf "$SEED"
 fi
 
+MNT=$PWD/mnt
+mkdir -p "$MNT"
+mountpoint -q "$MNT" && fusermount3 -u "$MNT"
+"$BIN" mount --server "$URL" --project demo --token "$TOKEN" --cache-dir "$PWD/.demo/cache" "$MNT"
+trap 'fusermount3 -u "$MNT" 2>/dev/null; kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT INT TERM
+
 cat <<TXT
 
 tidefs server running at $URL  (data in $DATA)
-project: demo    token: $TOKEN_FILE
+project demo mounted at $MNT  (read-only for now; cache in .demo/cache)
+token: $TOKEN_FILE
 
 Try:
+  ls -l $MNT; cat $MNT/README.txt
   export TIDEFS_TOKEN=\$(cat $TOKEN_FILE)
-  curl -H "Authorization: Bearer \$TIDEFS_TOKEN" '$URL/v1/projects/demo/nodes'
   $BIN import --server $URL --project demo ~/some/folder some/folder
+  curl -H "Authorization: Bearer \$TIDEFS_TOKEN" '$URL/v1/projects/demo/nodes'
 
-Ctrl-C stops the server.
+Ctrl-C unmounts and stops the server.
 TXT
 wait $SERVER
