@@ -1,6 +1,7 @@
 #include "cache/chunk_cache.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,8 +16,8 @@ ChunkCache::Entry::~Entry() {
   if (fd >= 0) ::close(fd);
 }
 
-ChunkCache::ChunkCache(std::string dir, ApiClient* client, int readahead_chunks, int threads)
-    : dir_(std::move(dir)), client_(client), readahead_(readahead_chunks) {
+ChunkCache::ChunkCache(std::string dir, ApiClient* client, uint64_t max_bytes, int readahead_chunks, int threads)
+    : dir_(std::move(dir)), client_(client), max_bytes_(max_bytes), readahead_(readahead_chunks) {
   std::filesystem::create_directories(dir_ + "/data");
   for (int i = 0; i < threads; ++i)
     pool_.emplace_back([this] {
@@ -109,10 +110,51 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
     std::lock_guard lock(e.mu);
     for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) e.present[b] = true;
   }
-  std::lock_guard lock(mu_);
-  stats_.chunks_fetched++;
-  stats_.bytes_fetched += bytes.size();
+  {
+    std::lock_guard lock(mu_);
+    stats_.chunks_fetched++;
+    stats_.bytes_fetched += bytes.size();
+  }
+  Touch({n.id, n.version, chunk}, bytes.size());
   return Status::Ok();
+}
+
+void ChunkCache::Touch(const ChunkKey& key, uint64_t bytes) {
+  std::lock_guard lock(mu_);
+  auto it = lru_index_.find(key);
+  if (it != lru_index_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return;
+  }
+  if (bytes == 0) return;  // not cached (evicted meanwhile): nothing to track
+  lru_.emplace_front(key, bytes);
+  lru_index_[key] = lru_.begin();
+  stats_.cached_bytes += bytes;
+  EvictLocked();
+}
+
+void ChunkCache::EvictLocked() {
+  auto it = lru_.end();
+  while (stats_.cached_bytes > max_bytes_ && it != lru_.begin()) {
+    --it;
+    const auto [id, version, chunk] = it->first;
+    auto e = entries_.find({id, version});
+    if (e != entries_.end()) {
+      Entry& entry = *e->second;
+      std::lock_guard elock(entry.mu);
+      if (entry.inflight.count(chunk)) continue;  // being fetched: not now
+      uint64_t b0 = chunk * kBlocksPerChunk;
+      uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, entry.present.size());
+      for (uint64_t b = b0; b < b1; ++b) entry.present[b] = false;
+      entry.evictions++;
+      // Give the disk space back; the file keeps its size (and holes).
+      (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, chunk * kChunkSize, kChunkSize);
+    }
+    stats_.cached_bytes -= it->second;
+    stats_.chunks_evicted++;
+    lru_index_.erase(it->first);
+    it = lru_.erase(it);
+  }
 }
 
 Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk) {
@@ -141,12 +183,8 @@ Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord
   return st;
 }
 
-Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, char* out) {
-  if (off >= n.size || len == 0) return size_t{0};
-  len = std::min<uint64_t>(len, n.size - off);
-  ASSIGN_OR_RETURN(auto e, Open(n));
-  const uint64_t c0 = off / kChunkSize, c1 = (off + len - 1) / kChunkSize;
-  for (uint64_t c = c0; c <= c1; ++c) RETURN_IF_ERROR(EnsureChunk(e, n, c));
+void ChunkCache::StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t off, size_t len,
+                                uint64_t c1) {
   // Sequential access: fetch the next chunks before they are asked for.
   uint64_t ra_from = 0, ra_to = 0;
   {
@@ -160,14 +198,42 @@ Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, c
     e->next_sequential = off + len;
   }
   for (uint64_t c = ra_from; c < ra_to; ++c) Post([this, e, n, c] { (void)EnsureChunk(e, n, c); });
-  size_t done = 0;
-  while (done < len) {
-    ssize_t r = ::pread(e->fd, out + done, len - done, off + done);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return Status::IoError(std::string("cannot read the cache: ") + std::strerror(errno));
-    done += r;
+}
+
+Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, char* out) {
+  if (off >= n.size || len == 0) return size_t{0};
+  len = std::min<uint64_t>(len, n.size - off);
+  ASSIGN_OR_RETURN(auto e, Open(n));
+  const uint64_t c0 = off / kChunkSize, c1 = (off + len - 1) / kChunkSize;
+  // Eviction may punch a chunk between its fetch and our pread: then the
+  // entry's eviction count moved and the read is done again.
+  for (int attempt = 0;; ++attempt) {
+    for (uint64_t c = c0; c <= c1; ++c) {
+      RETURN_IF_ERROR(EnsureChunk(e, n, c));
+      Touch({n.id, n.version, c}, 0);
+    }
+    uint64_t evictions;
+    {
+      std::lock_guard lock(e->mu);
+      evictions = e->evictions;
+    }
+    size_t done = 0;
+    while (done < len) {
+      ssize_t r = ::pread(e->fd, out + done, len - done, off + done);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return Status::IoError(std::string("cannot read the cache: ") + std::strerror(errno));
+      done += r;
+    }
+    bool stable;
+    {
+      std::lock_guard lock(e->mu);
+      stable = e->evictions == evictions;
+    }
+    if (stable) break;
+    if (attempt >= 8) return Status::IoError("the cache is too small for this read; raise --cache-size");
   }
-  return done;
+  StartReadahead(e, n, off, len, c1);
+  return len;
 }
 
 }  // namespace tidefs

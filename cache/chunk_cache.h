@@ -10,6 +10,8 @@
 #include <deque>
 #include <functional>
 #include <future>
+#include <list>
+#include <tuple>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,11 +29,18 @@ struct ChunkCacheStats {
   uint64_t chunks_fetched = 0;
   uint64_t bytes_fetched = 0;
   uint64_t verify_failures = 0;
+  uint64_t chunks_evicted = 0;
+  uint64_t cached_bytes = 0;
 };
+
+inline constexpr uint64_t kDefaultCacheBytes = 10ull << 30;
 
 class ChunkCache {
  public:
-  ChunkCache(std::string dir, ApiClient* client, int readahead_chunks = 4, int threads = 4);
+  // Keeps at most `max_bytes` of file data, evicting the least recently
+  // read chunks (all cached data is clean while the mount is read-only).
+  ChunkCache(std::string dir, ApiClient* client, uint64_t max_bytes = kDefaultCacheBytes, int readahead_chunks = 4,
+             int threads = 4);
   ~ChunkCache();
 
   // Reads [off, off+len) of `n` at its version into `out`; returns the
@@ -48,6 +57,7 @@ class ChunkCache {
     std::map<uint64_t, std::shared_future<Status>> inflight;  // guarded by mu, per chunk
     uint64_t next_sequential = 0;                             // guarded by mu
     uint64_t readahead_from = 0;                              // guarded by mu; first chunk not yet posted
+    uint64_t evictions = 0;                                   // guarded by mu; a reader retries if it moved
     ~Entry();
   };
 
@@ -56,11 +66,21 @@ class ChunkCache {
   Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
   Status Fetch(Entry& e, const NodeRecord& n, uint64_t chunk);
   void Post(std::function<void()> task);
+  // Sequential access: fetch the chunks after c1 before they are asked for.
+  void StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t off, size_t len, uint64_t c1);
+  using ChunkKey = std::tuple<uint64_t, uint64_t, uint64_t>;  // id, version, chunk
+  // Marks a chunk recently used (and counts its bytes when first cached).
+  void Touch(const ChunkKey& key, uint64_t bytes);
+  // Requires mu_. Evicts from the cold end until under the limit.
+  void EvictLocked();
 
   const std::string dir_;
   ApiClient* client_;
+  const uint64_t max_bytes_;
   const int readahead_;
   mutable std::mutex mu_;
+  std::list<std::pair<ChunkKey, uint64_t>> lru_;  // guarded by mu_; most recent first, with bytes
+  std::map<ChunkKey, std::list<std::pair<ChunkKey, uint64_t>>::iterator> lru_index_;  // guarded by mu_
   std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Entry>> entries_;  // guarded by mu_
   ChunkCacheStats stats_;                                                   // guarded by mu_
 

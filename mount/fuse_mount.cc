@@ -230,6 +230,29 @@ Status LoadTree(Fs* fs) {
 
 }  // namespace
 
+Result<uint64_t> ParseSize(const std::string& text) {
+  if (text.empty()) return Status::Invalid("size is empty");
+  size_t i = 0;
+  uint64_t v = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    if (v > (uint64_t{1} << 50)) return Status::Invalid("size " + text + " is too large");
+    v = v * 10 + (text[i++] - '0');
+  }
+  if (i == 0) return Status::Invalid("size \"" + text + "\" does not start with a number");
+  std::string unit = text.substr(i);
+  int shift = 0;
+  if (unit == "" || unit == "B") shift = 0;
+  else if (unit == "K" || unit == "KiB") shift = 10;
+  else if (unit == "M" || unit == "MiB") shift = 20;
+  else if (unit == "G" || unit == "GiB") shift = 30;
+  else if (unit == "T" || unit == "TiB") shift = 40;
+  else return Status::Invalid("size unit \"" + unit + "\" is not one of K, M, G, T");
+  if (v > (uint64_t{1} << (62 - shift))) return Status::Invalid("size " + text + " is too large");
+  v <<= shift;
+  if (v < kChunkSize) return Status::Invalid("cache size " + text + " is below one 4 MiB chunk");
+  return v;
+}
+
 Status RunMount(const MountOptions& opts) {
   ApiClient client(opts.client);
   Fs fs;
@@ -244,7 +267,7 @@ Status RunMount(const MountOptions& opts) {
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());
   RETURN_IF_ERROR(LoadTree(&fs));
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
-  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client);
+  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, opts.cache_bytes);
 
   fuse_lowlevel_ops ops{};
   ops.lookup = OpLookup;
@@ -283,11 +306,7 @@ Status RunMount(const MountOptions& opts) {
   if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0)
     return Status::IoError("cannot mount at " + opts.mountpoint + " (is it an empty directory, and is /dev/fuse there?)");
   guard.mounted = true;
-  if (opts.ready_fd >= 0) {
-    char ok = 1;
-    (void)!write(opts.ready_fd, &ok, 1);
-    close(opts.ready_fd);
-  }
+  if (opts.on_ready) opts.on_ready();
   fuse_loop_config cfg{};
   cfg.clone_fd = 0;
   cfg.max_idle_threads = 16;

@@ -3,6 +3,7 @@
 // snapshot (then /changes), file bytes from the chunk cache.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "client/api_client.h"
@@ -14,12 +15,17 @@ struct MountOptions {
   ClientOptions client;
   std::string device = "mount";
   std::string cache_dir;  // default: ~/.cache/tidefs/<project>
+  uint64_t cache_bytes = 10ull << 30;
   std::string mountpoint;
   bool foreground = false;
-  int ready_fd = -1;  // written once the tree is visible (background start)
+  // Called once the tree is visible (a background start detaches here).
+  std::function<void()> on_ready;
 };
 
 // Mounts and serves until unmounted (fusermount3 -u, umount, SIGTERM).
 Status RunMount(const MountOptions& opts);
+
+// Parses a size such as 10G, 512M, 64K or 4096 (binary units).
+Result<uint64_t> ParseSize(const std::string& text);
 
 }  // namespace tidefs

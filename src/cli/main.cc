@@ -107,6 +107,8 @@ int main(int argc, char** argv) {
   mount->add_option("--token", mount_token, "Token (default: $TIDEFS_TOKEN)");
   mount->add_option("--device", mo.device, "This device's name");
   mount->add_option("--cache-dir", mo.cache_dir, "Cache directory (default ~/.cache/tidefs/PROJECT)");
+  std::string cache_size = "10G";
+  mount->add_option("--cache-size", cache_size, "Cache limit, e.g. 10G, 512M (default 10G)");
   mount->add_flag("-f,--foreground", mo.foreground, "Stay in the foreground");
   mount->add_option("mountpoint", mo.mountpoint, "An empty directory")->required()->check(CLI::ExistingDirectory);
   auto* unmount = app.add_subcommand("unmount", "Unmount a tidefs folder");
@@ -155,6 +157,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*mount) {
+    auto size = ParseSize(cache_size);
+    if (!size.ok()) return Fail(Status::Invalid("--cache-size: " + size.status().message()));
+    mo.cache_bytes = *size;
     mo.client.token = TokenFrom(mount_token);
     if (mo.client.token.empty()) return Fail(Status::Invalid("no token: pass --token or set TIDEFS_TOKEN"));
     if (!mo.foreground) {
@@ -174,21 +179,27 @@ int main(int argc, char** argv) {
       }
       close(fds[0]);
       setsid();
-      mo.ready_fd = fds[1];
-      // A daemon keeps no terminal or pipe of its caller open: its log goes
-      // to mount.log in the cache dir.
       if (mo.cache_dir.empty()) {
         const char* home = getenv("HOME");
         mo.cache_dir = std::string(home ? home : "/tmp") + "/.cache/tidefs/" + mo.client.project;
       }
-      std::filesystem::create_directories(mo.cache_dir);
-      int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-      int log = open((mo.cache_dir + "/mount.log").c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-      if (devnull >= 0) dup2(devnull, STDIN_FILENO);
-      if (log >= 0) {
-        dup2(log, STDOUT_FILENO);
-        dup2(log, STDERR_FILENO);
-      }
+      const int ready_fd = fds[1];
+      const std::string log_path = mo.cache_dir + "/mount.log";
+      // Errors before the tree is visible still reach the caller's stderr;
+      // after that the daemon keeps no pipe or terminal of its caller open
+      // and logs to mount.log in the cache dir.
+      mo.on_ready = [ready_fd, log_path] {
+        int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        int log = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+        if (log >= 0) {
+          dup2(log, STDOUT_FILENO);
+          dup2(log, STDERR_FILENO);
+        }
+        char ok = 1;
+        (void)!write(ready_fd, &ok, 1);
+        close(ready_fd);
+      };
     }
     if (Status st = RunMount(mo); !st.ok()) return Fail(st);
     return 0;

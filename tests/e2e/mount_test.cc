@@ -32,12 +32,14 @@ bool IsMounted(const std::string& path) {
 // A mount that is unmounted (and waited for) in the destructor.
 class TestMount {
  public:
-  TestMount(const TestServer& server, const std::string& token, const std::string& dir) : dir_(dir) {
+  TestMount(const TestServer& server, const std::string& token, const std::string& dir,
+            const std::string& extra = "")
+      : dir_(dir) {
     mnt_ = dir + "/mnt";
     fs::create_directories(mnt_);
     std::string out;
     int rc = RunCommand(std::string(TIDEFS_BINARY) + " mount --server " + server.url() + " --project demo --token " +
-                            token + " --cache-dir " + dir + "/cache " + mnt_ + " 2>&1",
+                            token + " --cache-dir " + dir + "/cache " + extra + " " + mnt_ + " 2>&1",
                         &out);
     if (rc != 0 || !IsMounted(mnt_)) throw std::runtime_error("tidefs mount failed: " + out);
   }
@@ -156,6 +158,40 @@ TEST_F(MountTest, OneByteInTheMiddleOfALargeFileFetchesOneChunk) {
   uint64_t sent = ContentBytesSent(c_) - before;
   EXPECT_GT(sent, 0u);
   EXPECT_LE(sent, kChunkSize) << "a one-byte read fetched more than one 4 MiB chunk";
+}
+
+TEST_F(MountTest, CacheStaysUnderItsLimitAndBytesStayRight) {
+  std::string data = RandomBytes(64 << 20, 9);
+  Write("sixty-four", data);
+  Import();
+  TestMount m(server_, server_.ro_token, dir_, "--cache-size 16M");
+  for (int round = 0; round < 2; ++round) {  // the second round refetches evicted chunks
+    EXPECT_EQ(ReadAll(m.path() + "/sixty-four"), data) << "round " << round;
+    // Drop the kernel's copy so the second round goes through the cache.
+    int fd = open((m.path() + "/sixty-four").c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+    uint64_t used = 0;
+    for (auto& e : fs::recursive_directory_iterator(dir_ + "/cache/data")) {
+      struct stat st;
+      if (stat(e.path().c_str(), &st) == 0) used += uint64_t(st.st_blocks) * 512;
+    }
+    EXPECT_LE(used, 16u << 20) << "cache holds " << used << " bytes, over its 16 MiB limit";
+    EXPECT_GT(used, 0u);
+  }
+}
+
+TEST_F(MountTest, RefusesBadMountArguments) {
+  std::string out;
+  fs::create_directories(dir_ + "/mnt");
+  std::string base = std::string(TIDEFS_BINARY) + " mount --server " + server_.url() + " --project demo ";
+  EXPECT_NE(RunCommand(base + "--token " + server_.ro_token + " --cache-size 12Q " + dir_ + "/mnt 2>&1", &out), 0);
+  EXPECT_NE(out.find("--cache-size"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(base + "--token wrong --cache-dir " + dir_ + "/c " + dir_ + "/mnt 2>&1", &out), 0);
+  EXPECT_NE(out.find("unknown or revoked token"), std::string::npos) << out;
+  EXPECT_FALSE(IsMounted(dir_ + "/mnt"));
+  EXPECT_NE(RunCommand(base + "--token " + server_.ro_token + " " + dir_ + "/no-such-dir 2>&1", &out), 0);
 }
 
 }  // namespace
