@@ -55,14 +55,20 @@ void TestServer::Start() {
   pid_ = fork();
   if (pid_ == 0) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive a crashed test
-    execl(TIDEFS_BINARY, TIDEFS_BINARY, "serve", "--data", data_.c_str(), "--listen", "127.0.0.1:0", "--ready-file",
+    // A restart keeps the port, so clients (and mounts) reconnect.
+    std::string listen = "127.0.0.1:" + (url_.empty() ? std::string("0") : url_.substr(url_.rfind(':') + 1));
+    execl(TIDEFS_BINARY, TIDEFS_BINARY, "serve", "--data", data_.c_str(), "--listen", listen.c_str(), "--ready-file",
           ready.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (std::chrono::steady_clock::now() < deadline) {
     std::ifstream f(ready);
-    if (f && std::getline(f, url_) && !url_.empty()) return;
+    std::string url;
+    if (f && std::getline(f, url) && !url.empty()) {
+      url_ = url;
+      return;
+    }
     int status;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
