@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cache/chunk_cache.h"
+#include "client/local_state.h"
 #include "mount/tree.h"
 
 namespace tidefs {
@@ -210,21 +211,37 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) {
   fuse_reply_err(req, ENOSYS);
 }
 
-// Loads the tree: snapshot, then changes since its seq.
-Status LoadTree(Fs* fs) {
-  ASSIGN_OR_RETURN(Snapshot snap, fs->client->GetSnapshot());
-  fs->tree.Load(snap);
-  uint64_t since = snap.seq;
+// Loads the tree: from the local state when an earlier mount left one
+// (warm), else from the snapshot (cold); then the changes since its seq.
+// With local state and no server, the mount starts offline.
+Status LoadTree(Fs* fs, LocalState* state) {
+  ASSIGN_OR_RETURN(std::optional<Snapshot> saved, state->Load());
+  if (saved) {
+    fs->tree.Load(*saved);
+    spdlog::info("warm start: {} nodes at seq {} from local state", saved->nodes.size(), saved->seq);
+  } else {
+    ASSIGN_OR_RETURN(Snapshot snap, fs->client->GetSnapshot());
+    RETURN_IF_ERROR(state->SaveSnapshot(snap));
+    fs->tree.Load(snap);
+  }
+  uint64_t since = fs->tree.seq();
   for (;;) {
-    ASSIGN_OR_RETURN(ChangesPage page, fs->client->Changes(since));
-    for (const auto& n : page.items) {
+    auto page = fs->client->Changes(since);
+    if (!page.ok()) {
+      if (saved && page.status().code() == Code::kUnavailable) {
+        spdlog::warn("server unreachable ({}); serving the tree saved at seq {}", page.status().message(), since);
+        return Status::Ok();
+      }
+      return page.status();
+    }
+    for (const auto& n : page->items) {
       fs->tree.Apply(n);
       since = n.seq;
     }
-    if (!page.more) {
-      fs->tree.set_seq(page.head);
-      return Status::Ok();
-    }
+    if (!page->more) since = std::max(since, page->head);
+    RETURN_IF_ERROR(state->ApplyChanges(page->items, since));
+    fs->tree.set_seq(since);
+    if (!page->more) return Status::Ok();
   }
 }
 
@@ -265,7 +282,8 @@ Status RunMount(const MountOptions& opts) {
   std::error_code ec;
   std::filesystem::create_directories(cache_dir, ec);
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());
-  RETURN_IF_ERROR(LoadTree(&fs));
+  ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
+  RETURN_IF_ERROR(LoadTree(&fs, state.get()));
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, opts.cache_bytes);
 

@@ -69,6 +69,13 @@ uint64_t ContentBytesSent(ApiClient& c) {
   return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
 }
 
+uint64_t SnapshotsServed(ApiClient& c) {
+  auto m = c.Raw("GET", "//metrics");
+  std::string key = "tidefs_http_requests_total{route=\"GET /snapshot\",status=\"200\"} ";
+  size_t at = m->body.find(key);
+  return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
+}
+
 class MountTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -228,6 +235,34 @@ TEST_F(MountTest, WorksOfflineFromTheCacheAndRecovers) {
   auto back = ReadUncached(m.path() + "/sub/uncached.bin");
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(*back, uncached);
+}
+
+TEST_F(MountTest, WarmRemountCatchesUpWithoutASnapshotAndStartsOffline) {
+  Write("first.txt", "one");
+  Import();
+  {
+    TestMount m(server_, server_.ro_token, dir_);
+    EXPECT_EQ(ReadAll(m.path() + "/first.txt"), "one");
+  }
+  EXPECT_EQ(SnapshotsServed(c_), 1u);
+  // A change while unmounted arrives through /changes on the warm remount.
+  Write("second.txt", "two");
+  Import();
+  {
+    TestMount m(server_, server_.ro_token, dir_);
+    EXPECT_EQ(ReadAll(m.path() + "/second.txt"), "two");
+    EXPECT_EQ(ReadAll(m.path() + "/first.txt"), "one");
+  }
+  EXPECT_EQ(SnapshotsServed(c_), 1u) << "a warm remount fetched the snapshot again";
+  // With local state and no server, the mount starts offline.
+  server_.Stop();
+  TestMount m(server_, server_.ro_token, dir_);
+  EXPECT_TRUE(fs::exists(m.path() + "/second.txt"));
+  std::vector<std::string> names;
+  for (auto& e : fs::directory_iterator(m.path())) names.push_back(e.path().filename());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"first.txt", "second.txt", "sub"}));  // sub/ comes from SetUp
+  server_.Start();
 }
 
 TEST_F(MountTest, RefusesBadMountArguments) {

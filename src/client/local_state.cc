@@ -1,0 +1,96 @@
+#include "client/local_state.h"
+
+namespace tidefs {
+
+Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, const std::string& project) {
+  ASSIGN_OR_RETURN(auto db, Db::Open(path));
+  RETURN_IF_ERROR(db->Exec(
+      "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name TEXT NOT NULL,"
+      " kind INTEGER NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
+      " version INTEGER NOT NULL, seq INTEGER NOT NULL, target TEXT)"));
+  ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT value FROM meta WHERE key='project'"));
+  if (q.Step()) {
+    std::string owner = q.Text(0);
+    if (owner != project)
+      return Status::Invalid("cache dir " + path + " holds project " + owner + ", not " + project +
+                             "; use another --cache-dir");
+  } else {
+    RETURN_IF_ERROR(q.status());
+    ASSIGN_OR_RETURN(Stmt ins, db->Prepare("INSERT INTO meta(key, value) VALUES('project', ?1)"));
+    ins.Bind(1, project);
+    RETURN_IF_ERROR(ins.Run());
+  }
+  return std::unique_ptr<LocalState>(new LocalState(std::move(db)));
+}
+
+Result<std::optional<Snapshot>> LocalState::Load() {
+  ASSIGN_OR_RETURN(Stmt c, db_->Prepare("SELECT value FROM meta WHERE key='cursor'"));
+  if (!c.Step()) {
+    RETURN_IF_ERROR(c.status());
+    return std::optional<Snapshot>();
+  }
+  Snapshot snap;
+  snap.seq = std::stoull(c.Text(0));
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare(
+      "SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, target FROM nodes"));
+  while (s.Step()) {
+    NodeRecord n;
+    n.id = s.U64(0);
+    n.parent = s.U64(1);
+    n.name = s.Text(2);
+    n.kind = static_cast<NodeKind>(s.Int(3));
+    n.mode = static_cast<uint32_t>(s.Int(4));
+    n.size = s.U64(5);
+    n.mtime_ns = s.Int(6);
+    n.version = s.U64(7);
+    n.seq = s.U64(8);
+    if (!s.IsNull(9)) n.target = s.Text(9);
+    snap.nodes.push_back(std::move(n));
+  }
+  RETURN_IF_ERROR(s.status());
+  return std::optional<Snapshot>(std::move(snap));
+}
+
+Status LocalState::Upsert(const NodeRecord& n) {
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare(
+      "INSERT OR REPLACE INTO nodes(id, parent, name, kind, mode, size, mtime_ns, version, seq, target) "
+      "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"));
+  s.Bind(1, n.id).Bind(2, n.parent).Bind(3, n.name).Bind(4, static_cast<int>(n.kind)).Bind(5, n.mode)
+      .Bind(6, n.size).Bind(7, n.mtime_ns).Bind(8, n.version).Bind(9, n.seq);
+  if (n.kind == NodeKind::kSymlink) s.Bind(10, n.target); else s.BindNull(10);
+  return s.Run();
+}
+
+Status LocalState::SetCursor(uint64_t seq) {
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES('cursor', ?1)"));
+  s.Bind(1, std::to_string(seq));
+  return s.Run();
+}
+
+Status LocalState::SaveSnapshot(const Snapshot& snap) {
+  Transaction tx(db_.get());
+  RETURN_IF_ERROR(tx.status());
+  RETURN_IF_ERROR(db_->Exec("DELETE FROM nodes"));
+  for (const auto& n : snap.nodes) RETURN_IF_ERROR(Upsert(n));
+  RETURN_IF_ERROR(SetCursor(snap.seq));
+  return tx.Commit();
+}
+
+Status LocalState::ApplyChanges(const std::vector<NodeRecord>& changes, uint64_t seq) {
+  Transaction tx(db_.get());
+  RETURN_IF_ERROR(tx.status());
+  for (const auto& n : changes) {
+    if (n.deleted) {
+      ASSIGN_OR_RETURN(Stmt d, db_->Prepare("DELETE FROM nodes WHERE id=?1"));
+      d.Bind(1, n.id);
+      RETURN_IF_ERROR(d.Run());
+    } else {
+      RETURN_IF_ERROR(Upsert(n));
+    }
+  }
+  RETURN_IF_ERROR(SetCursor(seq));
+  return tx.Commit();
+}
+
+}  // namespace tidefs
