@@ -16,9 +16,25 @@ ChunkCache::Entry::~Entry() {
   if (fd >= 0) ::close(fd);
 }
 
-ChunkCache::ChunkCache(std::string dir, ApiClient* client, uint64_t max_bytes, int readahead_chunks, int threads)
-    : dir_(std::move(dir)), client_(client), max_bytes_(max_bytes), readahead_(readahead_chunks) {
+ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, uint64_t max_bytes,
+                       int readahead_chunks, int threads)
+    : dir_(std::move(dir)), client_(client), state_(state), max_bytes_(max_bytes), readahead_(readahead_chunks) {
   std::filesystem::create_directories(dir_ + "/data");
+  // What earlier mounts cached counts against the limit from the start.
+  if (state_) {
+    auto files = state_->LoadAllFiles();
+    if (files.ok()) {
+      std::lock_guard lock(mu_);
+      for (const auto& f : *files)
+        for (uint64_t c = 0; c * kBlocksPerChunk < f.present.size(); ++c) {
+          uint64_t bytes = 0;
+          for (uint64_t b = c * kBlocksPerChunk; b < std::min<uint64_t>((c + 1) * kBlocksPerChunk, f.present.size()); ++b)
+            if (f.present[b]) bytes += kBlockSize;
+          if (bytes) AddChunkLocked({f.id, f.version, c}, bytes);
+        }
+      EvictLocked();
+    }
+  }
   for (int i = 0; i < threads; ++i)
     pool_.emplace_back([this] {
       for (;;) {
@@ -59,26 +75,84 @@ ChunkCacheStats ChunkCache::stats() const {
 }
 
 Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n) {
-  auto key = std::make_pair(n.id, n.version);
   {
     std::lock_guard lock(mu_);
-    auto it = entries_.find(key);
-    if (it != entries_.end()) return it->second;
+    auto it = entries_.find(n.id);
+    if (it != entries_.end() && it->second->version == n.version) return it->second;
   }
-  // The manifest names every block; fetched once per version.
-  ASSIGN_OR_RETURN(Manifest m, client_->GetManifest(n.id, n.version));
-  if (m.size != n.size)
-    return Status::Corruption("manifest of node " + std::to_string(n.id) + " says " + std::to_string(m.size) +
-                              " bytes, the node record " + std::to_string(n.size));
+  std::optional<LocalState::CachedFile> saved;
+  if (state_) {
+    auto f = state_->LoadFile(n.id);
+    if (f.ok()) saved = std::move(*f);
+  }
   auto e = std::make_shared<Entry>();
-  std::string path = dir_ + "/data/" + std::to_string(n.id) + "-" + std::to_string(n.version);
-  e->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (e->fd < 0) return Status::IoError("cannot create cache file " + path + ": " + std::strerror(errno));
-  e->present.assign(m.blocks.size(), false);
-  e->manifest = std::move(m);
+  e->id = n.id;
+  e->version = n.version;
+  e->verified.assign((n.size + kChunkSize - 1) / kChunkSize, false);
+  std::string path = dir_ + "/data/" + std::to_string(n.id);
+  if (saved && saved->version == n.version) {
+    e->manifest = std::move(saved->manifest);
+    e->present = std::move(saved->present);
+  } else {
+    // The manifest names every block; fetched once per version.
+    ASSIGN_OR_RETURN(e->manifest, client_->GetManifest(n.id, n.version));
+    e->present.assign(e->manifest.blocks.size(), false);
+    if (saved) {
+      // A new version keeps every block whose hash (at the same offset) did
+      // not change; the others are dropped.
+      for (size_t b = 0; b < e->present.size() && b < saved->present.size(); ++b)
+        e->present[b] = saved->present[b] && saved->manifest.blocks[b] == e->manifest.blocks[b];
+    }
+  }
+  if (e->manifest.size != n.size)
+    return Status::Corruption("manifest of node " + std::to_string(n.id) + " says " + std::to_string(e->manifest.size) +
+                              " bytes, the node record " + std::to_string(n.size));
+  // Without saved state any bytes in the file are unknown: start empty.
+  e->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (saved ? 0 : O_TRUNC), 0600);
+  if (e->fd < 0) return Status::IoError("cannot open cache file " + path + ": " + std::strerror(errno));
+  if (saved && saved->version != n.version) {
+    for (size_t b = 0; b < saved->present.size(); ++b)
+      if (saved->present[b] && (b >= e->present.size() || !e->present[b]))
+        (void)::fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * kBlockSize, kBlockSize);
+  }
+  if (::ftruncate(e->fd, static_cast<off_t>(n.size)) != 0)
+    return Status::IoError("cannot size cache file " + path + ": " + std::strerror(errno));
+  if (state_ && !(saved && saved->version == n.version)) {
+    RETURN_IF_ERROR(state_->SaveFile({n.id, n.version, e->manifest, e->present}));
+  }
   std::lock_guard lock(mu_);
-  auto [it, inserted] = entries_.emplace(key, e);
-  return it->second;
+  auto it = entries_.find(n.id);
+  if (it != entries_.end() && it->second->version == n.version) return it->second;  // another reader won
+  if (it == entries_.end() || it->second->version != n.version) {
+    ForgetLocked(n.id);
+    for (uint64_t c = 0; c * kBlocksPerChunk < e->present.size(); ++c) {
+      uint64_t bytes = 0;
+      for (uint64_t b = c * kBlocksPerChunk; b < std::min<uint64_t>((c + 1) * kBlocksPerChunk, e->present.size()); ++b)
+        if (e->present[b]) bytes += kBlockSize;
+      if (bytes) AddChunkLocked({n.id, n.version, c}, bytes);
+    }
+  }
+  entries_[n.id] = e;
+  return e;
+}
+
+void ChunkCache::ForgetLocked(uint64_t id) {
+  for (auto it = lru_.begin(); it != lru_.end();) {
+    if (std::get<0>(it->first) == id) {
+      stats_.cached_bytes -= it->second;
+      lru_index_.erase(it->first);
+      it = lru_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void ChunkCache::AddChunkLocked(const ChunkKey& key, uint64_t bytes) {
+  if (lru_index_.count(key)) return;
+  lru_.emplace_front(key, bytes);
+  lru_index_[key] = lru_.begin();
+  stats_.cached_bytes += bytes;
 }
 
 Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
@@ -106,10 +180,15 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
     if (w < 0) return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(errno));
     done += w;
   }
+  std::vector<bool> present;
   {
     std::lock_guard lock(e.mu);
     for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) e.present[b] = true;
+    e.verified[chunk] = true;
+    present = e.present;
   }
+  // The bytes are in the file before the bitmap says so.
+  if (state_) (void)state_->SavePresent(n.id, present);
   {
     std::lock_guard lock(mu_);
     stats_.chunks_fetched++;
@@ -127,9 +206,7 @@ void ChunkCache::Touch(const ChunkKey& key, uint64_t bytes) {
     return;
   }
   if (bytes == 0) return;  // not cached (evicted meanwhile): nothing to track
-  lru_.emplace_front(key, bytes);
-  lru_index_[key] = lru_.begin();
-  stats_.cached_bytes += bytes;
+  AddChunkLocked(key, bytes);
   EvictLocked();
 }
 
@@ -138,8 +215,8 @@ void ChunkCache::EvictLocked() {
   while (stats_.cached_bytes > max_bytes_ && it != lru_.begin()) {
     --it;
     const auto [id, version, chunk] = it->first;
-    auto e = entries_.find({id, version});
-    if (e != entries_.end()) {
+    auto e = entries_.find(id);
+    if (e != entries_.end() && e->second->version == version) {
       Entry& entry = *e->second;
       std::lock_guard elock(entry.mu);
       if (entry.inflight.count(chunk)) continue;  // being fetched: not now
@@ -149,6 +226,21 @@ void ChunkCache::EvictLocked() {
       entry.evictions++;
       // Give the disk space back; the file keeps its size (and holes).
       (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, chunk * kChunkSize, kChunkSize);
+      if (state_) (void)state_->SavePresent(id, entry.present);
+    } else if (state_) {
+      // Not open in this mount: clear its bits in the saved state and punch.
+      auto f = state_->LoadFile(id);
+      if (f.ok() && *f && (*f)->version == version) {
+        auto& bits = (*f)->present;
+        for (uint64_t b = chunk * kBlocksPerChunk; b < std::min<uint64_t>((chunk + 1) * kBlocksPerChunk, bits.size()); ++b)
+          bits[b] = false;
+        (void)state_->SavePresent(id, bits);
+        int fd = ::open((dir_ + "/data/" + std::to_string(id)).c_str(), O_RDWR | O_CLOEXEC);
+        if (fd >= 0) {
+          (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, chunk * kChunkSize, kChunkSize);
+          ::close(fd);
+        }
+      }
     }
     stats_.cached_bytes -= it->second;
     stats_.chunks_evicted++;
@@ -157,7 +249,40 @@ void ChunkCache::EvictLocked() {
   }
 }
 
+void ChunkCache::Verify(Entry& e, uint64_t chunk) {
+  const uint64_t b0 = chunk * kBlocksPerChunk;
+  const uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e.manifest.blocks.size());
+  std::string buf(kBlockSize, '\0');
+  std::vector<uint64_t> bad;
+  for (uint64_t b = b0; b < b1; ++b) {
+    {
+      std::lock_guard lock(e.mu);
+      if (!e.present[b]) continue;
+    }
+    size_t len = std::min<uint64_t>(kBlockSize, e.manifest.size - b * kBlockSize);
+    ssize_t r = ::pread(e.fd, buf.data(), len, b * kBlockSize);
+    if (r != static_cast<ssize_t>(len) || HashBlock(buf.data(), len) != e.manifest.blocks[b]) bad.push_back(b);
+  }
+  std::vector<bool> present;
+  {
+    std::lock_guard lock(e.mu);
+    for (uint64_t b : bad) e.present[b] = false;
+    e.verified[chunk] = true;
+    present = e.present;
+  }
+  if (!bad.empty()) {
+    spdlog::warn("cache: {} blocks of node {} failed their hash check; fetching them again", bad.size(), e.id);
+    if (state_) (void)state_->SavePresent(e.id, present);
+  }
+}
+
 Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk) {
+  bool verify;
+  {
+    std::lock_guard lock(e->mu);
+    verify = !e->verified[chunk] && !e->inflight.count(chunk);
+  }
+  if (verify) Verify(*e, chunk);
   std::shared_future<Status> wait;
   std::promise<Status> mine;
   {

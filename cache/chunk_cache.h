@@ -1,5 +1,6 @@
-// The read cache: one sparse file per file version plus a bitmap of the
-// 64 KiB blocks present. A miss fetches the 4 MiB chunk around it with a
+// The read cache: one sparse file per file plus a bitmap of the 64 KiB
+// blocks present, both kept across remounts (bitmap and manifest in the
+// LocalState). A new version keeps the blocks whose hash did not change. A miss fetches the 4 MiB chunk around it with a
 // Range request pinned to the version; concurrent misses of one chunk share
 // one fetch; every block is checked against the manifest's hash before it
 // is written, so nothing unverified is ever cached. Sequential reads start
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "client/api_client.h"
+#include "client/local_state.h"
 #include "core/manifest_codec.h"
 #include "core/node.h"
 
@@ -39,8 +41,8 @@ class ChunkCache {
  public:
   // Keeps at most `max_bytes` of file data, evicting the least recently
   // read chunks (all cached data is clean while the mount is read-only).
-  ChunkCache(std::string dir, ApiClient* client, uint64_t max_bytes = kDefaultCacheBytes, int readahead_chunks = 4,
-             int threads = 4);
+  ChunkCache(std::string dir, ApiClient* client, LocalState* state, uint64_t max_bytes = kDefaultCacheBytes,
+             int readahead_chunks = 4, int threads = 4);
   ~ChunkCache();
 
   // Reads [off, off+len) of `n` at its version into `out`; returns the
@@ -51,6 +53,8 @@ class ChunkCache {
  private:
   struct Entry {
     std::mutex mu;
+    uint64_t id = 0;
+    uint64_t version = 0;
     int fd = -1;
     Manifest manifest;
     std::vector<bool> present;                                // guarded by mu, per block
@@ -58,6 +62,7 @@ class ChunkCache {
     uint64_t next_sequential = 0;                             // guarded by mu
     uint64_t readahead_from = 0;                              // guarded by mu; first chunk not yet posted
     uint64_t evictions = 0;                                   // guarded by mu; a reader retries if it moved
+    std::vector<bool> verified;  // guarded by mu, per chunk: fetched or re-hashed by this mount
     ~Entry();
   };
 
@@ -65,6 +70,9 @@ class ChunkCache {
   // Makes every block of `chunk` present, fetching it if needed.
   Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
   Status Fetch(Entry& e, const NodeRecord& n, uint64_t chunk);
+  // Re-hashes the blocks of a chunk an earlier mount cached; clears the
+  // ones that fail (a crash may have lost bytes the bitmap counts).
+  void Verify(Entry& e, uint64_t chunk);
   void Post(std::function<void()> task);
   // Sequential access: fetch the chunks after c1 before they are asked for.
   void StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t off, size_t len, uint64_t c1);
@@ -76,12 +84,16 @@ class ChunkCache {
 
   const std::string dir_;
   ApiClient* client_;
+  LocalState* state_;
   const uint64_t max_bytes_;
   const int readahead_;
   mutable std::mutex mu_;
   std::list<std::pair<ChunkKey, uint64_t>> lru_;  // guarded by mu_; most recent first, with bytes
   std::map<ChunkKey, std::list<std::pair<ChunkKey, uint64_t>>::iterator> lru_index_;  // guarded by mu_
-  std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<Entry>> entries_;  // guarded by mu_
+  std::map<uint64_t, std::shared_ptr<Entry>> entries_;  // guarded by mu_; by node id
+  // Requires mu_. Forgets the LRU records of a node (its version changed).
+  void ForgetLocked(uint64_t id);
+  void AddChunkLocked(const ChunkKey& key, uint64_t bytes);
   ChunkCacheStats stats_;                                                   // guarded by mu_
 
   std::mutex pool_mu_;

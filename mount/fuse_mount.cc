@@ -285,7 +285,7 @@ Status RunMount(const MountOptions& opts) {
   ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
   RETURN_IF_ERROR(LoadTree(&fs, state.get()));
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
-  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, opts.cache_bytes);
+  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), opts.cache_bytes);
 
   fuse_lowlevel_ops ops{};
   ops.lookup = OpLookup;

@@ -8,7 +8,9 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name TEXT NOT NULL,"
       " kind INTEGER NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
-      " version INTEGER NOT NULL, seq INTEGER NOT NULL, target TEXT)"));
+      " version INTEGER NOT NULL, seq INTEGER NOT NULL, target TEXT);"
+      "CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, version INTEGER NOT NULL,"
+      " manifest BLOB NOT NULL, present BLOB NOT NULL)"));
   ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT value FROM meta WHERE key='project'"));
   if (q.Step()) {
     std::string owner = q.Text(0);
@@ -25,6 +27,7 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
 }
 
 Result<std::optional<Snapshot>> LocalState::Load() {
+  std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt c, db_->Prepare("SELECT value FROM meta WHERE key='cursor'"));
   if (!c.Step()) {
     RETURN_IF_ERROR(c.status());
@@ -69,6 +72,7 @@ Status LocalState::SetCursor(uint64_t seq) {
 }
 
 Status LocalState::SaveSnapshot(const Snapshot& snap) {
+  std::lock_guard lock(mu_);
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
   RETURN_IF_ERROR(db_->Exec("DELETE FROM nodes"));
@@ -78,6 +82,7 @@ Status LocalState::SaveSnapshot(const Snapshot& snap) {
 }
 
 Status LocalState::ApplyChanges(const std::vector<NodeRecord>& changes, uint64_t seq) {
+  std::lock_guard lock(mu_);
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
   for (const auto& n : changes) {
@@ -91,6 +96,82 @@ Status LocalState::ApplyChanges(const std::vector<NodeRecord>& changes, uint64_t
   }
   RETURN_IF_ERROR(SetCursor(seq));
   return tx.Commit();
+}
+
+namespace {
+
+std::string PackBits(const std::vector<bool>& bits) {
+  std::string out((bits.size() + 7) / 8, '\0');
+  for (size_t i = 0; i < bits.size(); ++i)
+    if (bits[i]) out[i / 8] = static_cast<char>(out[i / 8] | (1 << (i % 8)));
+  return out;
+}
+
+std::vector<bool> UnpackBits(std::string_view bytes, size_t n) {
+  std::vector<bool> bits(n, false);
+  for (size_t i = 0; i < n && i / 8 < bytes.size(); ++i) bits[i] = (bytes[i / 8] >> (i % 8)) & 1;
+  return bits;
+}
+
+}  // namespace
+
+static Result<LocalState::CachedFile> ReadFileRow(const Stmt& s) {
+  LocalState::CachedFile f;
+  f.id = s.U64(0);
+  f.version = s.U64(1);
+  // Our own bytes, but a damaged cache dir must not crash the mount.
+  auto m = DecodeManifest(s.Blob(2));
+  if (!m.ok()) return Status::Corruption("local state: manifest of " + std::to_string(f.id) + ": " + m.status().message());
+  f.manifest = std::move(*m);
+  f.present = UnpackBits(s.Blob(3), f.manifest.blocks.size());
+  return f;
+}
+
+Result<std::optional<LocalState::CachedFile>> LocalState::LoadFile(uint64_t id) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT id, version, manifest, present FROM files WHERE id=?1"));
+  s.Bind(1, id);
+  if (!s.Step()) {
+    RETURN_IF_ERROR(s.status());
+    return std::optional<CachedFile>();
+  }
+  ASSIGN_OR_RETURN(CachedFile f, ReadFileRow(s));
+  return std::optional<CachedFile>(std::move(f));
+}
+
+Result<std::vector<LocalState::CachedFile>> LocalState::LoadAllFiles() {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT id, version, manifest, present FROM files"));
+  std::vector<CachedFile> out;
+  while (s.Step()) {
+    auto f = ReadFileRow(s);
+    if (f.ok()) out.push_back(std::move(*f));
+  }
+  RETURN_IF_ERROR(s.status());
+  return out;
+}
+
+Status LocalState::SaveFile(const CachedFile& f) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("INSERT OR REPLACE INTO files(id, version, manifest, present) VALUES(?1, ?2, ?3, ?4)"));
+  std::string m = EncodeManifest(f.manifest), bits = PackBits(f.present);
+  s.Bind(1, f.id).Bind(2, f.version).BindBlob(3, m.data(), m.size()).BindBlob(4, bits.data(), bits.size());
+  return s.Run();
+}
+
+Status LocalState::SavePresent(uint64_t id, const std::vector<bool>& present) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("UPDATE files SET present=?2 WHERE id=?1"));
+  std::string bits = PackBits(present);
+  s.Bind(1, id).BindBlob(2, bits.data(), bits.size());
+  return s.Run();
+}
+
+Status LocalState::DropFile(uint64_t id) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("DELETE FROM files WHERE id=?1"));
+  s.Bind(1, id);
+  return s.Run();
 }
 
 }  // namespace tidefs

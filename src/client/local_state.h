@@ -1,14 +1,17 @@
 // The mount's local state in SQLite under the cache dir: the node mirror
 // and the cursor (the seq it reflects), so a warm remount catches up
-// through /changes instead of loading the snapshot again. Not thread-safe:
-// the mount applies changes from one thread at a time.
+// through /changes instead of loading the snapshot again; and for each
+// cached file its version, manifest and block-presence bitmap, so the cache
+// survives a remount. Thread-safe (one mutex; calls are short).
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "core/manifest_codec.h"
 #include "core/snapshot_codec.h"
 #include "core/sqlite.h"
 #include "core/status.h"
@@ -28,11 +31,24 @@ class LocalState {
   // one transaction.
   Status ApplyChanges(const std::vector<NodeRecord>& changes, uint64_t seq);
 
+  struct CachedFile {
+    uint64_t id = 0;
+    uint64_t version = 0;
+    Manifest manifest;
+    std::vector<bool> present;  // per block
+  };
+  Result<std::optional<CachedFile>> LoadFile(uint64_t id);
+  Result<std::vector<CachedFile>> LoadAllFiles();
+  Status SaveFile(const CachedFile& f);
+  Status SavePresent(uint64_t id, const std::vector<bool>& present);
+  Status DropFile(uint64_t id);
+
  private:
   explicit LocalState(std::unique_ptr<Db> db) : db_(std::move(db)) {}
   Status Upsert(const NodeRecord& n);
   Status SetCursor(uint64_t seq);
-  std::unique_ptr<Db> db_;
+  std::mutex mu_;
+  std::unique_ptr<Db> db_;  // guarded by mu_
 };
 
 }  // namespace tidefs

@@ -265,6 +265,52 @@ TEST_F(MountTest, WarmRemountCatchesUpWithoutASnapshotAndStartsOffline) {
   server_.Start();
 }
 
+TEST_F(MountTest, CacheSurvivesRemountAndANewVersionKeepsUnchangedBlocks) {
+  std::string data = RandomBytes(9 << 20, 6);
+  Write("f.bin", data);
+  Import();
+  {
+    TestMount m(server_, server_.ro_token, dir_);
+    EXPECT_EQ(ReadAll(m.path() + "/f.bin"), data);
+  }
+  uint64_t before = ContentBytesSent(c_);
+  {
+    TestMount m(server_, server_.ro_token, dir_);
+    EXPECT_EQ(ReadAll(m.path() + "/f.bin"), data);
+  }
+  EXPECT_EQ(ContentBytesSent(c_), before) << "a remount fetched cached bytes again";
+
+  // One 64 KiB block changes (in the third chunk): only that chunk moves.
+  std::string edited = data;
+  std::string fresh = RandomBytes(kBlockSize, 7);
+  edited.replace(8 * 1024 * 1024 + 3 * kBlockSize, kBlockSize, fresh);
+  Write("f.bin", edited);
+  Import();
+  before = ContentBytesSent(c_);
+  {
+    TestMount m(server_, server_.ro_token, dir_);
+    EXPECT_EQ(ReadAll(m.path() + "/f.bin"), edited);
+  }
+  uint64_t sent = ContentBytesSent(c_) - before;
+  EXPECT_GT(sent, 0u);
+  EXPECT_LE(sent, kChunkSize) << "a one-block change refetched more than the chunk around it";
+
+  // A damaged cache file is caught by the hash check, never served.
+  {
+    int fd = open((dir_ + "/cache/data").c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    for (auto& e : fs::directory_iterator(dir_ + "/cache/data")) {
+      int w = open(e.path().c_str(), O_WRONLY);
+      ASSERT_GE(w, 0);
+      ASSERT_EQ(pwrite(w, "garbage!", 8, 100), 8);
+      close(w);
+    }
+    TestMount m(server_, server_.ro_token, dir_);
+    EXPECT_EQ(ReadAll(m.path() + "/f.bin"), edited);
+  }
+}
+
 TEST_F(MountTest, RefusesBadMountArguments) {
   std::string out;
   fs::create_directories(dir_ + "/mnt");
