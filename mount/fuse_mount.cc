@@ -18,6 +18,7 @@
 
 #include "cache/chunk_cache.h"
 #include "client/local_state.h"
+#include "core/memory.h"
 #include "mount/tree.h"
 
 namespace tidefs {
@@ -62,6 +63,16 @@ void FillEntry(const Fs& fs, const NodeRecord& n, fuse_entry_param* e) {
   e->attr_timeout = kAttrTimeout;
   e->entry_timeout = kAttrTimeout;
   FillStat(fs, n, &e->attr);
+}
+
+void OpInit(void*, fuse_conn_info* conn) {
+  // Large requests and kernel read-ahead: sequential reads arrive as 1 MiB
+  // requests and keep several in flight while chunks stream in.
+  conn->max_read = 1u << 20;  // matches -o max_read
+  conn->max_readahead = 4u << 20;
+  conn->max_background = 64;
+  conn->congestion_threshold = 48;
+  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
 }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -271,6 +282,7 @@ Result<uint64_t> ParseSize(const std::string& text) {
 }
 
 Status RunMount(const MountOptions& opts) {
+  TuneMallocForLargeBuffers();
   ApiClient client(opts.client);
   Fs fs;
   fs.client = &client;
@@ -285,9 +297,11 @@ Status RunMount(const MountOptions& opts) {
   ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
   RETURN_IF_ERROR(LoadTree(&fs, state.get()));
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
-  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), opts.cache_bytes);
+  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), opts.cache_bytes, /*readahead_chunks=*/8,
+                                          /*threads=*/8);
 
   fuse_lowlevel_ops ops{};
+  ops.init = OpInit;
   ops.lookup = OpLookup;
   ops.getattr = OpGetattr;
   ops.readlink = OpReadlink;
@@ -303,7 +317,7 @@ Status RunMount(const MountOptions& opts) {
   std::string fsname = "fsname=tidefs:" + opts.client.project;
   // Read-only until the write-back journal lands: the kernel answers EROFS.
   std::vector<const char*> argv = {"tidefs", "-o", fsname.c_str(), "-o", "subtype=tidefs", "-o", "default_permissions",
-                                   "-o", "ro"};
+                                   "-o", "ro", "-o", "max_read=1048576"};
   if (getuid() == 0) {
     argv.push_back("-o");
     argv.push_back("allow_other");

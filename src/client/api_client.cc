@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 
+#include <charconv>
 #include <chrono>
 #include <thread>
 
@@ -24,7 +25,8 @@ size_t OnBody(char* p, size_t size, size_t n, void* ud) {
 }
 
 size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
-  auto* h = static_cast<std::map<std::string, std::string>*>(ud);
+  auto* a = static_cast<HttpAnswer*>(ud);
+  auto* h = &a->headers;
   std::string_view line(p, size * n);
   size_t colon = line.find(':');
   if (colon != std::string_view::npos) {
@@ -34,6 +36,12 @@ size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
     while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
     while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.remove_suffix(1);
     (*h)[name] = std::string(v);
+    // Room for the whole body at once: chunks arrive as one 4 MiB string.
+    if (name == "content-length") {
+      uint64_t len = 0;
+      auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), len);
+      if (ec == std::errc() && len <= (64u << 20)) a->body.reserve(len);
+    }
   } else if (line.substr(0, 5) == "HTTP/") {
     h->clear();  // a new response (after 100-continue or a redirect)
   }
@@ -152,7 +160,7 @@ Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& 
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, OnBody);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &a.body);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, OnHeader);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &a.headers);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &a);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, opts_.timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, opts_.connect_timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

@@ -1,7 +1,8 @@
 #include "server/admin.h"
 
+#include "core/memory.h"
+
 #include <openssl/sha.h>
-#include <malloc.h>
 #include <sys/random.h>
 
 #include <filesystem>
@@ -46,10 +47,7 @@ Result<std::string> CreateToken(MetadataStore* store, const std::string& project
 }
 
 Status Serve(const ServeOptions& opts) {
-  // Request bodies and block buffers are megabytes each: keep them on the
-  // heap for reuse instead of mmap/munmap (and fresh zeroed pages) per call.
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
-  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  TuneMallocForLargeBuffers();
   ASSIGN_OR_RETURN(auto meta, OpenDataDir(opts.data_dir));
   ASSIGN_OR_RETURN(auto blocks, OpenPackBlockStore(opts.data_dir + "/packs"));
   Metrics metrics;
