@@ -89,6 +89,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   e->id = n.id;
   e->version = n.version;
   e->verified.assign((n.size + kChunkSize - 1) / kChunkSize, false);
+  e->pins.assign(e->verified.size(), 0);
   std::string path = dir_ + "/data/" + std::to_string(n.id);
   if (saved && saved->version == n.version) {
     e->manifest = std::move(saved->manifest);
@@ -219,11 +220,10 @@ void ChunkCache::EvictLocked() {
     if (e != entries_.end() && e->second->version == version) {
       Entry& entry = *e->second;
       std::lock_guard elock(entry.mu);
-      if (entry.inflight.count(chunk)) continue;  // being fetched: not now
+      if (entry.inflight.count(chunk) || entry.pins[chunk] > 0) continue;  // in use: not now
       uint64_t b0 = chunk * kBlocksPerChunk;
       uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, entry.present.size());
       for (uint64_t b = b0; b < b1; ++b) entry.present[b] = false;
-      entry.evictions++;
       // Give the disk space back; the file keeps its size (and holes).
       (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, chunk * kChunkSize, kChunkSize);
       if (state_) (void)state_->SavePresent(id, entry.present);
@@ -325,40 +325,50 @@ void ChunkCache::StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecor
   for (uint64_t c = ra_from; c < ra_to; ++c) Post([this, e, n, c] { (void)EnsureChunk(e, n, c); });
 }
 
-Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, char* out) {
-  if (off >= n.size || len == 0) return size_t{0};
+Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, size_t len) {
+  Pinned p;
+  p.off = off;
+  if (off >= n.size || len == 0) return p;
   len = std::min<uint64_t>(len, n.size - off);
   ASSIGN_OR_RETURN(auto e, Open(n));
   const uint64_t c0 = off / kChunkSize, c1 = (off + len - 1) / kChunkSize;
-  // Eviction may punch a chunk between its fetch and our pread: then the
-  // entry's eviction count moved and the read is done again.
-  for (int attempt = 0;; ++attempt) {
-    for (uint64_t c = c0; c <= c1; ++c) {
-      RETURN_IF_ERROR(EnsureChunk(e, n, c));
-      Touch({n.id, n.version, c}, 0);
-    }
-    uint64_t evictions;
-    {
+  // Pinned before they are fetched, so a fetch that overflows the cache
+  // never evicts the chunks this read is waiting for.
+  struct Guard {
+    Guard(std::shared_ptr<Entry> entry, uint64_t first, uint64_t last) : e(std::move(entry)), c0(first), c1(last) {}
+    Guard(const Guard&) = delete;
+    std::shared_ptr<Entry> e;
+    uint64_t c0, c1;
+    ~Guard() {
       std::lock_guard lock(e->mu);
-      evictions = e->evictions;
+      for (uint64_t c = c0; c <= c1; ++c) e->pins[c]--;
     }
-    size_t done = 0;
-    while (done < len) {
-      ssize_t r = ::pread(e->fd, out + done, len - done, off + done);
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) return Status::IoError(std::string("cannot read the cache: ") + std::strerror(errno));
-      done += r;
-    }
-    bool stable;
-    {
-      std::lock_guard lock(e->mu);
-      stable = e->evictions == evictions;
-    }
-    if (stable) break;
-    if (attempt >= 8) return Status::IoError("the cache is too small for this read; raise --cache-size");
+  };
+  {
+    std::lock_guard lock(e->mu);
+    for (uint64_t c = c0; c <= c1; ++c) e->pins[c]++;
+  }
+  p.pin = std::make_shared<Guard>(e, c0, c1);
+  for (uint64_t c = c0; c <= c1; ++c) {
+    RETURN_IF_ERROR(EnsureChunk(e, n, c));
+    Touch({n.id, n.version, c}, 0);
   }
   StartReadahead(e, n, off, len, c1);
-  return len;
+  p.fd = e->fd;
+  p.len = len;
+  return p;
+}
+
+Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, char* out) {
+  ASSIGN_OR_RETURN(Pinned p, Pin(n, off, len));
+  size_t done = 0;
+  while (done < p.len) {
+    ssize_t r = ::pread(p.fd, out + done, p.len - done, off + done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return Status::IoError(std::string("cannot read the cache: ") + std::strerror(errno));
+    done += r;
+  }
+  return done;
 }
 
 }  // namespace tidefs

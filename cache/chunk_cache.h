@@ -45,8 +45,19 @@ class ChunkCache {
              int readahead_chunks = 4, int threads = 4);
   ~ChunkCache();
 
-  // Reads [off, off+len) of `n` at its version into `out`; returns the
-  // bytes read (short at end of file).
+  // Bytes of a file held in place: `fd` has them at [off, off+len), and
+  // they cannot be evicted while the Pinned lives, so a caller can hand the
+  // fd to the kernel (splice) without copying.
+  struct Pinned {
+    int fd = -1;
+    uint64_t off = 0;
+    size_t len = 0;                          // short at end of file
+    std::shared_ptr<void> pin;  // keeps the file open and its chunks from eviction
+  };
+  // Makes [off, off+len) of `n` at its version present (fetching what is
+  // missing) and pins it.
+  Result<Pinned> Pin(const NodeRecord& n, uint64_t off, size_t len);
+  // Copies [off, off+len) into `out`; returns the bytes read.
   Result<size_t> Read(const NodeRecord& n, uint64_t off, size_t len, char* out);
   ChunkCacheStats stats() const;
 
@@ -61,7 +72,7 @@ class ChunkCache {
     std::map<uint64_t, std::shared_future<Status>> inflight;  // guarded by mu, per chunk
     uint64_t next_sequential = 0;                             // guarded by mu
     uint64_t readahead_from = 0;                              // guarded by mu; first chunk not yet posted
-    uint64_t evictions = 0;                                   // guarded by mu; a reader retries if it moved
+    std::vector<uint32_t> pins;  // guarded by mu, per chunk: readers using it; eviction skips those
     std::vector<bool> verified;  // guarded by mu, per chunk: fetched or re-hashed by this mount
     ~Entry();
   };

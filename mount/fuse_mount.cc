@@ -73,6 +73,7 @@ void OpInit(void*, fuse_conn_info* conn) {
   conn->max_background = 64;
   conn->congestion_threshold = 48;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
 }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -197,13 +198,18 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
   Fs* fs = Self(req);
   auto n = fs->tree.Get(ino);
   if (!n) return (void)fuse_reply_err(req, ENOENT);
-  std::vector<char> buf(size);
-  auto got = fs->cache->Read(*n, static_cast<uint64_t>(off), size, buf.data());
-  if (!got.ok()) {
-    spdlog::error("read of node {} at {} failed: {}", ino, off, got.status().ToString());
+  auto p = fs->cache->Pin(*n, static_cast<uint64_t>(off), size);
+  if (!p.ok()) {
+    spdlog::error("read of node {} at {} failed: {}", ino, off, p.status().ToString());
     return (void)fuse_reply_err(req, EIO);  // unreachable server or bad bytes: EIO, never wrong data
   }
-  fuse_reply_buf(req, buf.data(), *got);
+  if (p->len == 0) return (void)fuse_reply_buf(req, nullptr, 0);
+  // Hand the kernel the cache file's range; libfuse splices it when it can.
+  fuse_bufvec buf = FUSE_BUFVEC_INIT(p->len);
+  buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+  buf.buf[0].fd = p->fd;
+  buf.buf[0].pos = static_cast<off_t>(p->off);
+  fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
 }
 
 void OpStatfs(fuse_req_t req, fuse_ino_t) {
