@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -20,7 +21,14 @@ struct CurlGlobal {
 };
 
 size_t OnBody(char* p, size_t size, size_t n, void* ud) {
-  static_cast<std::string*>(ud)->append(p, size * n);
+  auto* a = static_cast<HttpAnswer*>(ud);
+  if (a->into && (a->status == 200 || a->status == 206)) {
+    if (a->into_len + size * n > a->into_cap) return 0;  // longer than announced: abort
+    std::memcpy(a->into + a->into_len, p, size * n);
+    a->into_len += size * n;
+  } else {
+    a->body.append(p, size * n);
+  }
   return size * n;
 }
 
@@ -40,10 +48,15 @@ size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
     if (name == "content-length") {
       uint64_t len = 0;
       auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), len);
-      if (ec == std::errc() && len <= (64u << 20)) a->body.reserve(len);
+      if (ec == std::errc() && len <= (64u << 20) && !a->into) a->body.reserve(len);
     }
   } else if (line.substr(0, 5) == "HTTP/") {
     h->clear();  // a new response (after 100-continue or a redirect)
+    size_t sp = line.find(' ');
+    int code = 0;
+    if (sp != std::string_view::npos && line.size() >= sp + 4)
+      std::from_chars(line.data() + sp + 1, line.data() + sp + 4, code);
+    a->status = code;
   }
   return size * n;
 }
@@ -139,6 +152,12 @@ std::string ApiClient::UrlEncode(std::string_view s) {
 
 Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& path, const std::string& body,
                                   const std::vector<std::string>& headers, bool idempotent) {
+  return Exchange(method, path, body, headers, idempotent, nullptr, 0);
+}
+
+Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::string& path, const std::string& body,
+                                       const std::vector<std::string>& headers, bool idempotent, char* into,
+                                       size_t into_cap) {
   std::string url = path.rfind("//", 0) == 0 ? opts_.server + path.substr(1)
                                              : opts_.server + "/v1/projects/" + opts_.project + path;
   int attempts = idempotent ? opts_.retries + 1 : 1;
@@ -149,6 +168,8 @@ Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& 
     if (!c) return Status::Internal("curl_easy_init failed");
     curl_easy_reset(c);
     HttpAnswer a;
+    a.into = into;
+    a.into_cap = into_cap;
     curl_slist* hl = nullptr;
     std::string auth = "Authorization: Bearer " + opts_.token;
     if (!opts_.token.empty()) hl = curl_slist_append(hl, auth.c_str());
@@ -158,7 +179,7 @@ Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& 
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, OnBody);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &a.body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &a);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, OnHeader);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &a);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, opts_.timeout_ms);
@@ -255,6 +276,15 @@ Result<std::string> ApiClient::GetContent(uint64_t id, uint64_t version, uint64_
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", path, "", {range}));
   if (a.status != 206 && a.status != 200) return StatusFromAnswer(a, "content of node " + std::to_string(id));
   return std::move(a.body);
+}
+
+Result<size_t> ApiClient::GetContentInto(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest) {
+  std::string path = "/nodes/" + std::to_string(id) + "/content";
+  if (version) path += "?version=" + std::to_string(version);
+  std::string range = "Range: bytes=" + std::to_string(first) + "-" + std::to_string(last);
+  ASSIGN_OR_RETURN(HttpAnswer a, Exchange("GET", path, "", {range}, true, dest, last - first + 1));
+  if (a.status != 206 && a.status != 200) return StatusFromAnswer(a, "content of node " + std::to_string(id));
+  return a.into_len;
 }
 
 Result<std::vector<Hash128>> ApiClient::MissingBlocks(const std::vector<Hash128>& hashes) {

@@ -29,6 +29,11 @@ struct ClientOptions {
 struct HttpAnswer {
   int status = 0;
   std::string body;
+  // When set, a successful body goes here instead of `body` (no copies,
+  // no allocation); a body longer than into_cap aborts the transfer.
+  char* into = nullptr;
+  size_t into_cap = 0;
+  size_t into_len = 0;
   std::map<std::string, std::string> headers;  // lowercase names
   const std::string* Header(const std::string& lower) const {
     auto it = headers.find(lower);
@@ -56,6 +61,8 @@ class ApiClient {
   Result<Manifest> GetManifest(uint64_t id, uint64_t version = 0);
   // Bytes [first, last] of a file version (0 = current).
   Result<std::string> GetContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last);
+  // The same into `dest` (room for last - first + 1 bytes); returns the length.
+  Result<size_t> GetContentInto(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest);
   Result<std::vector<Hash128>> MissingBlocks(const std::vector<Hash128>& hashes);
   // `body` is a sequence of block frames (core/block_frame.h).
   Status UploadBlocks(const std::string& body);
@@ -65,6 +72,8 @@ class ApiClient {
   static std::string UrlEncode(std::string_view s);
 
  private:
+  Result<HttpAnswer> Exchange(const std::string& method, const std::string& path, const std::string& body,
+                              const std::vector<std::string>& headers, bool idempotent, char* into, size_t into_cap);
   struct Pool;
   ClientOptions opts_;
   std::unique_ptr<Pool> pool_;
