@@ -264,6 +264,11 @@ Status LoadTree(Fs* fs, LocalState* state) {
 
 }  // namespace
 
+std::string DefaultCacheDir(const std::string& project) {
+  const char* home = getenv("HOME");
+  return std::string(home ? home : "/tmp") + "/.cache/tidefs/" + project;
+}
+
 Result<uint64_t> ParseSize(const std::string& text) {
   if (text.empty()) return Status::Invalid("size is empty");
   size_t i = 0;
@@ -293,10 +298,7 @@ Status RunMount(const MountOptions& opts) {
   Fs fs;
   fs.client = &client;
   std::string cache_dir = opts.cache_dir;
-  if (cache_dir.empty()) {
-    const char* home = getenv("HOME");
-    cache_dir = std::string(home ? home : "/tmp") + "/.cache/tidefs/" + opts.client.project;
-  }
+  if (cache_dir.empty()) cache_dir = DefaultCacheDir(opts.client.project);
   std::error_code ec;
   std::filesystem::create_directories(cache_dir, ec);
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());

@@ -25,6 +25,9 @@ struct MountOptions {
 // Mounts and serves until unmounted (fusermount3 -u, umount, SIGTERM).
 Status RunMount(const MountOptions& opts);
 
+// ~/.cache/tidefs/<project> (or /tmp/.cache/... without $HOME).
+std::string DefaultCacheDir(const std::string& project);
+
 // Parses a size such as 10G, 512M, 64K or 4096 (binary units).
 Result<uint64_t> ParseSize(const std::string& text);
 

@@ -179,10 +179,7 @@ int main(int argc, char** argv) {
       }
       close(fds[0]);
       setsid();
-      if (mo.cache_dir.empty()) {
-        const char* home = getenv("HOME");
-        mo.cache_dir = std::string(home ? home : "/tmp") + "/.cache/tidefs/" + mo.client.project;
-      }
+      if (mo.cache_dir.empty()) mo.cache_dir = DefaultCacheDir(mo.client.project);
       const int ready_fd = fds[1];
       const std::string log_path = mo.cache_dir + "/mount.log";
       // Errors before the tree is visible still reach the caller's stderr;
