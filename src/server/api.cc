@@ -1,7 +1,5 @@
 #include "server/api.h"
 
-#include <openssl/sha.h>
-
 #include <charconv>
 #include <unordered_set>
 
@@ -13,6 +11,7 @@
 #include "core/http_range.h"
 #include "core/manifest_codec.h"
 #include "core/names.h"
+#include "server/admin.h"
 #include "server/json_writer.h"
 
 namespace tidefs {
@@ -79,12 +78,6 @@ Status CheckQueryKeys(const HttpRequest& req, std::initializer_list<const char*>
   return Status::Ok();
 }
 
-TokenHash Sha256(std::string_view s) {
-  TokenHash h;
-  SHA256(reinterpret_cast<const unsigned char*>(s.data()), s.size(), h.data());
-  return h;
-}
-
 std::string NodesJson(const char* key, const std::vector<NodeRecord>& items) {
   std::string out;
   out.reserve(64 + items.size() * 200);
@@ -121,7 +114,7 @@ Result<Api::Caller> Api::Authenticate(const HttpRequest& req, const std::string&
   std::string_view v(*auth);
   if (v.substr(0, 7) != "Bearer " || v.size() <= 7 || v.size() > 512)
     return Status::Unauthenticated("Authorization header must be \"Bearer <token>\"");
-  auto info = meta_->LookupToken(Sha256(v.substr(7)));
+  auto info = meta_->LookupToken(HashToken(v.substr(7)));
   if (!info.ok()) {
     if (info.status().code() == Code::kUnauthenticated) return Status::Unauthenticated("unknown or revoked token");
     return info.status();

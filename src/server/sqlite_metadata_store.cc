@@ -613,7 +613,6 @@ class SqliteMetadataStore final : public MetadataStore {
           n->seq = ++seq;
           if (n->kind == NodeKind::kFile) {
             // The new version keeps the old content.
-            uint64_t v = 0;
             ASSIGN_OR_RETURN(Stmt * g, store->writer_.Get(kGetVersion));
             g->Bind(1, project).Bind(2, n->id).Bind(3, n->version - 1);
             if (!g->Step()) return Status::Corruption("file " + std::to_string(n->id) + " lacks its manifest");
@@ -621,7 +620,6 @@ class SqliteMetadataStore final : public MetadataStore {
             ASSIGN_OR_RETURN(Stmt * s, store->writer_.Get(kInsertVersion));
             s->Bind(1, project).Bind(2, n->id).Bind(3, n->version).Bind(4, n->size).BindBlob(5, manifest.data(), manifest.size()).Bind(6, seq);
             RETURN_IF_ERROR(s->Run());
-            (void)v;
           }
           RETURN_IF_ERROR(Save(*n));
           return refusal;
