@@ -168,7 +168,7 @@ double LoopbackMBps() {
 
 int main(int argc, char** argv) {
   if (argc < 5) {
-    fprintf(stderr, "usage: tidefs_bench URL PROJECT TOKEN nodes|snapshot|transfer|commit [args]\n");
+    fprintf(stderr, "usage: tidefs_bench URL PROJECT TOKEN nodes|populate|snapshot|transfer|commit [args]\n");
     return 2;
   }
   ClientOptions o;
@@ -207,6 +207,12 @@ int main(int argc, char** argv) {
     Say("nodes_page500_max", r.max, "ms");
     Say("nodes_page500_errors", r.errors, "");
     Say("nodes_page500_p99_over_healthz_p99", r.p99 / base.p99, "x");
+  } else if (cmd == "populate") {
+    // DIRS directories of PER small files each (the 1M-node mount benchmark).
+    size_t dirs = argc > 5 ? std::stoul(argv[5]) : 1000;
+    size_t per = argc > 6 ? std::stoul(argv[6]) : 1000;
+    for (size_t d = 0; d < dirs; ++d) PopulateDir(c, "d" + std::to_string(d), per, 10000);
+    Say("populate_nodes", dirs * (per + 1), "nodes");
   } else if (cmd == "snapshot") {
     size_t dirs = argc > 5 ? std::stoul(argv[5]) : 1000;
     size_t per = argc > 6 ? std::stoul(argv[6]) : 1000;

@@ -9,15 +9,20 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <thread>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
 #include "cache/chunk_cache.h"
 #include "client/local_state.h"
+#include "core/hash.h"
 #include "core/memory.h"
 #include "mount/tree.h"
 
@@ -29,6 +34,7 @@ namespace {
 constexpr double kAttrTimeout = 3600;
 
 struct Fs {
+  Fs(ApiClient* c, LocalState* state) : client(c), tree(state) {}
   ApiClient* client;
   Tree tree;
   std::unique_ptr<ChunkCache> cache;
@@ -37,6 +43,19 @@ struct Fs {
 };
 
 Fs* Self(fuse_req_t req) { return static_cast<Fs*>(fuse_req_userdata(req)); }
+
+// The node, or an error already answered to the kernel (ENOENT when it is
+// gone, EIO when the local state cannot be read).
+std::optional<NodeRecord> NodeOrReply(fuse_req_t req, fuse_ino_t ino) {
+  auto n = Self(req)->tree.Get(ino);
+  if (!n.ok()) {
+    spdlog::error("reading node {} from the local state failed: {}", ino, n.status().ToString());
+    fuse_reply_err(req, EIO);
+    return std::nullopt;
+  }
+  if (!*n) fuse_reply_err(req, ENOENT);
+  return *n;
+}
 
 void FillStat(const Fs& fs, const NodeRecord& n, struct stat* st) {
   std::memset(st, 0, sizeof *st);
@@ -78,7 +97,12 @@ void OpInit(void*, fuse_conn_info* conn) {
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Fs* fs = Self(req);
-  auto n = fs->tree.Lookup(parent, name);
+  auto found = fs->tree.Lookup(parent, name);
+  if (!found.ok()) {
+    spdlog::error("lookup of {} in directory {} failed: {}", name, parent, found.status().ToString());
+    return (void)fuse_reply_err(req, EIO);
+  }
+  const auto& n = *found;
   fuse_entry_param e;
   if (!n) {
     // A name known absent: a negative entry the kernel may cache (ino 0).
@@ -93,19 +117,16 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   Fs* fs = Self(req);
-  auto n = fs->tree.Get(ino);
-  if (!n) {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
+  auto n = NodeOrReply(req, ino);
+  if (!n) return;
   struct stat st;
   FillStat(*fs, *n, &st);
   fuse_reply_attr(req, &st, kAttrTimeout);
 }
 
 void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
-  auto n = Self(req)->tree.Get(ino);
-  if (!n) return (void)fuse_reply_err(req, ENOENT);
+  auto n = NodeOrReply(req, ino);
+  if (!n) return;
   if (n->kind != NodeKind::kSymlink) return (void)fuse_reply_err(req, EINVAL);
   fuse_reply_readlink(req, n->target.c_str());
 }
@@ -114,14 +135,20 @@ void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
 // stable while it is read.
 struct DirHandle {
   std::vector<NodeRecord> entries;
+  uint64_t parent = 0;  // for ".."
 };
 
 void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   Fs* fs = Self(req);
-  auto n = fs->tree.Get(ino);
-  if (!n) return (void)fuse_reply_err(req, ENOENT);
+  auto n = NodeOrReply(req, ino);
+  if (!n) return;
   if (n->kind != NodeKind::kDir) return (void)fuse_reply_err(req, ENOTDIR);
-  auto* h = new DirHandle{fs->tree.Children(ino)};
+  auto kids = fs->tree.Children(ino);
+  if (!kids.ok()) {
+    spdlog::error("listing directory {} failed: {}", ino, kids.status().ToString());
+    return (void)fuse_reply_err(req, EIO);
+  }
+  auto* h = new DirHandle{std::move(*kids), n->parent ? n->parent : ino};
   fi->fh = reinterpret_cast<uint64_t>(h);
   fi->cache_readdir = 1;
   fi->keep_cache = 1;
@@ -147,8 +174,7 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
       st.st_mode = S_IFDIR;
     } else if (i == 1) {
       name = "..";
-      auto self = fs->tree.Get(ino);
-      st.st_ino = self && self->parent ? self->parent : ino;
+      st.st_ino = h->parent;
       st.st_mode = S_IFDIR;
     } else {
       rec = &h->entries[i - 2];
@@ -185,8 +211,8 @@ void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  auto n = Self(req)->tree.Get(ino);
-  if (!n) return (void)fuse_reply_err(req, ENOENT);
+  auto n = NodeOrReply(req, ino);
+  if (!n) return;
   if (n->kind == NodeKind::kDir) return (void)fuse_reply_err(req, EISDIR);
   // Read-only for now: writes come with the journal.
   if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) return (void)fuse_reply_err(req, EROFS);
@@ -196,8 +222,8 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   Fs* fs = Self(req);
-  auto n = fs->tree.Get(ino);
-  if (!n) return (void)fuse_reply_err(req, ENOENT);
+  auto n = NodeOrReply(req, ino);
+  if (!n) return;
   auto p = fs->cache->Pin(*n, static_cast<uint64_t>(off), size);
   if (!p.ok()) {
     spdlog::error("read of node {} at {} failed: {}", ino, off, p.status().ToString());
@@ -228,41 +254,114 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) {
   fuse_reply_err(req, ENOSYS);
 }
 
-// Loads the tree: from the local state when an earlier mount left one
-// (warm), else from the snapshot (cold); then the changes since its seq.
-// With local state and no server, the mount starts offline.
-Status LoadTree(Fs* fs, LocalState* state) {
-  ASSIGN_OR_RETURN(std::optional<Snapshot> saved, state->Load());
-  if (saved) {
-    fs->tree.Load(*saved);
-    spdlog::info("warm start: {} nodes at seq {} from local state", saved->nodes.size(), saved->seq);
+// Loads the tree. Warm (an earlier mount left local state): ready at once,
+// directories are read from the local state as they are used. Cold: from
+// the snapshot, held whole in memory, and saved to the local state by
+// `saver` in the background so the mount does not wait for the disk. Then
+// the changes since, in both cases. With local state and no server, the
+// mount starts offline.
+Status LoadTree(Fs* fs, LocalState* state, std::thread* saver) {
+  ASSIGN_OR_RETURN(std::optional<uint64_t> cursor, state->Cursor());
+  std::shared_ptr<Snapshot> snap;
+  if (cursor) {
+    fs->tree.StartLazy(*cursor);
+    spdlog::info("warm start at seq {} from the local state", *cursor);
   } else {
-    ASSIGN_OR_RETURN(Snapshot snap, fs->client->GetSnapshot());
-    RETURN_IF_ERROR(state->SaveSnapshot(snap));
-    fs->tree.Load(snap);
+    ASSIGN_OR_RETURN(Snapshot s, fs->client->GetSnapshot());
+    fs->tree.Load(s);
+    spdlog::info("cold start: {} nodes at seq {} from the snapshot", s.nodes.size(), s.seq);
+    snap = std::make_shared<Snapshot>(std::move(s));
   }
   uint64_t since = fs->tree.seq();
+  std::vector<NodeRecord> after_snapshot;
   for (;;) {
     auto page = fs->client->Changes(since);
     if (!page.ok()) {
-      if (saved && page.status().code() == Code::kUnavailable) {
+      if (cursor && page.status().code() == Code::kUnavailable) {
         spdlog::warn("server unreachable ({}); serving the tree saved at seq {}", page.status().message(), since);
         return Status::Ok();
       }
       return page.status();
     }
-    for (const auto& n : page->items) {
-      fs->tree.Apply(n);
-      since = n.seq;
-    }
-    if (!page->more) since = std::max(since, page->head);
-    RETURN_IF_ERROR(state->ApplyChanges(page->items, since));
+    uint64_t next = since;
+    for (const auto& n : page->items) next = n.seq;
+    if (!page->more) next = std::max(next, page->head);
+    // The local state first: a directory read from it meanwhile agrees.
+    if (cursor) RETURN_IF_ERROR(state->ApplyChanges(page->items, next));
+    else after_snapshot.insert(after_snapshot.end(), page->items.begin(), page->items.end());
+    for (const auto& n : page->items) fs->tree.Apply(n);
+    since = next;
     fs->tree.set_seq(since);
-    if (!page->more) return Status::Ok();
+    if (!page->more) break;
   }
+  if (snap) {
+    *saver = std::thread([state, snap, changes = std::move(after_snapshot), since] {
+      Status st = state->SaveSnapshot(*snap);
+      if (st.ok() && since != snap->seq) st = state->ApplyChanges(changes, since);
+      if (st.ok()) spdlog::info("saved {} nodes to the local state", snap->nodes.size());
+      else spdlog::error("saving the tree to the local state failed ({}); the next mount starts cold", st.ToString());
+    });
+  }
+  return Status::Ok();
+}
+
+// Where a running mount leaves its pid, so `tidefs unmount` can wait for it:
+// $XDG_RUNTIME_DIR/tidefs (else /tmp/tidefs-UID), one file per mountpoint.
+std::string PidFile(const std::string& mountpoint) {
+  // The parent resolved, the last name kept: the mount itself is never
+  // asked (it may not be serving yet, or any more).
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::absolute(mountpoint, ec).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();
+  auto parent = std::filesystem::weakly_canonical(p.parent_path(), ec);
+  std::string canon = ec ? p.string() : (parent / p.filename()).string();
+  const char* run = getenv("XDG_RUNTIME_DIR");
+  std::string dir = run && *run ? std::string(run) + "/tidefs" : "/tmp/tidefs-" + std::to_string(getuid());
+  std::filesystem::create_directories(dir, ec);
+  return dir + "/" + HashBlock(canon.data(), canon.size()).Hex() + ".pid";
 }
 
 }  // namespace
+
+Status Unmount(const std::string& mountpoint) {
+  std::string pid_file = PidFile(mountpoint);
+  pid_t pid = 0;
+  if (FILE* f = fopen(pid_file.c_str(), "r")) {
+    long v = 0;
+    if (fscanf(f, "%ld", &v) == 1) pid = static_cast<pid_t>(v);
+    fclose(f);
+  }
+  std::string cmd = "fusermount3 -u '" + mountpoint + "'";
+  int rc = system(cmd.c_str());
+  if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
+    return Status::IoError("cannot unmount " + mountpoint + " (is it mounted, and is no program using it?)");
+  // Wait for the mount's process to finish saving its state.
+  auto alive = [pid] {
+    if (pid <= 0 || kill(pid, 0) != 0) return false;
+    std::string stat;
+    if (FILE* f = fopen(("/proc/" + std::to_string(pid) + "/stat").c_str(), "r")) {
+      char buf[512];
+      size_t n = fread(buf, 1, sizeof buf - 1, f);
+      fclose(f);
+      stat.assign(buf, n);
+    }
+    auto paren = stat.rfind(')');
+    return !(paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z');  // a zombie is done
+  };
+  const auto start = std::chrono::steady_clock::now();
+  bool told = false;
+  while (alive()) {
+    auto waited = std::chrono::steady_clock::now() - start;
+    if (!told && waited > std::chrono::seconds(2)) {
+      fprintf(stderr, "waiting for the mount at %s to finish saving...\n", mountpoint.c_str());
+      told = true;
+    }
+    if (waited > std::chrono::minutes(10))
+      return Status::Unavailable("the mount's process " + std::to_string(pid) + " is still running after 10 minutes");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return Status::Ok();
+}
 
 std::string DefaultCacheDir(const std::string& project) {
   const char* home = getenv("HOME");
@@ -295,15 +394,21 @@ Result<uint64_t> ParseSize(const std::string& text) {
 Status RunMount(const MountOptions& opts) {
   TuneMallocForLargeBuffers();
   ApiClient client(opts.client);
-  Fs fs;
-  fs.client = &client;
   std::string cache_dir = opts.cache_dir;
   if (cache_dir.empty()) cache_dir = DefaultCacheDir(opts.client.project);
   std::error_code ec;
   std::filesystem::create_directories(cache_dir, ec);
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());
   ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
-  RETURN_IF_ERROR(LoadTree(&fs, state.get()));
+  Fs fs(&client, state.get());
+  std::thread saver;
+  struct Joiner {
+    std::thread* t;
+    ~Joiner() {
+      if (t->joinable()) t->join();
+    }
+  } join_saver{&saver};
+  RETURN_IF_ERROR(LoadTree(&fs, state.get(), &saver));
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), opts.cache_bytes, /*readahead_chunks=*/8,
                                           /*threads=*/8);
@@ -343,10 +448,22 @@ Status RunMount(const MountOptions& opts) {
     }
   } guard{se};
   if (fuse_set_signal_handlers(se) != 0) return Status::Internal("cannot install signal handlers");
+  // Named before mounting: resolving the path afterwards would ask this
+  // very mount, which is not serving yet.
+  std::string pid_file = PidFile(opts.mountpoint);
   if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0)
     return Status::IoError("cannot mount at " + opts.mountpoint + " (is it an empty directory, and is /dev/fuse there?)");
   guard.mounted = true;
   if (opts.on_ready) opts.on_ready();
+  // After on_ready: a background mount has its final pid by then.
+  if (FILE* f = fopen(pid_file.c_str(), "w")) {
+    fprintf(f, "%ld\n", static_cast<long>(getpid()));
+    fclose(f);
+  }
+  struct PidFileGuard {
+    std::string path;
+    ~PidFileGuard() { ::unlink(path.c_str()); }
+  } pid_guard{pid_file};
   fuse_loop_config cfg{};
   cfg.clone_fd = 0;
   cfg.max_idle_threads = 16;

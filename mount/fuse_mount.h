@@ -25,6 +25,11 @@ struct MountOptions {
 // Mounts and serves until unmounted (fusermount3 -u, umount, SIGTERM).
 Status RunMount(const MountOptions& opts);
 
+// Unmounts and waits until the mount's process has finished (so whatever
+// it had to save is saved); a mount that is not ours, or not there, is an
+// error that says so.
+Status Unmount(const std::string& mountpoint);
+
 // ~/.cache/tidefs/<project> (or /tmp/.cache/... without $HOME).
 std::string DefaultCacheDir(const std::string& project);
 

@@ -9,19 +9,44 @@ void Tree::Load(const Snapshot& snap) {
   nodes_.clear();
   dirs_.clear();
   nodes_.reserve(snap.nodes.size());
+  all_loaded_ = true;
   for (const auto& n : snap.nodes) InsertLocked(n);
   seq_ = snap.seq;
+  ++generation_;
+}
+
+void Tree::StartLazy(uint64_t seq) {
+  std::unique_lock lock(mu_);
+  nodes_.clear();
+  dirs_.clear();
+  all_loaded_ = false;
+  seq_ = seq;
+  ++generation_;
 }
 
 void Tree::Apply(const NodeRecord& n) {
   std::unique_lock lock(mu_);
+  ++generation_;
   RemoveLocked(n.id);
-  if (!n.deleted) InsertLocked(n);
+  if (n.deleted) return;
+  if (all_loaded_ || n.id == kRootId) {
+    InsertLocked(n);
+    return;
+  }
+  // Lazy: keep it only where it will be found (its directory is loaded);
+  // otherwise the local state has it for when the directory is read.
+  auto d = dirs_.find(n.parent);
+  if (d != dirs_.end() && d->second.loaded) InsertLocked(n);
 }
 
 void Tree::InsertLocked(const NodeRecord& n) {
   nodes_[n.id] = n;
-  if (n.id != kRootId) dirs_[n.parent][n.name] = n.id;
+  if (n.kind == NodeKind::kDir && all_loaded_) dirs_[n.id].loaded = true;
+  if (n.id != kRootId) {
+    Dir& d = dirs_[n.parent];
+    if (all_loaded_) d.loaded = true;
+    d.children[n.name] = n.id;
+  }
 }
 
 void Tree::RemoveLocked(uint64_t id) {
@@ -29,37 +54,79 @@ void Tree::RemoveLocked(uint64_t id) {
   if (it == nodes_.end()) return;
   auto d = dirs_.find(it->second.parent);
   if (d != dirs_.end()) {
-    auto c = d->second.find(it->second.name);
-    if (c != d->second.end() && c->second == id) d->second.erase(c);
+    auto c = d->second.children.find(it->second.name);
+    if (c != d->second.children.end() && c->second == id) d->second.children.erase(c);
   }
   nodes_.erase(it);
 }
 
-std::optional<NodeRecord> Tree::Get(uint64_t id) const {
-  std::shared_lock lock(mu_);
-  auto it = nodes_.find(id);
-  if (it == nodes_.end()) return std::nullopt;
-  return it->second;
+Status Tree::EnsureDir(uint64_t parent) {
+  for (int attempt = 0;; ++attempt) {
+    uint64_t gen;
+    {
+      std::shared_lock lock(mu_);
+      if (all_loaded_) return Status::Ok();
+      auto d = dirs_.find(parent);
+      if (d != dirs_.end() && d->second.loaded) return Status::Ok();
+      gen = generation_;
+    }
+    if (!state_) return Status::Internal("tree: directory " + std::to_string(parent) + " is not loaded");
+    // The query runs unlocked; if a change landed meanwhile, read again
+    // (after a few tries, keep what was read: Apply fixes it up after).
+    ASSIGN_OR_RETURN(std::vector<NodeRecord> kids, state_->Children(parent));
+    std::unique_lock lock(mu_);
+    if (generation_ != gen && attempt < 3) continue;
+    Dir& d = dirs_[parent];
+    if (d.loaded) return Status::Ok();
+    for (const auto& n : kids)
+      if (!nodes_.count(n.id)) InsertLocked(n);
+    d.loaded = true;
+    return Status::Ok();
+  }
 }
 
-std::optional<NodeRecord> Tree::Lookup(uint64_t parent, const std::string& name) const {
+Result<std::optional<NodeRecord>> Tree::Get(uint64_t id) {
+  {
+    std::shared_lock lock(mu_);
+    auto it = nodes_.find(id);
+    if (it != nodes_.end()) return std::optional<NodeRecord>(it->second);
+    if (all_loaded_ || !state_) return std::optional<NodeRecord>();
+  }
+  // Not in memory: its directory was never read in this mount.
+  ASSIGN_OR_RETURN(std::optional<NodeRecord> n, state_->GetNode(id));
+  if (n && n->id != kRootId) {
+    RETURN_IF_ERROR(EnsureDir(n->parent));
+    std::shared_lock lock(mu_);
+    auto it = nodes_.find(id);
+    return it == nodes_.end() ? std::optional<NodeRecord>() : std::optional<NodeRecord>(it->second);
+  }
+  if (n) {
+    std::unique_lock lock(mu_);
+    if (!nodes_.count(n->id)) nodes_[n->id] = *n;
+  }
+  return n;
+}
+
+Result<std::optional<NodeRecord>> Tree::Lookup(uint64_t parent, const std::string& name) {
+  RETURN_IF_ERROR(EnsureDir(parent));
   std::shared_lock lock(mu_);
   auto d = dirs_.find(parent);
-  if (d == dirs_.end()) return std::nullopt;
-  auto c = d->second.find(name);
-  if (c == d->second.end()) return std::nullopt;
+  if (d == dirs_.end()) return std::optional<NodeRecord>();
+  auto c = d->second.children.find(name);
+  if (c == d->second.children.end()) return std::optional<NodeRecord>();
   auto it = nodes_.find(c->second);
-  if (it == nodes_.end()) return std::nullopt;
-  return it->second;
+  if (it == nodes_.end()) return std::optional<NodeRecord>();
+  return std::optional<NodeRecord>(it->second);
 }
 
-std::vector<NodeRecord> Tree::Children(uint64_t parent) const {
+Result<std::vector<NodeRecord>> Tree::Children(uint64_t parent) {
+  RETURN_IF_ERROR(EnsureDir(parent));
   std::shared_lock lock(mu_);
   std::vector<NodeRecord> out;
   auto d = dirs_.find(parent);
   if (d == dirs_.end()) return out;
-  out.reserve(d->second.size());
-  for (const auto& [name, id] : d->second) {
+  out.reserve(d->second.children.size());
+  for (const auto& [name, id] : d->second.children) {
     auto it = nodes_.find(id);
     if (it != nodes_.end()) out.push_back(it->second);
   }

@@ -202,9 +202,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*unmount) {
-    std::string cmd = "fusermount3 -u '" + unmount_point + "'";
-    int rc = system(cmd.c_str());
-    return WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
+    if (Status st = Unmount(unmount_point); !st.ok()) return Fail(st);
+    return 0;
   }
   if (*import) {
     co.token = TokenFrom(import_token);

@@ -1,8 +1,12 @@
-// The mount's local state in SQLite under the cache dir: the node mirror
-// and the cursor (the seq it reflects), so a warm remount catches up
-// through /changes instead of loading the snapshot again; and for each
-// cached file its version, manifest and block-presence bitmap, so the cache
-// survives a remount. Thread-safe (one mutex; calls are short).
+// The mount's local state in SQLite under the cache dir, in two files so
+// that a long write to one never stalls the other:
+// - state.db: the node mirror and the cursor (the seq it reflects), so a
+//   warm remount catches up through /changes instead of loading the
+//   snapshot again, and reads directories from it only as they are used;
+// - files.db: for each cached file its version, manifest and block-presence
+//   bitmap, so the cache survives a remount.
+// Thread-safe (one mutex per file; calls are short except SaveSnapshot,
+// which a cold mount runs in the background).
 #pragma once
 
 #include <memory>
@@ -23,8 +27,14 @@ class LocalState {
   // Opens or creates `path`; refuses a state that belongs to another project.
   static Result<std::unique_ptr<LocalState>> Open(const std::string& path, const std::string& project);
 
-  // The tree an earlier mount saved, or nothing on a first mount.
+  // The seq of the tree an earlier mount saved, or nothing on a first mount.
+  Result<std::optional<uint64_t>> Cursor();
+  // The tree an earlier mount saved, whole (tests and tools).
   Result<std::optional<Snapshot>> Load();
+  // One node, or nothing.
+  Result<std::optional<NodeRecord>> GetNode(uint64_t id);
+  // The children of a directory.
+  Result<std::vector<NodeRecord>> Children(uint64_t parent);
   // Replaces the mirror with a snapshot.
   Status SaveSnapshot(const Snapshot& snap);
   // Applies changed records (tombstones delete) and moves the cursor, in
@@ -44,11 +54,13 @@ class LocalState {
   Status DropFile(uint64_t id);
 
  private:
-  explicit LocalState(std::unique_ptr<Db> db) : db_(std::move(db)) {}
-  Status Upsert(const NodeRecord& n);
+  LocalState(std::unique_ptr<Db> db, std::unique_ptr<Db> files)
+      : db_(std::move(db)), files_db_(std::move(files)) {}
   Status SetCursor(uint64_t seq);
   std::mutex mu_;
   std::unique_ptr<Db> db_;  // guarded by mu_
+  std::mutex files_mu_;
+  std::unique_ptr<Db> files_db_;  // guarded by files_mu_
 };
 
 }  // namespace tidefs

@@ -45,7 +45,8 @@ class TestMount {
   }
   ~TestMount() {
     std::string out;
-    RunCommand("fusermount3 -u " + mnt_ + " 2>&1", &out);
+    // tidefs unmount returns once the mount's process has finished.
+    RunCommand(std::string(TIDEFS_BINARY) + " unmount " + mnt_ + " 2>&1", &out);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
     while (IsMounted(mnt_) && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));

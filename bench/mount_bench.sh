@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Mount benchmarks (issue: mount, read path), run side by side with what
+# users would pick instead: ../shared/bench/anchors.sh measures rclone mount,
+# sshfs and the plain local folder on the same data in the same run; this
+# script then imports that data into a real `tidefs serve` on loopback,
+# mounts it, runs the same workloads, and prints each tidefs figure beside
+# the anchors' with the ratio to the local folder.
+#
+# Usage: bench/mount_bench.sh
+#   ANCHORS="native sshfs rclone" (default) which anchors to run; "none" for
+#   tidefs alone (then the data must exist from an earlier run).
+#   MILLION=0 skips the 1,000,000-node mount figures.
+# Needs root, /dev/fuse and a built tree (build/). Data in BENCH_DIR
+# (default /tmp/tidefs-anchors, shared with anchors.sh).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+B=${BENCH_DIR:-/tmp/tidefs-anchors}
+R=$B/remote
+T=$B/tidefs
+M=$T/mnt
+C=$T/cache
+BIN=$ROOT/build/tidefs
+BENCH=$ROOT/build/tidefs_bench
+ANCHORS=${ANCHORS:-native sshfs rclone}
+PID=
+mkdir -p "$T"
+cleanup() {
+  mountpoint -q "$M" 2>/dev/null && { fusermount3 -u "$M" 2>/dev/null || fusermount3 -uz "$M"; }
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  true
+}
+trap cleanup EXIT
+
+command -v fio >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
+now() { date +%s.%N; }
+ms() { python3 -c "print(round(($2-$1)*1000))"; }
+mbs() { python3 -c "print(round(1024/($2-$1)))"; }
+drop() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+say() { printf '%-7s %-28s %10s %s\n' "$1" "$2" "$3" "$4" | tee -a "$T/results.txt"; }
+
+: >"$T/results.txt"
+if [ "$ANCHORS" != none ]; then
+  # shellcheck disable=SC2086
+  BENCH_DIR=$B bash "$ROOT/../shared/bench/anchors.sh" $ANCHORS | tee -a "$T/results.txt"
+fi
+[ -d "$R/flat10k" ] && [ -d "$R/tree100k" ] && [ -f "$R/big1g" ] || {
+  echo "no data in $R: run once with the anchors (ANCHORS=native at least)" >&2; exit 1; }
+
+# A fresh server; the anchors' data imported as project "anchors".
+rm -rf "$T/data" "$T/ready" "$C" "$T/cache-million"
+mkdir -p "$M"
+"$BIN" serve --data "$T/data" --listen 127.0.0.1:0 --ready-file "$T/ready" 2>"$T/serve.log" &
+PID=$!
+for _ in $(seq 200); do [ -s "$T/ready" ] && break; sleep 0.05; done
+URL=$(cat "$T/ready")
+token() {  # project
+  "$BIN" admin --data "$T/data" project create "$1" >/dev/null
+  "$BIN" admin --data "$T/data" token create --project "$1" --device bench | tail -n 1
+}
+TOK=$(token anchors)
+for d in flat10k tree100k; do "$BIN" import --server "$URL" --project anchors --token "$TOK" "$R/$d" "$d" >/dev/null; done
+mkdir -p "$T/bigsrc" && ln -f "$R/big1g" "$T/bigsrc/big1g"
+"$BIN" import --server "$URL" --project anchors --token "$TOK" "$T/bigsrc" >/dev/null
+
+mnt() {  # project token cache-dir
+  "$BIN" mount --server "$URL" --project "$1" --token "$2" --cache-dir "$3" "$M"
+}
+umnt() { "$BIN" unmount "$M"; for _ in $(seq 100); do mountpoint -q "$M" || return; sleep 0.05; done; }
+
+s=tidefs
+drop; t0=$(now); mnt anchors "$TOK" "$C"; ls "$M/tree100k" >/dev/null; t1=$(now)
+say $s mount_to_first_listing "$(ms "$t0" "$t1")" ms
+t0=$(now); ls -l "$M/flat10k" >/dev/null; t1=$(now); say $s ls_l_10k_cold "$(ms "$t0" "$t1")" ms
+t0=$(now); ls -l "$M/flat10k" >/dev/null; t1=$(now); say $s ls_l_10k_warm "$(ms "$t0" "$t1")" ms
+t0=$(now); find "$M/tree100k" -ls >/dev/null; t1=$(now); say $s find_ls_100k "$(ms "$t0" "$t1")" ms
+t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
+t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_warm "$(mbs "$t0" "$t1")" MB/s
+
+# Random 4 KiB reads of cached data (fio, 2 jobs), the local folder in the same run.
+fio_iops() {  # file
+  fio --name=r --filename="$1" --rw=randread --bs=4k --size=1g --runtime=8 --time_based --numjobs=2 \
+    --ioengine=psync --group_reporting --output-format=terse --terse-version=3 --readonly 2>/dev/null |
+    awk -F';' '{print $8}'
+}
+cat "$R/big1g" >/dev/null
+say native fio_randread_4k_cached "$(fio_iops "$R/big1g")" IOPS
+say $s fio_randread_4k_cached "$(fio_iops "$M/big1g")" IOPS
+umnt
+
+# cp of 1 GiB out of a cold mount (read-ahead at work), the local disk in the same run.
+rm -f "$T/copy"; drop
+t0=$(now); cp "$R/big1g" "$T/copy"; sync "$T/copy"; t1=$(now); say native cp_1g_cold "$(mbs "$t0" "$t1")" MB/s
+rm -rf "$T/copy" "$C"; drop; mnt anchors "$TOK" "$C"
+t0=$(now); cp "$M/big1g" "$T/copy"; sync "$T/copy"; t1=$(now); say $s cp_1g_cold "$(mbs "$t0" "$t1")" MB/s
+rm -f "$T/copy"; umnt
+
+if [ "${MILLION:-1}" != 0 ]; then
+  # 1,000,000 files in 1,000 directories: cold mount (snapshot), then warm (local state).
+  MT=$(token million)
+  "$BENCH" "$URL" million "$MT" populate 1000 1000 >/dev/null
+  drop; t0=$(now); mnt million "$MT" "$T/cache-million"; ls "$M/d999" >/dev/null; t1=$(now)
+  say $s mount_1m_cold_to_listing "$(ms "$t0" "$t1")" ms
+  umnt
+  drop; t0=$(now); mnt million "$MT" "$T/cache-million"; ls "$M/d999" >/dev/null; t1=$(now)
+  say $s mount_1m_warm_to_listing "$(ms "$t0" "$t1")" ms
+  umnt
+fi
+
+# Each tidefs figure beside the anchors', as a ratio to the local folder.
+python3 - "$T/results.txt" <<'PY'
+import sys
+v = {}
+for line in open(sys.argv[1]):
+    p = line.split()
+    if len(p) >= 4:
+        try: v[(p[0], p[1])] = float(p[2])
+        except ValueError: pass
+work = sorted({w for (_, w) in v})
+print(f"\n{'workload':28} {'native':>9} {'sshfs':>9} {'rclone':>9} {'tidefs':>9} {'tidefs/native':>14}")
+for w in work:
+    row = [v.get((s, w)) for s in ("native", "sshfs", "rclone", "tidefs")]
+    if row[3] is None: continue
+    ratio = f"{row[3]/row[0]:.2f}x" if row[0] else ""
+    print(f"{w:28} " + " ".join(f"{x:9.0f}" if x is not None else f"{'-':>9}" for x in row) + f" {ratio:>14}")
+PY
