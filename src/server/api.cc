@@ -345,12 +345,23 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   r.stream = [st, store, metrics](std::string* out) -> Status {
     // About 1 MiB per piece.
     for (int k = 0; k < 16 && st->next < st->locs.size(); ++k, ++st->next) {
-      ASSIGN_OR_RETURN(std::string block, store->Read(st->locs[st->next], st->hashes[st->next]));
+      const BlockLocation& loc = st->locs[st->next];
       uint64_t block_start = (st->first_block + st->next) * kBlockSize;
       uint64_t from = st->pos - block_start;
-      uint64_t to = std::min<uint64_t>(block.size(), st->last - block_start + 1);
-      if (from >= to || to > block.size()) return Status::Corruption("block shorter than its manifest says");
-      out->append(block, from, to - from);
+      uint64_t to = std::min<uint64_t>(loc.raw_length, st->last - block_start + 1);
+      if (from >= to || to > loc.raw_length) return Status::Corruption("block shorter than its manifest says");
+      if (from == 0 && to == loc.raw_length) {
+        // A whole block: read straight into the response.
+        size_t at = out->size();
+        out->resize(at + loc.raw_length);
+        if (Status s = store->ReadInto(loc, st->hashes[st->next], out->data() + at); !s.ok()) {
+          out->resize(at);
+          return s;
+        }
+      } else {
+        ASSIGN_OR_RETURN(std::string block, store->Read(loc, st->hashes[st->next]));
+        out->append(block, from, to - from);
+      }
       st->pos += to - from;
       metrics->AddContentBytes(to - from);
     }

@@ -24,6 +24,10 @@ class BlockStore {
   // Reads one block back and checks it against `hash`: a mismatch is
   // kCorruption and no bytes are returned.
   virtual Result<std::string> Read(const BlockLocation& loc, const Hash128& hash) = 0;
+  // The same into `out`, which has room for loc.raw_length bytes (no
+  // allocation or extra copy on the download path). On error `out` holds
+  // nothing the caller may use.
+  virtual Status ReadInto(const BlockLocation& loc, const Hash128& hash, char* out) = 0;
 };
 
 // Packs of about `pack_bytes` each under `dir` (created if missing).

@@ -188,28 +188,35 @@ class PackBlockStore final : public BlockStore {
 
   Result<std::string> Read(const BlockLocation& loc, const Hash128& hash) override {
     if (loc.raw_length == 0 || loc.raw_length > kBlockSize) return Status::Corruption("block index has a bad length");
+    std::string raw(loc.raw_length, '\0');
+    RETURN_IF_ERROR(ReadInto(loc, hash, raw.data()));
+    return raw;
+  }
+
+  Status ReadInto(const BlockLocation& loc, const Hash128& hash, char* out) override {
+    if (loc.raw_length == 0 || loc.raw_length > kBlockSize) return Status::Corruption("block index has a bad length");
+    if (loc.codec == 0 && loc.stored_length != loc.raw_length) return Status::Corruption("block index has a bad length");
+    if (loc.stored_length == 0 || loc.stored_length > 2 * kBlockSize) return Status::Corruption("block index has a bad stored length");
     ASSIGN_OR_RETURN(int fd, ReadFd(loc.pack));
-    std::string stored(loc.stored_length, '\0');
+    // Raw blocks land in `out` directly; compressed ones pass through a scratch buffer.
+    thread_local std::unique_ptr<char[]> scratch(new char[2 * kBlockSize]);
+    char* stored = loc.codec == 1 ? scratch.get() : out;
     size_t done = 0;
-    while (done < stored.size()) {
-      ssize_t r = ::pread(fd, stored.data() + done, stored.size() - done, loc.offset + done);
+    while (done < loc.stored_length) {
+      ssize_t r = ::pread(fd, stored + done, loc.stored_length - done, loc.offset + done);
       if (r < 0 && errno == EINTR) continue;
       if (r <= 0) return Status::Corruption("pack " + PackPath(loc.pack) + " is short at offset " + std::to_string(loc.offset));
       done += r;
     }
-    std::string raw;
     if (loc.codec == 1) {
       thread_local ZSTD_DCtx* dctx = ZSTD_createDCtx();
-      raw.resize(loc.raw_length);
-      size_t n = ZSTD_decompressDCtx(dctx, raw.data(), raw.size(), stored.data(), stored.size());
+      size_t n = ZSTD_decompressDCtx(dctx, out, loc.raw_length, stored, loc.stored_length);
       if (ZSTD_isError(n) || n != loc.raw_length)
         return Status::Corruption("block " + hash.Hex() + " in pack " + PackPath(loc.pack) + " does not decompress");
-    } else {
-      raw = std::move(stored);
     }
-    if (HashBlock(raw) != hash)
+    if (HashBlock(out, loc.raw_length) != hash)
       return Status::Corruption("block " + hash.Hex() + " in pack " + PackPath(loc.pack) + " fails its hash check");
-    return raw;
+    return Status::Ok();
   }
 
  private:
