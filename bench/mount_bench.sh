@@ -80,7 +80,7 @@ t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s se
 # Random 4 KiB reads of cached data (fio, 2 jobs), the local folder in the same run.
 fio_iops() {  # file
   fio --name=r --filename="$1" --rw=randread --bs=4k --size=1g --runtime=8 --time_based --numjobs=2 \
-    --ioengine=psync --group_reporting --output-format=terse --terse-version=3 --readonly 2>/dev/null |
+    --ioengine=psync --invalidate=0 --group_reporting --output-format=terse --terse-version=3 --readonly 2>/dev/null |
     awk -F';' '{print $8}'
 }
 cat "$R/big1g" >/dev/null

@@ -16,9 +16,14 @@ ChunkCache::Entry::~Entry() {
   if (fd >= 0) ::close(fd);
 }
 
-ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, uint64_t max_bytes,
-                       int readahead_chunks, int threads)
-    : dir_(std::move(dir)), client_(client), state_(state), max_bytes_(max_bytes), readahead_(readahead_chunks) {
+ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, ChunkCacheOptions opts)
+    : dir_(std::move(dir)),
+      client_(client),
+      state_(state),
+      max_bytes_(opts.max_bytes),
+      readahead_(opts.readahead_chunks),
+      retry_for_(opts.retry_for) {
+  const int threads = opts.threads;
   std::filesystem::create_directories(dir_ + "/data");
   // What earlier mounts cached counts against the limit from the start.
   if (state_) {
@@ -32,8 +37,15 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, ui
             if (f.present[b]) bytes += kBlockSize;
           if (bytes) AddChunkLocked({f.id, f.version, c}, bytes);
         }
-      EvictLocked();
     }
+  }
+  if (state_) {
+    std::vector<Punch> punches;
+    {
+      std::lock_guard lock(mu_);
+      punches = EvictLocked();
+    }
+    RunPunches(std::move(punches));
   }
   for (int i = 0; i < threads; ++i)
     pool_.emplace_back([this] {
@@ -161,12 +173,32 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
   const uint64_t last = std::min<uint64_t>(first + kChunkSize, e.manifest.size) - 1;
   // Straight into a reused buffer: no 4 MiB allocation or copy per chunk.
   thread_local std::unique_ptr<char[]> buf(new char[kChunkSize]);
-  ASSIGN_OR_RETURN(size_t got, client_->GetContentInto(n.id, n.version, first, last, buf.get()));
-  std::string_view bytes(buf.get(), got);
-  if (bytes.size() != last - first + 1) {
-    return Status::Corruption("node " + std::to_string(n.id) + " chunk " + std::to_string(chunk) + ": got " +
-                              std::to_string(bytes.size()) + " bytes, expected " + std::to_string(last - first + 1));
+  const size_t want = last - first + 1;
+  size_t have = 0;
+  // A broken transfer resumes where it stopped; an unreachable or failing
+  // server is tried again until the retry period ends.
+  const auto deadline = std::chrono::steady_clock::now() + retry_for_;
+  for (int attempt = 0;; ++attempt) {
+    size_t got = 0;
+    Status st = client_->ReadContent(n.id, n.version, first + have, last, buf.get() + have, &got);
+    if (got > want - have) return Status::Corruption("node " + std::to_string(n.id) + ": longer answer than asked for");
+    have += got;
+    if (st.ok() && have == want) break;
+    if (st.ok()) st = Status::Unavailable("the transfer ended after " + std::to_string(have) + " of " + std::to_string(want) + " bytes");
+    bool retryable = st.code() == Code::kUnavailable || st.code() == Code::kInternal;
+    if (!retryable || std::chrono::steady_clock::now() >= deadline) {
+      return Status(st.code(), "node " + std::to_string(n.id) + " chunk " + std::to_string(chunk) + ": " + st.message());
+    }
+    if (got > 0) {
+      std::lock_guard lock(mu_);
+      stats_.resumed++;
+    }
+    spdlog::debug("chunk {} of node {}: {}; trying again from byte {}", chunk, n.id, st.message(), first + have);
+    auto pause = std::chrono::milliseconds(std::min(50 << std::min(attempt, 4), 1000));
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+        pause, std::max<std::chrono::steady_clock::duration>(deadline - std::chrono::steady_clock::now(), {})));
   }
+  std::string_view bytes(buf.get(), have);
   for (uint64_t off = 0; off < bytes.size(); off += kBlockSize) {
     size_t len = std::min<uint64_t>(kBlockSize, bytes.size() - off);
     uint64_t block = (first + off) / kBlockSize;
@@ -203,22 +235,28 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
 }
 
 void ChunkCache::Touch(const ChunkKey& key, uint64_t bytes) {
-  std::lock_guard lock(mu_);
-  auto it = lru_index_.find(key);
-  if (it != lru_index_.end()) {
-    lru_.splice(lru_.begin(), lru_, it->second);
-    return;
+  std::vector<Punch> punches;
+  {
+    std::lock_guard lock(mu_);
+    auto it = lru_index_.find(key);
+    if (it != lru_index_.end()) {
+      lru_.splice(lru_.begin(), lru_, it->second);
+      return;
+    }
+    if (bytes == 0) return;  // not cached (evicted meanwhile): nothing to track
+    AddChunkLocked(key, bytes);
+    punches = EvictLocked();
   }
-  if (bytes == 0) return;  // not cached (evicted meanwhile): nothing to track
-  AddChunkLocked(key, bytes);
-  EvictLocked();
+  RunPunches(std::move(punches));
 }
 
-void ChunkCache::EvictLocked() {
+std::vector<ChunkCache::Punch> ChunkCache::EvictLocked() {
+  std::vector<Punch> out;
   auto it = lru_.end();
   while (stats_.cached_bytes > max_bytes_ && it != lru_.begin()) {
     --it;
     const auto [id, version, chunk] = it->first;
+    Punch p{nullptr, id, version, chunk, nullptr};
     auto e = entries_.find(id);
     if (e != entries_.end() && e->second->version == version) {
       Entry& entry = *e->second;
@@ -227,28 +265,53 @@ void ChunkCache::EvictLocked() {
       uint64_t b0 = chunk * kBlocksPerChunk;
       uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, entry.present.size());
       for (uint64_t b = b0; b < b1; ++b) entry.present[b] = false;
-      // Give the disk space back; the file keeps its size (and holes).
-      (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, chunk * kChunkSize, kChunkSize);
-      if (state_) (void)state_->SavePresent(id, entry.present);
-    } else if (state_) {
-      // Not open in this mount: clear its bits in the saved state and punch.
-      auto f = state_->LoadFile(id);
-      if (f.ok() && *f && (*f)->version == version) {
-        auto& bits = (*f)->present;
-        for (uint64_t b = chunk * kBlocksPerChunk; b < std::min<uint64_t>((chunk + 1) * kBlocksPerChunk, bits.size()); ++b)
-          bits[b] = false;
-        (void)state_->SavePresent(id, bits);
-        int fd = ::open((dir_ + "/data/" + std::to_string(id)).c_str(), O_RDWR | O_CLOEXEC);
-        if (fd >= 0) {
-          (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, chunk * kChunkSize, kChunkSize);
-          ::close(fd);
-        }
-      }
+      p.entry = e->second;
+      p.done = std::make_shared<std::promise<Status>>();
+      entry.inflight.emplace(chunk, p.done->get_future().share());
     }
+    out.push_back(std::move(p));
     stats_.cached_bytes -= it->second;
     stats_.chunks_evicted++;
     lru_index_.erase(it->first);
     it = lru_.erase(it);
+  }
+  return out;
+}
+
+void ChunkCache::RunPunches(std::vector<Punch> punches) {
+  for (auto& p : punches) {
+    if (p.entry) {
+      Entry& entry = *p.entry;
+      // Give the disk space back; the file keeps its size (and holes).
+      (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
+      std::vector<bool> present;
+      {
+        std::lock_guard lock(entry.mu);
+        present = entry.present;
+      }
+      if (state_) (void)state_->SavePresent(p.id, present);
+      {
+        std::lock_guard lock(entry.mu);
+        entry.inflight.erase(p.chunk);
+      }
+      p.done->set_value(Status::Ok());
+      continue;
+    }
+    if (!state_) continue;
+    // Not open in this mount: clear its bits in the saved state, then punch.
+    // (Should the file be opened meanwhile, its bits are already clear or
+    // its first read re-hashes what the bitmap claims.)
+    auto f = state_->LoadFile(p.id);
+    if (!f.ok() || !*f || (*f)->version != p.version) continue;
+    auto& bits = (*f)->present;
+    for (uint64_t b = p.chunk * kBlocksPerChunk; b < std::min<uint64_t>((p.chunk + 1) * kBlocksPerChunk, bits.size()); ++b)
+      bits[b] = false;
+    (void)state_->SavePresent(p.id, bits);
+    int fd = ::open((dir_ + "/data/" + std::to_string(p.id)).c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+      (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
+      ::close(fd);
+    }
   }
 }
 
@@ -286,29 +349,39 @@ Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord
     verify = !e->verified[chunk] && !e->inflight.count(chunk);
   }
   if (verify) Verify(*e, chunk);
-  std::shared_future<Status> wait;
-  std::promise<Status> mine;
-  {
-    std::lock_guard lock(e->mu);
-    uint64_t b0 = chunk * kBlocksPerChunk;
-    uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e->present.size());
-    bool all = true;
-    for (uint64_t b = b0; b < b1 && all; ++b) all = e->present[b];
-    if (all) return Status::Ok();
-    auto it = e->inflight.find(chunk);
-    if (it != e->inflight.end()) {
-      wait = it->second;
-    } else {
-      e->inflight.emplace(chunk, mine.get_future().share());
+  for (;;) {
+    std::shared_future<Status> wait;
+    std::promise<Status> mine;
+    {
+      std::lock_guard lock(e->mu);
+      uint64_t b0 = chunk * kBlocksPerChunk;
+      uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e->present.size());
+      bool all = true;
+      for (uint64_t b = b0; b < b1 && all; ++b) all = e->present[b];
+      if (all) return Status::Ok();
+      auto it = e->inflight.find(chunk);
+      if (it != e->inflight.end()) {
+        wait = it->second;
+      } else {
+        e->inflight.emplace(chunk, mine.get_future().share());
+      }
     }
+    if (wait.valid()) {
+      // Another reader's fetch, or an eviction's punch: then look again.
+      RETURN_IF_ERROR(wait.get());
+      continue;
+    }
+    Status st = Fetch(*e, n, chunk);
+    if (!st.ok()) {
+      spdlog::error("fetching chunk {} of node {} failed: {}", chunk, n.id, st.ToString());
+      std::lock_guard lock(mu_);
+      stats_.fetch_failures++;
+    }
+    mine.set_value(st);
+    std::lock_guard lock(e->mu);
+    e->inflight.erase(chunk);
+    return st;
   }
-  if (wait.valid()) return wait.get();
-  Status st = Fetch(*e, n, chunk);
-  if (!st.ok()) spdlog::error("fetching chunk {} of node {} failed: {}", chunk, n.id, st.ToString());
-  mine.set_value(st);
-  std::lock_guard lock(e->mu);
-  e->inflight.erase(chunk);
-  return st;
 }
 
 void ChunkCache::StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t off, size_t len,

@@ -7,6 +7,7 @@
 // read-ahead of the next chunks on a small pool. Thread-safe.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -31,18 +32,28 @@ struct ChunkCacheStats {
   uint64_t chunks_fetched = 0;
   uint64_t bytes_fetched = 0;
   uint64_t verify_failures = 0;
+  uint64_t resumed = 0;         // transfers continued after a break
+  uint64_t fetch_failures = 0;  // reads that gave up (EIO)
   uint64_t chunks_evicted = 0;
   uint64_t cached_bytes = 0;
 };
 
 inline constexpr uint64_t kDefaultCacheBytes = 10ull << 30;
 
+struct ChunkCacheOptions {
+  uint64_t max_bytes = kDefaultCacheBytes;
+  int readahead_chunks = 8;  // chunks fetched ahead of a sequential reader
+  int threads = 8;           // read-ahead fetches in flight
+  // How long a read of missing bytes keeps trying an unreachable or failing
+  // server (resuming a broken transfer where it stopped) before it fails.
+  std::chrono::milliseconds retry_for{10000};
+};
+
 class ChunkCache {
  public:
   // Keeps at most `max_bytes` of file data, evicting the least recently
   // read chunks (all cached data is clean while the mount is read-only).
-  ChunkCache(std::string dir, ApiClient* client, LocalState* state, uint64_t max_bytes = kDefaultCacheBytes,
-             int readahead_chunks = 4, int threads = 4);
+  ChunkCache(std::string dir, ApiClient* client, LocalState* state, ChunkCacheOptions opts = {});
   ~ChunkCache();
 
   // Bytes of a file held in place: `fd` has them at [off, off+len), and
@@ -60,6 +71,7 @@ class ChunkCache {
   // Copies [off, off+len) into `out`; returns the bytes read.
   Result<size_t> Read(const NodeRecord& n, uint64_t off, size_t len, char* out);
   ChunkCacheStats stats() const;
+  uint64_t max_bytes() const { return max_bytes_; }
 
  private:
   struct Entry {
@@ -90,14 +102,26 @@ class ChunkCache {
   using ChunkKey = std::tuple<uint64_t, uint64_t, uint64_t>;  // id, version, chunk
   // Marks a chunk recently used (and counts its bytes when first cached).
   void Touch(const ChunkKey& key, uint64_t bytes);
-  // Requires mu_. Evicts from the cold end until under the limit.
-  void EvictLocked();
+  // A chunk taken out of the cache whose disk space is still to be given
+  // back. For a file open in this mount, the chunk is marked in flight
+  // until the hole is punched, so a reader waits and fetches it afresh
+  // instead of having new bytes zeroed by a late punch.
+  struct Punch {
+    std::shared_ptr<Entry> entry;  // null: a file not open in this mount
+    uint64_t id = 0, version = 0, chunk = 0;
+    std::shared_ptr<std::promise<Status>> done;
+  };
+  // Requires mu_. Takes chunks from the cold end until under the limit;
+  // the caller runs the punches after unlocking (no disk I/O under mu_).
+  std::vector<Punch> EvictLocked();
+  void RunPunches(std::vector<Punch> punches);
 
   const std::string dir_;
   ApiClient* client_;
   LocalState* state_;
   const uint64_t max_bytes_;
   const int readahead_;
+  const std::chrono::milliseconds retry_for_;
   mutable std::mutex mu_;
   std::list<std::pair<ChunkKey, uint64_t>> lru_;  // guarded by mu_; most recent first, with bytes
   std::map<ChunkKey, std::list<std::pair<ChunkKey, uint64_t>>::iterator> lru_index_;  // guarded by mu_

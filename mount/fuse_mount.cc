@@ -5,19 +5,24 @@
 
 #include <fuse_lowlevel.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "cache/chunk_cache.h"
@@ -40,6 +45,9 @@ struct Fs {
   std::unique_ptr<ChunkCache> cache;
   uid_t uid = getuid();
   gid_t gid = getgid();
+  std::string project, server, cache_dir;
+  // Requests answered, by kind (`tidefs status`).
+  std::atomic<uint64_t> n_lookup{0}, n_getattr{0}, n_readdir{0}, n_open{0}, n_read{0}, read_bytes{0}, n_errors{0};
 };
 
 Fs* Self(fuse_req_t req) { return static_cast<Fs*>(fuse_req_userdata(req)); }
@@ -97,6 +105,7 @@ void OpInit(void*, fuse_conn_info* conn) {
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Fs* fs = Self(req);
+  fs->n_lookup++;
   auto found = fs->tree.Lookup(parent, name);
   if (!found.ok()) {
     spdlog::error("lookup of {} in directory {} failed: {}", name, parent, found.status().ToString());
@@ -117,6 +126,7 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   Fs* fs = Self(req);
+  fs->n_getattr++;
   auto n = NodeOrReply(req, ino);
   if (!n) return;
   struct stat st;
@@ -157,6 +167,7 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi, bool plus) {
   Fs* fs = Self(req);
+  fs->n_readdir++;
   auto* h = reinterpret_cast<DirHandle*>(fi->fh);
   std::vector<char> buf(size);
   size_t used = 0;
@@ -211,6 +222,7 @@ void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Self(req)->n_open++;
   auto n = NodeOrReply(req, ino);
   if (!n) return;
   if (n->kind == NodeKind::kDir) return (void)fuse_reply_err(req, EISDIR);
@@ -222,14 +234,17 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 
 void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
   Fs* fs = Self(req);
+  fs->n_read++;
   auto n = NodeOrReply(req, ino);
   if (!n) return;
   auto p = fs->cache->Pin(*n, static_cast<uint64_t>(off), size);
   if (!p.ok()) {
     spdlog::error("read of node {} at {} failed: {}", ino, off, p.status().ToString());
+    fs->n_errors++;
     return (void)fuse_reply_err(req, EIO);  // unreachable server or bad bytes: EIO, never wrong data
   }
   if (p->len == 0) return (void)fuse_reply_buf(req, nullptr, 0);
+  fs->read_bytes += p->len;
   // Hand the kernel the cache file's range; libfuse splices it when it can.
   fuse_bufvec buf = FUSE_BUFVEC_INIT(p->len);
   buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
@@ -321,16 +336,132 @@ std::string PidFile(const std::string& mountpoint) {
   return dir + "/" + HashBlock(canon.data(), canon.size()).Hex() + ".pid";
 }
 
+
+// What `tidefs status` prints, as JSON.
+std::string StatusJson(const Fs& fs) {
+  ChunkCacheStats c = fs.cache->stats();
+  nlohmann::json j = {
+      {"project", fs.project},
+      {"server", fs.server},
+      {"cache_dir", fs.cache_dir},
+      {"pid", static_cast<long>(getpid())},
+      {"seq", fs.tree.seq()},
+      {"nodes_in_memory", fs.tree.size()},
+      {"ops",
+       {{"lookup", fs.n_lookup.load()},
+        {"getattr", fs.n_getattr.load()},
+        {"readdir", fs.n_readdir.load()},
+        {"open", fs.n_open.load()},
+        {"read", fs.n_read.load()},
+        {"read_bytes", fs.read_bytes.load()},
+        {"errors", fs.n_errors.load()}}},
+      {"cache",
+       {{"bytes", c.cached_bytes},
+        {"limit", fs.cache->max_bytes()},
+        {"chunks_fetched", c.chunks_fetched},
+        {"bytes_fetched", c.bytes_fetched},
+        {"chunks_evicted", c.chunks_evicted},
+        {"transfers_resumed", c.resumed},
+        {"hash_mismatches", c.verify_failures},
+        {"failed_fetches", c.fetch_failures}}},
+  };
+  return j.dump(2) + "\n";
+}
+
+// Answers `tidefs status` on a unix socket in the cache dir: each
+// connection gets the status JSON and is closed.
+class StatusServer {
+ public:
+  StatusServer(const Fs* fs, std::string path) : fs_(fs), path_(std::move(path)) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path_.size() >= sizeof addr.sun_path) {
+      spdlog::warn("cache dir path too long for the status socket {}; tidefs status will not answer", path_);
+      return;
+    }
+    std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
+    ::unlink(path_.c_str());
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd_, 8) != 0) {
+      spdlog::warn("cannot listen on {}: {}; tidefs status will not answer", path_, std::strerror(errno));
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = -1;
+      return;
+    }
+    thread_ = std::thread([this] {
+      for (;;) {
+        int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (c < 0) {
+          if (errno == EINTR) continue;
+          return;  // shut down
+        }
+        std::string out = StatusJson(*fs_);
+        (void)!::write(c, out.data(), out.size());
+        ::close(c);
+      }
+    });
+  }
+  ~StatusServer() {
+    if (fd_ < 0) return;
+    ::shutdown(fd_, SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+    ::close(fd_);
+    ::unlink(path_.c_str());
+  }
+
+ private:
+  const Fs* fs_;
+  std::string path_;
+  int fd_ = -1;
+  std::thread thread_;
+};
+
+// The pid file holds "PID\nCACHE_DIR\n".
+bool ReadPidFile(const std::string& path, pid_t* pid, std::string* cache_dir) {
+  std::ifstream f(path);
+  long v = 0;
+  if (!(f >> v)) return false;
+  *pid = static_cast<pid_t>(v);
+  f >> std::ws;
+  std::getline(f, *cache_dir);
+  return true;
+}
+
 }  // namespace
+
+Result<std::string> MountStatus(const std::string& mountpoint) {
+  pid_t pid = 0;
+  std::string cache_dir;
+  if (!ReadPidFile(PidFile(mountpoint), &pid, &cache_dir) || kill(pid, 0) != 0)
+    return Status::NotFound("no tidefs mount at " + mountpoint);
+  std::string path = cache_dir + "/control.sock";
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path) return Status::Invalid("status socket path too long: " + path);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    std::string err = std::strerror(errno);
+    if (fd >= 0) ::close(fd);
+    return Status::Unavailable("the mount at " + mountpoint + " does not answer on " + path + ": " + err);
+  }
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, n);
+  }
+  ::close(fd);
+  return out;
+}
 
 Status Unmount(const std::string& mountpoint) {
   std::string pid_file = PidFile(mountpoint);
   pid_t pid = 0;
-  if (FILE* f = fopen(pid_file.c_str(), "r")) {
-    long v = 0;
-    if (fscanf(f, "%ld", &v) == 1) pid = static_cast<pid_t>(v);
-    fclose(f);
-  }
+  std::string ignored;
+  ReadPidFile(pid_file, &pid, &ignored);
   std::string cmd = "fusermount3 -u '" + mountpoint + "'";
   int rc = system(cmd.c_str());
   if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
@@ -396,11 +527,15 @@ Status RunMount(const MountOptions& opts) {
   ApiClient client(opts.client);
   std::string cache_dir = opts.cache_dir;
   if (cache_dir.empty()) cache_dir = DefaultCacheDir(opts.client.project);
+  cache_dir = std::filesystem::absolute(cache_dir).lexically_normal().string();
   std::error_code ec;
   std::filesystem::create_directories(cache_dir, ec);
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());
   ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
   Fs fs(&client, state.get());
+  fs.project = opts.client.project;
+  fs.server = opts.client.server;
+  fs.cache_dir = cache_dir;
   std::thread saver;
   struct Joiner {
     std::thread* t;
@@ -410,8 +545,10 @@ Status RunMount(const MountOptions& opts) {
   } join_saver{&saver};
   RETURN_IF_ERROR(LoadTree(&fs, state.get(), &saver));
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
-  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), opts.cache_bytes, /*readahead_chunks=*/8,
-                                          /*threads=*/8);
+  ChunkCacheOptions co;
+  co.max_bytes = opts.cache_bytes;
+  co.retry_for = std::chrono::milliseconds(static_cast<int64_t>(opts.retry_seconds * 1000));
+  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
 
   fuse_lowlevel_ops ops{};
   ops.init = OpInit;
@@ -457,13 +594,14 @@ Status RunMount(const MountOptions& opts) {
   if (opts.on_ready) opts.on_ready();
   // After on_ready: a background mount has its final pid by then.
   if (FILE* f = fopen(pid_file.c_str(), "w")) {
-    fprintf(f, "%ld\n", static_cast<long>(getpid()));
+    fprintf(f, "%ld\n%s\n", static_cast<long>(getpid()), cache_dir.c_str());
     fclose(f);
   }
   struct PidFileGuard {
     std::string path;
     ~PidFileGuard() { ::unlink(path.c_str()); }
   } pid_guard{pid_file};
+  StatusServer status_server(&fs, cache_dir + "/control.sock");
   fuse_loop_config cfg{};
   cfg.clone_fd = 0;
   cfg.max_idle_threads = 16;

@@ -16,6 +16,9 @@ struct MountOptions {
   std::string device = "mount";
   std::string cache_dir;  // default: ~/.cache/tidefs/<project>
   uint64_t cache_bytes = 10ull << 30;
+  // How long a read of bytes not yet cached keeps trying an unreachable
+  // server before it fails with EIO.
+  double retry_seconds = 10;
   std::string mountpoint;
   bool foreground = false;
   // Called once the tree is visible (a background start detaches here).
@@ -29,6 +32,9 @@ Status RunMount(const MountOptions& opts);
 // it had to save is saved); a mount that is not ours, or not there, is an
 // error that says so.
 Status Unmount(const std::string& mountpoint);
+
+// The running mount's counters (requests, cache, fetches) as JSON.
+Result<std::string> MountStatus(const std::string& mountpoint);
 
 // ~/.cache/tidefs/<project> (or /tmp/.cache/... without $HOME).
 std::string DefaultCacheDir(const std::string& project);

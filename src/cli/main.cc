@@ -109,8 +109,14 @@ int main(int argc, char** argv) {
   mount->add_option("--cache-dir", mo.cache_dir, "Cache directory (default ~/.cache/tidefs/PROJECT)");
   std::string cache_size = "10G";
   mount->add_option("--cache-size", cache_size, "Cache limit, e.g. 10G, 512M (default 10G)");
+  mount->add_option("--retry-for", mo.retry_seconds,
+                    "Seconds a read of uncached bytes keeps trying an unreachable server before it fails (default 10)")
+      ->check(CLI::Range(0.0, 86400.0));
   mount->add_flag("-f,--foreground", mo.foreground, "Stay in the foreground");
   mount->add_option("mountpoint", mo.mountpoint, "An empty directory")->required()->check(CLI::ExistingDirectory);
+  auto* status = app.add_subcommand("status", "Show a mount's counters (requests, cache, fetches) as JSON");
+  std::string status_point;
+  status->add_option("mountpoint", status_point)->required();
   auto* unmount = app.add_subcommand("unmount", "Unmount a tidefs folder");
   std::string unmount_point;
   unmount->add_option("mountpoint", unmount_point)->required();
@@ -199,6 +205,12 @@ int main(int argc, char** argv) {
       };
     }
     if (Status st = RunMount(mo); !st.ok()) return Fail(st);
+    return 0;
+  }
+  if (*status) {
+    auto out = MountStatus(status_point);
+    if (!out.ok()) return Fail(out.status());
+    fputs(out->c_str(), stdout);
     return 0;
   }
   if (*unmount) {

@@ -157,7 +157,7 @@ Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& 
 
 Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::string& path, const std::string& body,
                                        const std::vector<std::string>& headers, bool idempotent, char* into,
-                                       size_t into_cap) {
+                                       size_t into_cap, size_t* into_got) {
   std::string url = path.rfind("//", 0) == 0 ? opts_.server + path.substr(1)
                                              : opts_.server + "/v1/projects/" + opts_.project + path;
   int attempts = idempotent ? opts_.retries + 1 : 1;
@@ -198,6 +198,7 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(hl);
     pool_->Put(c);
+    if (into_got) *into_got = a.into_len;
     if (rc != CURLE_OK) {
       last = Status::Unavailable(method + " " + url + ": " + curl_easy_strerror(rc));
       spdlog::debug("{}", last.message());
@@ -278,13 +279,20 @@ Result<std::string> ApiClient::GetContent(uint64_t id, uint64_t version, uint64_
   return std::move(a.body);
 }
 
-Result<size_t> ApiClient::GetContentInto(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest) {
+Status ApiClient::ReadContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest,
+                              size_t* received) {
+  *received = 0;
   std::string path = "/nodes/" + std::to_string(id) + "/content";
   if (version) path += "?version=" + std::to_string(version);
   std::string range = "Range: bytes=" + std::to_string(first) + "-" + std::to_string(last);
-  ASSIGN_OR_RETURN(HttpAnswer a, Exchange("GET", path, "", {range}, true, dest, last - first + 1));
-  if (a.status != 206 && a.status != 200) return StatusFromAnswer(a, "content of node " + std::to_string(id));
-  return a.into_len;
+  auto a = Exchange("GET", path, "", {range}, /*idempotent=*/false, dest, last - first + 1, received);
+  if (!a.ok()) return a.status();
+  if (a->status != 206 && !(a->status == 200 && first == 0)) {
+    *received = 0;
+    if (a->status == 200) return Status::Corruption("content of node " + std::to_string(id) + ": the server ignored the Range");
+    return StatusFromAnswer(*a, "content of node " + std::to_string(id));
+  }
+  return Status::Ok();
 }
 
 Result<std::vector<Hash128>> ApiClient::MissingBlocks(const std::vector<Hash128>& hashes) {

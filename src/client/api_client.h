@@ -61,8 +61,10 @@ class ApiClient {
   Result<Manifest> GetManifest(uint64_t id, uint64_t version = 0);
   // Bytes [first, last] of a file version (0 = current).
   Result<std::string> GetContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last);
-  // The same into `dest` (room for last - first + 1 bytes); returns the length.
-  Result<size_t> GetContentInto(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest);
+  // One attempt (no retries) at the same into `dest` (room for
+  // last - first + 1 bytes). `*received` counts the bytes that arrived even
+  // when the transfer broke, so the caller can resume from there.
+  Status ReadContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest, size_t* received);
   Result<std::vector<Hash128>> MissingBlocks(const std::vector<Hash128>& hashes);
   // `body` is a sequence of block frames (core/block_frame.h).
   Status UploadBlocks(const std::string& body);
@@ -73,7 +75,8 @@ class ApiClient {
 
  private:
   Result<HttpAnswer> Exchange(const std::string& method, const std::string& path, const std::string& body,
-                              const std::vector<std::string>& headers, bool idempotent, char* into, size_t into_cap);
+                              const std::vector<std::string>& headers, bool idempotent, char* into, size_t into_cap,
+                              size_t* into_got = nullptr);
   struct Pool;
   ClientOptions opts_;
   std::unique_ptr<Pool> pool_;

@@ -1,7 +1,9 @@
 #include "core/hash.h"
 
-#define XXH_INLINE_ALL
+// The library's runtime dispatch picks AVX2 (or AVX-512) where the CPU has
+// it: about twice the SSE2 speed of an inlined build for a generic target.
 #include <xxhash.h>
+#include <xxh_x86dispatch.h>
 
 namespace tidefs {
 
@@ -35,7 +37,7 @@ std::optional<Hash128> Hash128::FromHex(std::string_view hex) {
 
 Hash128 HashBlock(const void* data, size_t size) {
   XXH128_canonical_t c;
-  XXH128_canonicalFromHash(&c, XXH3_128bits(data, size));
+  XXH128_canonicalFromHash(&c, XXH3_128bits_dispatch(data, size));
   return Hash128::FromBytes(c.digest);
 }
 

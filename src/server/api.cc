@@ -338,6 +338,9 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
     uint64_t last;  // inclusive
     uint64_t first_block;
   };
+  // Chunk-sized ranges are the common case; a whole large file streams on
+  // the kernel's own read-ahead after its first 16 MiB.
+  blocks_->Prefetch(locs->size() <= 256 ? *locs : std::vector<BlockLocation>(locs->begin(), locs->begin() + 256));
   auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, range.first, range.last, first_block});
   r.stream_length = range.length();
   BlockStore* store = blocks_;

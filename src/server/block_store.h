@@ -28,6 +28,10 @@ class BlockStore {
   // allocation or extra copy on the download path). On error `out` holds
   // nothing the caller may use.
   virtual Status ReadInto(const BlockLocation& loc, const Hash128& hash, char* out) = 0;
+  // Asks the kernel to start reading these blocks from disk now (a
+  // download reads them one by one, and several downloads sharing a pack
+  // would defeat its read-ahead). Best effort.
+  virtual void Prefetch(const std::vector<BlockLocation>& locs) = 0;
 };
 
 // Packs of about `pack_bytes` each under `dir` (created if missing).

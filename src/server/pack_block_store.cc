@@ -219,6 +219,19 @@ class PackBlockStore final : public BlockStore {
     return Status::Ok();
   }
 
+  void Prefetch(const std::vector<BlockLocation>& locs) override {
+    // Contiguous runs within a pack become one hint each.
+    size_t i = 0;
+    while (i < locs.size()) {
+      uint64_t pack = locs[i].pack, start = locs[i].offset, end = start + locs[i].stored_length;
+      size_t j = i + 1;
+      while (j < locs.size() && locs[j].pack == pack && locs[j].offset == end) end += locs[j++].stored_length;
+      auto fd = ReadFd(pack);
+      if (fd.ok()) (void)::posix_fadvise(*fd, static_cast<off_t>(start), static_cast<off_t>(end - start), POSIX_FADV_WILLNEED);
+      i = j;
+    }
+  }
+
  private:
   std::string PackPath(uint64_t pack) const {
     char name[32];

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""An HTTP/1.1 proxy that injects faults between a tidefs mount and a real
+server, for the end-to-end tests: the faults a real server cannot be made
+to show (a connection cut mid-body, bytes changed on the way, 500s).
+
+Usage: fault_proxy.py TARGET_PORT PORT_FILE CONTROL_FILE STATS_FILE
+
+Listens on 127.0.0.1 (an ephemeral port, written to PORT_FILE once ready)
+and forwards to 127.0.0.1:TARGET_PORT. Before each response it reads
+CONTROL_FILE, one rule "ACTION PATH_PART ARG TIMES":
+  pass                      forward as is (also when the file is missing)
+  cut PATH N TIMES          forward N body bytes, then close the connection
+  corrupt PATH N TIMES      flip the body byte at offset N
+  status500 PATH 0 TIMES    answer 500 instead of the server's answer
+A rule applies to requests whose path contains PATH, at most TIMES times
+(-1: always). STATS_FILE gets JSON counters after each response.
+"""
+import asyncio
+import json
+import os
+import sys
+
+TARGET, PORT_FILE, CONTROL, STATS = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+uses = {}
+stats = {"requests": 0, "faults": 0, "body_bytes": {}}
+
+
+def rule_for(path):
+    try:
+        with open(CONTROL) as f:
+            words = f.read().split()
+    except FileNotFoundError:
+        return None
+    if len(words) != 4 or words[0] == "pass" or words[1] not in path:
+        return None
+    key = " ".join(words)
+    times = int(words[3])
+    if times >= 0 and uses.get(key, 0) >= times:
+        return None
+    uses[key] = uses.get(key, 0) + 1
+    return words[0], int(words[2])
+
+
+def save_stats():
+    tmp = STATS + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(stats, f)
+    os.replace(tmp, STATS)
+
+
+def content_length(head):
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return 0
+
+
+async def copy_body(reader, writer, n, flip_at=-1, stop_after=-1):
+    """Copies n bytes; flips one byte or stops early. Returns bytes written."""
+    done = 0
+    while done < n:
+        piece = bytearray(await reader.readexactly(min(n - done, 1 << 18)))
+        if 0 <= flip_at - done < len(piece):
+            piece[flip_at - done] ^= 0xFF
+        if stop_after >= 0 and done + len(piece) > stop_after:
+            piece = piece[: stop_after - done]
+        writer.write(piece)
+        await writer.drain()
+        done += len(piece)
+        if stop_after >= 0 and done >= stop_after:
+            break
+    return done
+
+
+async def handle(client_r, client_w):
+    server_r, server_w = await asyncio.open_connection("127.0.0.1", TARGET)
+    try:
+        while True:
+            try:
+                head = await client_r.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            path = head.split(b" ", 2)[1].decode("latin-1")
+            server_w.write(head)
+            await copy_body(client_r, server_w, content_length(head))
+            resp = await server_r.readuntil(b"\r\n\r\n")
+            n = content_length(resp)
+            rule = rule_for(path)
+            stats["requests"] += 1
+            route = path.split("?")[0].rsplit("/", 1)[-1]
+            if rule and rule[0] == "status500":
+                await server_r.readexactly(n)
+                body = b'{"error":"internal","message":"injected by the test proxy"}'
+                client_w.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await client_w.drain()
+                stats["faults"] += 1
+                save_stats()
+                continue
+            client_w.write(resp)
+            flip = rule[1] if rule and rule[0] == "corrupt" else -1
+            stop = rule[1] if rule and rule[0] == "cut" else -1
+            sent = await copy_body(server_r, client_w, n, flip, stop)
+            stats["body_bytes"][route] = stats["body_bytes"].get(route, 0) + sent
+            if rule:
+                stats["faults"] += 1
+            save_stats()
+            if stop >= 0 and sent < n:
+                return  # cut: both connections close mid-body
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        client_w.close()
+        server_w.close()
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    save_stats()
+    port = server.sockets[0].getsockname()[1]
+    with open(PORT_FILE + ".tmp", "w") as f:
+        f.write(str(port))
+    os.replace(PORT_FILE + ".tmp", PORT_FILE)
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())
