@@ -440,6 +440,7 @@ HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
   BlockStore* blocks = blocks_;
   auto result = meta_->Commit(c.token.project_id, *ops, [blocks] { return blocks->Sync(); });
   if (!result.ok()) return ErrorResponse(result.status());
+  if (!result->refused) snapshots_.Prewarm(c.token.project_id, result->head);
   if (result->refused) {
     const CommitRefusal& f = *result->refused;
     json j{{"error", CodeName(f.code)}, {"reason", f.reason}, {"message", f.message}, {"op", f.op_index}};
