@@ -277,20 +277,17 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) {
 // mount starts offline.
 Status LoadTree(Fs* fs, LocalState* state, std::thread* saver) {
   ASSIGN_OR_RETURN(std::optional<uint64_t> cursor, state->Cursor());
-  std::shared_ptr<Snapshot> snap;
+  std::shared_ptr<const Snapshot> snap;
   if (cursor) {
     fs->tree.StartLazy(*cursor);
     spdlog::info("warm start at seq {} from the local state", *cursor);
   } else {
     auto t0 = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(Snapshot s, fs->client->GetSnapshot());
-    auto t1 = std::chrono::steady_clock::now();
-    fs->tree.Load(s);
-    spdlog::debug("snapshot fetched and decoded in {} ms, tree built in {} ms",
-                  std::chrono::duration_cast<std::chrono::milliseconds>(t1 - t0).count(),
-                  std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t1).count());
-    spdlog::info("cold start: {} nodes at seq {} from the snapshot", s.nodes.size(), s.seq);
     snap = std::make_shared<Snapshot>(std::move(s));
+    fs->tree.Load(snap);
+    spdlog::info("cold start: {} nodes at seq {} from the snapshot in {} ms", snap->nodes.size(), snap->seq,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
   }
   uint64_t since = fs->tree.seq();
   std::vector<NodeRecord> after_snapshot;

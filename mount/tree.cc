@@ -1,25 +1,44 @@
 #include "mount/tree.h"
 
+#include <algorithm>
 #include <mutex>
 
 namespace tidefs {
 
-void Tree::Load(const Snapshot& snap) {
+void Tree::Load(std::shared_ptr<const Snapshot> snap) {
+  auto by_parent = [](const NodeRecord& a, const NodeRecord& b) { return a.parent < b.parent; };
+  if (!std::is_sorted(snap->nodes.begin(), snap->nodes.end(), by_parent)) {
+    auto sorted = std::make_shared<Snapshot>(*snap);
+    std::stable_sort(sorted->nodes.begin(), sorted->nodes.end(), by_parent);
+    snap = std::move(sorted);
+  }
   std::unique_lock lock(mu_);
   nodes_.clear();
   dirs_.clear();
-  nodes_.reserve(snap.nodes.size());
-  all_loaded_ = true;
-  for (const auto& n : snap.nodes) InsertLocked(n);
-  seq_ = snap.seq;
+  overridden_.clear();
+  seq_ = snap->seq;
+  for (const auto& n : snap->nodes)
+    if (n.id == kRootId) nodes_[n.id] = n;
+  snap_ = std::move(snap);
   ++generation_;
+}
+
+void Tree::LoadFromSnapshotLocked(uint64_t parent) {
+  Dir& d = dirs_[parent];
+  if (d.loaded) return;
+  const auto& all = snap_->nodes;
+  auto lo = std::lower_bound(all.begin(), all.end(), parent, [](const NodeRecord& n, uint64_t p) { return n.parent < p; });
+  for (auto it = lo; it != all.end() && it->parent == parent; ++it)
+    if (it->id != kRootId && !overridden_.count(it->id) && !nodes_.count(it->id)) InsertLocked(*it);
+  dirs_[parent].loaded = true;
 }
 
 void Tree::StartLazy(uint64_t seq) {
   std::unique_lock lock(mu_);
   nodes_.clear();
   dirs_.clear();
-  all_loaded_ = false;
+  overridden_.clear();
+  snap_.reset();
   seq_ = seq;
   ++generation_;
 }
@@ -27,9 +46,15 @@ void Tree::StartLazy(uint64_t seq) {
 void Tree::Apply(const NodeRecord& n) {
   std::unique_lock lock(mu_);
   ++generation_;
+  if (snap_) {
+    // The snapshot's record of this node no longer counts; its new
+    // directory is filled first so the node lands where it will be found.
+    overridden_.insert(n.id);
+    if (!n.deleted && n.id != kRootId) LoadFromSnapshotLocked(n.parent);
+  }
   RemoveLocked(n.id);
   if (n.deleted) return;
-  if (all_loaded_ || n.id == kRootId) {
+  if (n.id == kRootId) {
     InsertLocked(n);
     return;
   }
@@ -41,12 +66,7 @@ void Tree::Apply(const NodeRecord& n) {
 
 void Tree::InsertLocked(const NodeRecord& n) {
   nodes_[n.id] = n;
-  if (n.kind == NodeKind::kDir && all_loaded_) dirs_[n.id].loaded = true;
-  if (n.id != kRootId) {
-    Dir& d = dirs_[n.parent];
-    if (all_loaded_) d.loaded = true;
-    d.children[n.name] = n.id;
-  }
+  if (n.id != kRootId) dirs_[n.parent].children[n.name] = n.id;
 }
 
 void Tree::RemoveLocked(uint64_t id) {
@@ -65,10 +85,14 @@ Status Tree::EnsureDir(uint64_t parent) {
     uint64_t gen;
     {
       std::shared_lock lock(mu_);
-      if (all_loaded_) return Status::Ok();
       auto d = dirs_.find(parent);
       if (d != dirs_.end() && d->second.loaded) return Status::Ok();
       gen = generation_;
+    }
+    if (snap_) {
+      std::unique_lock lock(mu_);
+      LoadFromSnapshotLocked(parent);
+      return Status::Ok();
     }
     if (!state_) return Status::Internal("tree: directory " + std::to_string(parent) + " is not loaded");
     // The query runs unlocked; if a change landed meanwhile, read again
@@ -90,7 +114,8 @@ Result<std::optional<NodeRecord>> Tree::Get(uint64_t id) {
     std::shared_lock lock(mu_);
     auto it = nodes_.find(id);
     if (it != nodes_.end()) return std::optional<NodeRecord>(it->second);
-    if (all_loaded_ || !state_) return std::optional<NodeRecord>();
+    // Cold: the kernel only knows nodes of directories already filled.
+    if (snap_ || !state_) return std::optional<NodeRecord>();
   }
   // Not in memory: its directory was never read in this mount.
   ASSIGN_OR_RETURN(std::optional<NodeRecord> n, state_->GetNode(id));

@@ -1,16 +1,19 @@
 // The mount's view of the project's namespace: node records by id and
-// children by name. A cold mount fills it whole from the snapshot; a warm
-// mount starts empty and reads each directory from the local state the
-// first time it is used, so it is ready at once whatever the project size.
-// Kept current from /changes. Thread-safe (a reader-writer lock, never held
-// across a local-state query).
+// children by name, filled one directory at a time, the first time that
+// directory is used, so a mount is ready at once whatever the project
+// size. The source is the snapshot a cold mount decoded (kept in memory,
+// sorted by parent) or, on a warm mount, the local state. Kept current
+// from /changes. Thread-safe (a reader-writer lock, never held across a
+// local-state query).
 #pragma once
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "client/local_state.h"
@@ -25,12 +28,14 @@ class Tree {
   // `state` backs a lazily loaded tree (StartLazy); may be null otherwise.
   explicit Tree(LocalState* state = nullptr) : state_(state) {}
 
-  // Replaces everything with the snapshot's nodes (every directory loaded).
-  void Load(const Snapshot& snap);
+  // Starts from the snapshot's nodes (sorted by parent here if they are
+  // not already): directories are read from it as they are used.
+  void Load(std::shared_ptr<const Snapshot> snap);
   // Starts empty at `seq`: directories come from the local state on use.
   void StartLazy(uint64_t seq);
-  // Applies one changed record (tombstones remove the node). The local
-  // state must already hold it, so a directory loaded meanwhile agrees.
+  // Applies one changed record (tombstones remove the node). On a warm
+  // mount the local state must already hold it, so a directory loaded
+  // meanwhile agrees.
   void Apply(const NodeRecord& n);
 
   Result<std::optional<NodeRecord>> Get(uint64_t id);
@@ -54,7 +59,11 @@ class Tree {
 
   LocalState* const state_;
   mutable std::shared_mutex mu_;
-  bool all_loaded_ = false;                             // guarded by mu_
+  // Requires mu_ held exclusively. Fills `parent` from the snapshot.
+  void LoadFromSnapshotLocked(uint64_t parent);
+
+  std::shared_ptr<const Snapshot> snap_;                // guarded by mu_; cold mounts
+  std::unordered_set<uint64_t> overridden_;            // guarded by mu_; changed since snap_
   uint64_t generation_ = 0;                             // guarded by mu_; bumped by Apply
   std::unordered_map<uint64_t, NodeRecord> nodes_;      // guarded by mu_
   std::unordered_map<uint64_t, Dir> dirs_;              // guarded by mu_
