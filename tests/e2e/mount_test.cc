@@ -360,6 +360,42 @@ TEST_F(MountTest, CacheSurvivesRemountAndANewVersionKeepsUnchangedBlocks) {
   }
 }
 
+TEST_F(MountTest, ConcurrentReadersShareOneFetchAndSequentialReadsRunAhead) {
+  std::string small = RandomBytes(kChunkSize, 12);
+  std::string big = RandomBytes(40 << 20, 13);
+  Write("shared.bin", small);
+  Write("big.bin", big);
+  Import();
+  FaultProxy proxy(server_, dir_);  // passes everything; counts bytes
+  TestMount m(proxy.url(), server_.ro_token, dir_);
+  // Four readers of one uncached chunk at once: one fetch.
+  std::vector<std::thread> readers;
+  std::vector<std::string> got(4);
+  for (int i = 0; i < 4; ++i) readers.emplace_back([&, i] { got[i] = ReadAll(m.path() + "/shared.bin"); });
+  for (auto& t : readers) t.join();
+  for (const auto& g : got) EXPECT_EQ(g, small);
+  EXPECT_EQ(proxy.BodyBytes("content"), kChunkSize);
+
+  // A sequential reader of the first MiB: the chunks after it are fetched
+  // before anyone asks for them.
+  {
+    std::ifstream f(m.path() + "/big.bin", std::ios::binary);
+    std::string head(1 << 20, '\0');
+    f.read(head.data(), head.size());
+    EXPECT_EQ(head, big.substr(0, head.size()));
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  uint64_t fetched = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    fetched = proxy.BodyBytes("content") - kChunkSize;
+    if (fetched >= 4 * kChunkSize) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(fetched, 4 * kChunkSize) << "no read-ahead after a sequential read";
+  // And what was read ahead is served from the cache.
+  EXPECT_EQ(ReadAll(m.path() + "/big.bin"), big);
+}
+
 TEST_F(MountTest, ABrokenTransferResumesWhereItStopped) {
   std::string data = RandomBytes(kChunkSize, 8);
   Write("one-chunk.bin", data);
