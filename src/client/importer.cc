@@ -15,6 +15,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "client/uploader.h"
 #include "core/block_frame.h"
 #include "core/names.h"
 
@@ -31,36 +32,10 @@ uint64_t NewNodeId() {
 
 namespace {
 
-constexpr size_t kUploadRequestBytes = 4 << 20;   // per /blocks request
 constexpr size_t kBatchBlockBytes = 64 << 20;     // buffered block bytes before a flush
-constexpr size_t kMissingQuery = 10000;           // hashes per /blocks/missing
 constexpr uint64_t kStreamFileSize = 8 << 20;     // files above this are uploaded as they are read
 
 int64_t MtimeNs(const struct stat& st) { return int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec; }
-
-// Runs tasks on up to n threads; returns the first error.
-Status RunParallel(std::vector<std::function<Status()>>& tasks, int n) {
-  std::atomic<size_t> next{0};
-  std::mutex mu;
-  Status first;
-  auto worker = [&] {
-    for (;;) {
-      size_t i = next++;
-      if (i >= tasks.size()) return;
-      Status st = tasks[i]();
-      if (!st.ok()) {
-        std::lock_guard lock(mu);
-        if (first.ok()) first = st;
-        next = tasks.size();
-      }
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int i = 1; i < std::min<int>(n, static_cast<int>(tasks.size())); ++i) threads.emplace_back(worker);
-  worker();
-  for (auto& t : threads) t.join();
-  return first;
-}
 
 class Importer {
  public:
@@ -265,27 +240,10 @@ class Importer {
 
   // Uploads the blocks of `blocks` the server lacks, in parallel requests.
   Status SendBlocks(std::vector<std::pair<Hash128, std::string>>* blocks) {
-    std::vector<Hash128> missing;
-    for (size_t i = 0; i < blocks->size(); i += kMissingQuery) {
-      std::vector<Hash128> q;
-      for (size_t k = i; k < std::min(blocks->size(), i + kMissingQuery); ++k) q.push_back((*blocks)[k].first);
-      ASSIGN_OR_RETURN(auto m, client_->MissingBlocks(q));
-      missing.insert(missing.end(), m.begin(), m.end());
-    }
-    std::unordered_set<Hash128, Hash128Hasher> want(missing.begin(), missing.end());
-    std::vector<std::string> bodies(1);
-    for (const auto& [h, data] : *blocks) {
-      if (!want.erase(h)) continue;
-      if (bodies.back().size() + data.size() + kFrameHeaderSize > kUploadRequestBytes) bodies.emplace_back();
-      AppendBlockFrame(&bodies.back(), h, data);
-      stats_->blocks_sent++;
-      stats_->bytes_sent += data.size();
-    }
-    std::vector<std::function<Status()>> tasks;
-    for (auto& b : bodies)
-      if (!b.empty()) tasks.push_back([this, &b] { return client_->UploadBlocks(b); });
-    RETURN_IF_ERROR(RunParallel(tasks, opts_.parallel));
-    blocks->clear();
+    UploadStats up;
+    RETURN_IF_ERROR(SendMissingBlocks(client_, blocks, opts_.parallel, &up));
+    stats_->blocks_sent += up.blocks_sent;
+    stats_->bytes_sent += up.bytes_sent;
     return Status::Ok();
   }
 

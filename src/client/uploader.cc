@@ -1,0 +1,111 @@
+#include "client/uploader.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+
+#include "core/block_frame.h"
+
+namespace tidefs {
+namespace {
+
+constexpr size_t kFileBatchBytes = 32 << 20;  // read, hashed and sent before the next
+
+}  // namespace
+
+Status RunParallel(std::vector<std::function<Status()>>& tasks, int n) {
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  Status first;
+  auto worker = [&] {
+    for (;;) {
+      size_t i = next++;
+      if (i >= tasks.size()) return;
+      Status st = tasks[i]();
+      if (!st.ok()) {
+        std::lock_guard lock(mu);
+        if (first.ok()) first = st;
+        next = tasks.size();
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int i = 1; i < std::min<int>(n, static_cast<int>(tasks.size())); ++i) threads.emplace_back(worker);
+  worker();
+  for (auto& t : threads) t.join();
+  return first;
+}
+
+Status SendMissingBlocks(ApiClient* client, std::vector<std::pair<Hash128, std::string>>* blocks, int parallel,
+                         UploadStats* stats) {
+  std::vector<Hash128> missing;
+  for (size_t i = 0; i < blocks->size(); i += kMissingQuery) {
+    std::vector<Hash128> q;
+    for (size_t k = i; k < std::min(blocks->size(), i + kMissingQuery); ++k) q.push_back((*blocks)[k].first);
+    ASSIGN_OR_RETURN(auto m, client->MissingBlocks(q));
+    missing.insert(missing.end(), m.begin(), m.end());
+  }
+  std::unordered_set<Hash128, Hash128Hasher> want(missing.begin(), missing.end());
+  std::vector<std::string> bodies(1);
+  for (const auto& [h, data] : *blocks) {
+    if (!want.erase(h)) continue;  // the server has it, or it is already in a request
+    if (bodies.back().size() + data.size() + kFrameHeaderSize > kUploadRequestBytes) bodies.emplace_back();
+    AppendBlockFrame(&bodies.back(), h, data);
+    stats->blocks_sent++;
+    stats->bytes_sent += data.size();
+  }
+  std::vector<std::function<Status()>> tasks;
+  for (auto& b : bodies)
+    if (!b.empty()) tasks.push_back([client, &b] { return client->UploadBlocks(b); });
+  stats->requests += tasks.size();
+  RETURN_IF_ERROR(RunParallel(tasks, parallel));
+  blocks->clear();
+  return Status::Ok();
+}
+
+Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
+                                              const Manifest& base, const std::vector<bool>& dirty,
+                                              int parallel, UploadStats* stats) {
+  const uint64_t nblocks = (size + kBlockSize - 1) / kBlockSize;
+  std::vector<Hash128> out(nblocks);
+  std::vector<std::pair<Hash128, std::string>> batch;
+  size_t batch_bytes = 0;
+  for (uint64_t b = 0; b < nblocks; ++b) {
+    const size_t len = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - b * kBlockSize));
+    // A clean block of the same length keeps its hash (a last block that
+    // grew or shrank is read again).
+    const bool same_len = b < base.blocks.size() && std::min<uint64_t>(kBlockSize, base.size - b * kBlockSize) == len;
+    const bool reuse = same_len && !(b < dirty.size() && dirty[b]);
+    if (reuse) {
+      out[b] = base.blocks[b];
+      continue;
+    }
+    std::string data(len, '\0');
+    size_t got = 0;
+    while (got < len) {
+      ssize_t n = ::pread(fd, data.data() + got, len - got, static_cast<off_t>(b * kBlockSize + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Status::IoError(std::string("cannot read the file to upload: ") + std::strerror(errno));
+      if (n == 0) return Status::IoError("the file to upload is shorter than " + std::to_string(size) + " bytes");
+      got += static_cast<size_t>(n);
+    }
+    out[b] = HashBlock(data);
+    stats->blocks_hashed++;
+    batch_bytes += len;
+    batch.emplace_back(out[b], std::move(data));
+    if (batch_bytes >= kFileBatchBytes) {
+      RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, stats));
+      batch_bytes = 0;
+    }
+  }
+  RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, stats));
+  return out;
+}
+
+}  // namespace tidefs

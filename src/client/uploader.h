@@ -1,0 +1,48 @@
+// Block uploads, shared by `tidefs import` and (next) the mount's
+// write-back: ask the server which blocks it lacks, send only those as
+// frames in requests of at most 4 MiB, several in flight. A /blocks request
+// is idempotent (blocks are named by their hash), so the client retries it
+// with backoff on a broken connection or a 5xx.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "client/api_client.h"
+#include "core/hash.h"
+#include "core/manifest_codec.h"
+#include "core/status.h"
+
+namespace tidefs {
+
+struct UploadStats {
+  uint64_t blocks_hashed = 0;
+  uint64_t blocks_sent = 0;
+  uint64_t bytes_sent = 0;  // block bytes, frames excluded
+  uint64_t requests = 0;
+};
+
+inline constexpr size_t kUploadRequestBytes = 4 << 20;  // per /blocks request
+inline constexpr size_t kMissingQuery = 10000;          // hashes per /blocks/missing
+
+// Sends the blocks the server lacks (each hash once) and clears `blocks`.
+Status SendMissingBlocks(ApiClient* client, std::vector<std::pair<Hash128, std::string>>* blocks, int parallel,
+                         UploadStats* stats);
+
+// The blocks of the file behind `fd` (`size` bytes) for a commit: blocks
+// marked in `dirty`, and every block past the end of `base`, are read and
+// hashed, and those the server lacks are uploaded, a bounded batch at a
+// time; clean blocks of unchanged length keep their hash from `base`. With
+// an empty `base`, the whole file is read. Returns every block's hash.
+Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
+                                              const Manifest& base, const std::vector<bool>& dirty,
+                                              int parallel, UploadStats* stats);
+
+// Runs tasks on up to n threads; returns the first error (and starts no
+// task after it).
+Status RunParallel(std::vector<std::function<Status()>>& tasks, int n);
+
+}  // namespace tidefs
