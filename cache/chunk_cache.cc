@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,6 +15,14 @@ namespace tidefs {
 
 ChunkCache::Entry::~Entry() {
   if (fd >= 0) ::close(fd);
+}
+
+void ChunkCache::Entry::Grow(uint64_t size) {
+  const uint64_t blocks = (size + kBlockSize - 1) / kBlockSize, chunks = (size + kChunkSize - 1) / kChunkSize;
+  if (present.size() < blocks) present.resize(blocks, false);
+  if (dirty.size() < blocks) dirty.resize(blocks, false);
+  if (verified.size() < chunks) verified.resize(chunks, true);  // local bytes need no check
+  if (pins.size() < chunks) pins.resize(chunks, 0);
 }
 
 ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, ChunkCacheOptions opts)
@@ -87,10 +96,14 @@ ChunkCacheStats ChunkCache::stats() const {
 }
 
 Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n) {
+  bool local;
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(n.id);
-    if (it != entries_.end() && it->second->version == n.version) return it->second;
+    local = local_.count(n.id) > 0;
+    // A node with local content keeps its entry whatever the tree says; a
+    // tree that lags a commit just made (an older version) too.
+    if (it != entries_.end() && (it->second->version >= n.version || local)) return it->second;
   }
   std::optional<LocalState::CachedFile> saved;
   if (state_) {
@@ -103,9 +116,14 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   e->verified.assign((n.size + kChunkSize - 1) / kChunkSize, false);
   e->pins.assign(e->verified.size(), 0);
   std::string path = dir_ + "/data/" + std::to_string(n.id);
-  if (saved && saved->version == n.version) {
+  e->tracked = !local || n.version == 0;
+  if (saved && (saved->version == n.version || local)) {
+    e->version = saved->version;
     e->manifest = std::move(saved->manifest);
     e->present = std::move(saved->present);
+  } else if (n.version == 0) {
+    // Created here, never committed: nothing on the server to fetch.
+    e->manifest = Manifest{};
   } else {
     // The manifest names every block; fetched once per version.
     ASSIGN_OR_RETURN(e->manifest, client_->GetManifest(n.id, n.version));
@@ -117,7 +135,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
         e->present[b] = saved->present[b] && saved->manifest.blocks[b] == e->manifest.blocks[b];
     }
   }
-  if (e->manifest.size != n.size)
+  if (!local && n.version != 0 && e->manifest.size != n.size)
     return Status::Corruption("manifest of node " + std::to_string(n.id) + " says " + std::to_string(e->manifest.size) +
                               " bytes, the node record " + std::to_string(n.size));
   // Without saved state any bytes in the file are unknown: start empty.
@@ -128,21 +146,30 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
       if (saved->present[b] && (b >= e->present.size() || !e->present[b]))
         (void)::fallocate(e->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, b * kBlockSize, kBlockSize);
   }
-  if (::ftruncate(e->fd, static_cast<off_t>(n.size)) != 0)
+  // A file with local content keeps its size: the cache file is the truth
+  // (the tree may already show a newer remote version of it).
+  uint64_t size = n.size;
+  if (local) {
+    struct stat st;
+    if (::fstat(e->fd, &st) != 0) return Status::IoError("cannot stat cache file " + path + ": " + std::strerror(errno));
+    size = static_cast<uint64_t>(st.st_size);
+  } else if (::ftruncate(e->fd, static_cast<off_t>(n.size)) != 0) {
     return Status::IoError("cannot size cache file " + path + ": " + std::strerror(errno));
-  if (state_ && !(saved && saved->version == n.version)) {
-    RETURN_IF_ERROR(state_->SaveFile({n.id, n.version, e->manifest, e->present}));
+  }
+  e->Grow(size);
+  if (state_ && !(saved && (saved->version == n.version || local))) {
+    RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, e->manifest, e->present}));
   }
   std::lock_guard lock(mu_);
   auto it = entries_.find(n.id);
-  if (it != entries_.end() && it->second->version == n.version) return it->second;  // another reader won
-  if (it == entries_.end() || it->second->version != n.version) {
+  if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
+  {
     ForgetLocked(n.id);
     for (uint64_t c = 0; c * kBlocksPerChunk < e->present.size(); ++c) {
       uint64_t bytes = 0;
       for (uint64_t b = c * kBlocksPerChunk; b < std::min<uint64_t>((c + 1) * kBlocksPerChunk, e->present.size()); ++b)
         if (e->present[b]) bytes += kBlockSize;
-      if (bytes) AddChunkLocked({n.id, n.version, c}, bytes);
+      if (bytes) AddChunkLocked({n.id, e->version, c}, bytes);
     }
   }
   entries_[n.id] = e;
@@ -209,12 +236,29 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
                                 ": bytes from the server do not match the manifest's hash");
     }
   }
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t w = ::pwrite(e.fd, bytes.data() + done, bytes.size() - done, first + done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(errno));
-    done += w;
+  // Only blocks not present are written: a present block may hold bytes
+  // written here since (local content).
+  std::vector<bool> have_block;
+  {
+    std::lock_guard lock(e.mu);
+    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) have_block.push_back(e.present[b]);
+  }
+  for (size_t i = 0; i < have_block.size();) {
+    if (have_block[i]) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < have_block.size() && !have_block[j]) ++j;
+    const uint64_t from = i * kBlockSize, to = std::min<uint64_t>(j * kBlockSize, bytes.size());
+    size_t done = 0;
+    while (done < to - from) {
+      ssize_t w = ::pwrite(e.fd, bytes.data() + from + done, to - from - done, first + from + done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(errno));
+      done += w;
+    }
+    i = j;
   }
   std::vector<bool> present;
   {
@@ -256,6 +300,7 @@ std::vector<ChunkCache::Punch> ChunkCache::EvictLocked() {
   while (stats_.cached_bytes > max_bytes_ && it != lru_.begin()) {
     --it;
     const auto [id, version, chunk] = it->first;
+    if (local_.count(id)) continue;  // local content lives only here until committed
     Punch p{nullptr, id, version, chunk, nullptr};
     auto e = entries_.find(id);
     if (e != entries_.end() && e->second->version == version) {
@@ -343,10 +388,11 @@ void ChunkCache::Verify(Entry& e, uint64_t chunk) {
 }
 
 Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk) {
+  const bool local = IsLocal(n.id);  // its bytes are ours: nothing to check them against
   bool verify;
   {
     std::lock_guard lock(e->mu);
-    verify = !e->verified[chunk] && !e->inflight.count(chunk);
+    verify = !local && chunk < e->verified.size() && !e->verified[chunk] && !e->inflight.count(chunk);
   }
   if (verify) Verify(*e, chunk);
   for (;;) {
@@ -354,8 +400,9 @@ Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord
     std::promise<Status> mine;
     {
       std::lock_guard lock(e->mu);
+      // Blocks past the manifest's end are local (written here, or zeros).
       uint64_t b0 = chunk * kBlocksPerChunk;
-      uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e->present.size());
+      uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e->manifest.blocks.size());
       bool all = true;
       for (uint64_t b = b0; b < b1 && all; ++b) all = e->present[b];
       if (all) return Status::Ok();
@@ -445,6 +492,182 @@ Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, c
     done += r;
   }
   return done;
+}
+
+void ChunkCache::MarkLocal(uint64_t id) {
+  std::lock_guard lock(mu_);
+  local_.insert(id);
+}
+
+bool ChunkCache::IsLocal(uint64_t id) const {
+  std::lock_guard lock(mu_);
+  return local_.count(id) > 0;
+}
+
+Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, size_t len) {
+  if (len == 0) return Status::Ok();
+  ASSIGN_OR_RETURN(auto e, Open(n));
+  MarkLocal(n.id);
+  const uint64_t end = off + len;
+  // A block only partly overwritten is first completed from the server.
+  uint64_t mblocks, msize;
+  {
+    std::lock_guard lock(e->mu);
+    mblocks = e->manifest.blocks.size();
+    msize = e->manifest.size;
+  }
+  for (uint64_t b : {off / kBlockSize, (end - 1) / kBlockSize}) {
+    if (b >= mblocks) continue;
+    const uint64_t bs = b * kBlockSize, be = std::min<uint64_t>(bs + kBlockSize, msize);
+    bool present;
+    {
+      std::lock_guard lock(e->mu);
+      present = e->present[b];
+    }
+    if (!(off <= bs && end >= be) && !present) RETURN_IF_ERROR(EnsureChunk(e, n, b / kBlocksPerChunk));
+  }
+  // Claim the blocks (present, dirty) once no fetch is writing their chunk;
+  // a fetch that starts later leaves present blocks alone.
+  for (uint64_t c = off / kChunkSize; c <= (end - 1) / kChunkSize; ++c) {
+    for (;;) {
+      std::shared_future<Status> wait;
+      {
+        std::lock_guard lock(e->mu);
+        e->Grow(end);
+        auto it = e->inflight.find(c);
+        if (it != e->inflight.end()) {
+          wait = it->second;
+        } else {
+          const uint64_t b0 = std::max(off, c * kChunkSize) / kBlockSize;
+          const uint64_t b1 = (std::min(end, (c + 1) * kChunkSize) - 1) / kBlockSize;
+          for (uint64_t b = b0; b <= b1; ++b) e->present[b] = e->dirty[b] = true;
+          e->write_gen++;
+          break;
+        }
+      }
+      (void)wait.get();
+    }
+  }
+  size_t done = 0;
+  while (done < len) {
+    ssize_t w = ::pwrite(e->fd, data + done, len - done, static_cast<off_t>(off + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      int err = errno;
+      return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
+                    std::string("cannot write to the cache file of node ") + std::to_string(n.id) + ": " + std::strerror(err));
+    }
+    done += static_cast<size_t>(w);
+  }
+  return Status::Ok();
+}
+
+Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
+  ASSIGN_OR_RETURN(auto e, Open(n));
+  MarkLocal(n.id);
+  // The block the new end (or the old end, when growing) falls in keeps
+  // some of its bytes: it must be here first.
+  const uint64_t cut = std::min(n.size, size);
+  if (cut % kBlockSize) {
+    const uint64_t b = cut / kBlockSize;
+    bool need;
+    {
+      std::lock_guard lock(e->mu);
+      need = b < e->manifest.blocks.size() && !e->present[b];
+    }
+    if (need) RETURN_IF_ERROR(EnsureChunk(e, n, b / kBlocksPerChunk));
+  }
+  if (::ftruncate(e->fd, static_cast<off_t>(size)) != 0)
+    return Status::IoError("cannot resize the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
+  Manifest m;
+  std::vector<bool> present;
+  {
+    std::lock_guard lock(e->mu);
+    e->Grow(size);
+    const uint64_t keep = (size + kBlockSize - 1) / kBlockSize;
+    // Past the cut the server's old bytes no longer count: the view of the
+    // manifest shrinks, so a later grow reads zeros, never old bytes.
+    if (e->manifest.size > size) {
+      e->manifest.size = size;
+      e->manifest.blocks.resize(keep);
+    }
+    for (uint64_t b = keep; b < e->present.size(); ++b) e->present[b] = e->dirty[b] = false;
+    if (cut % kBlockSize) e->present[cut / kBlockSize] = e->dirty[cut / kBlockSize] = true;
+    for (uint64_t b = cut / kBlockSize; b < keep; ++b) e->present[b] = e->dirty[b] = true;
+    e->write_gen++;
+    m = e->manifest;
+    present = e->present;
+  }
+  if (state_) RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, m, present}));
+  return Status::Ok();
+}
+
+Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
+  ASSIGN_OR_RETURN(auto e, Open(n));
+  FlushView v;
+  struct stat st;
+  if (::fstat(e->fd, &st) != 0)
+    return Status::IoError("cannot stat the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
+  v.size = static_cast<uint64_t>(st.st_size);  // the local size, whatever the tree shows
+  std::lock_guard lock(e->mu);
+  v.fd = e->fd;
+  v.version = e->version;
+  v.base = e->manifest;
+  v.dirty = e->dirty;
+  // Blocks written here but not marked (an earlier mount's writes): every
+  // present block is re-hashed; the server's missing-list keeps the upload
+  // to what really changed.
+  if (!e->tracked)
+    for (size_t b = 0; b < e->present.size(); ++b)
+      if (e->present[b]) {
+        if (v.dirty.size() <= b) v.dirty.resize(b + 1, false);
+        v.dirty[b] = true;
+      }
+  v.write_gen = e->write_gen;
+  v.pin = e;
+  return v;
+}
+
+void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen) {
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;
+    e = it->second;
+  }
+  std::vector<bool> present;
+  bool still_local;
+  {
+    std::lock_guard lock(e->mu);
+    e->version = version;
+    e->manifest = m;
+    e->tracked = true;
+    still_local = e->write_gen != write_gen;  // written during the upload
+    if (!still_local) std::fill(e->dirty.begin(), e->dirty.end(), false);
+    present = e->present;
+  }
+  if (state_) (void)state_->SaveFile({id, version, m, present});
+  std::lock_guard lock(mu_);
+  if (!still_local) local_.erase(id);
+  ForgetLocked(id);
+  for (uint64_t c = 0; c * kBlocksPerChunk < present.size(); ++c) {
+    uint64_t bytes = 0;
+    for (uint64_t b = c * kBlocksPerChunk; b < std::min<uint64_t>((c + 1) * kBlocksPerChunk, present.size()); ++b)
+      if (present[b]) bytes += kBlockSize;
+    if (bytes) AddChunkLocked({id, version, c}, bytes);
+  }
+}
+
+void ChunkCache::Forget(uint64_t id) {
+  {
+    std::lock_guard lock(mu_);
+    entries_.erase(id);
+    local_.erase(id);
+    ForgetLocked(id);
+  }
+  if (state_) (void)state_->DropFile(id);
+  ::unlink((dir_ + "/data/" + std::to_string(id)).c_str());
 }
 
 }  // namespace tidefs

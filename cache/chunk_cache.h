@@ -15,6 +15,7 @@
 #include <list>
 #include <tuple>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -73,6 +74,35 @@ class ChunkCache {
   ChunkCacheStats stats() const;
   uint64_t max_bytes() const { return max_bytes_; }
 
+  // Local changes. A node with local content (written and not yet
+  // committed) is never evicted nor re-checked against its old manifest.
+  // Writes `len` bytes at `off` into the cache file of `n` (a block only
+  // partly overwritten is first completed from the server).
+  Status Write(const NodeRecord& n, uint64_t off, const char* data, size_t len);
+  // Cuts or extends (with zeros) the cached file to `size`.
+  Status Truncate(const NodeRecord& n, uint64_t size);
+  // Marks a node as holding local content (also for one created here).
+  void MarkLocal(uint64_t id);
+  bool IsLocal(uint64_t id) const;
+  // What a flush of `n` sends: the fd of its cache file (kept open by the
+  // returned pin), the manifest it was based on, and the blocks written
+  // since (empty after a restart: then every present block is re-hashed).
+  struct FlushView {
+    int fd = -1;
+    uint64_t size = 0;     // the local size (the cache file's)
+    uint64_t version = 0;  // the server version the local content is based on (0: none)
+    Manifest base;
+    std::vector<bool> dirty;
+    uint64_t write_gen = 0;
+    std::shared_ptr<void> pin;
+  };
+  Result<FlushView> BeginFlush(const NodeRecord& n);
+  // The flush of `id` was committed as `version` with `blocks`: the cache
+  // now holds that version. Local content written meanwhile stays local.
+  void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen);
+  // The node is gone (deleted here or on the server): forget its cache.
+  void Forget(uint64_t id);
+
  private:
   struct Entry {
     std::mutex mu;
@@ -86,6 +116,11 @@ class ChunkCache {
     uint64_t readahead_from = 0;                              // guarded by mu; first chunk not yet posted
     std::vector<uint32_t> pins;  // guarded by mu, per chunk: readers using it; eviction skips those
     std::vector<bool> verified;  // guarded by mu, per chunk: fetched or re-hashed by this mount
+    std::vector<bool> dirty;     // guarded by mu, per block: written since the last flush began
+    uint64_t write_gen = 0;      // guarded by mu, bumped by every local write
+    bool tracked = true;         // guarded by mu; false: local writes of an earlier mount, unmarked
+    // Requires mu. Room for `size` bytes in the per-block/chunk vectors.
+    void Grow(uint64_t size);
     ~Entry();
   };
 
@@ -130,6 +165,7 @@ class ChunkCache {
   void ForgetLocked(uint64_t id);
   void AddChunkLocked(const ChunkKey& key, uint64_t bytes);
   ChunkCacheStats stats_;                                                   // guarded by mu_
+  std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
 
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;

@@ -17,9 +17,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -29,7 +33,10 @@
 #include "client/local_state.h"
 #include "core/hash.h"
 #include "core/memory.h"
+#include "client/importer.h"
+#include "core/names.h"
 #include "mount/tree.h"
+#include "mount/writeback.h"
 
 namespace tidefs {
 namespace {
@@ -45,7 +52,12 @@ struct Fs {
   std::unique_ptr<ChunkCache> cache;
   uid_t uid = getuid();
   gid_t gid = getgid();
-  std::string project, server, cache_dir;
+  std::string project, server, cache_dir, device;
+  std::unique_ptr<WriteBack> wb;
+  // Namespace and size changes, one at a time (they read, then record).
+  std::mutex meta_mu;
+  std::unordered_map<uint64_t, int> open_count;  // guarded by meta_mu
+  std::unordered_set<uint64_t> orphans;          // guarded by meta_mu: unlinked while open
   // Requests answered, by kind (`tidefs status`).
   std::atomic<uint64_t> n_lookup{0}, n_getattr{0}, n_readdir{0}, n_open{0}, n_read{0}, read_bytes{0}, n_errors{0};
 };
@@ -224,21 +236,97 @@ void OpReleasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   fuse_reply_err(req, 0);
 }
 
+// An open file. It keeps the node's record, so a file unlinked while open
+// stays readable and writable until its last close.
+struct FileHandle {
+  uint64_t id = 0;
+  NodeRecord rec;
+  bool wrote = false;  // since the last flush entry
+};
+
+FileHandle* HandleOf(fuse_file_info* fi) { return fi ? reinterpret_cast<FileHandle*>(fi->fh) : nullptr; }
+
+int64_t NowNs() {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The node of an open file: the tree's record, or the handle's own once unlinked.
+std::optional<NodeRecord> HandleNode(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  auto n = Self(req)->tree.Get(ino);
+  FileHandle* h = HandleOf(fi);
+  if (n.ok() && *n) {
+    if (h) h->rec = **n;
+    return *n;
+  }
+  if (h && h->id == ino) return h->rec;
+  fuse_reply_err(req, n.ok() ? ENOENT : EIO);
+  return std::nullopt;
+}
+
+int ReplyStatus(fuse_req_t req, const Status& st, const char* what, uint64_t id) {
+  Fs* fs = Self(req);
+  fs->n_errors++;
+  int err = st.code() == Code::kTooLarge ? ENOSPC : ErrnoFor(st.code());
+  if (err == 0 || err == EINVAL) err = EIO;
+  spdlog::error("{} of node {} failed: {}", what, id, st.ToString());
+  return fuse_reply_err(req, err);
+}
+
+void Opened(Fs* fs, fuse_file_info* fi, const NodeRecord& n) {
+  auto* h = new FileHandle{n.id, n, false};
+  fi->fh = reinterpret_cast<uint64_t>(h);
+  std::lock_guard lock(fs->meta_mu);
+  fs->open_count[n.id]++;
+}
+
+// "Send the content of `id` as the cache holds it."
+LocalState::JournalEntry FlushEntry(uint64_t id) {
+  LocalState::JournalEntry e;
+  e.flush = true;
+  e.op.type = OpType::kWrite;
+  e.op.id = id;
+  e.op.has_base = true;
+  return e;
+}
+
+// Queues the content of an open file for the server (close, fsync).
+Status RecordFlush(Fs* fs, FileHandle* h) {
+  if (!h || !h->wrote) return Status::Ok();
+  std::lock_guard lock(fs->meta_mu);
+  auto n = fs->tree.Get(h->id);
+  if (!n.ok()) return n.status();
+  h->wrote = false;
+  if (!*n) return Status::Ok();  // unlinked: nothing to send
+  return fs->wb->Record({**n}, {FlushEntry(h->id)});
+}
+
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-  Self(req)->n_open++;
+  Fs* fs = Self(req);
+  fs->n_open++;
   auto n = NodeOrReply(req, ino);
   if (!n) return;
   if (n->kind == NodeKind::kDir) return (void)fuse_reply_err(req, EISDIR);
-  // Read-only for now: writes come with the journal.
-  if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) return (void)fuse_reply_err(req, EROFS);
+  const bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
+  if (writing && (fi->flags & O_TRUNC) && n->size > 0) {
+    std::lock_guard lock(fs->meta_mu);
+    if (Status st = fs->cache->Truncate(*n, 0); !st.ok()) return (void)ReplyStatus(req, st, "truncate at open", ino);
+    NodeRecord rec = *n;
+    rec.size = 0;
+    rec.mtime_ns = NowNs();
+    if (Status st = fs->wb->Record({rec}, {FlushEntry(rec.id)}); !st.ok()) return (void)ReplyStatus(req, st, "truncate at open", ino);
+    *n = rec;
+  }
   fi->keep_cache = 1;  // the kernel's page cache stays valid until told otherwise
+  Opened(fs, fi, *n);
   fuse_reply_open(req, fi);
 }
 
-void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
   Fs* fs = Self(req);
   fs->n_read++;
-  auto n = NodeOrReply(req, ino);
+  auto n = HandleNode(req, ino, fi);
   if (!n) return;
   auto p = fs->cache->Pin(*n, static_cast<uint64_t>(off), size);
   if (!p.ok()) {
@@ -254,6 +342,280 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
   buf.buf[0].fd = p->fd;
   buf.buf[0].pos = static_cast<off_t>(p->off);
   fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_t off, fuse_file_info* fi) {
+  Fs* fs = Self(req);
+  auto n = HandleNode(req, ino, fi);
+  if (!n) return;
+  if (Status st = fs->cache->Write(*n, static_cast<uint64_t>(off), data, size); !st.ok())
+    return (void)ReplyStatus(req, st, "write", ino);
+  {
+    // Size and mtime in memory now; in the journal at close or fsync.
+    std::lock_guard lock(fs->meta_mu);
+    auto cur = fs->tree.Get(ino);
+    NodeRecord rec = cur.ok() && *cur ? **cur : *n;
+    rec.size = std::max<uint64_t>(rec.size, static_cast<uint64_t>(off) + size);
+    rec.mtime_ns = NowNs();
+    if (cur.ok() && *cur) fs->tree.Apply(rec);
+    if (FileHandle* h = HandleOf(fi)) {
+      h->rec = rec;
+      h->wrote = true;
+    }
+  }
+  fuse_reply_write(req, size);
+}
+
+void OpFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Status st = RecordFlush(Self(req), HandleOf(fi));
+  if (!st.ok()) return (void)ReplyStatus(req, st, "flush", ino);
+  fuse_reply_err(req, 0);
+}
+
+void OpFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
+  // Durable in the journal (and the cache file) on return; on the server
+  // once the write-back reaches it.
+  Status st = RecordFlush(Self(req), HandleOf(fi));
+  if (!st.ok()) return (void)ReplyStatus(req, st, "fsync", ino);
+  fuse_reply_err(req, 0);
+}
+
+void OpRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Fs* fs = Self(req);
+  FileHandle* h = HandleOf(fi);
+  Status st = RecordFlush(fs, h);
+  if (!st.ok()) spdlog::error("queueing node {} for the server failed: {}", ino, st.ToString());
+  {
+    std::lock_guard lock(fs->meta_mu);
+    if (--fs->open_count[ino] <= 0) {
+      fs->open_count.erase(ino);
+      if (fs->orphans.erase(ino)) fs->cache->Forget(ino);  // unlinked while open: now gone
+    }
+  }
+  delete h;
+  fuse_reply_err(req, 0);
+}
+
+// A name for a new node: the server's rules, checked at the syscall.
+int CheckNewName(const char* name) {
+  Status st = ValidateName(name);
+  if (st.ok()) return 0;
+  return std::strlen(name) > kMaxNameBytes ? ENAMETOOLONG : EINVAL;
+}
+
+// Requires meta_mu. 0, or the errno for making `name` in `parent`.
+int CanCreate(Fs* fs, uint64_t parent, const char* name) {
+  if (int err = CheckNewName(name)) return err;
+  auto p = fs->tree.Get(parent);
+  if (!p.ok()) return EIO;
+  if (!*p) return ENOENT;
+  if ((*p)->kind != NodeKind::kDir) return ENOTDIR;
+  auto existing = fs->tree.Lookup(parent, name);
+  if (!existing.ok()) return EIO;
+  return *existing ? EEXIST : 0;
+}
+
+void MakeNode(fuse_req_t req, uint64_t parent, const char* name, NodeKind kind, mode_t mode, const char* target,
+              fuse_file_info* fi) {
+  Fs* fs = Self(req);
+  std::lock_guard lock(fs->meta_mu);
+  if (int err = CanCreate(fs, parent, name)) return (void)fuse_reply_err(req, err);
+  NodeRecord rec;
+  rec.id = NewNodeId();
+  rec.parent = parent;
+  rec.name = name;
+  rec.kind = kind;
+  rec.mode = kind == NodeKind::kSymlink ? 0777 : (mode & 07777);
+  rec.mtime_ns = NowNs();
+  LocalState::JournalEntry e;
+  e.op.id = rec.id;
+  e.op.parent = parent;
+  e.op.name = name;
+  e.op.has_mtime = true;
+  e.op.mtime_ns = rec.mtime_ns;
+  switch (kind) {
+    case NodeKind::kFile: e.op.type = OpType::kCreate; e.op.has_mode = true; e.op.mode = rec.mode; break;
+    case NodeKind::kDir: e.op.type = OpType::kMkdir; e.op.has_mode = true; e.op.mode = rec.mode; break;
+    case NodeKind::kSymlink: e.op.type = OpType::kSymlink; e.op.target = rec.target = target; break;
+  }
+  if (kind == NodeKind::kFile) fs->cache->MarkLocal(rec.id);
+  if (Status st = fs->wb->Record({rec}, {e}); !st.ok()) return (void)ReplyStatus(req, st, "create", parent);
+  fuse_entry_param ep;
+  FillEntry(*fs, rec, &ep);
+  if (fi) {
+    fi->keep_cache = 1;
+    auto* h = new FileHandle{rec.id, rec, false};
+    fi->fh = reinterpret_cast<uint64_t>(h);
+    fs->open_count[rec.id]++;
+    fuse_reply_create(req, &ep, fi);
+  } else {
+    fuse_reply_entry(req, &ep);
+  }
+}
+
+void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+  if (!S_ISREG(mode)) return (void)fuse_reply_err(req, EPERM);
+  MakeNode(req, parent, name, NodeKind::kFile, mode, nullptr, fi);
+}
+
+void OpMknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
+  // Regular files only: no devices, fifos or sockets in a project.
+  if (!S_ISREG(mode)) return (void)fuse_reply_err(req, EPERM);
+  MakeNode(req, parent, name, NodeKind::kFile, mode, nullptr, nullptr);
+}
+
+void OpMkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+  MakeNode(req, parent, name, NodeKind::kDir, mode, nullptr, nullptr);
+}
+
+void OpSymlink(fuse_req_t req, const char* target, fuse_ino_t parent, const char* name) {
+  if (!*target || std::strlen(target) > 4095) return (void)fuse_reply_err(req, ENAMETOOLONG);
+  MakeNode(req, parent, name, NodeKind::kSymlink, 0777, target, nullptr);
+}
+
+// Requires meta_mu. Records the deletion of `n` (and forgets its cache,
+// now or at its last close).
+Status DeleteLocked(Fs* fs, const NodeRecord& n) {
+  NodeRecord gone = n;
+  gone.deleted = true;
+  LocalState::JournalEntry e;
+  e.op.type = OpType::kDelete;
+  e.op.id = n.id;
+  e.op.has_base = true;
+  e.op.base = n.version;
+  RETURN_IF_ERROR(fs->wb->Record({gone}, {e}));
+  if (n.kind == NodeKind::kFile) {
+    if (fs->open_count.count(n.id)) fs->orphans.insert(n.id);
+    else fs->cache->Forget(n.id);
+  }
+  return Status::Ok();
+}
+
+void Remove(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) {
+  Fs* fs = Self(req);
+  std::lock_guard lock(fs->meta_mu);
+  auto n = fs->tree.Lookup(parent, name);
+  if (!n.ok()) return (void)fuse_reply_err(req, EIO);
+  if (!*n) return (void)fuse_reply_err(req, ENOENT);
+  if (dir != ((*n)->kind == NodeKind::kDir)) return (void)fuse_reply_err(req, dir ? ENOTDIR : EISDIR);
+  if (dir) {
+    auto kids = fs->tree.Children((*n)->id);
+    if (!kids.ok()) return (void)fuse_reply_err(req, EIO);
+    if (!kids->empty()) return (void)fuse_reply_err(req, ENOTEMPTY);
+  }
+  if (Status st = DeleteLocked(fs, **n); !st.ok()) return (void)ReplyStatus(req, st, "delete", (*n)->id);
+  fuse_reply_err(req, 0);
+}
+
+void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) { Remove(req, parent, name, false); }
+void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) { Remove(req, parent, name, true); }
+
+void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname,
+              unsigned int flags) {
+  Fs* fs = Self(req);
+  if (flags & RENAME_EXCHANGE) return (void)fuse_reply_err(req, EINVAL);  // not supported (documented)
+  if (int err = CheckNewName(newname)) return (void)fuse_reply_err(req, err);
+  std::lock_guard lock(fs->meta_mu);
+  auto src = fs->tree.Lookup(parent, name);
+  auto dst = fs->tree.Lookup(newparent, newname);
+  auto np = fs->tree.Get(newparent);
+  if (!src.ok() || !dst.ok() || !np.ok()) return (void)fuse_reply_err(req, EIO);
+  if (!*src || !*np) return (void)fuse_reply_err(req, ENOENT);
+  if ((*np)->kind != NodeKind::kDir) return (void)fuse_reply_err(req, ENOTDIR);
+  const NodeRecord& s = **src;
+  if (*dst) {
+    const NodeRecord& d = **dst;
+    if (flags & RENAME_NOREPLACE) return (void)fuse_reply_err(req, EEXIST);
+    if (d.id == s.id) return (void)fuse_reply_err(req, 0);
+    if (s.kind == NodeKind::kDir && d.kind != NodeKind::kDir) return (void)fuse_reply_err(req, ENOTDIR);
+    if (s.kind != NodeKind::kDir && d.kind == NodeKind::kDir) return (void)fuse_reply_err(req, EISDIR);
+    if (d.kind == NodeKind::kDir) {
+      auto kids = fs->tree.Children(d.id);
+      if (!kids.ok()) return (void)fuse_reply_err(req, EIO);
+      if (!kids->empty()) return (void)fuse_reply_err(req, ENOTEMPTY);
+    }
+  }
+  // A directory may not move into itself.
+  if (s.kind == NodeKind::kDir) {
+    for (uint64_t a = newparent; a && a != kRootId;) {
+      if (a == s.id) return (void)fuse_reply_err(req, EINVAL);
+      auto up = fs->tree.Get(a);
+      if (!up.ok() || !*up) break;
+      a = (*up)->parent;
+    }
+  }
+  NodeRecord moved = s;
+  moved.parent = newparent;
+  moved.name = newname;
+  std::vector<NodeRecord> rows{moved};
+  LocalState::JournalEntry e;
+  e.op.type = OpType::kRename;
+  e.op.id = s.id;
+  e.op.parent = newparent;
+  e.op.name = newname;
+  e.op.replace = *dst != std::nullopt;
+  if (*dst) {
+    NodeRecord gone = **dst;
+    gone.deleted = true;
+    rows.push_back(gone);
+  }
+  if (Status st = fs->wb->Record(rows, {e}); !st.ok()) return (void)ReplyStatus(req, st, "rename", s.id);
+  if (*dst && (*dst)->kind == NodeKind::kFile) {
+    if (fs->open_count.count((*dst)->id)) fs->orphans.insert((*dst)->id);
+    else fs->cache->Forget((*dst)->id);
+  }
+  fuse_reply_err(req, 0);
+}
+
+void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+  Fs* fs = Self(req);
+  std::lock_guard lock(fs->meta_mu);
+  auto n = HandleNode(req, ino, fi);
+  if (!n) return;
+  NodeRecord rec = *n;
+  std::vector<LocalState::JournalEntry> entries;
+  LocalState::JournalEntry attrs;
+  attrs.op.type = OpType::kSetattr;
+  attrs.op.id = rec.id;
+  attrs.op.has_base = true;
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    if (rec.kind != NodeKind::kFile) return (void)fuse_reply_err(req, EISDIR);
+    if (Status st = fs->cache->Truncate(rec, static_cast<uint64_t>(attr->st_size)); !st.ok())
+      return (void)ReplyStatus(req, st, "truncate", ino);
+    rec.size = static_cast<uint64_t>(attr->st_size);
+    rec.mtime_ns = NowNs();
+    entries.push_back(FlushEntry(rec.id));
+  }
+  if (to_set & FUSE_SET_ATTR_MODE) {
+    rec.mode = attr->st_mode & 07777;
+    attrs.op.has_mode = true;
+    attrs.op.mode = rec.mode;
+  }
+  if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
+    rec.mtime_ns = (to_set & FUSE_SET_ATTR_MTIME_NOW)
+                       ? NowNs()
+                       : int64_t{attr->st_mtim.tv_sec} * 1'000'000'000 + attr->st_mtim.tv_nsec;
+    attrs.op.has_mtime = true;
+    attrs.op.mtime_ns = rec.mtime_ns;
+  }
+  if (rec.kind == NodeKind::kSymlink) attrs.op.has_mode = false;  // links have no mode of their own
+  if (attrs.op.has_mode || attrs.op.has_mtime) entries.push_back(attrs);
+  if (!entries.empty()) {
+    Status st = fs->tree.Get(ino).ok() && *fs->tree.Get(ino) ? fs->wb->Record({rec}, entries) : Status::Ok();
+    if (!st.ok()) return (void)ReplyStatus(req, st, "setattr", ino);
+  }
+  if (FileHandle* h = HandleOf(fi)) h->rec = rec;
+  struct stat st;
+  FillStat(*fs, rec, &st);
+  fuse_reply_attr(req, &st, kAttrTimeout);
+}
+
+void OpLink(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) {
+  fuse_reply_err(req, EPERM);  // no hard links in a project (documented)
+}
+
+void OpSetxattr(fuse_req_t req, fuse_ino_t, const char*, const char*, size_t, int) {
+  fuse_reply_err(req, ENOTSUP);  // no extended attributes (documented)
 }
 
 void OpStatfs(fuse_req_t req, fuse_ino_t) {
@@ -278,7 +640,7 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) {
 // `saver` in the background so the mount does not wait for the disk. Then
 // the changes since, in both cases. With local state and no server, the
 // mount starts offline.
-Status LoadTree(Fs* fs, LocalState* state, std::thread* saver) {
+Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<std::promise<void>> saved) {
   ASSIGN_OR_RETURN(std::optional<uint64_t> cursor, state->Cursor());
   std::shared_ptr<const Snapshot> snap;
   if (cursor) {
@@ -315,11 +677,12 @@ Status LoadTree(Fs* fs, LocalState* state, std::thread* saver) {
     if (!page->more) break;
   }
   if (snap) {
-    *saver = std::thread([state, snap, changes = std::move(after_snapshot), since] {
+    *saver = std::thread([state, snap, changes = std::move(after_snapshot), since, saved] {
       Status st = state->SaveSnapshot(*snap);
       if (st.ok() && since != snap->seq) st = state->ApplyChanges(changes, since);
       if (st.ok()) spdlog::info("saved {} nodes to the local state", snap->nodes.size());
       else spdlog::error("saving the tree to the local state failed ({}); the next mount starts cold", st.ToString());
+      saved->set_value();  // local changes may be recorded from now on
     });
   }
   return Status::Ok();
@@ -548,12 +911,31 @@ Status RunMount(const MountOptions& opts) {
       if (t->joinable()) t->join();
     }
   } join_saver{&saver};
-  RETURN_IF_ERROR(LoadTree(&fs, state.get(), &saver));
+  auto saved = std::make_shared<std::promise<void>>();
+  std::shared_future<void> state_ready = saved->get_future().share();
+  RETURN_IF_ERROR(LoadTree(&fs, state.get(), &saver, saved));
+  const bool warm = !saver.joinable();
+  if (warm) saved->set_value();
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
   ChunkCacheOptions co;
   co.max_bytes = opts.cache_bytes;
   co.retry_for = std::chrono::milliseconds(static_cast<int64_t>(opts.retry_seconds * 1000));
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
+  // Files an earlier mount changed and did not send yet keep their bytes.
+  // (A journal implies saved state: a cold mount has none.)
+  if (warm) {
+    ASSIGN_OR_RETURN(auto pending, state->PendingJournal(std::numeric_limits<uint32_t>::max()));
+    for (const auto& e : pending)
+      if (e.flush || e.op.type == OpType::kCreate) fs.cache->MarkLocal(e.op.id);
+    if (!pending.empty()) spdlog::info("{} changes from an earlier mount wait in the journal; sending them", pending.size());
+  }
+  fs.device = opts.device;
+  if (fs.device.empty()) {
+    char host[256] = {0};
+    gethostname(host, sizeof host - 1);
+    fs.device = host[0] ? host : "this device";
+  }
+  fs.wb = std::make_unique<WriteBack>(&client, state.get(), &fs.tree, fs.cache.get(), fs.device, state_ready);
 
   fuse_lowlevel_ops ops{};
   ops.init = OpInit;
@@ -568,11 +950,31 @@ Status RunMount(const MountOptions& opts) {
   ops.read = OpRead;
   ops.statfs = OpStatfs;
   ops.getxattr = OpGetxattr;
+  ops.write = OpWrite;
+  ops.flush = OpFlush;
+  ops.fsync = OpFsync;
+  ops.release = OpRelease;
+  ops.create = OpCreate;
+  ops.mknod = OpMknod;
+  ops.mkdir = OpMkdir;
+  ops.symlink = OpSymlink;
+  ops.unlink = OpUnlink;
+  ops.rmdir = OpRmdir;
+  ops.rename = OpRename;
+  ops.setattr = OpSetattr;
+  ops.link = OpLink;
+  ops.setxattr = OpSetxattr;
 
   std::string fsname = "fsname=tidefs:" + opts.client.project;
-  // Read-only until the write-back journal lands: the kernel answers EROFS.
   std::vector<const char*> argv = {"tidefs", "-o", fsname.c_str(), "-o", "subtype=tidefs", "-o", "default_permissions",
-                                   "-o", "ro", "-o", "max_read=1048576"};
+                                   "-o", "max_read=1048576"};
+  // A read-only token gives a read-only mount: the kernel answers EROFS
+  // rather than the journal keeping changes the server will refuse.
+  auto read_only = client.TokenIsReadOnly();
+  if (read_only.ok() && *read_only) {
+    argv.push_back("-o");
+    argv.push_back("ro");
+  }
   if (getuid() == 0) {
     argv.push_back("-o");
     argv.push_back("allow_other");
@@ -611,6 +1013,11 @@ Status RunMount(const MountOptions& opts) {
   cfg.clone_fd = 0;
   cfg.max_idle_threads = 16;
   int rc = fuse_session_loop_mt(se, &cfg);
+  // Unmounted (or told to stop): every change goes to the server first.
+  if (uint64_t left = fs.wb->Pending()) spdlog::info("unmount: sending {} changes to the server", left);
+  Status drained = fs.wb->Drain(std::chrono::seconds(15));
+  if (!drained.ok()) spdlog::warn("unmount: {}", drained.message());
+  else spdlog::info("unmount: every change is on the server");
   if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP) return Status::IoError("FUSE loop ended with error " + std::to_string(rc));
   return Status::Ok();
 }

@@ -13,7 +13,7 @@ namespace tidefs {
 
 struct MountOptions {
   ClientOptions client;
-  std::string device = "mount";
+  std::string device;  // default: the host name
   std::string cache_dir;  // default: ~/.cache/tidefs/<project>
   uint64_t cache_bytes = 10ull << 30;
   // How long a read of bytes not yet cached keeps trying an unreachable

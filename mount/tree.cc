@@ -64,6 +64,14 @@ void Tree::Apply(const NodeRecord& n) {
   if (d != dirs_.end() && d->second.loaded) InsertLocked(n);
 }
 
+void Tree::SetVersion(uint64_t id, uint64_t version, uint64_t seq) {
+  std::unique_lock lock(mu_);
+  auto it = nodes_.find(id);
+  if (it == nodes_.end()) return;
+  it->second.version = version;
+  it->second.seq = seq;
+}
+
 void Tree::InsertLocked(const NodeRecord& n) {
   nodes_[n.id] = n;
   if (n.id != kRootId) dirs_[n.parent].children[n.name] = n.id;

@@ -38,6 +38,10 @@ class Tree {
   // meanwhile agrees.
   void Apply(const NodeRecord& n);
 
+  // The server committed our change: the node's version and seq move, its
+  // (local) name, place and attributes stay.
+  void SetVersion(uint64_t id, uint64_t version, uint64_t seq);
+
   Result<std::optional<NodeRecord>> Get(uint64_t id);
   Result<std::optional<NodeRecord>> Lookup(uint64_t parent, const std::string& name);
   // Children of a directory, by name.

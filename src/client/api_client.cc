@@ -295,6 +295,16 @@ Status ApiClient::ReadContent(uint64_t id, uint64_t version, uint64_t first, uin
   return Status::Ok();
 }
 
+Result<bool> ApiClient::TokenIsReadOnly() {
+  return Guard("devices", [&]() -> Result<bool> {
+    ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", "/devices"));
+    if (a.status != 200) return StatusFromAnswer(a, "devices");
+    ASSIGN_OR_RETURN(json j, ParseJson(a.body));
+    if (!j.contains("caller") || !j["caller"].is_object()) return Status::Corruption("devices answer lacks caller");
+    return j["caller"].value("read_only", true);
+  });
+}
+
 Result<std::vector<Hash128>> ApiClient::MissingBlocks(const std::vector<Hash128>& hashes) {
   return Guard("blocks/missing", [&]() -> Result<std::vector<Hash128>> {
   std::string body = "{\"hashes\":[";

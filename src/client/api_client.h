@@ -58,6 +58,8 @@ class ApiClient {
   Result<std::vector<NodeRecord>> ListAll(uint64_t parent);
   Result<ChangesPage> Changes(uint64_t since, int limit = kMaxPageSize);
   Result<Snapshot> GetSnapshot();
+  // Whether this client's token may only read (from GET /devices).
+  Result<bool> TokenIsReadOnly();
   Result<Manifest> GetManifest(uint64_t id, uint64_t version = 0);
   // Bytes [first, last] of a file version (0 = current).
   Result<std::string> GetContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last);

@@ -42,7 +42,9 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
       "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name TEXT NOT NULL,"
       " kind INTEGER NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
       " version INTEGER NOT NULL, seq INTEGER NOT NULL, target TEXT);"
-      "CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent, name);"));
+      "CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent, name);"
+      "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, flush INTEGER NOT NULL,"
+      " op TEXT NOT NULL);"));
   ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT value FROM meta WHERE key='project'"));
   if (q.Step()) {
     std::string owner = q.Text(0);
@@ -142,16 +144,80 @@ Status LocalState::ApplyChanges(const std::vector<NodeRecord>& changes, uint64_t
   std::lock_guard lock(mu_);
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
+  RETURN_IF_ERROR(WriteRows(changes));
+  RETURN_IF_ERROR(SetCursor(seq));
+  return tx.Commit();
+}
+
+Status LocalState::WriteRows(const std::vector<NodeRecord>& rows) {
   ASSIGN_OR_RETURN(Stmt up, db_->Prepare(kUpsertNode));
   ASSIGN_OR_RETURN(Stmt del, db_->Prepare("DELETE FROM nodes WHERE id=?1"));
-  for (const auto& n : changes) {
+  for (const auto& n : rows) {
     Stmt& s = n.deleted ? del : up;
     if (n.deleted) s.Bind(1, n.id); else BindNode(s, n);
     RETURN_IF_ERROR(s.Run());
     s.Reset();
   }
-  RETURN_IF_ERROR(SetCursor(seq));
+  return Status::Ok();
+}
+
+Status LocalState::RecordLocal(const std::vector<NodeRecord>& rows, const std::vector<JournalEntry>& entries) {
+  std::lock_guard lock(mu_);
+  Transaction tx(db_.get());
+  RETURN_IF_ERROR(tx.status());
+  RETURN_IF_ERROR(WriteRows(rows));
+  ASSIGN_OR_RETURN(Stmt ins, db_->Prepare("INSERT INTO journal(flush, op) VALUES(?1, ?2)"));
+  for (const auto& e : entries) {
+    ins.Bind(1, e.flush ? 1 : 0).Bind(2, EncodeCommit({e.op}));
+    RETURN_IF_ERROR(ins.Run());
+    ins.Reset();
+  }
   return tx.Commit();
+}
+
+Result<std::vector<LocalState::JournalEntry>> LocalState::PendingJournal(size_t limit) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT seq, flush, op FROM journal ORDER BY seq LIMIT ?1"));
+  s.Bind(1, static_cast<uint64_t>(limit));
+  std::vector<JournalEntry> out;
+  while (s.Step()) {
+    JournalEntry e;
+    e.seq = s.U64(0);
+    e.flush = s.Int(1) != 0;
+    auto ops = DecodeCommit(s.Text(2));
+    if (!ops.ok() || ops->size() != 1)
+      return Status::Corruption("local state: journal entry " + std::to_string(e.seq) + " does not decode");
+    e.op = std::move((*ops)[0]);
+    out.push_back(std::move(e));
+  }
+  RETURN_IF_ERROR(s.status());
+  return out;
+}
+
+Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows) {
+  std::lock_guard lock(mu_);
+  Transaction tx(db_.get());
+  RETURN_IF_ERROR(tx.status());
+  // Only versions move: the mirror already holds the local changes, and
+  // later ones still in the journal must not be overwritten.
+  ASSIGN_OR_RETURN(Stmt up, db_->Prepare("UPDATE nodes SET version=?2, seq=?3 WHERE id=?1"));
+  for (const auto& n : rows) {
+    if (n.deleted) continue;
+    up.Bind(1, n.id).Bind(2, n.version).Bind(3, n.seq);
+    RETURN_IF_ERROR(up.Run());
+    up.Reset();
+  }
+  ASSIGN_OR_RETURN(Stmt d, db_->Prepare("DELETE FROM journal WHERE seq <= ?1"));
+  d.Bind(1, last);
+  RETURN_IF_ERROR(d.Run());
+  return tx.Commit();
+}
+
+Result<uint64_t> LocalState::JournalSize() {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT count(*) FROM journal"));
+  if (!s.Step()) return s.status().ok() ? Status::Internal("count returned nothing") : s.status();
+  return s.U64(0);
 }
 
 namespace {

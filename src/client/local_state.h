@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/commit_codec.h"
 #include "core/manifest_codec.h"
 #include "core/snapshot_codec.h"
 #include "core/sqlite.h"
@@ -41,6 +42,22 @@ class LocalState {
   // one transaction.
   Status ApplyChanges(const std::vector<NodeRecord>& changes, uint64_t seq);
 
+  // The journal: local changes not yet committed to the server, in order.
+  struct JournalEntry {
+    uint64_t seq = 0;    // journal order (set when stored)
+    CommitOp op;         // a namespace op; or, with `flush`, "send the
+    bool flush = false;  // content of op.id as the cache holds it"
+  };
+  // Records local changes in one transaction: the mirror rows (tombstones
+  // delete) and the journal entries that will tell the server.
+  Status RecordLocal(const std::vector<NodeRecord>& rows, const std::vector<JournalEntry>& entries);
+  // The oldest `limit` entries.
+  Result<std::vector<JournalEntry>> PendingJournal(size_t limit);
+  // Drops the entries up to `last` and stores the versions the server
+  // gave the nodes in `rows`.
+  Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows);
+  Result<uint64_t> JournalSize();
+
   struct CachedFile {
     uint64_t id = 0;
     uint64_t version = 0;
@@ -57,6 +74,7 @@ class LocalState {
   LocalState(std::unique_ptr<Db> db, std::unique_ptr<Db> files)
       : db_(std::move(db)), files_db_(std::move(files)) {}
   Status SetCursor(uint64_t seq);
+  Status WriteRows(const std::vector<NodeRecord>& rows);  // requires mu_, in a transaction
   std::mutex mu_;
   std::unique_ptr<Db> db_;  // guarded by mu_
   std::mutex files_mu_;

@@ -475,7 +475,9 @@ HttpResponse Api::ListDevices(const Caller& c) {
   json items = json::array();
   for (const auto& d : *devices)
     items.push_back({{"name", d.name}, {"checkpoint", d.checkpoint}, {"last_seen_ns", d.last_seen_ns}, {"retired", d.retired}});
-  return JsonResponse(200, json{{"items", std::move(items)}}.dump());
+  // The caller's own token: a mount asks, to mount read-only when it must.
+  json caller{{"device", c.token.device}, {"read_only", c.token.read_only}};
+  return JsonResponse(200, json{{"items", std::move(items)}, {"caller", std::move(caller)}}.dump());
 }
 
 }  // namespace tidefs

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -183,7 +184,7 @@ TEST_F(MountTest, TreeAndBytesMatchWhatWasCommitted) {
   struct stat st;
   EXPECT_EQ(stat((m.path() + "/missing").c_str(), &st), -1);
   EXPECT_EQ(errno, ENOENT);
-  // Writes wait for the journal: refused, not lost.
+  // A read-only token gives a read-only mount.
   int fd = open((m.path() + "/new").c_str(), O_CREAT | O_WRONLY, 0644);
   EXPECT_EQ(fd, -1);
   EXPECT_EQ(errno, EROFS);
@@ -475,6 +476,162 @@ TEST_F(MountTest, ACorruptSnapshotFailsTheMountAndSavesNothing) {
   TestMount m(proxy.url(), server_.ro_token, dir_);
   EXPECT_EQ(ReadAll(m.path() + "/a.txt"), "a");
   EXPECT_EQ(SnapshotsServed(c_), snapshots + 1);
+}
+
+// Every file, directory and symlink under `root`: kind, mode, target or bytes.
+std::map<std::string, std::string> Describe(const std::string& root) {
+  std::map<std::string, std::string> out;
+  for (auto& e : fs::recursive_directory_iterator(root)) {
+    std::string rel = fs::relative(e.path(), root).string();
+    struct stat st;
+    lstat(e.path().c_str(), &st);
+    std::string d = std::to_string(st.st_mode & 07777) + " ";
+    if (S_ISLNK(st.st_mode)) d += "link " + fs::read_symlink(e.path()).string();
+    else if (S_ISDIR(st.st_mode)) d += "dir";
+    else d += "file " + std::to_string(st.st_size) + " " + std::to_string(std::hash<std::string>()(ReadAll(e.path())));
+    out[rel] = d;
+  }
+  return out;
+}
+
+TEST_F(MountTest, ChangesReachTheServerAndAFreshMountSeesThem) {
+  Write("a.txt", "old a\n");
+  Write("sub/big.bin", RandomBytes(5 << 20, 30));
+  Write("sub/gone.txt", "bye");
+  Import();
+  std::map<std::string, std::string> expected;
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    const std::string p = m.path();
+    std::string out;
+    // New files and directories, a copied tree, an editor's save, appends,
+    // a one-block overwrite, truncation, chmod, symlink, unlink, rmdir, mv.
+    { std::ofstream(p + "/new.txt") << "brand new\n"; }
+    fs::create_directories(p + "/d1/d2");
+    fs::create_directories(dir_ + "/tree");
+    for (int i = 0; i < 50; ++i) std::ofstream(dir_ + "/tree/f" + std::to_string(i)) << RandomBytes(3000 + i, i);
+    ASSERT_EQ(RunCommand("cp -r " + dir_ + "/tree " + p + "/copied 2>&1", &out), 0) << out;
+    { std::ofstream(p + "/a.txt.swp") << "new a, saved by an editor\n"; }
+    fs::rename(p + "/a.txt.swp", p + "/a.txt");
+    { std::ofstream(p + "/new.txt", std::ios::app) << "appended\n"; }
+    int fd = open((p + "/sub/big.bin").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    std::string block = RandomBytes(kBlockSize, 31);
+    ASSERT_EQ(pwrite(fd, block.data(), block.size(), 2 * kBlockSize + 100), static_cast<ssize_t>(block.size()));
+    ASSERT_EQ(ftruncate(fd, (3 << 20) + 100), 0);
+    close(fd);
+    ASSERT_EQ(chmod((p + "/new.txt").c_str(), 0600), 0);
+    ASSERT_EQ(symlink("new.txt", (p + "/link").c_str()), 0);
+    ASSERT_EQ(unlink((p + "/sub/gone.txt").c_str()), 0);
+    fs::create_directories(p + "/empty-dir");
+    ASSERT_EQ(rmdir((p + "/empty-dir").c_str()), 0);
+    fs::rename(p + "/d1", p + "/moved-d1");
+    EXPECT_EQ(ReadAll(p + "/a.txt"), "new a, saved by an editor\n");
+    expected = Describe(p);
+  }  // unmount: returns once everything is on the server
+  ASSERT_TRUE(expected.count("moved-d1/d2"));
+  ASSERT_FALSE(expected.count("sub/gone.txt"));
+  fs::remove_all(dir_ + "/cache");
+  TestMount fresh(server_, server_.ro_token, dir_);
+  auto got = Describe(fresh.path());
+  for (const auto& [path, what] : expected) EXPECT_EQ(got[path], what) << path;
+  EXPECT_EQ(got.size(), expected.size());
+}
+
+TEST_F(MountTest, BadNamesAndUnsupportedCallsFailAtTheSyscall) {
+  Import();
+  TestMount m(server_, server_.rw_token, dir_);
+  std::string longname(256, 'x');
+  EXPECT_EQ(open((m.path() + "/" + longname).c_str(), O_CREAT | O_WRONLY, 0644), -1);
+  EXPECT_EQ(errno, ENAMETOOLONG);
+  EXPECT_EQ(mkdir((m.path() + "/bad\xff").c_str(), 0755), -1);
+  EXPECT_EQ(errno, EINVAL);
+  { std::ofstream(m.path() + "/f") << "x"; }
+  EXPECT_EQ(link((m.path() + "/f").c_str(), (m.path() + "/g").c_str()), -1);
+  EXPECT_EQ(errno, EPERM);
+  int fd = open((m.path() + "/f").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  EXPECT_EQ(fd, -1);
+  EXPECT_EQ(errno, EEXIST);
+  EXPECT_EQ(rmdir((m.path() + "/sub").c_str()), -1);
+  EXPECT_EQ(errno, ENOTEMPTY);
+}
+
+TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
+  Write("f.txt", "base\n");
+  Import();
+  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
+  auto two = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/two");
+  ASSERT_EQ(ReadAll(two->path() + "/f.txt"), "base\n");
+  { std::ofstream(one->path() + "/f.txt") << "from one\n"; }
+  one.reset();  // committed
+  { std::ofstream(two->path() + "/f.txt") << "from two\n"; }
+  two.reset();  // stale base: a conflict copy
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "from one\n");
+  int copies = 0;
+  for (auto& e : fs::directory_iterator(fresh.path())) {
+    std::string name = e.path().filename();
+    if (name.rfind("f (conflict from ", 0) == 0 && name.size() > 4 && name.substr(name.size() - 4) == ".txt") {
+      ++copies;
+      EXPECT_EQ(ReadAll(e.path()), "from two\n");
+    }
+  }
+  EXPECT_EQ(copies, 1);
+}
+
+TEST_F(MountTest, RealProgramsWorkAndTheirResultsSurviveARemount) {
+  Import();
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    std::string out;
+    const std::string git = "cd " + m.path() + "/repo && git -c user.name=t -c user.email=t@t ";
+    fs::create_directories(m.path() + "/repo");
+    ASSERT_EQ(RunCommand(git + "init -q . 2>&1", &out), 0) << out;
+    { std::ofstream(m.path() + "/repo/hello.c") << "int main(void) { return 0; }\n"; }
+    ASSERT_EQ(RunCommand(git + "add hello.c 2>&1 && " + git + "commit -q -m first 2>&1", &out), 0) << out;
+    ASSERT_EQ(RunCommand("sqlite3 " + m.path() + "/db.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(x); "
+                         "INSERT INTO t VALUES (1),(2),(3);' 2>&1", &out), 0) << out;
+    ASSERT_EQ(RunCommand("tar -C " + src_ + " -cf " + dir_ + "/t.tar . && mkdir " + m.path() + "/untar && tar -C " +
+                             m.path() + "/untar -xf " + dir_ + "/t.tar 2>&1", &out), 0) << out;
+  }
+  fs::remove_all(dir_ + "/cache");
+  TestMount fresh(server_, server_.rw_token, dir_);
+  std::string out;
+  ASSERT_EQ(RunCommand("cd " + fresh.path() + "/repo && git log --oneline 2>&1 && git fsck 2>&1 && git status --porcelain 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("first"), std::string::npos) << out;
+  ASSERT_EQ(RunCommand("sqlite3 " + fresh.path() + "/db.sqlite 'SELECT sum(x) FROM t;' 2>&1", &out), 0) << out;
+  EXPECT_EQ(out, "6\n");
+  EXPECT_TRUE(fs::exists(fresh.path() + "/untar/sub/deeper"));
+}
+
+TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  std::string big = RandomBytes(8 << 20, 40);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    proxy.SetRule("status500 /commit 0 -1");  // the server takes nothing
+    { std::ofstream(m.path() + "/kept.txt") << "in the journal\n"; }
+    fs::create_directories(m.path() + "/kept-dir");
+    { std::ofstream(m.path() + "/kept-dir/big.bin", std::ios::binary) << big; }
+    // kill -9 the mount: what close() returned from is in the journal.
+    std::string out;
+    ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status " + m.path() + " 2>&1", &out), 0) << out;
+    size_t at = out.find("\"pid\": ");
+    ASSERT_NE(at, std::string::npos) << out;
+    pid_t pid = std::stoi(out.substr(at + 7));
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (kill(pid, 0) == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
+  }
+  // The server takes commits again; the next mount sends the journal.
+  proxy.SetRule("pass");
+  { TestMount again(proxy.url(), server_.rw_token, dir_); }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_EQ(ReadAll(fresh.path() + "/kept.txt"), "in the journal\n");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/kept-dir/big.bin") == big);
 }
 
 TEST_F(MountTest, RefusesBadMountArguments) {

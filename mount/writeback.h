@@ -1,0 +1,67 @@
+// Write-back: local changes go to the journal (in the local state, with
+// the mirror rows, in one transaction) the moment they happen; a thread
+// commits them to the server in order, in batches. A file's content is
+// sent when its flush entry is reached (on close, fsync, truncate): only
+// the blocks the server lacks, then a write (or the create that made it)
+// naming its base version. A stale base becomes a conflict copy beside the
+// file; a name taken on the server gets a conflict name. Nothing written
+// leaves the journal before the server has it.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/chunk_cache.h"
+#include "client/api_client.h"
+#include "client/local_state.h"
+#include "mount/tree.h"
+
+namespace tidefs {
+
+class WriteBack {
+ public:
+  // `ready` completes when the local state may be written (a cold mount
+  // saves its snapshot first).
+  WriteBack(ApiClient* client, LocalState* state, Tree* tree, ChunkCache* cache, std::string device,
+            std::shared_future<void> ready);
+  ~WriteBack();
+
+  // Records local changes: the mirror rows (and the tree) and the journal
+  // entries, durably, then wakes the flusher.
+  Status Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries);
+  // Commits everything now; gives up after `patience` without progress
+  // (the server unreachable): what is left stays in the journal.
+  Status Drain(std::chrono::seconds patience);
+  uint64_t Pending();
+
+ private:
+  void Loop();
+  // Commits one batch. kUnavailable: the server could not be reached.
+  Status FlushBatch();
+  // Handles a refused op; true if the batch can be tried again.
+  bool Resolve(const CommitReply& reply, std::vector<CommitOp>* ops);
+  std::string ConflictName(const std::string& name) const;
+
+  ApiClient* client_;
+  LocalState* state_;
+  Tree* tree_;
+  ChunkCache* cache_;
+  const std::string device_;
+  std::shared_future<void> ready_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // guarded by mu_
+  bool kicked_ = false;    // guarded by mu_
+  std::mutex flush_mu_;    // one batch at a time
+  std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
+  std::thread thread_;
+};
+
+}  // namespace tidefs
