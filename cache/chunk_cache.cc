@@ -177,14 +177,12 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
 }
 
 void ChunkCache::ForgetLocked(uint64_t id) {
-  for (auto it = lru_.begin(); it != lru_.end();) {
-    if (std::get<0>(it->first) == id) {
-      stats_.cached_bytes -= it->second;
-      lru_index_.erase(it->first);
-      it = lru_.erase(it);
-    } else {
-      ++it;
-    }
+  // The index is ordered by (id, version, chunk): a node's chunks are adjacent.
+  auto it = lru_index_.lower_bound(ChunkKey{id, 0, 0});
+  while (it != lru_index_.end() && std::get<0>(it->first) == id) {
+    stats_.cached_bytes -= it->second->second;
+    lru_.erase(it->second);
+    it = lru_index_.erase(it);
   }
 }
 

@@ -715,6 +715,7 @@ std::string StatusJson(const Fs& fs) {
       {"pid", static_cast<long>(getpid())},
       {"seq", fs.tree.seq()},
       {"nodes_in_memory", fs.tree.size()},
+      {"journal_pending", fs.wb ? fs.wb->Pending() : 0},
       {"ops",
        {{"lookup", fs.n_lookup.load()},
         {"getattr", fs.n_getattr.load()},
