@@ -108,6 +108,7 @@ void OpInit(void*, fuse_conn_info* conn) {
   // Large requests and kernel read-ahead: sequential reads arrive as 1 MiB
   // requests and keep several in flight while chunks stream in.
   conn->max_read = 1u << 20;  // matches -o max_read
+  conn->max_write = 1u << 20;  // writes of 1 MiB, not 128 KiB
   conn->max_readahead = 4u << 20;
   conn->max_background = 64;
   conn->congestion_threshold = 48;
