@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -74,8 +75,17 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
                                               int parallel, UploadStats* stats) {
   const uint64_t nblocks = (size + kBlockSize - 1) / kBlockSize;
   std::vector<Hash128> out(nblocks);
-  std::vector<std::pair<Hash128, std::string>> batch;
+  std::vector<std::pair<Hash128, std::string>> batch, in_flight;
   size_t batch_bytes = 0;
+  UploadStats sent_stats;  // written by the sender only (joined before it is read)
+  std::future<Status> sending;
+  // An early return must not leave the sender running on our locals.
+  struct Join {
+    std::future<Status>* f;
+    ~Join() {
+      if (f->valid()) f->wait();
+    }
+  } join{&sending};
   for (uint64_t b = 0; b < nblocks; ++b) {
     const size_t len = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - b * kBlockSize));
     // A clean block of the same length keeps its hash (a last block that
@@ -100,11 +110,19 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     batch_bytes += len;
     batch.emplace_back(out[b], std::move(data));
     if (batch_bytes >= kFileBatchBytes) {
-      RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, stats));
+      // The batch goes up while the next one is read and hashed.
+      if (sending.valid()) RETURN_IF_ERROR(sending.get());
+      in_flight = std::move(batch);
+      batch.clear();
+      sending = std::async(std::launch::async, [&] { return SendMissingBlocks(client, &in_flight, parallel, &sent_stats); });
       batch_bytes = 0;
     }
   }
-  RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, stats));
+  if (sending.valid()) RETURN_IF_ERROR(sending.get());
+  RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, &sent_stats));
+  stats->blocks_sent += sent_stats.blocks_sent;
+  stats->bytes_sent += sent_stats.bytes_sent;
+  stats->requests += sent_stats.requests;
   return out;
 }
 
