@@ -657,6 +657,32 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
   }
 }
 
+void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(id);
+    if (it != entries_.end()) e = it->second;
+  }
+  if (e) {
+    LocalState::CachedFile f;
+    {
+      std::lock_guard lock(e->mu);
+      if (e->version != from) return;
+      e->version = to;
+      f = {id, to, e->manifest, e->present};
+    }
+    if (state_) (void)state_->SaveFile(f);
+    return;
+  }
+  if (!state_) return;
+  auto saved = state_->LoadFile(id);
+  if (saved.ok() && *saved && (*saved)->version == from) {
+    (*saved)->version = to;
+    (void)state_->SaveFile(**saved);
+  }
+}
+
 void ChunkCache::Forget(uint64_t id) {
   {
     std::lock_guard lock(mu_);

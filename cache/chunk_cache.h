@@ -100,6 +100,9 @@ class ChunkCache {
   // The flush of `id` was committed as `version` with `blocks`: the cache
   // now holds that version. Local content written meanwhile stays local.
   void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen);
+  // Our commit moved node `id` from `from` to `to` without new content
+  // (attributes, a move): the cached bytes are those of `to` as well.
+  void AdvanceVersion(uint64_t id, uint64_t from, uint64_t to);
   // The node is gone (deleted here or on the server): forget its cache.
   void Forget(uint64_t id);
 

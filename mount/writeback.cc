@@ -16,7 +16,11 @@ namespace {
 constexpr size_t kBatchEntries = 1000;
 constexpr auto kIdle = std::chrono::milliseconds(200);  // changes wait this long for company
 
-bool NeedsBase(OpType t) { return t == OpType::kWrite || t == OpType::kDelete || t == OpType::kSetattr; }
+// Ops that name the node's version (a rename too: a rename must not make a
+// remote change to the file look like ours).
+bool NeedsBase(OpType t) {
+  return t == OpType::kWrite || t == OpType::kDelete || t == OpType::kSetattr || t == OpType::kRename;
+}
 bool Creates(OpType t) { return t == OpType::kCreate || t == OpType::kMkdir || t == OpType::kSymlink; }
 
 }  // namespace
@@ -134,13 +138,15 @@ Status WriteBack::FlushBatch() {
   };
   std::vector<Sent> sent;
   std::unordered_set<uint64_t> flushed;
+  std::unordered_map<uint64_t, uint64_t> based;  // node -> the version our op in this batch names
   uint64_t last = 0;
   for (const auto& e : entries) {
     CommitOp op = e.op;
     if (!e.flush) {
       // An op that names a version of a node created in this batch waits
       // for the next one (the version comes from this commit).
-      if (NeedsBase(op.type) && created.count(op.id)) break;
+      // So does a second op on one node (the first moves its version).
+      if (NeedsBase(op.type) && (created.count(op.id) || based.count(op.id))) break;
       if (NeedsBase(op.type)) {
         // The version we last knew: the tree's, or (a node deleted here)
         // the one our own commits gave it.
@@ -148,10 +154,12 @@ Status WriteBack::FlushBatch() {
         if (n.ok() && *n) op.base = (*n)->version;
         else if (auto v = versions_.find(op.id); v != versions_.end()) op.base = v->second;
         op.has_base = true;
+        based[op.id] = op.base;
       }
       if (Creates(op.type)) created[op.id] = ops.size();
       ops.push_back(std::move(op));
     } else if (!flushed.count(op.id)) {
+      if (based.count(op.id)) break;  // after another op on this node: next batch
       ASSIGN_OR_RETURN(std::optional<NodeRecord> n, tree_->Get(op.id));
       if (n && n->kind == NodeKind::kFile) {
         ASSIGN_OR_RETURN(auto view, cache_->BeginFlush(*n));
@@ -178,6 +186,7 @@ Status WriteBack::FlushBatch() {
           w.id = n->id;
           w.has_base = true;
           w.base = base;
+          based[n->id] = base;
           w.size = view.size;
           w.blocks = std::move(blocks);
           w.has_mtime = true;
@@ -210,6 +219,11 @@ Status WriteBack::FlushBatch() {
           versions_[r.id] = r.version;
         }
       }
+      // Nodes our ops moved from the version we knew: the cached bytes are
+      // still those of the new version (content changes are in `sent`).
+      for (const auto& [id, base] : based)
+        if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted)
+          cache_->AdvanceVersion(id, base, it->second->version);
       for (const auto& s : sent) {
         auto it = by_id.find(s.id);
         if (it != by_id.end() && !it->second->deleted) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
@@ -245,6 +259,7 @@ Status WriteBack::FlushBatch() {
       op = c;
       for (auto& s : sent)
         if (s.id == old_id) s.id = 0;  // the original keeps the server's bytes
+      based.erase(old_id);
       spdlog::warn("write-back: node {} changed elsewhere; keeping this device's version as \"{}\"", old_id, copy.name);
       const bool deleted = reply.reason == "deleted";
       const uint64_t current = reply.current_version;
@@ -286,6 +301,12 @@ Status WriteBack::FlushBatch() {
     }
     if (op.type == OpType::kSetattr && reply.reason == "stale_base") {
       op.base = reply.current_version;  // attributes: last writer wins
+      based.erase(op.id);                // but the cached bytes may be stale now
+      continue;
+    }
+    if (op.type == OpType::kRename && reply.reason == "stale_base") {
+      op.has_base = false;  // the move still happens; a later write of ours will see the conflict
+      based.erase(op.id);
       continue;
     }
     if (op.type == OpType::kDelete && (reply.reason == "stale_base" || reply.reason == "deleted" ||

@@ -13,7 +13,7 @@ PACKAGES=(
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libboost-dev nlohmann-json3-dev libcli11-dev
-  python3 curl wrk
+  python3 curl wrk rsync tar
 )
 
 missing=()

@@ -634,6 +634,43 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   EXPECT_TRUE(ReadAll(fresh.path() + "/kept-dir/big.bin") == big);
 }
 
+TEST_F(MountTest, RsyncMmapWritersAndAServerOutageDuringWrites) {
+  Write("keep.txt", "keep");
+  Import();
+  fs::create_directories(dir_ + "/tree/a/b");
+  for (int i = 0; i < 20; ++i) std::ofstream(dir_ + "/tree/a/b/f" + std::to_string(i)) << RandomBytes(10000 + i, 50 + i);
+  std::string mapped;
+  {
+    TestMount m(server_, server_.rw_token, dir_, "--retry-for 1");
+    std::string out;
+    ASSERT_EQ(RunCommand("rsync -a " + dir_ + "/tree/ " + m.path() + "/synced/ 2>&1", &out), 0) << out;
+    // A program writing through a shared mapping.
+    ASSERT_EQ(RunCommand("python3 -c \"import mmap,os; fd=os.open('" + m.path() +
+                             "/mapped.bin', os.O_RDWR|os.O_CREAT, 0o644); os.ftruncate(fd, 200000); "
+                             "mm=mmap.mmap(fd, 200000); mm[100:105]=b'hello'; mm[199990:200000]=b'0123456789'; "
+                             "mm.flush(); mm.close(); os.close(fd)\" 2>&1",
+                         &out),
+              0)
+        << out;
+    mapped = ReadAll(m.path() + "/mapped.bin");
+    // The server goes away mid-work; changes wait in the journal.
+    server_.Stop();
+    { std::ofstream(m.path() + "/while-down.txt") << "written while the server was down\n"; }
+    fs::rename(m.path() + "/keep.txt", m.path() + "/kept.txt");
+    server_.Start();
+  }  // unmount sends everything once the server is back
+  ASSERT_EQ(mapped.size(), 200000u);
+  EXPECT_EQ(mapped.substr(100, 5), "hello");
+  fs::remove_all(dir_ + "/cache");
+  TestMount fresh(server_, server_.ro_token, dir_);
+  for (int i = 0; i < 20; ++i)
+    EXPECT_EQ(ReadAll(fresh.path() + "/synced/a/b/f" + std::to_string(i)), ReadAll(dir_ + "/tree/a/b/f" + std::to_string(i)));
+  EXPECT_TRUE(ReadAll(fresh.path() + "/mapped.bin") == mapped);
+  EXPECT_EQ(ReadAll(fresh.path() + "/while-down.txt"), "written while the server was down\n");
+  EXPECT_EQ(ReadAll(fresh.path() + "/kept.txt"), "keep");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/keep.txt"));
+}
+
 TEST_F(MountTest, RefusesBadMountArguments) {
   std::string out;
   fs::create_directories(dir_ + "/mnt");
