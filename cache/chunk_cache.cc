@@ -33,6 +33,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
       readahead_(opts.readahead_chunks),
       retry_for_(opts.retry_for) {
   const int threads = opts.threads;
+  local_ = std::move(opts.local);
   std::filesystem::create_directories(dir_ + "/data");
   // What earlier mounts cached counts against the limit from the start.
   if (state_) {
@@ -655,6 +656,22 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
       if (present[b]) bytes += kBlockSize;
     if (bytes) AddChunkLocked({id, version, c}, bytes);
   }
+}
+
+Status ChunkCache::PersistPresent(uint64_t id) {
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return Status::Ok();
+    e = it->second;
+  }
+  LocalState::CachedFile f;
+  {
+    std::lock_guard lock(e->mu);
+    f = {id, e->version, e->manifest, e->present};
+  }
+  return state_ ? state_->SaveFile(f) : Status::Ok();
 }
 
 void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {

@@ -48,6 +48,9 @@ struct ChunkCacheOptions {
   // How long a read of missing bytes keeps trying an unreachable or failing
   // server (resuming a broken transfer where it stopped) before it fails.
   std::chrono::milliseconds retry_for{10000};
+  // Nodes whose cached bytes are local changes not yet committed (from the
+  // journal): known before the first eviction, never evicted.
+  std::set<uint64_t> local;
 };
 
 class ChunkCache {
@@ -81,6 +84,10 @@ class ChunkCache {
   Status Write(const NodeRecord& n, uint64_t off, const char* data, size_t len);
   // Cuts or extends (with zeros) the cached file to `size`.
   Status Truncate(const NodeRecord& n, uint64_t size);
+  // Saves which blocks of `id` the cache file holds, local ones included
+  // (at close and fsync, with the journal entry: a restart must know
+  // which blocks to send).
+  Status PersistPresent(uint64_t id);
   // Marks a node as holding local content (also for one created here).
   void MarkLocal(uint64_t id);
   bool IsLocal(uint64_t id) const;

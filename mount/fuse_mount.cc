@@ -300,6 +300,7 @@ Status RecordFlush(Fs* fs, FileHandle* h) {
   if (!n.ok()) return n.status();
   h->wrote = false;
   if (!*n) return Status::Ok();  // unlinked: nothing to send
+  RETURN_IF_ERROR(fs->cache->PersistPresent(h->id));
   return fs->wb->Record({**n}, {FlushEntry(h->id)});
 }
 
@@ -922,15 +923,15 @@ Status RunMount(const MountOptions& opts) {
   ChunkCacheOptions co;
   co.max_bytes = opts.cache_bytes;
   co.retry_for = std::chrono::milliseconds(static_cast<int64_t>(opts.retry_seconds * 1000));
-  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
   // Files an earlier mount changed and did not send yet keep their bytes.
   // (A journal implies saved state: a cold mount has none.)
   if (warm) {
     ASSIGN_OR_RETURN(auto pending, state->PendingJournal(std::numeric_limits<uint32_t>::max()));
     for (const auto& e : pending)
-      if (e.flush || e.op.type == OpType::kCreate) fs.cache->MarkLocal(e.op.id);
+      if (e.flush || e.op.type == OpType::kCreate) co.local.insert(e.op.id);
     if (!pending.empty()) spdlog::info("{} changes from an earlier mount wait in the journal; sending them", pending.size());
   }
+  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
   fs.device = opts.device;
   if (fs.device.empty()) {
     char host[256] = {0};

@@ -605,13 +605,23 @@ TEST_F(MountTest, RealProgramsWorkAndTheirResultsSurviveARemount) {
 }
 
 TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
+  std::string old = RandomBytes(1 << 20, 41);
+  Write("old.bin", old);
   Import();
   FaultProxy proxy(server_, dir_);
   std::string big = RandomBytes(8 << 20, 40);
+  // One whole block of a file never read here is overwritten (no fetch).
+  std::string block = RandomBytes(kBlockSize, 42);
+  std::string edited = old;
+  edited.replace(2 * kBlockSize, kBlockSize, block);
   {
     TestMount m(proxy.url(), server_.rw_token, dir_);
     proxy.SetRule("status500 /commit 0 -1");  // the server takes nothing
     { std::ofstream(m.path() + "/kept.txt") << "in the journal\n"; }
+    int fd = open((m.path() + "/old.bin").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, block.data(), block.size(), 2 * kBlockSize), static_cast<ssize_t>(block.size()));
+    close(fd);
     fs::create_directories(m.path() + "/kept-dir");
     { std::ofstream(m.path() + "/kept-dir/big.bin", std::ios::binary) << big; }
     // kill -9 the mount: what close() returned from is in the journal.
@@ -632,6 +642,7 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
   EXPECT_EQ(ReadAll(fresh.path() + "/kept.txt"), "in the journal\n");
   EXPECT_TRUE(ReadAll(fresh.path() + "/kept-dir/big.bin") == big);
+  EXPECT_TRUE(ReadAll(fresh.path() + "/old.bin") == edited) << "a journaled block overwrite was lost";
 }
 
 TEST_F(MountTest, RsyncMmapWritersAndAServerOutageDuringWrites) {
