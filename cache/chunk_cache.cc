@@ -106,6 +106,14 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
     // tree that lags a commit just made (an older version) too.
     if (it != entries_.end() && (it->second->version >= n.version || local)) return it->second;
   }
+  // One slow path at a time: a second opener of the same node must not
+  // truncate or punch the cache file the first one is filling.
+  std::lock_guard opening(open_mu_);
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(n.id);
+    if (it != entries_.end() && (it->second->version >= n.version || local_.count(n.id))) return it->second;
+  }
   std::optional<LocalState::CachedFile> saved;
   if (state_) {
     auto f = state_->LoadFile(n.id);
@@ -196,7 +204,16 @@ void ChunkCache::AddChunkLocked(const ChunkKey& key, uint64_t bytes) {
 
 Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
   const uint64_t first = chunk * kChunkSize;
-  const uint64_t last = std::min<uint64_t>(first + kChunkSize, e.manifest.size) - 1;
+  uint64_t msize;
+  std::vector<Hash128> hashes;  // this chunk's, taken under the lock (a truncate may shrink the manifest)
+  {
+    std::lock_guard lock(e.mu);
+    msize = e.manifest.size;
+    for (uint64_t b = first / kBlockSize; b < std::min<uint64_t>(first / kBlockSize + kBlocksPerChunk, e.manifest.blocks.size()); ++b)
+      hashes.push_back(e.manifest.blocks[b]);
+  }
+  if (first >= msize) return Status::Ok();  // nothing of the server's left here
+  const uint64_t last = std::min<uint64_t>(first + kChunkSize, msize) - 1;
   // Straight into a reused buffer: no 4 MiB allocation or copy per chunk.
   thread_local std::unique_ptr<char[]> buf(new char[kChunkSize]);
   const size_t want = last - first + 1;
@@ -228,7 +245,7 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
   for (uint64_t off = 0; off < bytes.size(); off += kBlockSize) {
     size_t len = std::min<uint64_t>(kBlockSize, bytes.size() - off);
     uint64_t block = (first + off) / kBlockSize;
-    if (HashBlock(bytes.data() + off, len) != e.manifest.blocks[block]) {
+    if (HashBlock(bytes.data() + off, len) != hashes[block - first / kBlockSize]) {
       std::lock_guard lock(mu_);
       stats_.verify_failures++;
       return Status::Corruption("node " + std::to_string(n.id) + " block " + std::to_string(block) +
@@ -239,8 +256,10 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
   // written here since (local content).
   std::vector<bool> have_block;
   {
+    // Blocks past a manifest a truncate shrank meanwhile are not written.
     std::lock_guard lock(e.mu);
-    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) have_block.push_back(e.present[b]);
+    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b)
+      have_block.push_back(b >= e.manifest.blocks.size() || e.present[b]);
   }
   for (size_t i = 0; i < have_block.size();) {
     if (have_block[i]) {
@@ -558,6 +577,12 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     }
     done += static_cast<size_t>(w);
   }
+  {
+    // Again once the bytes are in: a flush that began between the claim
+    // and the pwrite must not count these blocks as sent.
+    std::lock_guard lock(e->mu);
+    e->write_gen++;
+  }
   return Status::Ok();
 }
 
@@ -628,27 +653,31 @@ Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
 }
 
 void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen) {
-  std::shared_ptr<Entry> e;
+  std::vector<bool> present;
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(id);
     if (it == entries_.end()) return;
-    e = it->second;
-  }
-  std::vector<bool> present;
-  bool still_local;
-  {
-    std::lock_guard lock(e->mu);
-    e->version = version;
-    e->manifest = m;
-    e->tracked = true;
-    still_local = e->write_gen != write_gen;  // written during the upload
-    if (!still_local) std::fill(e->dirty.begin(), e->dirty.end(), false);
-    present = e->present;
+    std::shared_ptr<Entry> e = it->second;
+    {
+      // Decided and applied under both locks: a write that claims blocks
+      // now either bumps write_gen first or sees the node still local.
+      std::lock_guard elock(e->mu);
+      e->version = version;
+      e->manifest = m;
+      e->tracked = true;
+      if (e->write_gen == write_gen) {
+        std::fill(e->dirty.begin(), e->dirty.end(), false);
+        local_.erase(id);
+      }
+      present = e->present;
+    }
+    RekeyLocked(id, version, present);
   }
   if (state_) (void)state_->SaveFile({id, version, m, present});
-  std::lock_guard lock(mu_);
-  if (!still_local) local_.erase(id);
+}
+
+void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present) {
   ForgetLocked(id);
   for (uint64_t c = 0; c * kBlocksPerChunk < present.size(); ++c) {
     uint64_t bytes = 0;
@@ -684,10 +713,12 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
   if (e) {
     LocalState::CachedFile f;
     {
-      std::lock_guard lock(e->mu);
+      std::lock_guard lock(mu_);
+      std::lock_guard elock(e->mu);
       if (e->version != from) return;
       e->version = to;
       f = {id, to, e->manifest, e->present};
+      RekeyLocked(id, to, f.present);
     }
     if (state_) (void)state_->SaveFile(f);
     return;

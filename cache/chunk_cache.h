@@ -174,6 +174,9 @@ class ChunkCache {
   // Requires mu_. Forgets the LRU records of a node (its version changed).
   void ForgetLocked(uint64_t id);
   void AddChunkLocked(const ChunkKey& key, uint64_t bytes);
+  // Requires mu_. The LRU records of `id` now name `version`.
+  void RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present);
+  std::mutex open_mu_;  // serializes Open's slow path (file creation, truncation)
   ChunkCacheStats stats_;                                                   // guarded by mu_
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
 

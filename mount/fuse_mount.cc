@@ -298,10 +298,14 @@ Status RecordFlush(Fs* fs, FileHandle* h) {
   std::lock_guard lock(fs->meta_mu);
   auto n = fs->tree.Get(h->id);
   if (!n.ok()) return n.status();
-  h->wrote = false;
-  if (!*n) return Status::Ok();  // unlinked: nothing to send
+  if (!*n) {
+    h->wrote = false;
+    return Status::Ok();  // unlinked: nothing to send
+  }
   RETURN_IF_ERROR(fs->cache->PersistPresent(h->id));
-  return fs->wb->Record({**n}, {FlushEntry(h->id)});
+  RETURN_IF_ERROR(fs->wb->Record({**n}, {FlushEntry(h->id)}));
+  h->wrote = false;  // only once it is in the journal
+  return Status::Ok();
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -550,18 +554,28 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   moved.parent = newparent;
   moved.name = newname;
   std::vector<NodeRecord> rows{moved};
+  std::vector<LocalState::JournalEntry> entries;
+  if (*dst) {
+    // The replaced file is deleted naming the version we saw, so a remote
+    // edit of it is refused (and kept) rather than silently replaced; our
+    // file then lands under a conflict name.
+    NodeRecord gone = **dst;
+    gone.deleted = true;
+    rows.push_back(gone);
+    LocalState::JournalEntry d;
+    d.op.type = OpType::kDelete;
+    d.op.id = gone.id;
+    d.op.has_base = true;
+    d.op.base = (*dst)->version;
+    entries.push_back(d);
+  }
   LocalState::JournalEntry e;
   e.op.type = OpType::kRename;
   e.op.id = s.id;
   e.op.parent = newparent;
   e.op.name = newname;
-  e.op.replace = *dst != std::nullopt;
-  if (*dst) {
-    NodeRecord gone = **dst;
-    gone.deleted = true;
-    rows.push_back(gone);
-  }
-  if (Status st = fs->wb->Record(rows, {e}); !st.ok()) return (void)ReplyStatus(req, st, "rename", s.id);
+  entries.push_back(e);
+  if (Status st = fs->wb->Record(rows, entries); !st.ok()) return (void)ReplyStatus(req, st, "rename", s.id);
   if (*dst && (*dst)->kind == NodeKind::kFile) {
     if (fs->open_count.count((*dst)->id)) fs->orphans.insert((*dst)->id);
     else fs->cache->Forget((*dst)->id);
@@ -658,6 +672,14 @@ Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<s
   }
   uint64_t since = fs->tree.seq();
   std::vector<NodeRecord> after_snapshot;
+  // Nodes with changes of ours still in the journal keep our view: their
+  // commits name the version we started from, so a remote change to them
+  // comes back as a refusal and both are kept, never as a silent overwrite.
+  std::unordered_set<uint64_t> ours;
+  if (cursor) {
+    ASSIGN_OR_RETURN(auto pending, state->PendingJournal(std::numeric_limits<uint32_t>::max()));
+    for (const auto& e : pending) ours.insert(e.op.id);
+  }
   for (;;) {
     auto page = fs->client->Changes(since);
     if (!page.ok()) {
@@ -670,10 +692,13 @@ Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<s
     uint64_t next = since;
     for (const auto& n : page->items) next = n.seq;
     if (!page->more) next = std::max(next, page->head);
+    std::vector<NodeRecord> items;
+    for (const auto& n : page->items)
+      if (!ours.count(n.id)) items.push_back(n);
     // The local state first: a directory read from it meanwhile agrees.
-    if (cursor) RETURN_IF_ERROR(state->ApplyChanges(page->items, next));
-    else after_snapshot.insert(after_snapshot.end(), page->items.begin(), page->items.end());
-    for (const auto& n : page->items) fs->tree.Apply(n);
+    if (cursor) RETURN_IF_ERROR(state->ApplyChanges(items, next));
+    else after_snapshot.insert(after_snapshot.end(), items.begin(), items.end());
+    for (const auto& n : items) fs->tree.Apply(n);
     since = next;
     fs->tree.set_seq(since);
     if (!page->more) break;
@@ -939,6 +964,10 @@ Status RunMount(const MountOptions& opts) {
     fs.device = host[0] ? host : "this device";
   }
   fs.wb = std::make_unique<WriteBack>(&client, state.get(), &fs.tree, fs.cache.get(), fs.device, state_ready);
+  fs.wb->set_is_open([&fs](uint64_t id) {
+    std::lock_guard lock(fs.meta_mu);
+    return fs.open_count.count(id) > 0;
+  });
 
   fuse_lowlevel_ops ops{};
   ops.init = OpInit;

@@ -42,8 +42,16 @@ WriteBack::~WriteBack() {
 
 Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries) {
   ready_.wait();
-  RETURN_IF_ERROR(state_->RecordLocal(rows, entries));
-  for (const auto& r : rows) tree_->Apply(r);
+  // Versions are the server's to move (SetVersion): a record read before
+  // a commit landed must not carry the older one back.
+  std::vector<NodeRecord> fixed = rows;
+  for (auto& r : fixed) {
+    if (r.deleted) continue;
+    auto cur = tree_->Get(r.id);
+    if (cur.ok() && *cur) r.version = std::max(r.version, (*cur)->version);
+  }
+  RETURN_IF_ERROR(state_->RecordLocal(fixed, entries));
+  for (const auto& r : fixed) tree_->Apply(r);
   if (!entries.empty()) {
     std::lock_guard lock(mu_);
     kicked_ = true;
@@ -90,13 +98,15 @@ Status WriteBack::Drain(std::chrono::seconds patience) {
   while (left > 0) {
     if (left) spdlog::info("unmount: {} changes to send", left);
     Status st = FlushBatch();
-    uint64_t now_left = Pending();
-    if (now_left < left) last_progress = std::chrono::steady_clock::now();
+    const uint64_t now_left = Pending();
+    const bool progress = now_left < left;
+    if (progress) last_progress = std::chrono::steady_clock::now();
     left = now_left;
     if (left == 0) break;
-    if (!st.ok()) {
+    if (!st.ok() || !progress) {
       if (std::chrono::steady_clock::now() - last_progress > patience)
-        return Status::Unavailable(std::to_string(left) + " changes could not be sent (" + st.message() +
+        return Status::Unavailable(std::to_string(left) + " changes could not be sent (" +
+                                   (st.ok() ? std::string("no progress") : st.message()) +
                                    "); they stay in the journal and go out on the next mount");
       std::this_thread::sleep_for(std::chrono::milliseconds(250));
     }
@@ -180,7 +190,12 @@ Status WriteBack::FlushBatch() {
           // becomes a conflict copy, never an overwrite.
           uint64_t base = view.version;
           if (base == 0) base = versions_.count(n->id) ? versions_[n->id] : n->version;
-          if (base == 0) break;  // its create is still ahead in the journal: never here
+          if (base == 0) {
+            if (last == 0)
+              return Status::Internal("write-back: no known server version for node " + std::to_string(n->id) +
+                                      "; its content waits in the journal");
+            break;
+          }
           CommitOp w;
           w.type = OpType::kWrite;
           w.id = n->id;
@@ -204,7 +219,8 @@ Status WriteBack::FlushBatch() {
   if (last == 0) return Status::Ok();
   if (ops.empty()) return state_->CompleteJournal(last, {});
 
-  std::vector<std::function<void()>> after;  // local fix-ups once the commit holds
+  // Local fix-ups once the commit holds, given the versions it made.
+  std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
   for (int attempt = 0; attempt < 16; ++attempt) {
     ASSIGN_OR_RETURN(CommitReply reply, client_->Commit(ops));
     if (!reply.refused) {
@@ -228,7 +244,7 @@ Status WriteBack::FlushBatch() {
         auto it = by_id.find(s.id);
         if (it != by_id.end() && !it->second->deleted) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
       }
-      for (auto& f : after) f();
+      for (auto& f : after) f(by_id);
       return Status::Ok();
     }
     const size_t k = std::min(reply.op, ops.size() - 1);
@@ -263,8 +279,13 @@ Status WriteBack::FlushBatch() {
       spdlog::warn("write-back: node {} changed elsewhere; keeping this device's version as \"{}\"", old_id, copy.name);
       const bool deleted = reply.reason == "deleted";
       const uint64_t current = reply.current_version;
-      after.push_back([this, old_id, copy, deleted, current] {
-        cache_->Forget(old_id);
+      after.push_back([this, old_id, copy, deleted, current](const auto& made) mutable {
+        if (auto it = made.find(copy.id); it != made.end()) {
+          copy.version = it->second->version;
+          copy.seq = it->second->seq;
+        }
+        // An open file keeps its bytes (they are in the copy now as well).
+        if (!(is_open_ && is_open_(old_id))) cache_->Forget(old_id);
         NodeRecord gone;
         gone.id = old_id;
         gone.deleted = true;
@@ -285,14 +306,18 @@ Status WriteBack::FlushBatch() {
       });
       continue;
     }
-    if (Creates(op.type) && reply.reason == "name_taken") {
+    if ((Creates(op.type) || op.type == OpType::kRename) && reply.reason == "name_taken") {
       // Created here and there under one name: ours gets a conflict name.
       op.name = ConflictName(op.name);
       auto n = tree_->Get(op.id);
       if (n.ok() && *n) {
         NodeRecord renamed = **n;
         renamed.name = op.name;
-        after.push_back([this, renamed] {
+        after.push_back([this, renamed](const auto& made) mutable {
+          if (auto it = made.find(renamed.id); it != made.end()) {
+            renamed.version = it->second->version;
+            renamed.seq = it->second->seq;
+          }
           (void)state_->RecordLocal({renamed}, {});
           tree_->Apply(renamed);
         });

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <string>
@@ -39,6 +40,9 @@ class WriteBack {
   // (the server unreachable): what is left stays in the journal.
   Status Drain(std::chrono::seconds patience);
   uint64_t Pending();
+  // Tells whether a node is open (its cache must then stay); set once,
+  // before changes flow.
+  void set_is_open(std::function<bool(uint64_t)> f) { is_open_ = std::move(f); }
 
  private:
   void Loop();
@@ -54,6 +58,7 @@ class WriteBack {
   ChunkCache* cache_;
   const std::string device_;
   std::shared_future<void> ready_;
+  std::function<bool(uint64_t)> is_open_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -556,6 +556,17 @@ TEST_F(MountTest, BadNamesAndUnsupportedCallsFailAtTheSyscall) {
   EXPECT_EQ(errno, ENOTEMPTY);
 }
 
+// The contents of the conflict copies in `dir` named PREFIX...SUFFIX.
+std::vector<std::string> ConflictCopies(const std::string& dir, const std::string& prefix, const std::string& suffix) {
+  std::vector<std::string> out;
+  for (auto& e : fs::directory_iterator(dir)) {
+    std::string name = e.path().filename();
+    if (name.rfind(prefix, 0) == 0 && name.size() >= suffix.size() && name.substr(name.size() - suffix.size()) == suffix)
+      out.push_back(ReadAll(e.path()));
+  }
+  return out;
+}
+
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   Write("f.txt", "base\n");
   Import();
@@ -568,15 +579,24 @@ TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   two.reset();  // stale base: a conflict copy
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "from one\n");
-  int copies = 0;
-  for (auto& e : fs::directory_iterator(fresh.path())) {
-    std::string name = e.path().filename();
-    if (name.rfind("f (conflict from ", 0) == 0 && name.size() > 4 && name.substr(name.size() - 4) == ".txt") {
-      ++copies;
-      EXPECT_EQ(ReadAll(e.path()), "from two\n");
-    }
-  }
-  EXPECT_EQ(copies, 1);
+  EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{"from two\n"});
+}
+
+TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
+  Write("doc.txt", "base\n");
+  Import();
+  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
+  auto two = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/two");
+  ASSERT_EQ(ReadAll(two->path() + "/doc.txt"), "base\n");
+  { std::ofstream(one->path() + "/doc.txt") << "saved by one\n"; }
+  one.reset();
+  // Two saves the way editors do: a new file renamed over the old one.
+  { std::ofstream(two->path() + "/.doc.txt.swp") << "saved by two\n"; }
+  fs::rename(two->path() + "/.doc.txt.swp", two->path() + "/doc.txt");
+  two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/doc.txt"), "saved by one\n");
+  EXPECT_EQ(ConflictCopies(fresh.path(), "doc (conflict from ", ".txt"), std::vector<std::string>{"saved by two\n"});
 }
 
 TEST_F(MountTest, RealProgramsWorkAndTheirResultsSurviveARemount) {
