@@ -687,6 +687,19 @@ void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bo
   }
 }
 
+Status ChunkCache::SyncFile(uint64_t id) {
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return Status::Ok();
+    e = it->second;
+  }
+  if (::fdatasync(e->fd) != 0)
+    return Status::IoError("cannot sync the cache file of node " + std::to_string(id) + ": " + std::strerror(errno));
+  return Status::Ok();
+}
+
 Status ChunkCache::PersistPresent(uint64_t id) {
   std::shared_ptr<Entry> e;
   {

@@ -88,6 +88,8 @@ class ChunkCache {
   // (at close and fsync, with the journal entry: a restart must know
   // which blocks to send).
   Status PersistPresent(uint64_t id);
+  // fdatasync of the cache file of `id` (fsync's promise).
+  Status SyncFile(uint64_t id);
   // Marks a node as holding local content (also for one created here).
   void MarkLocal(uint64_t id);
   bool IsLocal(uint64_t id) const;

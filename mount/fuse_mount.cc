@@ -54,6 +54,7 @@ struct Fs {
   gid_t gid = getgid();
   std::string project, server, cache_dir, device;
   std::unique_ptr<WriteBack> wb;
+  LocalState* state = nullptr;
   // Namespace and size changes, one at a time (they read, then record).
   std::mutex meta_mu;
   std::unordered_map<uint64_t, int> open_count;  // guarded by meta_mu
@@ -379,9 +380,12 @@ void OpFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void OpFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
-  // Durable in the journal (and the cache file) on return; on the server
-  // once the write-back reaches it.
-  Status st = RecordFlush(Self(req), HandleOf(fi));
+  // Durable on this disk on return (cache file, journal, bitmaps); on the
+  // server once the write-back reaches it.
+  Fs* fs = Self(req);
+  Status st = RecordFlush(fs, HandleOf(fi));
+  if (st.ok()) st = fs->cache->SyncFile(ino);
+  if (st.ok()) st = fs->state->Sync();
   if (!st.ok()) return (void)ReplyStatus(req, st, "fsync", ino);
   fuse_reply_err(req, 0);
 }
@@ -929,6 +933,7 @@ Status RunMount(const MountOptions& opts) {
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());
   ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
   Fs fs(&client, state.get());
+  fs.state = state.get();
   fs.project = opts.client.project;
   fs.server = opts.client.server;
   fs.cache_dir = cache_dir;

@@ -213,6 +213,15 @@ Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>&
   return tx.Commit();
 }
 
+Status LocalState::Sync() {
+  {
+    std::lock_guard lock(mu_);
+    RETURN_IF_ERROR(db_->Exec("PRAGMA wal_checkpoint(FULL)"));
+  }
+  std::lock_guard lock(files_mu_);
+  return files_db_->Exec("PRAGMA wal_checkpoint(FULL)");
+}
+
 Result<uint64_t> LocalState::JournalSize() {
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT count(*) FROM journal"));

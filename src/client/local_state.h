@@ -57,6 +57,9 @@ class LocalState {
   // gave the nodes in `rows`.
   Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows);
   Result<uint64_t> JournalSize();
+  // Makes everything committed so far durable on disk (fsync's promise):
+  // both databases are checkpointed, which syncs them.
+  Status Sync();
 
   struct CachedFile {
     uint64_t id = 0;
