@@ -431,7 +431,8 @@ TEST_F(MountTest, BytesChangedOnTheWayAreNeverServedOrCached) {
   auto good = ReadUncached(m.path() + "/f.bin");
   ASSERT_TRUE(good.ok()) << good.status().ToString();
   EXPECT_EQ(*good, data);
-  EXPECT_EQ(proxy.BodyBytes("content") - before, data.size());
+  // Fetched again (a read-ahead queued during the bad phase may add a second fetch).
+  EXPECT_GE(proxy.BodyBytes("content") - before, data.size());
 }
 
 TEST_F(MountTest, ServerErrorsFailUncachedReadsAfterTheRetryPeriod) {
