@@ -50,14 +50,8 @@ fi
 # A fresh server; the anchors' data imported as project "anchors".
 rm -rf "$T/data" "$T/ready" "$C" "$T/cache-million"
 mkdir -p "$M"
-"$BIN" serve --data "$T/data" --listen 127.0.0.1:0 --ready-file "$T/ready" 2>"$T/serve.log" &
-PID=$!
-for _ in $(seq 200); do [ -s "$T/ready" ] && break; sleep 0.05; done
-URL=$(cat "$T/ready")
-token() {  # project
-  "$BIN" admin --data "$T/data" project create "$1" >/dev/null
-  "$BIN" admin --data "$T/data" token create --project "$1" --device bench | tail -n 1
-}
+. "$ROOT/bench/common.sh"
+start_server "$T"
 TOK=$(token anchors)
 for d in flat10k tree100k; do "$BIN" import --server "$URL" --project anchors --token "$TOK" "$R/$d" "$d" >/dev/null; done
 mkdir -p "$T/bigsrc" && ln -f "$R/big1g" "$T/bigsrc/big1g"

@@ -12,15 +12,8 @@ PID=
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; true; }
 trap cleanup EXIT
 
-"$BIN" serve --data "$B/data" --listen 127.0.0.1:0 --ready-file "$B/ready" &
-PID=$!
-for _ in $(seq 200); do [ -s "$B/ready" ] && break; sleep 0.05; done
-URL=$(cat "$B/ready")
-
-token() {  # project
-  "$BIN" admin --data "$B/data" project create "$1" >/dev/null
-  "$BIN" admin --data "$B/data" token create --project "$1" --device bench | tail -n 1
-}
+. bench/common.sh
+start_server "$B"
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; $(date -u +%F)"
 for w in "${@:-nodes snapshot transfer commit import}"; do

@@ -40,13 +40,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
     auto files = state_->LoadAllFiles();
     if (files.ok()) {
       std::lock_guard lock(mu_);
-      for (const auto& f : *files)
-        for (uint64_t c = 0; c * kBlocksPerChunk < f.present.size(); ++c) {
-          uint64_t bytes = 0;
-          for (uint64_t b = c * kBlocksPerChunk; b < std::min<uint64_t>((c + 1) * kBlocksPerChunk, f.present.size()); ++b)
-            if (f.present[b]) bytes += kBlockSize;
-          if (bytes) AddChunkLocked({f.id, f.version, c}, bytes);
-        }
+      for (const auto& f : *files) RekeyLocked(f.id, f.version, f.present);
     }
   }
   if (state_) {
@@ -172,15 +166,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   std::lock_guard lock(mu_);
   auto it = entries_.find(n.id);
   if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
-  {
-    ForgetLocked(n.id);
-    for (uint64_t c = 0; c * kBlocksPerChunk < e->present.size(); ++c) {
-      uint64_t bytes = 0;
-      for (uint64_t b = c * kBlocksPerChunk; b < std::min<uint64_t>((c + 1) * kBlocksPerChunk, e->present.size()); ++b)
-        if (e->present[b]) bytes += kBlockSize;
-      if (bytes) AddChunkLocked({n.id, e->version, c}, bytes);
-    }
-  }
+  RekeyLocked(n.id, e->version, e->present);
   entries_[n.id] = e;
   return e;
 }
@@ -687,27 +673,23 @@ void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bo
   }
 }
 
+std::shared_ptr<ChunkCache::Entry> ChunkCache::FindEntry(uint64_t id) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(id);
+  return it == entries_.end() ? nullptr : it->second;
+}
+
 Status ChunkCache::SyncFile(uint64_t id) {
-  std::shared_ptr<Entry> e;
-  {
-    std::lock_guard lock(mu_);
-    auto it = entries_.find(id);
-    if (it == entries_.end()) return Status::Ok();
-    e = it->second;
-  }
+  std::shared_ptr<Entry> e = FindEntry(id);
+  if (!e) return Status::Ok();
   if (::fdatasync(e->fd) != 0)
     return Status::IoError("cannot sync the cache file of node " + std::to_string(id) + ": " + std::strerror(errno));
   return Status::Ok();
 }
 
 Status ChunkCache::PersistPresent(uint64_t id) {
-  std::shared_ptr<Entry> e;
-  {
-    std::lock_guard lock(mu_);
-    auto it = entries_.find(id);
-    if (it == entries_.end()) return Status::Ok();
-    e = it->second;
-  }
+  std::shared_ptr<Entry> e = FindEntry(id);
+  if (!e) return Status::Ok();
   LocalState::CachedFile f;
   {
     std::lock_guard lock(e->mu);
@@ -717,13 +699,7 @@ Status ChunkCache::PersistPresent(uint64_t id) {
 }
 
 void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
-  std::shared_ptr<Entry> e;
-  {
-    std::lock_guard lock(mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) e = it->second;
-  }
-  if (e) {
+  if (std::shared_ptr<Entry> e = FindEntry(id)) {
     LocalState::CachedFile f;
     {
       std::lock_guard lock(mu_);

@@ -137,6 +137,8 @@ class ChunkCache {
   };
 
   Result<std::shared_ptr<Entry>> Open(const NodeRecord& n);
+  // The entry of `id` open in this mount, or null.
+  std::shared_ptr<Entry> FindEntry(uint64_t id);
   // Makes every block of `chunk` present, fetching it if needed.
   Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
   Status Fetch(Entry& e, const NodeRecord& n, uint64_t chunk);

@@ -620,9 +620,10 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   }
   if (rec.kind == NodeKind::kSymlink) attrs.op.has_mode = false;  // links have no mode of their own
   if (attrs.op.has_mode || attrs.op.has_mtime) entries.push_back(attrs);
-  if (!entries.empty()) {
-    Status st = fs->tree.Get(ino).ok() && *fs->tree.Get(ino) ? fs->wb->Record({rec}, entries) : Status::Ok();
-    if (!st.ok()) return (void)ReplyStatus(req, st, "setattr", ino);
+  // An unlinked file's attributes live only in its handle.
+  auto live = fs->tree.Get(ino);
+  if (!entries.empty() && live.ok() && *live) {
+    if (Status st = fs->wb->Record({rec}, entries); !st.ok()) return (void)ReplyStatus(req, st, "setattr", ino);
   }
   if (FileHandle* h = HandleOf(fi)) h->rec = rec;
   struct stat st;
