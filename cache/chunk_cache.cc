@@ -731,4 +731,43 @@ void ChunkCache::Forget(uint64_t id) {
   ::unlink((dir_ + "/data/" + std::to_string(id)).c_str());
 }
 
+std::vector<uint64_t> ChunkCache::LocalIds() const {
+  std::lock_guard lock(mu_);
+  return std::vector<uint64_t>(local_.begin(), local_.end());
+}
+
+std::optional<std::vector<std::pair<uint64_t, uint64_t>>> ChunkCache::ChangedRanges(const NodeRecord& old,
+                                                                                    const NodeRecord& now) {
+  std::optional<Manifest> before;
+  if (auto e = FindEntry(old.id)) {
+    std::lock_guard lock(e->mu);
+    if (e->version == old.version) before = e->manifest;
+  }
+  if (!before && state_) {
+    auto f = state_->LoadFile(old.id);
+    if (f.ok() && *f && (*f)->version == old.version) before = std::move((*f)->manifest);
+  }
+  if (!before) return std::nullopt;
+  if (now.size == 0) return std::vector<std::pair<uint64_t, uint64_t>>{{0, 0}};
+  auto after = client_->GetManifest(now.id, now.version);
+  if (!after.ok()) return std::nullopt;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  const size_t common = std::min(before->blocks.size(), after->blocks.size());
+  for (size_t b = 0; b < common; ++b) {
+    if (before->blocks[b] == after->blocks[b]) continue;
+    uint64_t off = b * kBlockSize;
+    if (!ranges.empty() && ranges.back().first + ranges.back().second == off) ranges.back().second += kBlockSize;
+    else ranges.emplace_back(off, kBlockSize);
+  }
+  // A size change: the last common block may have changed length, and
+  // everything after it is new or gone.
+  if (before->size != after->size) {
+    uint64_t from = std::min(before->size, after->size) / kBlockSize * kBlockSize;
+    while (!ranges.empty() && ranges.back().first >= from) ranges.pop_back();
+    if (!ranges.empty() && ranges.back().first + ranges.back().second > from) ranges.back().second = from - ranges.back().first;
+    ranges.emplace_back(from, 0);
+  }
+  return ranges;
+}
+
 }  // namespace tidefs

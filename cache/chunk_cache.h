@@ -18,6 +18,7 @@
 #include <set>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -114,6 +115,14 @@ class ChunkCache {
   void AdvanceVersion(uint64_t id, uint64_t from, uint64_t to);
   // The node is gone (deleted here or on the server): forget its cache.
   void Forget(uint64_t id);
+  // Nodes holding local content not yet committed.
+  std::vector<uint64_t> LocalIds() const;
+  // A remote commit moved file `old` to `now`: the byte ranges whose
+  // blocks changed (offset, length; length 0 = to the end), from the
+  // manifest the cache holds and the new one (fetched now; the next read
+  // keeps the unchanged blocks). Nothing when the cache holds nothing of
+  // the old version: then any page of the file may be stale.
+  std::optional<std::vector<std::pair<uint64_t, uint64_t>>> ChangedRanges(const NodeRecord& old, const NodeRecord& now);
 
  private:
   struct Entry {

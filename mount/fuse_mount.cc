@@ -35,6 +35,7 @@
 #include "core/memory.h"
 #include "client/importer.h"
 #include "core/names.h"
+#include "mount/remote_sync.h"
 #include "mount/tree.h"
 #include "mount/writeback.h"
 
@@ -54,6 +55,8 @@ struct Fs {
   gid_t gid = getgid();
   std::string project, server, cache_dir, device;
   std::unique_ptr<WriteBack> wb;
+  std::unique_ptr<RemoteSync> sync;
+  std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
   LocalState* state = nullptr;
   // Namespace and size changes, one at a time (they read, then record).
   std::mutex meta_mu;
@@ -748,6 +751,7 @@ std::string StatusJson(const Fs& fs) {
       {"seq", fs.tree.seq()},
       {"nodes_in_memory", fs.tree.size()},
       {"journal_pending", fs.wb ? fs.wb->Pending() : 0},
+      {"device", fs.device},
       {"ops",
        {{"lookup", fs.n_lookup.load()},
         {"getattr", fs.n_getattr.load()},
@@ -766,6 +770,19 @@ std::string StatusJson(const Fs& fs) {
         {"hash_mismatches", c.verify_failures},
         {"failed_fetches", c.fetch_failures}}},
   };
+  if (fs.sync) {
+    RemoteSync::Status_ r = fs.sync->Snapshot();
+    auto transfers = [](const std::vector<Transfer>& list) {
+      return nlohmann::json::parse(TransfersJson(list));
+    };
+    nlohmann::json others = nlohmann::json::object();
+    for (const auto& [dev, list] : r.others) others[dev] = transfers(list);
+    j["sync"] = {{"connected", r.connected},   {"cursor", r.cursor},   {"head", r.head},
+                 {"checkpoint", r.checkpoint}, {"events", r.events},   {"changes_applied", r.commits_applied},
+                 {"polls", r.polls},           {"deferred", r.deferred}};
+    j["transfers"] = transfers(r.ours);
+    j["other_devices"] = std::move(others);
+  }
   return j.dump(2) + "\n";
 }
 
@@ -895,6 +912,71 @@ Status Unmount(const std::string& mountpoint) {
   return Status::Ok();
 }
 
+namespace {
+
+std::string HumanBytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  char buf[32];
+  snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", b, units[u]);
+  return buf;
+}
+
+void AppendTransfers(std::string* out, const nlohmann::json& list, const std::string& who) {
+  for (const auto& t : list) {
+    const double done = t.value("done", 0.0), total = t.value("total", 0.0);
+    const int width = 20;
+    const int fill = total > 0 ? static_cast<int>(width * done / total) : width;
+    std::string bar = "[" + std::string(fill, '#') + std::string(width - fill, '.') + "]";
+    char line[512];
+    snprintf(line, sizeof line, "  %s%s %s %3.0f%%  %s of %s  %s/s  %s\n", who.c_str(),
+             t.value("direction", "") == "up" ? "up  " : "down", bar.c_str(), total > 0 ? 100 * done / total : 100.0,
+             HumanBytes(done).c_str(), HumanBytes(total).c_str(), HumanBytes(t.value("rate", 0.0)).c_str(),
+             t.value("path", "").c_str());
+    *out += line;
+  }
+}
+
+}  // namespace
+
+std::string FormatStatus(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return text;
+  std::string out;
+  char line[512];
+  snprintf(line, sizeof line, "project %s on %s as device %s (pid %ld)\n", j.value("project", "").c_str(),
+           j.value("server", "").c_str(), j.value("device", "").c_str(), j.value("pid", 0L));
+  out += line;
+  if (j.contains("sync")) {
+    const auto& s = j["sync"];
+    snprintf(line, sizeof line, "server:  %s; cursor %llu of head %llu, checkpoint %llu\n",
+             s.value("connected", false) ? "connected (live events)" : "not connected (polling /changes)",
+             static_cast<unsigned long long>(s.value("cursor", 0ull)), static_cast<unsigned long long>(s.value("head", 0ull)),
+             static_cast<unsigned long long>(s.value("checkpoint", 0ull)));
+    out += line;
+  }
+  snprintf(line, sizeof line, "journal: %llu changes waiting to be sent\n",
+           static_cast<unsigned long long>(j.value("journal_pending", 0ull)));
+  out += line;
+  if (j.contains("cache")) {
+    const auto& c = j["cache"];
+    snprintf(line, sizeof line, "cache:   %s of %s\n", HumanBytes(c.value("bytes", 0.0)).c_str(),
+             HumanBytes(c.value("limit", 0.0)).c_str());
+    out += line;
+  }
+  const bool ours = j.contains("transfers") && !j["transfers"].empty();
+  const bool theirs = j.contains("other_devices") && !j["other_devices"].empty();
+  if (ours || theirs) out += "transfers:\n";
+  if (ours) AppendTransfers(&out, j["transfers"], "");
+  if (theirs)
+    for (const auto& [dev, list] : j["other_devices"].items()) AppendTransfers(&out, list, dev + " ");
+  return out;
+}
+
 std::string DefaultCacheDir(const std::string& project) {
   const char* home = getenv("HOME");
   return std::string(home ? home : "/tmp") + "/.cache/tidefs/" + project;
@@ -963,7 +1045,15 @@ Status RunMount(const MountOptions& opts) {
     if (!pending.empty()) spdlog::info("{} changes from an earlier mount wait in the journal; sending them", pending.size());
   }
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
+  // The token names the device: the server files our commits, progress and
+  // checkpoint under it. Offline, the flag or the host name stands in.
+  auto caller = client.WhoAmI();
   fs.device = opts.device;
+  if (caller.ok()) {
+    if (!fs.device.empty() && fs.device != caller->device)
+      spdlog::warn("--device {} is not the token's device; using {}", fs.device, caller->device);
+    fs.device = caller->device;
+  }
   if (fs.device.empty()) {
     char host[256] = {0};
     gethostname(host, sizeof host - 1);
@@ -973,6 +1063,44 @@ Status RunMount(const MountOptions& opts) {
   fs.wb->set_is_open([&fs](uint64_t id) {
     std::lock_guard lock(fs.meta_mu);
     return fs.open_count.count(id) > 0;
+  });
+  {
+    RemoteSync::Deps d;
+    d.client = &client;
+    d.state = state.get();
+    d.tree = &fs.tree;
+    d.cache = fs.cache.get();
+    d.meta_mu = &fs.meta_mu;
+    d.is_open = [&fs](uint64_t id) {
+      std::lock_guard lock(fs.meta_mu);
+      return fs.open_count.count(id) > 0;
+    };
+    d.device = fs.device;
+    d.ready = state_ready;
+    // From the subscriber thread, never under a lock a FUSE request needs.
+    d.kernel.inval_entry = [&fs](uint64_t parent, const std::string& name) {
+      fuse_session* se = fs.se;
+      if (!se) return;
+      int rc = fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size());
+      if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating entry {}/{}: {}", parent, name, strerror(-rc));
+    };
+    d.kernel.deleted = [&fs](uint64_t parent, uint64_t child, const std::string& name) {
+      fuse_session* se = fs.se;
+      if (!se) return;
+      int rc = fuse_lowlevel_notify_delete(se, parent, child, name.data(), name.size());
+      if (rc != 0 && rc != -ENOENT) spdlog::debug("announcing the delete of {}/{}: {}", parent, name, strerror(-rc));
+    };
+    d.kernel.inval_inode = [&fs](uint64_t ino, int64_t off, int64_t len) {
+      fuse_session* se = fs.se;
+      if (!se) return;
+      int rc = fuse_lowlevel_notify_inval_inode(se, ino, off, len);
+      if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating inode {} [{}, +{}): {}", ino, off, len, strerror(-rc));
+    };
+    fs.sync = std::make_unique<RemoteSync>(std::move(d));
+  }
+  fs.wb->set_progress([&fs](const std::string& path, uint64_t done, uint64_t total, double rate, bool end) {
+    if (end) fs.sync->EndTransfer(true, path);
+    else fs.sync->SetTransfer(Transfer{path, true, done, total, rate});
   });
 
   fuse_lowlevel_ops ops{};
@@ -1008,8 +1136,7 @@ Status RunMount(const MountOptions& opts) {
                                    "-o", "max_read=1048576"};
   // A read-only token gives a read-only mount: the kernel answers EROFS
   // rather than the journal keeping changes the server will refuse.
-  auto read_only = client.TokenIsReadOnly();
-  if (read_only.ok() && *read_only) {
+  if (caller.ok() && caller->read_only) {
     argv.push_back("-o");
     argv.push_back("ro");
   }
@@ -1036,6 +1163,12 @@ Status RunMount(const MountOptions& opts) {
   if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0)
     return Status::IoError("cannot mount at " + opts.mountpoint + " (is it an empty directory, and is /dev/fuse there?)");
   guard.mounted = true;
+  fs.se = se;
+  fs.sync->Start();
+  struct SyncStopper {
+    RemoteSync* sync;
+    ~SyncStopper() { sync->Stop(); }
+  } stop_sync{fs.sync.get()};
   if (opts.on_ready) opts.on_ready();
   // After on_ready: a background mount has its final pid by then.
   if (FILE* f = fopen(pid_file.c_str(), "w")) {

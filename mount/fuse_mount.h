@@ -36,6 +36,10 @@ Status Unmount(const std::string& mountpoint);
 // The running mount's counters (requests, cache, fetches) as JSON.
 Result<std::string> MountStatus(const std::string& mountpoint);
 
+// The status JSON as a few lines for people: the connection, cursor and
+// head, pending journal entries, and each transfer with a progress bar.
+std::string FormatStatus(const std::string& json);
+
 // ~/.cache/tidefs/<project> (or /tmp/.cache/... without $HOME).
 std::string DefaultCacheDir(const std::string& project);
 

@@ -14,7 +14,11 @@ namespace tidefs {
 namespace {
 
 constexpr size_t kBatchEntries = 1000;
-constexpr auto kIdle = std::chrono::milliseconds(200);  // changes wait this long for company
+// Group commit: a change goes out at once when nothing is being sent (after
+// a breath, for the rest of a burst: a close and the rename that follows);
+// changes made while a batch is in flight go together in the next one.
+constexpr auto kIdle = std::chrono::milliseconds(2);
+constexpr uint64_t kShowUploadsFrom = 1 << 20;  // smaller files come and go too fast to show
 
 // Ops that name the node's version (a rename too: a rename must not make a
 // remote change to the file look like ours).
@@ -135,10 +139,30 @@ std::string WriteBack::ConflictName(const std::string& name) const {
   return stem + tag;
 }
 
+std::string WriteBack::PathOf(uint64_t id) {
+  std::string path;
+  for (int depth = 0; id != kRootId && depth < 256; ++depth) {
+    auto n = tree_->Get(id);
+    if (!n.ok() || !*n) break;
+    path = "/" + (*n)->name + path;
+    id = (*n)->parent;
+  }
+  return path.empty() ? "/" : path;
+}
+
 Status WriteBack::FlushBatch() {
   std::lock_guard flush_lock(flush_mu_);
   ASSIGN_OR_RETURN(auto entries, state_->PendingJournal(kBatchEntries));
   if (entries.empty()) return Status::Ok();
+  // A commit whose answer was lost goes again as the same entries (and so,
+  // unless a file was written since, the same body and idempotency key):
+  // the server answers a retry of what it applied with its first answer.
+  ASSIGN_OR_RETURN(uint64_t inflight, state_->InflightBatch());
+  if (inflight) {
+    while (!entries.empty() && entries.back().seq > inflight) entries.pop_back();
+    if (entries.empty()) RETURN_IF_ERROR(state_->SetInflightBatch(0));
+    if (entries.empty()) return Status::Ok();
+  }
   std::vector<CommitOp> ops;
   std::unordered_map<uint64_t, size_t> created;  // node -> its create op in `ops`
   struct Sent {
@@ -174,7 +198,28 @@ Status WriteBack::FlushBatch() {
       if (n && n->kind == NodeKind::kFile) {
         ASSIGN_OR_RETURN(auto view, cache_->BeginFlush(*n));
         UploadStats up;
-        ASSIGN_OR_RETURN(auto blocks, UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up));
+        std::string path;
+        // Big uploads are shown while they run (`tidefs status`, other devices).
+        ProgressFn progress;
+        {
+          std::lock_guard plock(progress_mu_);
+          progress = progress_;
+        }
+        const bool show = progress && view.size >= kShowUploadsFrom;
+        if (show) {
+          path = PathOf(n->id);
+          const auto t0 = std::chrono::steady_clock::now();
+          const uint64_t total = view.size;
+          up.on_progress = [progress, path, t0, total](uint64_t done) {
+            double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            progress(path, done, total, secs > 0 ? done / secs : 0, false);
+          };
+          progress(path, 0, total, 0, false);
+        }
+        auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up);
+        if (show) progress(path, view.size, view.size, 0, true);
+        if (!uploaded.ok()) return uploaded.status();
+        auto blocks = std::move(*uploaded);
         Manifest m;
         m.size = view.size;
         m.blocks = blocks;
@@ -221,10 +266,12 @@ Status WriteBack::FlushBatch() {
 
   // Local fix-ups once the commit holds, given the versions it made.
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
+  if (inflight != last) RETURN_IF_ERROR(state_->SetInflightBatch(last));
   for (int attempt = 0; attempt < 16; ++attempt) {
     ASSIGN_OR_RETURN(CommitReply reply, client_->Commit(ops));
     if (!reply.refused) {
       RETURN_IF_ERROR(state_->CompleteJournal(last, reply.items));
+      RETURN_IF_ERROR(state_->SetInflightBatch(0));
       std::unordered_map<uint64_t, const NodeRecord*> by_id;
       for (const auto& r : reply.items) {
         by_id[r.id] = &r;

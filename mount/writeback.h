@@ -43,6 +43,13 @@ class WriteBack {
   // Tells whether a node is open (its cache must then stay); set once,
   // before changes flow.
   void set_is_open(std::function<bool(uint64_t)> f) { is_open_ = std::move(f); }
+  // Told of each file upload as it goes (done == total at the end, then
+  // `end`); set once, before changes flow.
+  using ProgressFn = std::function<void(const std::string& path, uint64_t done, uint64_t total, double rate, bool end)>;
+  void set_progress(ProgressFn f) {
+    std::lock_guard lock(progress_mu_);
+    progress_ = std::move(f);
+  }
 
  private:
   void Loop();
@@ -59,6 +66,10 @@ class WriteBack {
   const std::string device_;
   std::shared_future<void> ready_;
   std::function<bool(uint64_t)> is_open_;
+  std::mutex progress_mu_;
+  ProgressFn progress_;  // guarded by progress_mu_
+  // The node's path in the tree, for progress lines.
+  std::string PathOf(uint64_t id);
 
   std::mutex mu_;
   std::condition_variable cv_;

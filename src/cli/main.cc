@@ -85,6 +85,12 @@ int main(int argc, char** argv) {
   token_revoke->add_option("--project", tok_project);
   token_revoke->add_option("--device", tok_device);
   token_revoke->add_option("--token", tok_value);
+  auto* device = admin->add_subcommand("device", "Devices");
+  device->require_subcommand(1);
+  auto* device_retire = device->add_subcommand(
+      "retire", "A device that will not come back: its checkpoint stops holding deleted entries on the server");
+  device_retire->add_option("--project", tok_project)->required();
+  device_retire->add_option("--device", tok_device)->required();
 
   // import
   auto* import = app.add_subcommand("import", "Upload a local tree into a project");
@@ -114,9 +120,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 86400.0));
   mount->add_flag("-f,--foreground", mo.foreground, "Stay in the foreground");
   mount->add_option("mountpoint", mo.mountpoint, "An empty directory")->required()->check(CLI::ExistingDirectory);
-  auto* status = app.add_subcommand("status", "Show a mount's counters (requests, cache, fetches) as JSON");
+  auto* status = app.add_subcommand("status", "Show a mount's connection, journal, transfers and counters");
   std::string status_point;
   status->add_option("mountpoint", status_point)->required();
+  bool status_json = false;
+  status->add_flag("--json", status_json, "Print every counter as JSON");
   auto* unmount = app.add_subcommand("unmount", "Unmount a tidefs folder");
   std::string unmount_point;
   unmount->add_option("mountpoint", unmount_point)->required();
@@ -159,6 +167,13 @@ int main(int argc, char** argv) {
       if (!n.ok()) return Fail(n.status());
       printf("revoked %d token(s)\n", *n);
       if (*n == 0) return 1;
+    } else if (*device_retire) {
+      auto p = (*store)->GetProject(tok_project);
+      if (!p.ok()) return Fail(p.status());
+      auto known = (*store)->RetireDevice(p->id, tok_device);
+      if (!known.ok()) return Fail(known.status());
+      if (!*known) return Fail(Status::NotFound("project " + tok_project + " has no device " + tok_device));
+      printf("retired device %s of project %s\n", tok_device.c_str(), tok_project.c_str());
     }
     return 0;
   }
@@ -210,7 +225,7 @@ int main(int argc, char** argv) {
   if (*status) {
     auto out = MountStatus(status_point);
     if (!out.ok()) return Fail(out.status());
-    fputs(out->c_str(), stdout);
+    fputs(status_json ? out->c_str() : FormatStatus(*out).c_str(), stdout);
     return 0;
   }
   if (*unmount) {

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include "core/hash.h"
 #include <spdlog/spdlog.h>
 
 namespace tidefs {
@@ -295,13 +296,16 @@ Status ApiClient::ReadContent(uint64_t id, uint64_t version, uint64_t first, uin
   return Status::Ok();
 }
 
-Result<bool> ApiClient::TokenIsReadOnly() {
-  return Guard("devices", [&]() -> Result<bool> {
+Result<ApiClient::Caller> ApiClient::WhoAmI() {
+  return Guard("devices", [&]() -> Result<Caller> {
     ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", "/devices"));
     if (a.status != 200) return StatusFromAnswer(a, "devices");
     ASSIGN_OR_RETURN(json j, ParseJson(a.body));
     if (!j.contains("caller") || !j["caller"].is_object()) return Status::Corruption("devices answer lacks caller");
-    return j["caller"].value("read_only", true);
+    const json& c = j["caller"];
+    if (!c.contains("device") || !c["device"].is_string() || !c.contains("read_only") || !c["read_only"].is_boolean())
+      return Status::Corruption("devices answer has a malformed caller");
+    return Caller{c["device"].get<std::string>(), c["read_only"].get<bool>()};
   });
 }
 
@@ -335,7 +339,11 @@ Status ApiClient::UploadBlocks(const std::string& body) {
 
 Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops) {
   return Guard("commit", [&]() -> Result<CommitReply> {
-  ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/commit", EncodeCommit(ops), {"Content-Type: application/json"},
+  // The key is the body's hash: a retry of the same commit (its answer
+  // lost) gets the first answer instead of being applied twice.
+  std::string body = EncodeCommit(ops);
+  ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/commit", body,
+                                     {"Content-Type: application/json", "Idempotency-Key: " + HashBlock(body).Hex()},
                                      /*idempotent=*/false));
   CommitReply r;
   r.http_status = a.status;

@@ -58,8 +58,13 @@ class ApiClient {
   Result<std::vector<NodeRecord>> ListAll(uint64_t parent);
   Result<ChangesPage> Changes(uint64_t since, int limit = kMaxPageSize);
   Result<Snapshot> GetSnapshot();
-  // Whether this client's token may only read (from GET /devices).
-  Result<bool> TokenIsReadOnly();
+  // The device this client's token belongs to, and whether it may only
+  // read (from GET /devices).
+  struct Caller {
+    std::string device;
+    bool read_only = true;
+  };
+  Result<Caller> WhoAmI();
   Result<Manifest> GetManifest(uint64_t id, uint64_t version = 0);
   // Bytes [first, last] of a file version (0 = current).
   Result<std::string> GetContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last);

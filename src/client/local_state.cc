@@ -222,6 +222,33 @@ Status LocalState::Sync() {
   return files_db_->Exec("PRAGMA wal_checkpoint(FULL)");
 }
 
+Result<std::unordered_set<uint64_t>> LocalState::JournalNodeIds() {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT DISTINCT json_extract(op, '$.ops[0].id') FROM journal"));
+  std::unordered_set<uint64_t> ids;
+  while (s.Step()) ids.insert(s.U64(0));
+  RETURN_IF_ERROR(s.status());
+  return ids;
+}
+
+Result<uint64_t> LocalState::InflightBatch() {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT value FROM meta WHERE key='inflight'"));
+  if (!s.Step()) {
+    RETURN_IF_ERROR(s.status());
+    return uint64_t{0};
+  }
+  return std::strtoull(s.Text(0).c_str(), nullptr, 10);
+}
+
+Status LocalState::SetInflightBatch(uint64_t last) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare(last ? "INSERT OR REPLACE INTO meta(key, value) VALUES('inflight', ?1)"
+                                             : "DELETE FROM meta WHERE key='inflight'"));
+  if (last) s.Bind(1, std::to_string(last));
+  return s.Run();
+}
+
 Result<uint64_t> LocalState::JournalSize() {
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT count(*) FROM journal"));

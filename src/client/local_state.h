@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "core/commit_codec.h"
@@ -57,6 +58,14 @@ class LocalState {
   // gave the nodes in `rows`.
   Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows);
   Result<uint64_t> JournalSize();
+  // The last journal entry of a commit sent without a known outcome (the
+  // answer was lost): the same entries go again, so the server can tell a
+  // retry from a new commit. 0: none.
+  Result<uint64_t> InflightBatch();
+  Status SetInflightBatch(uint64_t last);
+  // The nodes the journal's entries name (a remote change to one of them
+  // waits until they are committed).
+  Result<std::unordered_set<uint64_t>> JournalNodeIds();
   // Makes everything committed so far durable on disk (fsync's promise):
   // both databases are checkpointed, which syncs them.
   Status Sync();

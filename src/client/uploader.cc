@@ -112,6 +112,7 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     if (batch_bytes >= kFileBatchBytes) {
       // The batch goes up while the next one is read and hashed.
       if (sending.valid()) RETURN_IF_ERROR(sending.get());
+      if (stats->on_progress && b > 0) stats->on_progress(std::min<uint64_t>(size, (b + 1) * kBlockSize - batch_bytes));
       in_flight = std::move(batch);
       batch.clear();
       sending = std::async(std::launch::async, [&] { return SendMissingBlocks(client, &in_flight, parallel, &sent_stats); });
@@ -120,6 +121,7 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
   }
   if (sending.valid()) RETURN_IF_ERROR(sending.get());
   RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, &sent_stats));
+  if (stats->on_progress) stats->on_progress(size);
   stats->blocks_sent += sent_stats.blocks_sent;
   stats->bytes_sent += sent_stats.bytes_sent;
   stats->requests += sent_stats.requests;

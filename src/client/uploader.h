@@ -23,6 +23,9 @@ struct UploadStats {
   uint64_t blocks_sent = 0;
   uint64_t bytes_sent = 0;  // block bytes, frames excluded
   uint64_t requests = 0;
+  // UploadFileBlocks: told how far into the file the upload has got (bytes
+  // hashed and sent), after each batch.
+  std::function<void(uint64_t done)> on_progress;
 };
 
 inline constexpr size_t kUploadRequestBytes = 4 << 20;  // per /blocks request

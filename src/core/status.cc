@@ -21,6 +21,7 @@ const char* CodeName(Code code) {
     case Code::kPermissionDenied: return "permission_denied";
     case Code::kTooLarge: return "too_large";
     case Code::kRangeNotSatisfiable: return "range_not_satisfiable";
+    case Code::kGone: return "gone";
     case Code::kUnavailable: return "unavailable";
     case Code::kIoError: return "io_error";
     case Code::kCorruption: return "corruption";
@@ -41,6 +42,7 @@ int HttpStatusFor(Code code) {
     case Code::kPermissionDenied: return 403;
     case Code::kTooLarge: return 413;
     case Code::kRangeNotSatisfiable: return 416;
+    case Code::kGone: return 410;
     case Code::kUnavailable: return 503;
     case Code::kIoError:
     case Code::kCorruption:
@@ -63,6 +65,7 @@ int ErrnoFor(Code code) {
     // reaches a syscall, EIO is the honest answer.
     case Code::kConflict:
     case Code::kRangeNotSatisfiable:
+    case Code::kGone:
     case Code::kUnavailable:
     case Code::kIoError:
     case Code::kCorruption:
@@ -81,6 +84,7 @@ Code CodeForHttpStatus(int status) {
     case 409: return Code::kConflict;
     case 413: return Code::kTooLarge;
     case 416: return Code::kRangeNotSatisfiable;
+    case 410: return Code::kGone;
     case 502: case 503: case 504: return Code::kUnavailable;
     default: return status >= 500 ? Code::kInternal : Code::kInvalidArgument;
   }

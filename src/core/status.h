@@ -20,6 +20,7 @@ enum class Code {
   kPermissionDenied,   // 403 / EACCES
   kTooLarge,           // 413 / EFBIG
   kRangeNotSatisfiable,// 416
+  kGone,               // history purged (a checkpoint too old): 410
   kUnavailable,        // server unreachable: 503 / EIO
   kIoError,            // local disk trouble: 500 / EIO
   kCorruption,         // bytes failed a check: 500 / EIO

@@ -8,6 +8,7 @@
 
 #include "core/block_frame.h"
 #include "core/commit_codec.h"
+#include "core/event_codec.h"
 #include "core/http_range.h"
 #include "core/manifest_codec.h"
 #include "core/names.h"
@@ -20,6 +21,10 @@ namespace {
 using nlohmann::json;
 
 constexpr size_t kMaxMissingQuery = 20000;
+// A commit event carries its records up to these sizes; a bigger commit is
+// announced by seq alone and subscribers pull /changes.
+constexpr size_t kMaxEventRecords = 256;
+constexpr size_t kMaxEventRecordBytes = 64 * 1024;
 
 HttpResponse JsonResponse(int status, std::string body) {
   HttpResponse r;
@@ -158,7 +163,7 @@ HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
   const std::string& m = req.method;
 
   // Route first (so an unknown path is 404 before auth), then authenticate.
-  enum class R { kNone, kNodes, kChanges, kSnapshot, kManifest, kContent, kMissing, kBlocks, kCommit, kCheckpoint, kDevices };
+  enum class R { kNone, kNodes, kChanges, kSnapshot, kManifest, kContent, kMissing, kBlocks, kCommit, kCheckpoint, kDevices, kEvents };
   R r = R::kNone;
   bool write = false;
   uint64_t id = 0;
@@ -172,6 +177,7 @@ HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
   else if (rest.size() == 1 && rest[0] == "commit") { r = R::kCommit; *route = "POST /commit"; write = true; }
   else if (rest.size() == 3 && rest[0] == "devices" && rest[2] == "checkpoint") { r = R::kCheckpoint; *route = "PUT /checkpoint"; write = true; }
   else if (rest.size() == 1 && rest[0] == "devices") { r = R::kDevices; *route = "GET /devices"; }
+  else if (rest.size() == 1 && rest[0] == "events") { r = R::kEvents; *route = "GET /events"; }
   if (r == R::kNone) return ErrorResponse(Status::NotFound("no such endpoint: " + req.path));
 
   const char* want = (r == R::kMissing || r == R::kBlocks || r == R::kCommit) ? "POST" : r == R::kCheckpoint ? "PUT" : "GET";
@@ -206,6 +212,12 @@ HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
       return PutCheckpoint(req, *caller, device);
     }
     case R::kDevices: return ListDevices(*caller);
+    case R::kEvents: {
+      HttpResponse resp = ErrorResponse(Status::Invalid("GET /events is a WebSocket: send Upgrade: websocket"));
+      resp.status = 426;
+      resp.headers.emplace_back("Upgrade", "websocket");
+      return resp;
+    }
     case R::kNone: break;
   }
   return ErrorResponse(Status::NotFound("no such endpoint"));
@@ -438,9 +450,29 @@ HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
   auto ops = DecodeCommit(req.body);
   if (!ops.ok()) return ErrorResponse(ops.status());
   BlockStore* blocks = blocks_;
-  auto result = meta_->Commit(c.token.project_id, *ops, [blocks] { return blocks->Sync(); });
+  // Announced in seq order, under the store's commit lock: the event names
+  // the seq range it covers and, when small, the records themselves.
+  auto announce = [this, &c](const CommitResult& r) {
+    std::string ev = "{\"type\":\"commit\",\"seq\":" + std::to_string(r.head) + ",\"prev\":" +
+                     std::to_string(r.prev_head) + ",\"device\":" + json(c.token.device).dump();
+    if (r.records.size() <= kMaxEventRecords) {
+      std::string recs = NodesJson("records", r.records);
+      if (recs.size() <= kMaxEventRecordBytes) ev += "," + recs.substr(1, recs.size() - 1);
+    }
+    ev += "}";
+    events_.Publish(c.token.project_id, std::make_shared<const std::string>(std::move(ev)));
+  };
+  std::string key;
+  if (const std::string* k = req.Header("idempotency-key")) {
+    bool ok = !k->empty() && k->size() <= 128;
+    for (char ch : *k) ok = ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_');
+    if (!ok) return ErrorResponse(Status::Invalid("Idempotency-Key must be 1..128 of [A-Za-z0-9_-]"));
+    key = c.token.device + "/" + *k;
+  }
+  auto result = meta_->Commit(c.token.project_id, *ops, [blocks] { return blocks->Sync(); }, announce, key);
   if (!result.ok()) return ErrorResponse(result.status());
-  if (!result->refused) snapshots_.Prewarm(c.token.project_id, result->head);
+  if (!result->refused && !result->replayed) snapshots_.Prewarm(c.token.project_id, result->head);
+  if (result->replayed) spdlog::info("commit by {} replayed from its idempotency key (its first answer was lost)", c.token.device);
   if (result->refused) {
     const CommitRefusal& f = *result->refused;
     json j{{"error", CodeName(f.code)}, {"reason", f.reason}, {"message", f.message}, {"op", f.op_index}};
@@ -478,6 +510,44 @@ HttpResponse Api::ListDevices(const Caller& c) {
   // The caller's own token: a mount asks, to mount read-only when it must.
   json caller{{"device", c.token.device}, {"read_only", c.token.read_only}};
   return JsonResponse(200, json{{"items", std::move(items)}, {"caller", std::move(caller)}}.dump());
+}
+
+}  // namespace tidefs
+
+namespace tidefs {
+
+bool Api::IsEventsPath(const std::string& path) {
+  auto parts = SplitPath(path);
+  return parts.size() == 4 && parts[0] == "v1" && parts[1] == "projects" && parts[3] == "events";
+}
+
+Result<Api::Subscription> Api::AuthorizeEvents(const HttpRequest& req, HttpResponse* refusal) {
+  auto fail = [&](const Status& st) {
+    *refusal = ErrorResponse(st);
+    return st;
+  };
+  if (req.bad_target) return fail(Status::Invalid("request target is not valid percent-encoding"));
+  auto parts = SplitPath(req.path);
+  if (!IsEventsPath(req.path)) return fail(Status::NotFound("no such endpoint: " + req.path));
+  if (Status st = ValidateProjectName(parts[2]); !st.ok()) return fail(st);
+  if (req.method != "GET") return fail(Status::Invalid(req.method + " is not allowed on " + req.path + "; use GET"));
+  if (!req.query.empty()) return fail(Status::Invalid("GET /events takes no query parameters"));
+  auto caller = Authenticate(req, parts[2]);
+  if (!caller.ok()) return fail(caller.status());
+  TouchDevice(caller->token);
+  auto project = meta_->GetProject(caller->token.project);
+  if (!project.ok()) return fail(project.status());
+  return Subscription{caller->token, project->seq};
+}
+
+std::string Api::HelloMessage(const Subscription& s) {
+  return "{\"type\":\"hello\",\"head\":" + std::to_string(s.head) + ",\"device\":" + json(s.token.device).dump() +
+         ",\"progress\":" + events_.ProgressJson(s.token.project_id) + "}";
+}
+
+Result<EventMessage> Api::OnClientMessage(const TokenInfo& token, std::string_view msg) {
+  ASSIGN_OR_RETURN(std::vector<Transfer> transfers, DecodeProgressReport(msg));
+  return events_.SetProgress(token.project_id, token.device, TransfersJson(transfers));
 }
 
 }  // namespace tidefs

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "server/block_store.h"
+#include "server/event_hub.h"
 #include "server/http_types.h"
 #include "server/metadata_store.h"
 #include "server/metrics.h"
@@ -25,6 +26,22 @@ class Api {
 
   // The largest body a request to `path` may carry.
   static size_t BodyLimitFor(const std::string& method, const std::string& path);
+
+  // GET /v1/projects/{p}/events: the route and token check of a WebSocket
+  // upgrade (the server does the upgrade). Errors come as the answer to send.
+  static bool IsEventsPath(const std::string& path);
+  struct Subscription {
+    TokenInfo token;
+    uint64_t head = 0;
+  };
+  Result<Subscription> AuthorizeEvents(const HttpRequest& req, HttpResponse* refusal);
+  // The first message to a new subscriber: {"type":"hello","head":N,"progress":{...}}.
+  std::string HelloMessage(const Subscription& s);
+  // A message from a subscriber (a mount reporting its transfers): checked
+  // and turned into the event for the project's other subscribers. An
+  // error means the connection is closed.
+  Result<EventMessage> OnClientMessage(const TokenInfo& token, std::string_view msg);
+  EventHub* events() { return &events_; }
 
  private:
   struct Caller {
@@ -44,6 +61,7 @@ class Api {
   HttpResponse PutCheckpoint(const HttpRequest& req, const Caller& c, const std::string& device);
   HttpResponse ListDevices(const Caller& c);
 
+  EventHub events_;
   MetadataStore* meta_;
   BlockStore* blocks_;
   Metrics* metrics_;

@@ -1,5 +1,6 @@
 #include "server/http_server.h"
 
+#include "core/event_codec.h"
 #include "core/url.h"
 
 #include <chrono>
@@ -9,6 +10,7 @@
 
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
+#include <boost/beast/websocket.hpp>
 #include <spdlog/spdlog.h>
 
 namespace tidefs {
@@ -16,6 +18,7 @@ namespace tidefs {
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace websocket = beast::websocket;
 using tcp = net::ip::tcp;
 
 namespace {
@@ -172,6 +175,20 @@ struct HttpServer::Impl {
         break;
       }
       auto& req = parser.get();
+      if (websocket::is_upgrade(req) && Api::IsEventsPath(std::string(req.target().substr(0, req.target().find('?'))))) {
+        HttpRequest r = Convert(req, {});
+        HttpResponse refusal;
+        auto sub = api->AuthorizeEvents(r, &refusal);
+        metrics->RecordRequest("GET /events", sub.ok() ? 101 : refusal.status, 0, 0, 0);
+        if (!sub.ok()) {
+          spdlog::debug("GET {} -> {}: {}", r.path, refusal.status, sub.status().message());
+          co_await WriteSimple(stream, refusal.status, req.version(), false, refusal, ec);
+          break;
+        }
+        http::request<http::empty_body> upgrade(req.base());
+        co_await EventSession(std::move(stream), std::move(upgrade), std::move(*sub));
+        co_return;
+      }
       const bool keep = req.keep_alive();
       const unsigned version = req.version();
       const uint64_t bytes_in = body_len;
@@ -219,10 +236,106 @@ struct HttpServer::Impl {
     stream.socket().shutdown(tcp::socket::shutdown_send, ignore);
   }
 
+  // One WebSocket subscriber: a hello, then the project's events as the
+  // hub queues them; the mount's progress reports the other way. Beast's
+  // keep-alive pings find dead peers. Runs on the connection's strand.
+  net::awaitable<void> EventSession(beast::tcp_stream stream, http::request<http::empty_body> req,
+                                    Api::Subscription sub) {
+    auto ex = co_await net::this_coro::executor;
+    websocket::stream<beast::tcp_stream> ws(std::move(stream));
+    beast::get_lowest_layer(ws).expires_never();
+    websocket::stream_base::timeout opt{std::chrono::seconds(10), std::chrono::seconds(30), true};
+    ws.set_option(opt);
+    ws.read_message_max(kMaxClientMessage);
+    ws.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(http::field::server, "tidefs"); }));
+    beast::error_code ec;
+    co_await ws.async_accept(req, net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      spdlog::debug("events: WebSocket handshake failed: {}", ec.message());
+      co_return;
+    }
+    auto hub = api->events();
+    auto timer = std::make_shared<net::steady_timer>(ex, net::steady_timer::time_point::max());
+    auto s = std::make_shared<EventHub::Subscriber>();
+    s->project = sub.token.project_id;
+    s->device = sub.token.device;
+    s->wake = [timer, ex] { net::post(ex, [timer] { timer->cancel(); }); };
+    auto done = std::make_shared<bool>(false);
+    hub->Subscribe(s);
+    spdlog::debug("events: device {} subscribed to {} at seq {}", sub.token.device, sub.token.project, sub.head);
+    ws.text(true);
+    // The writer: the hello, then whatever the hub queues.
+    auto writer = [](websocket::stream<beast::tcp_stream>& ws, std::shared_ptr<EventHub::Subscriber> s,
+                     std::shared_ptr<net::steady_timer> timer, std::shared_ptr<bool> done,
+                     std::string hello) -> net::awaitable<void> {
+      beast::error_code ec;
+      co_await ws.async_write(net::buffer(hello), net::redirect_error(net::use_awaitable, ec));
+      while (!ec && !*done) {
+        auto batch = s->TakeAll();
+        if (batch.empty()) {
+          timer->expires_at(net::steady_timer::time_point::max());
+          co_await timer->async_wait(net::redirect_error(net::use_awaitable, ec));
+          ec = {};
+          continue;
+        }
+        for (const auto& m : batch) {
+          co_await ws.async_write(net::buffer(*m), net::redirect_error(net::use_awaitable, ec));
+          if (ec) break;
+        }
+      }
+      *done = true;
+    };
+    auto writing = std::make_shared<bool>(true);
+    net::co_spawn(ex, writer(ws, s, timer, done, api->HelloMessage(sub)),
+                  [writing, timer](std::exception_ptr) { *writing = false; });
+    beast::flat_buffer buf;
+    std::string why;
+    while (!*done) {
+      buf.clear();
+      co_await ws.async_read(buf, net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        if (ec == websocket::error::message_too_big) why = "message over " + std::to_string(kMaxClientMessage) + " bytes";
+        else if (ec != websocket::error::closed && !IsClientGone(ec)) why = ec.message();
+        break;
+      }
+      if (!ws.got_text()) {
+        why = "binary message";
+        break;
+      }
+      std::string_view text(static_cast<const char*>(buf.data().data()), buf.size());
+      auto ev = api->OnClientMessage(sub.token, text);
+      if (!ev.ok()) {
+        why = ev.status().message();
+        break;
+      }
+      hub->Publish(sub.token.project_id, *ev, s.get());
+    }
+    *done = true;
+    hub->Unsubscribe(s);
+    if (auto ev = hub->DropProgress(sub.token.project_id, sub.token.device)) hub->Publish(sub.token.project_id, ev);
+    if (!why.empty()) {
+      spdlog::warn("events: closing the connection of device {} (project {}): {}", sub.token.device, sub.token.project, why);
+      beast::get_lowest_layer(ws).expires_after(std::chrono::seconds(2));
+      co_await ws.async_close(websocket::close_reason(websocket::close_code::policy_error, why.substr(0, 120)),
+                              net::redirect_error(net::use_awaitable, ec));
+    } else {
+      spdlog::debug("events: device {} unsubscribed", sub.token.device);
+    }
+    // The writer may be inside a write or wait: end it before `ws` goes.
+    beast::get_lowest_layer(ws).close();
+    while (*writing) {
+      timer->cancel();
+      net::steady_timer t(ex, std::chrono::milliseconds(1));
+      co_await t.async_wait(net::redirect_error(net::use_awaitable, ec));
+    }
+  }
+
   net::awaitable<void> AcceptLoop() {
     for (;;) {
       beast::error_code ec;
-      tcp::socket socket = co_await acceptor.async_accept(net::redirect_error(net::use_awaitable, ec));
+      // A strand per connection: a WebSocket reads and writes at once.
+      tcp::socket socket = co_await acceptor.async_accept(net::make_strand(ioc), net::redirect_error(net::use_awaitable, ec));
       if (ec == net::error::operation_aborted) co_return;
       if (ec) {
         // Out of file descriptors, most likely: wait a little instead of spinning.
@@ -232,7 +345,8 @@ struct HttpServer::Impl {
         continue;
       }
       socket.set_option(tcp::no_delay(true), ec);
-      net::co_spawn(ioc, Session(std::move(socket)), net::detached);
+      auto ex = socket.get_executor();
+      net::co_spawn(ex, Session(std::move(socket)), net::detached);
     }
   }
 };

@@ -60,6 +60,8 @@ struct CommitRefusal {
 struct CommitResult {
   std::optional<CommitRefusal> refused;
   uint64_t head = 0;
+  uint64_t prev_head = 0;           // the head before this commit
+  bool replayed = false;            // the answer of an earlier identical commit
   std::vector<NodeRecord> records;  // final state of every node touched
 };
 
@@ -106,11 +108,23 @@ class MetadataStore {
   // Applies all ops atomically or none (then `refused` says why).
   // `barrier` runs first, under the store's write lock: it makes the block
   // store durable, so every block indexed before the commit is on disk
-  // before the commit is.
+  // before the commit is. `committed` runs after a successful commit, still
+  // under the lock, so commits are announced in seq order.
+  // With a non-empty `key` (idempotency), a commit already applied under
+  // that key is not applied again: its first result comes back, `replayed`.
   virtual Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops,
-                                      const std::function<Status()>& barrier) = 0;
+                                      const std::function<Status()>& barrier,
+                                      const std::function<void(const CommitResult&)>& committed = {},
+                                      const std::string& key = "") = 0;
 
+  // Records the seq a device has applied, then purges the tombstones every
+  // active (not retired) device has passed.
   virtual Status SetCheckpoint(int64_t project, std::string_view device, uint64_t seq) = 0;
+  // A device that will not come back: its checkpoint no longer holds
+  // tombstones. Returns whether the device was known.
+  virtual Result<bool> RetireDevice(int64_t project, std::string_view device) = 0;
+  // Tombstones purged so far: /changes since an older seq is refused.
+  virtual Result<uint64_t> PurgedSeq(int64_t project) = 0;
   virtual Status TouchDevice(int64_t project, std::string_view device) = 0;
   virtual Result<std::vector<DeviceInfo>> ListDevices(int64_t project) = 0;
 

@@ -6,6 +6,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include "core/sqlite.h"
@@ -232,6 +233,10 @@ class SqliteMetadataStore final : public MetadataStore {
       RETURN_IF_ERROR(tx.status());
       ChangesPage page;
       ASSIGN_OR_RETURN(page.head, SeqOn(c, project));
+      ASSIGN_OR_RETURN(uint64_t purged, PurgedSeqOn(c, project));
+      if (since < purged)
+        return Status(Code::kGone, "changes before seq " + std::to_string(purged) +
+                                       " were purged (every device had applied them); load /snapshot instead");
       ASSIGN_OR_RETURN(Stmt * s, c.Get(kChanges));
       s->Bind(1, project).Bind(2, since).Bind(3, limit + 1);
       while (s->Step()) page.items.push_back(ReadNode(*s));
@@ -337,7 +342,9 @@ class SqliteMetadataStore final : public MetadataStore {
 
   // --- commit ---
   Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops,
-                              const std::function<Status()>& barrier) override {
+                              const std::function<Status()>& barrier,
+                              const std::function<void(const CommitResult&)>& committed,
+                              const std::string& key) override {
     std::lock_guard lock(write_mu_);
     if (barrier) RETURN_IF_ERROR(barrier());
     // Commits are acknowledged to clients that then drop their journal:
@@ -351,8 +358,27 @@ class SqliteMetadataStore final : public MetadataStore {
     } restore{writer_.db.get()};
     Transaction tx(writer_.db.get());
     RETURN_IF_ERROR(tx.status());
+    if (!key.empty()) {
+      ASSIGN_OR_RETURN(Stmt k, writer_.db->Prepare("SELECT result FROM commit_keys WHERE project=?1 AND key=?2"));
+      k.Bind(1, project).Bind(2, key);
+      if (k.Step()) {
+        nlohmann::json j = nlohmann::json::parse(k.Text(0), nullptr, false);
+        CommitResult r;
+        r.replayed = true;
+        if (j.is_discarded() || !j.contains("records")) return Status::Corruption("stored commit result for key " + key);
+        r.head = j.value("head", uint64_t{0});
+        r.prev_head = j.value("prev_head", uint64_t{0});
+        for (const auto& n : j["records"]) {
+          ASSIGN_OR_RETURN(NodeRecord rec, NodeFromJson(n));
+          r.records.push_back(std::move(rec));
+        }
+        return r;
+      }
+      RETURN_IF_ERROR(k.status());
+    }
     CommitApplier a(this, project);
     ASSIGN_OR_RETURN(a.seq, SeqOn(writer_, project));
+    const uint64_t prev_head = a.seq;
     for (size_t i = 0; i < ops.size(); ++i) {
       ASSIGN_OR_RETURN(std::optional<CommitRefusal> refusal, a.Apply(ops[i]));
       if (refusal) {
@@ -368,12 +394,24 @@ class SqliteMetadataStore final : public MetadataStore {
     RETURN_IF_ERROR(up->Run());
     CommitResult result;
     result.head = a.seq;
+    result.prev_head = prev_head;
     for (uint64_t id : a.touched_order) {
       ASSIGN_OR_RETURN(NodeRecord n, GetNodeOn(writer_, project, id));
       result.records.push_back(std::move(n));
     }
+    if (!key.empty()) {
+      nlohmann::json j{{"head", result.head}, {"prev_head", result.prev_head}, {"records", result.records}};
+      ASSIGN_OR_RETURN(Stmt k, writer_.db->Prepare(
+          "INSERT INTO commit_keys(project, key, result, created_ns) VALUES(?1, ?2, ?3, ?4)"));
+      k.Bind(1, project).Bind(2, key).Bind(3, j.dump()).Bind(4, NowNs());
+      RETURN_IF_ERROR(k.Run());
+      ASSIGN_OR_RETURN(Stmt old, writer_.db->Prepare("DELETE FROM commit_keys WHERE created_ns < ?1"));
+      old.Bind(1, NowNs() - int64_t{86400} * 1'000'000'000);
+      RETURN_IF_ERROR(old.Run());
+    }
     writer_.ResetAll();
     RETURN_IF_ERROR(tx.Commit());
+    if (committed) committed(result);
     return result;
   }
 
@@ -387,7 +425,54 @@ class SqliteMetadataStore final : public MetadataStore {
         "INSERT INTO devices(project, name, checkpoint, last_seen_ns) VALUES(?1, ?2, ?3, ?4) "
         "ON CONFLICT(project, name) DO UPDATE SET checkpoint=excluded.checkpoint, last_seen_ns=excluded.last_seen_ns"));
     s.Bind(1, project).Bind(2, device).Bind(3, seq).Bind(4, NowNs());
-    return s.Run();
+    RETURN_IF_ERROR(s.Run());
+    return PurgeLocked(project);
+  }
+
+  Result<bool> RetireDevice(int64_t project, std::string_view device) override {
+    std::lock_guard lock(write_mu_);
+    ASSIGN_OR_RETURN(Stmt s, writer_.db->Prepare("UPDATE devices SET retired=1 WHERE project=?1 AND name=?2"));
+    s.Bind(1, project).Bind(2, device);
+    RETURN_IF_ERROR(s.Run());
+    if (writer_.db->Changes() == 0) return false;
+    RETURN_IF_ERROR(PurgeLocked(project));
+    return true;
+  }
+
+  Result<uint64_t> PurgedSeq(int64_t project) override {
+    return WithReader<uint64_t>([&](Conn& c) -> Result<uint64_t> { return PurgedSeqOn(c, project); });
+  }
+
+  // Requires write_mu_. Deletes the tombstones at or below every active
+  // device's checkpoint and remembers how far that went.
+  Status PurgeLocked(int64_t project) {
+    ASSIGN_OR_RETURN(Stmt m, writer_.db->Prepare(
+        "SELECT min(checkpoint), count(*) FROM devices WHERE project=?1 AND retired=0"));
+    m.Bind(1, project);
+    if (!m.Step()) return m.status();
+    if (m.Int(1) == 0) return Status::Ok();  // no active device: keep history (a new one starts from the snapshot anyway)
+    const uint64_t horizon = m.U64(0);
+    ASSIGN_OR_RETURN(uint64_t purged, PurgedSeqOn(writer_, project));
+    if (horizon <= purged) return Status::Ok();
+    Transaction tx(writer_.db.get());
+    RETURN_IF_ERROR(tx.status());
+    ASSIGN_OR_RETURN(Stmt d, writer_.db->Prepare("DELETE FROM nodes WHERE project=?1 AND deleted=1 AND seq<=?2"));
+    d.Bind(1, project).Bind(2, horizon);
+    RETURN_IF_ERROR(d.Run());
+    const int gone = writer_.db->Changes();
+    ASSIGN_OR_RETURN(Stmt u, writer_.db->Prepare("UPDATE projects SET purged_seq=?2 WHERE id=?1"));
+    u.Bind(1, project).Bind(2, horizon);
+    RETURN_IF_ERROR(u.Run());
+    RETURN_IF_ERROR(tx.Commit());
+    if (gone > 0) spdlog::info("project {}: purged {} tombstones at or below seq {}", project, gone, horizon);
+    return Status::Ok();
+  }
+
+  Result<uint64_t> PurgedSeqOn(Conn& c, int64_t project) {
+    ASSIGN_OR_RETURN(Stmt s, c.db->Prepare("SELECT purged_seq FROM projects WHERE id=?1"));
+    s.Bind(1, project);
+    if (!s.Step()) return s.status().ok() ? Status::NotFound("no such project") : s.status();
+    return s.U64(0);
   }
 
   Status TouchDevice(int64_t project, std::string_view device) override {

@@ -6,8 +6,10 @@ to show (a connection cut mid-body, bytes changed on the way, 500s).
 Usage: fault_proxy.py TARGET_PORT PORT_FILE CONTROL_FILE STATS_FILE
 
 Listens on 127.0.0.1 (an ephemeral port, written to PORT_FILE once ready)
-and forwards to 127.0.0.1:TARGET_PORT. Before each response it reads
-CONTROL_FILE, one rule "ACTION PATH_PART ARG TIMES":
+and forwards to 127.0.0.1:TARGET_PORT (WebSocket upgrades too: after a 101
+both directions are copied as they come). Before each response it reads
+CONTROL_FILE, one rule per line "ACTION PATH_PART ARG TIMES" (the first
+that matches applies):
   pass                      forward as is (also when the file is missing)
   cut PATH N TIMES          forward N body bytes, then close the connection
   corrupt PATH N TIMES      flip the body byte at offset N
@@ -28,17 +30,34 @@ stats = {"requests": 0, "faults": 0, "body_bytes": {}}
 def rule_for(path):
     try:
         with open(CONTROL) as f:
-            words = f.read().split()
+            lines = f.read().splitlines()
     except FileNotFoundError:
         return None
-    if len(words) != 4 or words[0] == "pass" or words[1] not in path:
-        return None
-    key = " ".join(words)
-    times = int(words[3])
-    if times >= 0 and uses.get(key, 0) >= times:
-        return None
-    uses[key] = uses.get(key, 0) + 1
-    return words[0], int(words[2])
+    for line in lines:
+        words = line.split()
+        if len(words) != 4 or words[0] == "pass" or words[1] not in path:
+            continue
+        key = " ".join(words)
+        times = int(words[3])
+        if times >= 0 and uses.get(key, 0) >= times:
+            continue
+        uses[key] = uses.get(key, 0) + 1
+        return words[0], int(words[2])
+    return None
+
+
+async def pipe(reader, writer):
+    try:
+        while True:
+            data = await reader.read(1 << 16)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
 
 
 def save_stats():
@@ -89,6 +108,10 @@ async def handle(client_r, client_w):
             rule = rule_for(path)
             stats["requests"] += 1
             route = path.split("?")[0].rsplit("/", 1)[-1]
+            if resp.startswith(b"HTTP/1.1 101") and not rule:
+                client_w.write(resp)  # a WebSocket from here on
+                await asyncio.gather(pipe(server_r, client_w), pipe(client_r, server_w))
+                return
             if rule and rule[0] == "status500":
                 await server_r.readexactly(n)
                 body = b'{"error":"internal","message":"injected by the test proxy"}'

@@ -18,112 +18,12 @@
 
 #include "../integration/helpers.h"
 #include "../integration/test_server.h"
+#include "e2e_helpers.h"
 
 namespace tidefs {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool IsMounted(const std::string& path) {
-  std::ifstream f("/proc/self/mounts");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.find(" " + path + " ") != std::string::npos) return true;
-  return false;
-}
-
-// A mount that is unmounted (and waited for) in the destructor.
-class TestMount {
- public:
-  TestMount(const TestServer& server, const std::string& token, const std::string& dir,
-            const std::string& extra = "")
-      : TestMount(server.url(), token, dir, extra) {}
-  TestMount(const std::string& url, const std::string& token, const std::string& dir, const std::string& extra = "")
-      : dir_(dir) {
-    mnt_ = dir + "/mnt";
-    fs::create_directories(mnt_);
-    std::string out;
-    int rc = RunCommand(std::string(TIDEFS_BINARY) + " mount --server " + url + " --project demo --token " +
-                            token + " --cache-dir " + dir + "/cache " + extra + " " + mnt_ + " 2>&1",
-                        &out);
-    if (rc != 0 || !IsMounted(mnt_)) throw std::runtime_error("tidefs mount failed: " + out);
-  }
-  ~TestMount() {
-    std::string out;
-    // tidefs unmount returns once the mount's process has finished.
-    RunCommand(std::string(TIDEFS_BINARY) + " unmount " + mnt_ + " 2>&1", &out);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (IsMounted(mnt_) && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    if (IsMounted(mnt_)) RunCommand("fusermount3 -uz " + mnt_, &out);
-  }
-  const std::string& path() const { return mnt_; }
-
- private:
-  std::string dir_, mnt_;
-};
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-uint64_t ContentBytesSent(ApiClient& c) {
-  auto m = c.Raw("GET", "//metrics");
-  std::string key = "\ntidefs_content_bytes_sent_total ";
-  size_t at = m->body.find(key);
-  return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
-}
-
-uint64_t SnapshotsServed(ApiClient& c) {
-  auto m = c.Raw("GET", "//metrics");
-  std::string key = "tidefs_http_requests_total{route=\"GET /snapshot\",status=\"200\"} ";
-  size_t at = m->body.find(key);
-  return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
-}
-
-// tests/e2e/fault_proxy.py between a mount and the real server: cuts,
-// corrupts or fails answers as its rule says (see the script).
-class FaultProxy {
- public:
-  FaultProxy(const TestServer& server, const std::string& dir) : dir_(dir) {
-    std::string port = server.url().substr(server.url().rfind(':') + 1);
-    SetRule("pass");
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      execlp("python3", "python3", FAULT_PROXY_SCRIPT, port.c_str(), (dir + "/proxy.port").c_str(),
-             (dir + "/proxy.rule").c_str(), (dir + "/proxy.stats").c_str(), (char*)nullptr);
-      _exit(127);
-    }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!fs::exists(dir + "/proxy.port") && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    if (!fs::exists(dir + "/proxy.port")) throw std::runtime_error("the fault proxy did not start (is python3 there?)");
-    url_ = "http://127.0.0.1:" + ReadAll(dir + "/proxy.port");
-  }
-  ~FaultProxy() {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-  }
-  // "pass", or "ACTION PATH_PART ARG TIMES" (cut / corrupt / status500).
-  void SetRule(const std::string& rule) {
-    { std::ofstream(dir_ + "/proxy.rule.tmp") << rule; }
-    fs::rename(dir_ + "/proxy.rule.tmp", dir_ + "/proxy.rule");
-  }
-  // Body bytes of answers on a route ("content", "snapshot") passed to the mount.
-  uint64_t BodyBytes(const std::string& route) const {
-    std::string s = ReadAll(dir_ + "/proxy.stats");
-    std::string key = "\"" + route + "\": ";
-    size_t at = s.find(key);
-    return at == std::string::npos ? 0 : std::stoull(s.substr(at + key.size()));
-  }
-  const std::string& url() const { return url_; }
-
- private:
-  std::string dir_, url_;
-  pid_t pid_ = -1;
-};
 
 class MountTest : public ::testing::Test {
  protected:
@@ -409,7 +309,7 @@ TEST_F(MountTest, ABrokenTransferResumesWhereItStopped) {
   // Resumed: the bytes that arrived before the cut are not asked for again.
   EXPECT_EQ(proxy.BodyBytes("content"), kChunkSize);
   std::string out;
-  ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status " + m.path() + " 2>&1", &out), 0) << out;
+  ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status --json " + m.path() + " 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("\"transfers_resumed\": 1"), std::string::npos) << out;
 }
 
@@ -574,9 +474,13 @@ TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
   auto two = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/two");
   ASSERT_EQ(ReadAll(two->path() + "/f.txt"), "base\n");
+  // Two is in the middle of writing when one's edit lands.
+  int fd = open((two->path() + "/f.txt").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "from two\n", 9, 0), 9);
   { std::ofstream(one->path() + "/f.txt") << "from one\n"; }
   one.reset();  // committed
-  { std::ofstream(two->path() + "/f.txt") << "from two\n"; }
+  close(fd);
   two.reset();  // stale base: a conflict copy
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "from one\n");
@@ -586,9 +490,14 @@ TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
 TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
   Write("doc.txt", "base\n");
   Import();
+  // Two hears nothing from the server (no events, no changes) while one
+  // saves: it saves over the version it knows.
+  FaultProxy proxy(server_, dir_);
+  proxy.SetRule("status500 /events 0 -1");
   auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
-  auto two = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/two");
+  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
   ASSERT_EQ(ReadAll(two->path() + "/doc.txt"), "base\n");
+  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
   { std::ofstream(one->path() + "/doc.txt") << "saved by one\n"; }
   one.reset();
   // Two saves the way editors do: a new file renamed over the old one.
@@ -647,7 +556,7 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
     { std::ofstream(m.path() + "/kept-dir/big.bin", std::ios::binary) << big; }
     // kill -9 the mount: what close() returned from is in the journal.
     std::string out;
-    ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status " + m.path() + " 2>&1", &out), 0) << out;
+    ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status --json " + m.path() + " 2>&1", &out), 0) << out;
     size_t at = out.find("\"pid\": ");
     ASSERT_NE(at, std::string::npos) << out;
     pid_t pid = std::stoi(out.substr(at + 7));

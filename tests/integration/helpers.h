@@ -35,7 +35,9 @@ inline void UploadContent(ApiClient& c, const std::string& content, CommitOp* op
       body.clear();
     }
   }
-  if (!body.empty()) ASSERT_TRUE(c.UploadBlocks(body).ok());
+  if (!body.empty()) {
+    ASSERT_TRUE(c.UploadBlocks(body).ok());
+  }
 }
 
 inline CommitOp MkdirOp(uint64_t parent, const std::string& name, uint64_t id = 0) {

@@ -79,9 +79,12 @@ void TestServer::Start() {
   throw std::runtime_error("tidefs serve did not become ready within 20 s");
 }
 
-void TestServer::Stop() {
+void TestServer::Kill() { StopWith(SIGKILL); }
+void TestServer::Stop() { StopWith(SIGTERM); }
+
+void TestServer::StopWith(int sig) {
   if (pid_ <= 0) return;
-  kill(pid_, SIGTERM);
+  kill(pid_, sig);
   int status;
   waitpid(pid_, &status, 0);
   pid_ = -1;

@@ -35,8 +35,10 @@ class TestServer {
 
   void Start();
   void Stop();  // SIGTERM and wait
+  void Kill();  // SIGKILL and wait
 
  private:
+  void StopWith(int sig);
   std::string dir_, data_, url_;
   pid_t pid_ = -1;
 };

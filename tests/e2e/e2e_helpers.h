@@ -1,0 +1,124 @@
+// Shared by the end-to-end tests: real mounts of a real server, and the
+// fault proxy that sits between them.
+#pragma once
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "../integration/helpers.h"
+#include "../integration/test_server.h"
+
+namespace tidefs {
+
+inline bool IsMounted(const std::string& path) {
+  std::ifstream f("/proc/self/mounts");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.find(" " + path + " ") != std::string::npos) return true;
+  return false;
+}
+
+// A mount that is unmounted (and waited for) in the destructor.
+class TestMount {
+ public:
+  TestMount(const TestServer& server, const std::string& token, const std::string& dir,
+            const std::string& extra = "")
+      : TestMount(server.url(), token, dir, extra) {}
+  TestMount(const std::string& url, const std::string& token, const std::string& dir, const std::string& extra = "")
+      : dir_(dir) {
+    mnt_ = dir + "/mnt";
+    std::filesystem::create_directories(mnt_);
+    std::string out;
+    int rc = RunCommand(std::string(TIDEFS_BINARY) + " mount --server " + url + " --project demo --token " +
+                            token + " --cache-dir " + dir + "/cache " + extra + " " + mnt_ + " 2>&1",
+                        &out);
+    if (rc != 0 || !IsMounted(mnt_)) throw std::runtime_error("tidefs mount failed: " + out);
+  }
+  ~TestMount() {
+    std::string out;
+    // tidefs unmount returns once the mount's process has finished.
+    RunCommand(std::string(TIDEFS_BINARY) + " unmount " + mnt_ + " 2>&1", &out);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (IsMounted(mnt_) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (IsMounted(mnt_)) RunCommand("fusermount3 -uz " + mnt_, &out);
+  }
+  const std::string& path() const { return mnt_; }
+
+ private:
+  std::string dir_, mnt_;
+};
+
+inline std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+inline uint64_t ContentBytesSent(ApiClient& c) {
+  auto m = c.Raw("GET", "//metrics");
+  std::string key = "\ntidefs_content_bytes_sent_total ";
+  size_t at = m->body.find(key);
+  return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
+}
+
+inline uint64_t SnapshotsServed(ApiClient& c) {
+  auto m = c.Raw("GET", "//metrics");
+  std::string key = "tidefs_http_requests_total{route=\"GET /snapshot\",status=\"200\"} ";
+  size_t at = m->body.find(key);
+  return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
+}
+
+// tests/e2e/fault_proxy.py between a mount and the real server: cuts,
+// corrupts or fails answers as its rule says (see the script).
+class FaultProxy {
+ public:
+  FaultProxy(const TestServer& server, const std::string& dir) : dir_(dir) {
+    std::string port = server.url().substr(server.url().rfind(':') + 1);
+    SetRule("pass");
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      execlp("python3", "python3", FAULT_PROXY_SCRIPT, port.c_str(), (dir + "/proxy.port").c_str(),
+             (dir + "/proxy.rule").c_str(), (dir + "/proxy.stats").c_str(), (char*)nullptr);
+      _exit(127);
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!std::filesystem::exists(dir + "/proxy.port") && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!std::filesystem::exists(dir + "/proxy.port")) throw std::runtime_error("the fault proxy did not start (is python3 there?)");
+    url_ = "http://127.0.0.1:" + ReadAll(dir + "/proxy.port");
+  }
+  ~FaultProxy() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  // "pass", or "ACTION PATH_PART ARG TIMES" (cut / corrupt / status500).
+  void SetRule(const std::string& rule) {
+    { std::ofstream(dir_ + "/proxy.rule.tmp") << rule; }
+    std::filesystem::rename(dir_ + "/proxy.rule.tmp", dir_ + "/proxy.rule");
+  }
+  // Body bytes of answers on a route ("content", "snapshot") passed to the mount.
+  uint64_t BodyBytes(const std::string& route) const {
+    std::string s = ReadAll(dir_ + "/proxy.stats");
+    std::string key = "\"" + route + "\": ";
+    size_t at = s.find(key);
+    return at == std::string::npos ? 0 : std::stoull(s.substr(at + key.size()));
+  }
+  const std::string& url() const { return url_; }
+
+ private:
+  std::string dir_, url_;
+  pid_t pid_ = -1;
+};
+
+
+}  // namespace tidefs

@@ -1,0 +1,236 @@
+// Real time: two real mounts of one project (separate cache dirs and
+// devices) and the real server; what one does, the other's kernel shows
+// within a deadline, without polling by the reader.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "e2e_helpers.h"
+
+namespace tidefs {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Waits for `cond` until the deadline; true if it held.
+bool Within(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    if (cond()) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+constexpr auto kDeadline = std::chrono::milliseconds(1000);
+
+bool Exists(const std::string& p) {
+  struct stat st;
+  return lstat(p.c_str(), &st) == 0;
+}
+
+off_t SizeOf(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0 ? st.st_size : -1;
+}
+
+std::string Pread(int fd, size_t n, off_t off) {
+  std::string b(n, '\0');
+  ssize_t got = pread(fd, b.data(), n, off);
+  b.resize(got > 0 ? got : 0);
+  return b;
+}
+
+std::string StatusOf(const std::string& mnt) {
+  std::string out;
+  RunCommand(std::string(TIDEFS_BINARY) + " status --json " + mnt + " 2>&1", &out);
+  return out;
+}
+
+class RealtimeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(access("/dev/fuse", R_OK | W_OK), 0) << "/dev/fuse is missing: end-to-end tests cannot run";
+    dir_ = MakeTempDir("tidefs-rt");
+    desk_token_ = server_.NewToken("demo", "desk");
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  TestServer server_;
+  std::string dir_, desk_token_;
+};
+
+TEST_F(RealtimeTest, ChangesOnOneMountReachTheOther) {
+  TestMount a(server_, server_.rw_token, dir_ + "/a");
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  const std::string A = a.path(), B = b.path();
+  // B has looked: its kernel holds the (empty) listing and a negative entry.
+  EXPECT_TRUE(fs::is_empty(B));
+  EXPECT_FALSE(Exists(B + "/notes.txt"));
+
+  { std::ofstream(A + "/notes.txt") << "first\n"; }
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/notes.txt") == "first\n"; })) << "create";
+
+  // A reader holding the file open on B sees new bytes.
+  int fd = open((B + "/notes.txt").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(Pread(fd, 64, 0), "first\n");
+  { std::ofstream(A + "/notes.txt") << "second version\n"; }
+  EXPECT_TRUE(Within(kDeadline, [&] { return Pread(fd, 64, 0) == "second version\n"; })) << "write";
+
+  ASSERT_EQ(truncate((A + "/notes.txt").c_str(), 6), 0);
+  EXPECT_TRUE(Within(kDeadline, [&] { return SizeOf(B + "/notes.txt") == 6 && Pread(fd, 64, 0) == "second"; }))
+      << "truncate";
+  close(fd);
+
+  ASSERT_EQ(mkdir((A + "/dir").c_str(), 0755), 0);
+  EXPECT_TRUE(Within(kDeadline, [&] { return fs::is_directory(B + "/dir"); })) << "mkdir";
+
+  fs::rename(A + "/notes.txt", A + "/dir/renamed.txt");
+  EXPECT_TRUE(Within(kDeadline, [&] {
+    return !Exists(B + "/notes.txt") && ReadAll(B + "/dir/renamed.txt") == "second";
+  })) << "rename";
+
+  ASSERT_EQ(chmod((A + "/dir/renamed.txt").c_str(), 0600), 0);
+  EXPECT_TRUE(Within(kDeadline, [&] {
+    struct stat st;
+    return stat((B + "/dir/renamed.txt").c_str(), &st) == 0 && (st.st_mode & 07777) == 0600;
+  })) << "chmod";
+
+  // A bigger file: only the changed block's pages are dropped on B.
+  std::string big = RandomBytes(3 << 20, 7);
+  { std::ofstream(A + "/big.bin", std::ios::binary) << big; }
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/big.bin") == big; })) << "big create";
+  {
+    int w = open((A + "/big.bin").c_str(), O_WRONLY);
+    ASSERT_GE(w, 0);
+    ASSERT_EQ(pwrite(w, "XYZ", 3, 1 << 20), 3);
+    close(w);
+  }
+  big.replace(1 << 20, 3, "XYZ");
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/big.bin") == big; })) << "block overwrite";
+
+  ASSERT_EQ(unlink((A + "/dir/renamed.txt").c_str()), 0);
+  EXPECT_TRUE(Within(kDeadline, [&] { return !Exists(B + "/dir/renamed.txt") && fs::is_empty(B + "/dir"); }))
+      << "delete";
+  ASSERT_EQ(rmdir((A + "/dir").c_str()), 0);
+  EXPECT_TRUE(Within(kDeadline, [&] { return !Exists(B + "/dir"); })) << "rmdir";
+
+  // And the other way round.
+  { std::ofstream(B + "/from-b") << "b\n"; }
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(A + "/from-b") == "b\n"; })) << "B to A";
+
+  // B took it all from events, and recorded its checkpoint.
+  std::string st = StatusOf(B);
+  EXPECT_NE(st.find("\"connected\": true"), std::string::npos) << st;
+  ApiClient c = server_.Client(server_.rw_token);
+  std::string devices;
+  EXPECT_TRUE(Within(std::chrono::milliseconds(3000), [&] {
+    auto d = c.Raw("GET", "/devices");
+    if (!d.ok()) return false;
+    devices = d->body;
+    auto j = nlohmann::json::parse(d->body);
+    int moved = 0;
+    for (const auto& dev : j["items"])
+      if ((dev["name"] == "laptop" || dev["name"] == "desk") && dev["checkpoint"].get<uint64_t>() > 1) ++moved;
+    return moved == 2;
+  })) << "both mounts record their checkpoints: " << devices;
+}
+
+TEST_F(RealtimeTest, AMountCatchesUpAcrossAServerRestart) {
+  TestMount a(server_, server_.rw_token, dir_ + "/a");
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  { std::ofstream(a.path() + "/before") << "1"; }
+  ASSERT_TRUE(Within(kDeadline, [&] { return ReadAll(b.path() + "/before") == "1"; }));
+  server_.Kill();
+  // Still browsable and readable from the cache while the server is gone.
+  EXPECT_EQ(ReadAll(b.path() + "/before"), "1");
+  EXPECT_NE(StatusOf(b.path()).find("\"connected\": false"), std::string::npos);
+  server_.Start();
+  // A change made as soon as the server is back (through the API, so no
+  // mount had a hand in it) reaches B.
+  ApiClient c = server_.Client(server_.rw_token);
+  CommitOp op;
+  op.type = OpType::kMkdir;
+  op.id = 777777;
+  op.parent = kRootId;
+  op.name = "made-after-restart";
+  auto r = c.Commit({op});
+  ASSERT_TRUE(r.ok() && !r->refused);
+  EXPECT_TRUE(Within(std::chrono::milliseconds(8000), [&] { return fs::is_directory(b.path() + "/made-after-restart"); }));
+  EXPECT_TRUE(Within(std::chrono::milliseconds(8000),
+                     [&] { return StatusOf(b.path()).find("\"connected\": true") != std::string::npos; }));
+  { std::ofstream(a.path() + "/after") << "2"; }
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(b.path() + "/after") == "2"; }));
+}
+
+TEST_F(RealtimeTest, TombstonesGoOnlyOnceEveryDeviceHasSeenThem) {
+  ApiClient c = server_.Client(server_.rw_token);
+  CommitOp op;
+  op.type = OpType::kMkdir;
+  op.id = 4242;
+  op.parent = kRootId;
+  op.name = "doomed";
+  ASSERT_TRUE(c.Commit({op}).ok());
+  CommitOp del;
+  del.type = OpType::kDelete;
+  del.id = 4242;
+  del.has_base = true;
+  auto page = c.Changes(0);
+  ASSERT_TRUE(page.ok());
+  for (const auto& n : page->items)
+    if (n.id == 4242) del.base = n.version;
+  auto r = c.Commit({del});
+  ASSERT_TRUE(r.ok() && !r->refused);
+  const uint64_t head = r->head;
+  auto has_tombstone = [&] {
+    auto p = c.Changes(0);
+    if (!p.ok()) return false;
+    for (const auto& n : p->items)
+      if (n.id == 4242 && n.deleted) return true;
+    return false;
+  };
+  ASSERT_TRUE(has_tombstone());
+  // One device has applied it; "desk" has not said anything yet.
+  ApiClient desk = server_.Client(desk_token_);
+  ASSERT_TRUE(desk.Changes(0).ok());  // desk is now a known device
+  ASSERT_TRUE(c.PutCheckpoint("laptop", head).ok());
+  EXPECT_TRUE(has_tombstone()) << "purged before every device passed it";
+  // A device may only move its own checkpoint.
+  EXPECT_FALSE(c.PutCheckpoint("desk", head).ok());
+  ASSERT_TRUE(desk.PutCheckpoint("desk", head).ok());
+  EXPECT_TRUE(has_tombstone()) << "the read-only device has not passed it yet";
+  // It will not come back.
+  server_.Admin("device retire --project demo --device viewer");
+  int status = 0;
+  server_.Admin("device retire --project demo --device nobody", &status);
+  EXPECT_NE(status, 0) << "retiring an unknown device must fail";
+  auto gone = c.Changes(0);
+  ASSERT_FALSE(gone.ok()) << "changes from before the purge must be refused, not silently incomplete";
+  EXPECT_EQ(gone.status().code(), Code::kGone) << gone.status().ToString();
+  auto since = c.Changes(head);
+  ASSERT_TRUE(since.ok());
+  EXPECT_TRUE(since->items.empty());
+}
+
+TEST_F(RealtimeTest, StatusShowsTheConnectionCursorAndTransfers) {
+  TestMount a(server_, server_.rw_token, dir_ + "/a");
+  std::string st = StatusOf(a.path());
+  for (const char* key : {"\"connected\": true", "\"cursor\":", "\"head\":", "\"journal_pending\":", "\"transfers\":"})
+    EXPECT_NE(st.find(key), std::string::npos) << key << " in " << st;
+  std::string out;
+  ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status " + a.path() + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("connected"), std::string::npos) << out;
+  EXPECT_NE(out.find("journal"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace tidefs
