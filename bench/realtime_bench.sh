@@ -5,7 +5,7 @@
 #    read on mount B (a reader polling with pread, no reopen), N changes;
 #    beside it, sshfs measured the same way in the same run (a change made
 #    on the remote side, read through the sshfs mount), as the anchor.
-# 2. fan-out: SUBS idle WebSocket subscribers (bench/ws_load.py, several
+# 2. fan-out: SUBS idle WebSocket subscribers (bench/ws_load.cc, several
 #    processes on several 127.0.0.x source addresses), the server's RSS
 #    per subscriber, and the time from a commit until every subscriber has
 #    it (p50/p99/max), over ROUNDS commits.
@@ -106,7 +106,7 @@ PROCS=4
 per=$(( (SUBS + PROCS - 1) / PROCS ))
 LOADSECS=$(( 60 + ROUNDS * 3 ))
 for i in $(seq 1 $PROCS); do
-  python3 bench/ws_load.py "$PORT" rt "$TOK" "127.0.0.$((i + 1))" "$per" "$W/ready.$i" "$W/arr.$i" "$LOADSECS" &
+  "$ROOT/build/tidefs_ws_load" "$PORT" rt "$TOK" "127.0.0.$((i + 1))" "$per" "$W/ready.$i" "$W/arr.$i" "$LOADSECS" &
   LOADERS+=("$!")
 done
 for _ in $(seq 1200); do
