@@ -31,7 +31,8 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
       state_(state),
       max_bytes_(opts.max_bytes),
       readahead_(opts.readahead_chunks),
-      retry_for_(opts.retry_for) {
+      retry_for_(opts.retry_for),
+      on_fetched_(opts.on_fetched) {
   const int threads = opts.threads;
   local_ = std::move(opts.local);
   std::filesystem::create_directories(dir_ + "/data");
@@ -279,6 +280,7 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
     stats_.bytes_fetched += bytes.size();
   }
   Touch({n.id, n.version, chunk}, bytes.size());
+  if (on_fetched_) on_fetched_(n, bytes.size());
   return Status::Ok();
 }
 

@@ -52,6 +52,8 @@ struct ChunkCacheOptions {
   // Nodes whose cached bytes are local changes not yet committed (from the
   // journal): known before the first eviction, never evicted.
   std::set<uint64_t> local;
+  // Told of every chunk fetched (node, bytes), from the fetching thread.
+  std::function<void(const NodeRecord&, uint64_t)> on_fetched;
 };
 
 class ChunkCache {
@@ -180,6 +182,7 @@ class ChunkCache {
   const uint64_t max_bytes_;
   const int readahead_;
   const std::chrono::milliseconds retry_for_;
+  const std::function<void(const NodeRecord&, uint64_t)> on_fetched_;
   mutable std::mutex mu_;
   std::list<std::pair<ChunkKey, uint64_t>> lru_;  // guarded by mu_; most recent first, with bytes
   std::map<ChunkKey, std::list<std::pair<ChunkKey, uint64_t>>::iterator> lru_index_;  // guarded by mu_

@@ -56,6 +56,7 @@ struct Fs {
   std::string project, server, cache_dir, device;
   std::unique_ptr<WriteBack> wb;
   std::unique_ptr<RemoteSync> sync;
+  std::atomic<RemoteSync*> live_sync{nullptr};  // set once sync exists (fetch threads report to it)
   std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
   LocalState* state = nullptr;
   // Namespace and size changes, one at a time (they read, then record).
@@ -1044,6 +1045,10 @@ Status RunMount(const MountOptions& opts) {
       if (e.flush || e.op.type == OpType::kCreate) co.local.insert(e.op.id);
     if (!pending.empty()) spdlog::info("{} changes from an earlier mount wait in the journal; sending them", pending.size());
   }
+  co.on_fetched = [&fs](const NodeRecord& n, uint64_t bytes) {
+    RemoteSync* sync = fs.live_sync;
+    if (sync && fs.wb) sync->AddDownloaded(fs.wb->PathOf(n.id), bytes, n.size);
+  };
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
   // The token names the device: the server files our commits, progress and
   // checkpoint under it. Offline, the flag or the host name stands in.
@@ -1097,6 +1102,7 @@ Status RunMount(const MountOptions& opts) {
       if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating inode {} [{}, +{}): {}", ino, off, len, strerror(-rc));
     };
     fs.sync = std::make_unique<RemoteSync>(std::move(d));
+    fs.live_sync = fs.sync.get();
   }
   fs.wb->set_progress([&fs](const std::string& path, uint64_t done, uint64_t total, double rate, bool end) {
     if (end) fs.sync->EndTransfer(true, path);

@@ -298,10 +298,38 @@ void RemoteSync::EndTransfer(bool upload, const std::string& path) {
   if (ours_.erase({upload, path})) progress_dirty_ = true;
 }
 
+void RemoteSync::AddDownloaded(const std::string& path, uint64_t bytes, uint64_t total) {
+  std::lock_guard lock(mu_);
+  auto now = std::chrono::steady_clock::now();
+  auto [it, fresh] = downloads_.try_emplace(path, DownloadTimes{now, now});
+  it->second.last = now;
+  Transfer& t = ours_[{false, path}];
+  if (fresh) t = Transfer{path, false, 0, 0, 0};
+  t.done += bytes;
+  t.total = std::max(total, t.done);
+  double secs = std::chrono::duration<double>(now - it->second.start).count();
+  t.rate = secs > 0.01 ? t.done / secs : 0;
+  progress_dirty_ = true;
+}
+
+void RemoteSync::ExpireDownloadsLocked() {
+  auto now = std::chrono::steady_clock::now();
+  for (auto it = downloads_.begin(); it != downloads_.end();) {
+    if (now - it->second.last < std::chrono::seconds(1)) {
+      ++it;
+      continue;
+    }
+    ours_.erase({false, it->first});
+    it = downloads_.erase(it);
+    progress_dirty_ = true;
+  }
+}
+
 void RemoteSync::ReportProgress() {
   std::vector<Transfer> list;
   {
     std::lock_guard lock(mu_);
+    ExpireDownloadsLocked();
     if (!progress_dirty_) return;
     auto now = std::chrono::steady_clock::now();
     if (now - last_report_ < kReportEvery) return;

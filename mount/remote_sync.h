@@ -65,6 +65,9 @@ class RemoteSync {
   // server for the other devices). Keyed by (direction, path).
   void SetTransfer(const Transfer& t);
   void EndTransfer(bool upload, const std::string& path);
+  // Bytes of a file fetched for reading: one download per path, shown
+  // until it has been idle for a second.
+  void AddDownloaded(const std::string& path, uint64_t bytes, uint64_t total);
 
   struct Status_ {
     bool connected = false;
@@ -111,6 +114,12 @@ class RemoteSync {
   std::map<std::pair<bool, std::string>, Transfer> ours_;  // guarded by mu_
   bool progress_dirty_ = false;                           // guarded by mu_
   std::chrono::steady_clock::time_point last_report_{};   // guarded by mu_
+  struct DownloadTimes {
+    std::chrono::steady_clock::time_point start, last;
+  };
+  std::map<std::string, DownloadTimes> downloads_;        // guarded by mu_
+  // Requires mu_. Ends downloads idle for a second.
+  void ExpireDownloadsLocked();
   static constexpr std::chrono::milliseconds kReportEvery{250};
   std::unordered_map<uint64_t, NodeRecord> deferred_;     // worker thread only (size mirrored below)
   std::atomic<uint64_t> n_deferred_{0};

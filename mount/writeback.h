@@ -40,6 +40,8 @@ class WriteBack {
   // (the server unreachable): what is left stays in the journal.
   Status Drain(std::chrono::seconds patience);
   uint64_t Pending();
+  // The node's path in the tree, for progress lines.
+  std::string PathOf(uint64_t id);
   // Tells whether a node is open (its cache must then stay); set once,
   // before changes flow.
   void set_is_open(std::function<bool(uint64_t)> f) { is_open_ = std::move(f); }
@@ -68,8 +70,7 @@ class WriteBack {
   std::function<bool(uint64_t)> is_open_;
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
-  // The node's path in the tree, for progress lines.
-  std::string PathOf(uint64_t id);
+
 
   std::mutex mu_;
   std::condition_variable cv_;

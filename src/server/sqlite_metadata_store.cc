@@ -818,7 +818,12 @@ class SqliteMetadataStore final : public MetadataStore {
       RETURN_IF_ERROR(s->status());
       return Status::NotFound("project does not exist");
     }
-    return s->U64(0);
+    const uint64_t seq = s->U64(0);
+    // Reset at once: a statement left stepped holds its read transaction
+    // open, and on the writer a snapshot gone stale (another process wrote,
+    // e.g. `tidefs admin`) makes every later write "database is locked".
+    s->Reset();
+    return seq;
   }
 
   Result<std::unique_ptr<Conn>> Lease() {

@@ -2,6 +2,7 @@
 // devices) and the real server; what one does, the other's kernel shows
 // within a deadline, without polling by the reader.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -230,6 +231,30 @@ TEST_F(RealtimeTest, StatusShowsTheConnectionCursorAndTransfers) {
   ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status " + a.path() + " 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("connected"), std::string::npos) << out;
   EXPECT_NE(out.find("journal"), std::string::npos) << out;
+}
+
+TEST_F(RealtimeTest, AnUploadInProgressShowsInStatus) {
+  TestMount a(server_, server_.rw_token, dir_ + "/a");
+  std::string big = RandomBytes(48 << 20, 9);
+  // The server freezes as the upload starts: it stays in progress.
+  { std::ofstream(a.path() + "/big.bin", std::ios::binary) << big; }
+  ASSERT_EQ(kill(server_.pid(), SIGSTOP), 0);
+  std::string st;
+  bool shown = Within(std::chrono::milliseconds(5000), [&] {
+    st = StatusOf(a.path());
+    return st.find("\"path\": \"/big.bin\"") != std::string::npos && st.find("\"direction\": \"up\"") != std::string::npos;
+  });
+  std::string human;
+  RunCommand(std::string(TIDEFS_BINARY) + " status " + a.path() + " 2>&1", &human);
+  ASSERT_EQ(kill(server_.pid(), SIGCONT), 0);
+  EXPECT_TRUE(shown) << st;
+  EXPECT_NE(human.find("/big.bin"), std::string::npos) << human;
+  EXPECT_NE(human.find("of 48.0 MiB"), std::string::npos) << human;
+  // Done: it leaves the list, and the bytes are on the server.
+  EXPECT_TRUE(Within(std::chrono::milliseconds(10000), [&] {
+    st = StatusOf(a.path());
+    return st.find("\"transfers\": []") != std::string::npos && st.find("\"journal_pending\": 0") != std::string::npos;
+  })) << st;
 }
 
 }  // namespace

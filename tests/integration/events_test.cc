@@ -104,6 +104,7 @@ class Listener {
                         arrival_.push_back(std::chrono::steady_clock::now());
                       }
                       if (ev->type == Event::Type::kHello) hello_ = true;
+                      if (ev->type == Event::Type::kProgress) progress_.push_back(*ev);
                       return Status::Ok();
                     },
                     nullptr}) {
@@ -137,10 +138,14 @@ class Listener {
     std::lock_guard lock(mu_);
     return commits_;
   }
+  std::vector<Event> progress() {
+    std::lock_guard lock(mu_);
+    return progress_;
+  }
 
  private:
   std::mutex mu_;
-  std::vector<Event> commits_;
+  std::vector<Event> commits_, progress_;
   std::vector<std::chrono::steady_clock::time_point> arrival_;
   bool hello_ = false;
   EventStream stream_;
@@ -243,6 +248,12 @@ TEST_F(EventsTest, BadMessagesCloseOnlyTheirOwnConnection) {
   std::string seen = fine.ReadUntil("\"seq\":" + std::to_string(seq), std::chrono::seconds(2));
   EXPECT_FALSE(fine.closed());
   EXPECT_NE(seen.find("\"seq\":" + std::to_string(seq)), std::string::npos);
+  // Its report reached the other subscriber, as sent.
+  auto p = good.progress();
+  ASSERT_FALSE(p.empty());
+  EXPECT_EQ(p.back().device, "laptop");
+  ASSERT_EQ(p.back().transfers.size(), 1u);
+  EXPECT_EQ(p.back().transfers[0], (Transfer{"/a", true, 1, 2, 3}));
 }
 
 }  // namespace

@@ -313,6 +313,25 @@ TEST_F(ServerApiTest, DevicesAndCheckpoints) {
       EXPECT_GT(dev["last_seen_ns"].get<int64_t>(), 0);
     }
   EXPECT_TRUE(found) << d->body;
+  // An admin writing to the data dir of the running server (a new token)
+  // after a checkpoint: the server's next writes still go through (a
+  // statement left open on its writer once made them "database is locked").
+  server_.NewToken("demo", "tablet");
+  MustCommit(c_, {MkdirOp(kRootId, "after-admin")});
+  EXPECT_TRUE(c_.PutCheckpoint("laptop", Head(c_)).ok());
+}
+
+TEST_F(ServerApiTest, ARetriedCommitIsAnsweredNotAppliedTwice) {
+  CommitOp op = MkdirOp(kRootId, "once");
+  std::string body = EncodeCommit({op});
+  auto first = c_.Raw("POST", "/commit", body, {"Idempotency-Key: k1"}, false);
+  auto again = c_.Raw("POST", "/commit", body, {"Idempotency-Key: k1"}, false);
+  ASSERT_EQ(first->status, 200) << first->body;
+  EXPECT_EQ(again->status, 200) << again->body;
+  EXPECT_EQ(again->body, first->body);
+  // Without the key the same body is a new commit: the id is taken.
+  EXPECT_EQ(c_.Raw("POST", "/commit", body, {}, false)->status, 409);
+  EXPECT_EQ(c_.Raw("POST", "/commit", body, {"Idempotency-Key: bad key!"}, false)->status, 400);
 }
 
 TEST_F(ServerApiTest, DedupStoresABlockOnce) {

@@ -36,6 +36,7 @@ class TestServer {
   void Start();
   void Stop();  // SIGTERM and wait
   void Kill();  // SIGKILL and wait
+  pid_t pid() const { return pid_; }
 
  private:
   void StopWith(int sig);
