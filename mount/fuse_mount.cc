@@ -50,13 +50,14 @@ struct Fs {
   Fs(ApiClient* c, LocalState* state) : client(c), tree(state) {}
   ApiClient* client;
   Tree tree;
+  // Before cache and wb: destroyed after them (their threads report to it).
+  std::unique_ptr<RemoteSync> sync;
+  std::atomic<RemoteSync*> live_sync{nullptr};  // set once sync exists (fetch threads report to it)
   std::unique_ptr<ChunkCache> cache;
   uid_t uid = getuid();
   gid_t gid = getgid();
   std::string project, server, cache_dir, device;
   std::unique_ptr<WriteBack> wb;
-  std::unique_ptr<RemoteSync> sync;
-  std::atomic<RemoteSync*> live_sync{nullptr};  // set once sync exists (fetch threads report to it)
   std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
   LocalState* state = nullptr;
   // Namespace and size changes, one at a time (they read, then record).
@@ -1104,6 +1105,9 @@ Status RunMount(const MountOptions& opts) {
     fs.sync = std::make_unique<RemoteSync>(std::move(d));
     fs.live_sync = fs.sync.get();
   }
+  fs.wb->set_invalidate([&fs](uint64_t id) {
+    if (fuse_session* se = fs.se) (void)fuse_lowlevel_notify_inval_inode(se, id, 0, 0);
+  });
   fs.wb->set_progress([&fs](const std::string& path, uint64_t done, uint64_t total, double rate, bool end) {
     if (end) fs.sync->EndTransfer(true, path);
     else fs.sync->SetTransfer(Transfer{path, true, done, total, rate});
@@ -1190,6 +1194,9 @@ Status RunMount(const MountOptions& opts) {
   cfg.clone_fd = 0;
   cfg.max_idle_threads = 16;
   int rc = fuse_session_loop_mt(se, &cfg);
+  // No more kernel notifications: nobody answers requests now, and an
+  // invalidation waiting on a lock one of them holds would never return.
+  fs.se = nullptr;
   // Unmounted (or told to stop): every change goes to the server first.
   if (uint64_t left = fs.wb->Pending()) spdlog::info("unmount: sending {} changes to the server", left);
   Status drained = fs.wb->Drain(std::chrono::seconds(15));

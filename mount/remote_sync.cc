@@ -97,13 +97,14 @@ void RemoteSync::Loop() {
       auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(1);
       if (progress_dirty_) limit = std::min(limit, last_report_ + kReportEvery);
       if (!deferred_.empty()) limit = std::min(limit, std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
-      if (!connected_) limit = std::min(limit, next_poll);
+      if (!connected_ || retry_pull_) limit = std::min(limit, next_poll);
       cv_.wait_until(lock, limit, wake);
       if (stopping_) return;
       evs.swap(events_);
       pull = need_pull_;
       need_pull_ = false;
-      if (!connected_ && std::chrono::steady_clock::now() >= next_poll) pull = true;
+      if ((!connected_ || retry_pull_) && std::chrono::steady_clock::now() >= next_poll) pull = true;
+      if (pull) retry_pull_ = false;
     }
     for (const auto& ev : evs) {
       if (pull) break;
@@ -123,10 +124,14 @@ void RemoteSync::Loop() {
       if (st.ok()) {
         poll_delay = std::chrono::milliseconds(500);
       } else {
-        if (st.code() != Code::kUnavailable) spdlog::warn("catching up with /changes failed: {}", st.ToString());
+        if (st.code() == Code::kGone)
+          spdlog::error("the server purged changes this mount has not applied (was device {} retired?): unmount, move "
+                        "the cache dir away and mount again; the journal there still holds unsent changes",
+                        d_.device);
+        else if (st.code() != Code::kUnavailable) spdlog::warn("catching up with /changes failed: {}", st.ToString());
         poll_delay = std::min(poll_delay * 2, std::chrono::milliseconds(8000));
         std::lock_guard lock(mu_);
-        if (connected_) need_pull_ = true;  // try again soon
+        retry_pull_ = true;  // at next_poll, connected or not
       }
       next_poll = std::chrono::steady_clock::now() + poll_delay + std::chrono::milliseconds(jitter(rng));
     }
@@ -211,14 +216,10 @@ Status RemoteSync::RetryDeferred() {
         // Theirs is still newer than what we hold: it applies now.
         items.push_back(r);
         changes.push_back({old, r});
-      } else {
-        // Ours was sent meanwhile (a conflict already kept both and moved
-        // the node to theirs): the write-back changed it under the
-        // kernel's feet, so the kernel forgets what it holds of it.
-        NodeRecord before = *old;
-        before.version = 0;
-        changes.push_back({before, *old});
       }
+      // Else ours was sent meanwhile (this was our own commit coming back,
+      // or a conflict already kept both and the write-back moved the node
+      // to theirs, telling the kernel itself).
     }
     if (!items.empty()) {
       RETURN_IF_ERROR(d_.state->ApplyChanges(items, d_.tree->seq()));

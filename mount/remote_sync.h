@@ -105,6 +105,7 @@ class RemoteSync {
   std::condition_variable cv_;
   std::deque<Event> events_;  // guarded by mu_: commits and resyncs to handle
   bool need_pull_ = true;     // guarded by mu_
+  bool retry_pull_ = false;   // guarded by mu_: a pull failed; again at the next poll time
   bool stopping_ = false;     // guarded by mu_
   bool connected_ = false;    // guarded by mu_
   uint64_t head_ = 0;         // guarded by mu_

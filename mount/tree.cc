@@ -67,7 +67,8 @@ void Tree::Apply(const NodeRecord& n) {
 void Tree::SetVersion(uint64_t id, uint64_t version, uint64_t seq) {
   std::unique_lock lock(mu_);
   auto it = nodes_.find(id);
-  if (it == nodes_.end()) return;
+  // Forward only: a remote change applied meanwhile may already be newer.
+  if (it == nodes_.end() || it->second.version > version) return;
   it->second.version = version;
   it->second.seq = seq;
 }

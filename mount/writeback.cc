@@ -268,7 +268,11 @@ Status WriteBack::FlushBatch() {
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
   if (inflight != last) RETURN_IF_ERROR(state_->SetInflightBatch(last));
   for (int attempt = 0; attempt < 16; ++attempt) {
-    ASSIGN_OR_RETURN(CommitReply reply, client_->Commit(ops));
+    // The key: this body, and the journal entries it carries (journal seqs
+    // are never reused), so an identical body sent for other entries (a
+    // rename back and forth) is never taken for a retry.
+    ASSIGN_OR_RETURN(CommitReply reply,
+                     client_->Commit(ops, "-" + std::to_string(entries.front().seq) + "-" + std::to_string(last)));
     if (!reply.refused) {
       RETURN_IF_ERROR(state_->CompleteJournal(last, reply.items));
       RETURN_IF_ERROR(state_->SetInflightBatch(0));
@@ -350,6 +354,12 @@ Status WriteBack::FlushBatch() {
         }
         (void)state_->RecordLocal(rows, {});
         for (const auto& r : rows) tree_->Apply(r);
+        std::function<void(uint64_t)> inval;
+        {
+          std::lock_guard plock(progress_mu_);
+          inval = invalidate_;
+        }
+        if (inval) inval(old_id);
       });
       continue;
     }

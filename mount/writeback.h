@@ -52,6 +52,12 @@ class WriteBack {
     std::lock_guard lock(progress_mu_);
     progress_ = std::move(f);
   }
+  // Tells the kernel to forget what it holds of a node whose content the
+  // write-back changed under it (a conflict moved it to the other version).
+  void set_invalidate(std::function<void(uint64_t)> f) {
+    std::lock_guard lock(progress_mu_);
+    invalidate_ = std::move(f);
+  }
 
  private:
   void Loop();
@@ -70,6 +76,7 @@ class WriteBack {
   std::function<bool(uint64_t)> is_open_;
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
+  std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_
 
 
   std::mutex mu_;

@@ -337,13 +337,13 @@ Status ApiClient::UploadBlocks(const std::string& body) {
   return Status::Ok();
 }
 
-Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops) {
+Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops, const std::string& batch) {
   return Guard("commit", [&]() -> Result<CommitReply> {
   // The key is the body's hash: a retry of the same commit (its answer
   // lost) gets the first answer instead of being applied twice.
   std::string body = EncodeCommit(ops);
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/commit", body,
-                                     {"Content-Type: application/json", "Idempotency-Key: " + HashBlock(body).Hex()},
+                                     {"Content-Type: application/json", "Idempotency-Key: " + HashBlock(body).Hex() + batch},
                                      /*idempotent=*/false));
   CommitReply r;
   r.http_status = a.status;

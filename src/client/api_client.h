@@ -75,7 +75,10 @@ class ApiClient {
   Result<std::vector<Hash128>> MissingBlocks(const std::vector<Hash128>& hashes);
   // `body` is a sequence of block frames (core/block_frame.h).
   Status UploadBlocks(const std::string& body);
-  Result<CommitReply> Commit(const std::vector<CommitOp>& ops);
+  // `batch` names what the commit carries (the mount: its journal range),
+  // so the idempotency key of a retry matches only the same batch with the
+  // same body.
+  Result<CommitReply> Commit(const std::vector<CommitOp>& ops, const std::string& batch = "");
   Status PutCheckpoint(const std::string& device, uint64_t seq);
 
   static std::string UrlEncode(std::string_view s);

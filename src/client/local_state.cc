@@ -200,7 +200,7 @@ Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>&
   RETURN_IF_ERROR(tx.status());
   // Only versions move: the mirror already holds the local changes, and
   // later ones still in the journal must not be overwritten.
-  ASSIGN_OR_RETURN(Stmt up, db_->Prepare("UPDATE nodes SET version=?2, seq=?3 WHERE id=?1"));
+  ASSIGN_OR_RETURN(Stmt up, db_->Prepare("UPDATE nodes SET version=?2, seq=?3 WHERE id=?1 AND version<=?2"));
   for (const auto& n : rows) {
     if (n.deleted) continue;
     up.Bind(1, n.id).Bind(2, n.version).Bind(3, n.seq);

@@ -95,10 +95,17 @@ std::string EventHub::ProgressJson(int64_t project) {
   std::lock_guard lock(mu_);
   std::string out = "{";
   for (auto it = progress_.lower_bound({project, std::string()}); it != progress_.end() && it->first.first == project; ++it) {
+    if (out.size() > kMaxHelloProgress) break;  // a hello stays well under a client's message limit
     if (out.size() > 1) out += ',';
     out += nlohmann::json(it->first.second).dump() + ":" + it->second;
   }
   return out + "}";
+}
+
+void EventHub::Clear() {
+  std::lock_guard lock(mu_);
+  subs_.clear();
+  count_ = 0;
 }
 
 size_t EventHub::subscribers() const {

@@ -26,6 +26,7 @@ class EventHub {
   // the subscriber gets one "resync" message (it catches up via /changes).
   static constexpr size_t kMaxQueuedMessages = 1024;
   static constexpr size_t kMaxQueuedBytes = 8 << 20;
+  static constexpr size_t kMaxHelloProgress = 1 << 20;
 
   struct Subscriber {
     int64_t project = 0;
@@ -65,6 +66,9 @@ class EventHub {
   // A device whose last connection closed: its transfers are over.
   EventMessage DropProgress(int64_t project, const std::string& device);
 
+  // Forgets every subscriber (the server is stopping: their sessions are
+  // gone with the io_context, their wake callbacks must go before it).
+  void Clear();
   size_t subscribers() const;
   uint64_t messages_dropped() const;
 

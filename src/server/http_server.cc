@@ -72,6 +72,7 @@ struct HttpServer::Impl {
   tcp::acceptor acceptor{ioc};
 
   Impl(Api* a, Metrics* m) : api(a), metrics(m) {}
+  ~Impl() { api->events()->Clear(); }
 
   net::awaitable<void> WriteSimple(beast::tcp_stream& stream, int status, unsigned version, bool keep,
                                    const HttpResponse& resp, beast::error_code& ec) {
@@ -291,6 +292,8 @@ struct HttpServer::Impl {
                   [writing, timer](std::exception_ptr) { *writing = false; });
     beast::flat_buffer buf;
     std::string why;
+    auto last_report = std::chrono::steady_clock::time_point{};
+    int too_fast = 0;
     while (!*done) {
       buf.clear();
       co_await ws.async_read(buf, net::redirect_error(net::use_awaitable, ec));
@@ -304,6 +307,18 @@ struct HttpServer::Impl {
         break;
       }
       std::string_view text(static_cast<const char*>(buf.data().data()), buf.size());
+      // Reports come at most every 250 ms from a mount; a flood is dropped
+      // here, not fanned out to every subscriber.
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_report < std::chrono::milliseconds(200)) {
+        if (++too_fast > 100) {
+          why = "progress reports faster than five a second";
+          break;
+        }
+        continue;
+      }
+      last_report = now;
+      too_fast = 0;
       auto ev = api->OnClientMessage(sub.token, text);
       if (!ev.ok()) {
         why = ev.status().message();

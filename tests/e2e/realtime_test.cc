@@ -233,6 +233,24 @@ TEST_F(RealtimeTest, StatusShowsTheConnectionCursorAndTransfers) {
   EXPECT_NE(out.find("journal"), std::string::npos) << out;
 }
 
+TEST_F(RealtimeTest, ARenameBackAndForthIsNeverTakenForARetry) {
+  TestMount a(server_, server_.rw_token, dir_ + "/a");
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  { std::ofstream(a.path() + "/x") << "x"; }
+  // The same rename twice, identical on the wire (a rename keeps the
+  // version): the second must be applied, not answered from the first.
+  for (const char* name : {"y", "x", "y"}) {
+    fs::rename(a.path() + "/" + (std::string(name) == "y" ? "x" : "y"), a.path() + "/" + name);
+    ASSERT_TRUE(Within(std::chrono::milliseconds(5000), [&] {
+      return StatusOf(a.path()).find("\"journal_pending\": 0") != std::string::npos;
+    }));
+    EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(b.path() + "/" + name) == "x"; })) << name;
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/c");
+  EXPECT_TRUE(Exists(fresh.path() + "/y"));
+  EXPECT_FALSE(Exists(fresh.path() + "/x"));
+}
+
 TEST_F(RealtimeTest, AnUploadInProgressShowsInStatus) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
   std::string big = RandomBytes(48 << 20, 9);
