@@ -49,6 +49,18 @@ void RemoteSync::Stop() {
   }
   cv_.notify_all();
   thread_.join();
+  if (!deferred_.empty()) {
+    // Changes still waiting for our journal are not lost with this
+    // process: the saved cursor goes back to before the oldest of them,
+    // so the next mount pulls them again.
+    uint64_t oldest = UINT64_MAX;
+    for (const auto& [id, r] : deferred_) oldest = std::min(oldest, r.seq);
+    if (oldest > 0 && oldest - 1 < d_.tree->seq()) {
+      Status st = d_.state->ApplyChanges({}, oldest - 1);
+      if (!st.ok()) spdlog::warn("keeping {} waiting remote changes for the next mount failed: {}", deferred_.size(), st.ToString());
+      else d_.tree->set_seq(oldest - 1);
+    }
+  }
   MaybeCheckpoint(true);
 }
 
@@ -212,14 +224,17 @@ Status RemoteSync::RetryDeferred() {
       it = deferred_.erase(it);
       ASSIGN_OR_RETURN(std::optional<NodeRecord> old, d_.tree->Get(r.id));
       if (!old) continue;  // gone here (our delete went through, or a conflict moved it)
-      if (old->version < r.version) {
-        // Theirs is still newer than what we hold: it applies now.
+      // Theirs is still newer than what we hold: it applies now. At the
+      // same version it is our own commit coming back, and the server's
+      // record is the truth for that version: a setattr that won
+      // last-writer-wins, or a move sent without a base, may have merged
+      // with a change made elsewhere (their rename, our mode).
+      if (old->version < r.version || (old->version == r.version && !SameView(*old, r))) {
         items.push_back(r);
         changes.push_back({old, r});
       }
-      // Else ours was sent meanwhile (this was our own commit coming back,
-      // or a conflict already kept both and the write-back moved the node
-      // to theirs, telling the kernel itself).
+      // Else ours is newer (a conflict already kept both and the
+      // write-back moved the node to theirs, telling the kernel itself).
     }
     if (!items.empty()) {
       RETURN_IF_ERROR(d_.state->ApplyChanges(items, d_.tree->seq()));
@@ -271,7 +286,10 @@ void RemoteSync::Notify(const std::vector<Change>& changes) {
 }
 
 void RemoteSync::MaybeCheckpoint(bool force) {
-  const uint64_t seq = d_.tree->seq();
+  // Never past a change still waiting for our journal: the server must keep
+  // its tombstone until it is applied here.
+  uint64_t seq = d_.tree->seq();
+  for (const auto& [id, r] : deferred_) seq = std::min(seq, r.seq - 1);
   {
     std::lock_guard lock(mu_);
     if (seq <= checkpoint_) return;

@@ -122,7 +122,7 @@ class RemoteSync {
   // Requires mu_. Ends downloads idle for a second.
   void ExpireDownloadsLocked();
   static constexpr std::chrono::milliseconds kReportEvery{250};
-  std::unordered_map<uint64_t, NodeRecord> deferred_;     // worker thread only (size mirrored below)
+  std::unordered_map<uint64_t, NodeRecord> deferred_;     // worker thread only (and Stop, after it): size mirrored below
   std::atomic<uint64_t> n_deferred_{0};
   std::chrono::steady_clock::time_point last_checkpoint_{};
   std::thread thread_;
