@@ -733,11 +733,6 @@ void ChunkCache::Forget(uint64_t id) {
   ::unlink((dir_ + "/data/" + std::to_string(id)).c_str());
 }
 
-std::vector<uint64_t> ChunkCache::LocalIds() const {
-  std::lock_guard lock(mu_);
-  return std::vector<uint64_t>(local_.begin(), local_.end());
-}
-
 std::optional<std::vector<std::pair<uint64_t, uint64_t>>> ChunkCache::ChangedRanges(const NodeRecord& old,
                                                                                     const NodeRecord& now) {
   std::optional<Manifest> before;

@@ -117,8 +117,6 @@ class ChunkCache {
   void AdvanceVersion(uint64_t id, uint64_t from, uint64_t to);
   // The node is gone (deleted here or on the server): forget its cache.
   void Forget(uint64_t id);
-  // Nodes holding local content not yet committed.
-  std::vector<uint64_t> LocalIds() const;
   // A remote commit moved file `old` to `now`: the byte ranges whose
   // blocks changed (offset, length; length 0 = to the end), from the
   // manifest the cache holds and the new one (fetched now; the next read

@@ -1048,7 +1048,7 @@ Status RunMount(const MountOptions& opts) {
   }
   co.on_fetched = [&fs](const NodeRecord& n, uint64_t bytes) {
     RemoteSync* sync = fs.live_sync;
-    if (sync && fs.wb) sync->AddDownloaded(fs.wb->PathOf(n.id), bytes, n.size);
+    if (sync) sync->AddDownloaded(fs.tree.PathOf(n.id), bytes, n.size);
   };
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
   // The token names the device: the server files our commits, progress and
@@ -1066,10 +1066,11 @@ Status RunMount(const MountOptions& opts) {
     fs.device = host[0] ? host : "this device";
   }
   fs.wb = std::make_unique<WriteBack>(&client, state.get(), &fs.tree, fs.cache.get(), fs.device, state_ready);
-  fs.wb->set_is_open([&fs](uint64_t id) {
+  auto is_open = [&fs](uint64_t id) {
     std::lock_guard lock(fs.meta_mu);
     return fs.open_count.count(id) > 0;
-  });
+  };
+  fs.wb->set_is_open(is_open);
   {
     RemoteSync::Deps d;
     d.client = &client;
@@ -1077,10 +1078,8 @@ Status RunMount(const MountOptions& opts) {
     d.tree = &fs.tree;
     d.cache = fs.cache.get();
     d.meta_mu = &fs.meta_mu;
-    d.is_open = [&fs](uint64_t id) {
-      std::lock_guard lock(fs.meta_mu);
-      return fs.open_count.count(id) > 0;
-    };
+    d.is_open = is_open;
+    d.has_local_changes = [&fs](uint64_t id) { return fs.wb->HasPending(id) || fs.cache->IsLocal(id); };
     d.device = fs.device;
     d.ready = state_ready;
     // From the subscriber thread, never under a lock a FUSE request needs.

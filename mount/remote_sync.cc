@@ -178,11 +178,9 @@ Status RemoteSync::Apply(const std::vector<NodeRecord>& records, uint64_t next) 
   {
     std::lock_guard meta(*d_.meta_mu);
     if (next <= d_.tree->seq()) return Status::Ok();  // applied meanwhile
-    ASSIGN_OR_RETURN(auto pending, d_.state->JournalNodeIds());
-    for (uint64_t id : d_.cache->LocalIds()) pending.insert(id);
     std::vector<NodeRecord> items;
     for (const auto& r : records) {
-      if (pending.count(r.id)) {
+      if (d_.has_local_changes(r.id)) {
         // Ours in the journal (or written and not closed): our commit
         // names the version it started from, so a real conflict comes back
         // as a refusal and both are kept. Looked at again once sent.
@@ -212,11 +210,9 @@ Status RemoteSync::RetryDeferred() {
   std::vector<Change> changes;
   {
     std::lock_guard meta(*d_.meta_mu);
-    ASSIGN_OR_RETURN(auto pending, d_.state->JournalNodeIds());
-    for (uint64_t id : d_.cache->LocalIds()) pending.insert(id);
     std::vector<NodeRecord> items;
     for (auto it = deferred_.begin(); it != deferred_.end();) {
-      if (pending.count(it->first)) {
+      if (d_.has_local_changes(it->first)) {
         ++it;
         continue;
       }

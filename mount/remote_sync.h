@@ -48,6 +48,9 @@ class RemoteSync {
     ChunkCache* cache = nullptr;
     std::mutex* meta_mu = nullptr;  // the mount's namespace lock
     std::function<bool(uint64_t)> is_open;
+    // Whether the node has local changes not yet committed (journal
+    // entries, or written and not yet closed). Asked under meta_mu.
+    std::function<bool(uint64_t)> has_local_changes;
     std::string device;
     std::shared_future<void> ready;  // the local state may be written
     Kernel kernel;

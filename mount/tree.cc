@@ -182,4 +182,15 @@ size_t Tree::size() const {
   return nodes_.size();
 }
 
+std::string Tree::PathOf(uint64_t id) {
+  std::string path;
+  for (int depth = 0; id != kRootId && depth < 256; ++depth) {
+    auto n = Get(id);
+    if (!n.ok() || !*n) break;
+    path = "/" + (*n)->name + path;
+    id = (*n)->parent;
+  }
+  return path.empty() ? "/" : path;
+}
+
 }  // namespace tidefs

@@ -46,6 +46,8 @@ class Tree {
   Result<std::optional<NodeRecord>> Lookup(uint64_t parent, const std::string& name);
   // Children of a directory, by name.
   Result<std::vector<NodeRecord>> Children(uint64_t parent);
+  // "/dir/name" of a node (for progress lines); "/" for the root.
+  std::string PathOf(uint64_t id);
   uint64_t seq() const;
   void set_seq(uint64_t s);
   // Nodes held in memory.

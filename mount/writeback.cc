@@ -32,6 +32,15 @@ bool Creates(OpType t) { return t == OpType::kCreate || t == OpType::kMkdir || t
 WriteBack::WriteBack(ApiClient* client, LocalState* state, Tree* tree, ChunkCache* cache, std::string device,
                      std::shared_future<void> ready)
     : client_(client), state_(state), tree_(tree), cache_(cache), device_(std::move(device)), ready_(std::move(ready)) {
+  // What an earlier mount left in the journal (a cold mount, whose state is
+  // not ready yet, has none).
+  if (ready_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+    auto pending = state_->PendingJournal(std::numeric_limits<uint32_t>::max());
+    if (pending.ok())
+      for (const auto& e : *pending) ++pending_ids_[e.op.id];
+    else
+      spdlog::error("reading the journal failed: {}", pending.status().ToString());
+  }
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -56,12 +65,30 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   }
   RETURN_IF_ERROR(state_->RecordLocal(fixed, entries));
   for (const auto& r : fixed) tree_->Apply(r);
+  {
+    std::lock_guard lock(ids_mu_);
+    for (const auto& e : entries) ++pending_ids_[e.op.id];
+  }
   if (!entries.empty()) {
     std::lock_guard lock(mu_);
     kicked_ = true;
   }
   cv_.notify_all();
   return Status::Ok();
+}
+
+void WriteBack::Completed(const std::vector<LocalState::JournalEntry>& entries, uint64_t last) {
+  std::lock_guard lock(ids_mu_);
+  for (const auto& e : entries) {
+    if (e.seq > last) break;
+    auto it = pending_ids_.find(e.op.id);
+    if (it != pending_ids_.end() && --it->second <= 0) pending_ids_.erase(it);
+  }
+}
+
+bool WriteBack::HasPending(uint64_t id) {
+  std::lock_guard lock(ids_mu_);
+  return pending_ids_.count(id) > 0;
 }
 
 uint64_t WriteBack::Pending() {
@@ -139,17 +166,6 @@ std::string WriteBack::ConflictName(const std::string& name) const {
   return stem + tag;
 }
 
-std::string WriteBack::PathOf(uint64_t id) {
-  std::string path;
-  for (int depth = 0; id != kRootId && depth < 256; ++depth) {
-    auto n = tree_->Get(id);
-    if (!n.ok() || !*n) break;
-    path = "/" + (*n)->name + path;
-    id = (*n)->parent;
-  }
-  return path.empty() ? "/" : path;
-}
-
 Status WriteBack::FlushBatch() {
   std::lock_guard flush_lock(flush_mu_);
   ASSIGN_OR_RETURN(auto entries, state_->PendingJournal(kBatchEntries));
@@ -207,7 +223,7 @@ Status WriteBack::FlushBatch() {
         }
         const bool show = progress && view.size >= kShowUploadsFrom;
         if (show) {
-          path = PathOf(n->id);
+          path = tree_->PathOf(n->id);
           const auto t0 = std::chrono::steady_clock::now();
           const uint64_t total = view.size;
           up.on_progress = [progress, path, t0, total](uint64_t done) {
@@ -262,7 +278,11 @@ Status WriteBack::FlushBatch() {
     last = e.seq;
   }
   if (last == 0) return Status::Ok();
-  if (ops.empty()) return state_->CompleteJournal(last, {});
+  if (ops.empty()) {
+    RETURN_IF_ERROR(state_->CompleteJournal(last, {}));
+    Completed(entries, last);
+    return Status::Ok();
+  }
 
   // Local fix-ups once the commit holds, given the versions it made.
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
@@ -275,6 +295,7 @@ Status WriteBack::FlushBatch() {
                      client_->Commit(ops, "-" + std::to_string(entries.front().seq) + "-" + std::to_string(last)));
     if (!reply.refused) {
       RETURN_IF_ERROR(state_->CompleteJournal(last, reply.items));
+      Completed(entries, last);
       RETURN_IF_ERROR(state_->SetInflightBatch(0));
       std::unordered_map<uint64_t, const NodeRecord*> by_id;
       for (const auto& r : reply.items) {
@@ -395,7 +416,11 @@ Status WriteBack::FlushBatch() {
                                        reply.reason == "no_such_node")) {
       // Deleted here, edited (or already deleted) there: their edit stays.
       ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(k));
-      if (ops.empty()) return state_->CompleteJournal(last, {});
+      if (ops.empty()) {
+    RETURN_IF_ERROR(state_->CompleteJournal(last, {}));
+    Completed(entries, last);
+    return Status::Ok();
+  }
       continue;
     }
     return Status(CodeForHttpStatus(reply.http_status),

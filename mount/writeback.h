@@ -40,8 +40,9 @@ class WriteBack {
   // (the server unreachable): what is left stays in the journal.
   Status Drain(std::chrono::seconds patience);
   uint64_t Pending();
-  // The node's path in the tree, for progress lines.
-  std::string PathOf(uint64_t id);
+  // Whether the journal holds an entry naming `id` (kept in memory beside
+  // the journal: asked for every remote change).
+  bool HasPending(uint64_t id);
   // Tells whether a node is open (its cache must then stay); set once,
   // before changes flow.
   void set_is_open(std::function<bool(uint64_t)> f) { is_open_ = std::move(f); }
@@ -85,6 +86,10 @@ class WriteBack {
   bool kicked_ = false;    // guarded by mu_
   std::mutex flush_mu_;    // one batch at a time
   std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
+  std::mutex ids_mu_;
+  std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node
+  // The journal dropped its entries up to `last`, of those in `entries`.
+  void Completed(const std::vector<LocalState::JournalEntry>& entries, uint64_t last);
   std::thread thread_;
 };
 

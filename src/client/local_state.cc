@@ -222,15 +222,6 @@ Status LocalState::Sync() {
   return files_db_->Exec("PRAGMA wal_checkpoint(FULL)");
 }
 
-Result<std::unordered_set<uint64_t>> LocalState::JournalNodeIds() {
-  std::lock_guard lock(mu_);
-  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT DISTINCT json_extract(op, '$.ops[0].id') FROM journal"));
-  std::unordered_set<uint64_t> ids;
-  while (s.Step()) ids.insert(s.U64(0));
-  RETURN_IF_ERROR(s.status());
-  return ids;
-}
-
 Result<uint64_t> LocalState::InflightBatch() {
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT value FROM meta WHERE key='inflight'"));

@@ -13,7 +13,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <unordered_set>
 #include <vector>
 
 #include "core/commit_codec.h"
@@ -63,9 +62,6 @@ class LocalState {
   // retry from a new commit. 0: none.
   Result<uint64_t> InflightBatch();
   Status SetInflightBatch(uint64_t last);
-  // The nodes the journal's entries name (a remote change to one of them
-  // waits until they are committed).
-  Result<std::unordered_set<uint64_t>> JournalNodeIds();
   // Makes everything committed so far durable on disk (fsync's promise):
   // both databases are checkpointed, which syncs them.
   Status Sync();

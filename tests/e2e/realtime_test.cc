@@ -159,13 +159,7 @@ TEST_F(RealtimeTest, AMountCatchesUpAcrossAServerRestart) {
   // A change made as soon as the server is back (through the API, so no
   // mount had a hand in it) reaches B.
   ApiClient c = server_.Client(server_.rw_token);
-  CommitOp op;
-  op.type = OpType::kMkdir;
-  op.id = 777777;
-  op.parent = kRootId;
-  op.name = "made-after-restart";
-  auto r = c.Commit({op});
-  ASSERT_TRUE(r.ok() && !r->refused);
+  MustCommit(c, {MkdirOp(kRootId, "made-after-restart")});
   EXPECT_TRUE(Within(std::chrono::milliseconds(8000), [&] { return fs::is_directory(b.path() + "/made-after-restart"); }));
   EXPECT_TRUE(Within(std::chrono::milliseconds(8000),
                      [&] { return StatusOf(b.path()).find("\"connected\": true") != std::string::npos; }));
@@ -175,23 +169,15 @@ TEST_F(RealtimeTest, AMountCatchesUpAcrossAServerRestart) {
 
 TEST_F(RealtimeTest, TombstonesGoOnlyOnceEveryDeviceHasSeenThem) {
   ApiClient c = server_.Client(server_.rw_token);
-  CommitOp op;
-  op.type = OpType::kMkdir;
-  op.id = 4242;
-  op.parent = kRootId;
-  op.name = "doomed";
-  ASSERT_TRUE(c.Commit({op}).ok());
+  CommitReply made = MustCommit(c, {MkdirOp(kRootId, "doomed", 4242)});
+  ASSERT_EQ(made.items.size(), 1u);
   CommitOp del;
   del.type = OpType::kDelete;
   del.id = 4242;
   del.has_base = true;
-  auto page = c.Changes(0);
-  ASSERT_TRUE(page.ok());
-  for (const auto& n : page->items)
-    if (n.id == 4242) del.base = n.version;
-  auto r = c.Commit({del});
-  ASSERT_TRUE(r.ok() && !r->refused);
-  const uint64_t head = r->head;
+  del.base = made.items[0].version;
+  const uint64_t head = MustCommit(c, {del}).head;
+  ASSERT_GT(head, 0u);
   auto has_tombstone = [&] {
     auto p = c.Changes(0);
     if (!p.ok()) return false;

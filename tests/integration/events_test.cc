@@ -157,12 +157,8 @@ class EventsTest : public ::testing::Test {
   uint64_t MakeDirs(int n) {
     std::vector<CommitOp> ops;
     for (int i = 0; i < n; ++i) {
-      CommitOp op;
-      op.type = OpType::kMkdir;
-      op.id = ++next_id_;
-      op.parent = kRootId;
-      op.name = "dir-with-a-fairly-long-name-" + std::to_string(next_id_);
-      ops.push_back(op);
+      ++next_id_;
+      ops.push_back(MkdirOp(kRootId, "dir-with-a-fairly-long-name-" + std::to_string(next_id_), next_id_));
     }
     auto r = c_.Commit(ops);
     EXPECT_TRUE(r.ok() && !r->refused);
