@@ -92,11 +92,12 @@ ChunkCacheStats ChunkCache::stats() const {
 }
 
 Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n) {
-  bool local;
+  bool local, created;
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(n.id);
     local = local_.count(n.id) > 0;
+    created = created_.count(n.id) > 0;
     // A node with local content keeps its entry whatever the tree says; a
     // tree that lags a commit just made (an older version) too.
     if (it != entries_.end() && (it->second->version >= n.version || local)) return it->second;
@@ -110,7 +111,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
     if (it != entries_.end() && (it->second->version >= n.version || local_.count(n.id))) return it->second;
   }
   std::optional<LocalState::CachedFile> saved;
-  if (state_) {
+  if (state_ && !created) {
     auto f = state_->LoadFile(n.id);
     if (f.ok()) saved = std::move(*f);
   }
@@ -143,7 +144,9 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
     return Status::Corruption("manifest of node " + std::to_string(n.id) + " says " + std::to_string(e->manifest.size) +
                               " bytes, the node record " + std::to_string(n.size));
   // Without saved state any bytes in the file are unknown: start empty.
-  e->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (saved ? 0 : O_TRUNC), 0600);
+  // (Local bytes of a file whose bitmap was never saved are kept: written
+  // here and not closed before a crash.)
+  e->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (saved || local ? 0 : O_TRUNC), 0600);
   if (e->fd < 0) return Status::IoError("cannot open cache file " + path + ": " + std::strerror(errno));
   if (saved && saved->version != n.version) {
     for (size_t b = 0; b < saved->present.size(); ++b)
@@ -161,7 +164,10 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
     return Status::IoError("cannot size cache file " + path + ": " + std::strerror(errno));
   }
   e->Grow(size);
-  if (state_ && !(saved && (saved->version == n.version || local))) {
+  // A file created here has nothing to remember until its first flush
+  // (which saves its bitmap with the journal entry).
+  const bool created_here = n.version == 0 && !saved;
+  if (state_ && !created_here && !(saved && (saved->version == n.version || local))) {
     RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, e->manifest, e->present}));
   }
   std::lock_guard lock(mu_);
@@ -169,6 +175,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
   RekeyLocked(n.id, e->version, e->present);
   entries_[n.id] = e;
+  created_.erase(n.id);
   return e;
 }
 
@@ -500,9 +507,10 @@ Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, c
   return done;
 }
 
-void ChunkCache::MarkLocal(uint64_t id) {
+void ChunkCache::MarkLocal(uint64_t id, bool created) {
   std::lock_guard lock(mu_);
   local_.insert(id);
+  if (created) created_.insert(id);
 }
 
 bool ChunkCache::IsLocal(uint64_t id) const {
@@ -662,7 +670,6 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
     }
     RekeyLocked(id, version, present);
   }
-  if (state_) (void)state_->SaveFile({id, version, m, present});
 }
 
 void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present) {
@@ -689,15 +696,11 @@ Status ChunkCache::SyncFile(uint64_t id) {
   return Status::Ok();
 }
 
-Status ChunkCache::PersistPresent(uint64_t id) {
+std::optional<LocalState::CachedFile> ChunkCache::FileRecord(uint64_t id) {
   std::shared_ptr<Entry> e = FindEntry(id);
-  if (!e) return Status::Ok();
-  LocalState::CachedFile f;
-  {
-    std::lock_guard lock(e->mu);
-    f = {id, e->version, e->manifest, e->present};
-  }
-  return state_ ? state_->SaveFile(f) : Status::Ok();
+  if (!e) return std::nullopt;
+  std::lock_guard lock(e->mu);
+  return LocalState::CachedFile{id, e->version, e->manifest, e->present};
 }
 
 void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
@@ -727,6 +730,7 @@ void ChunkCache::Forget(uint64_t id) {
     std::lock_guard lock(mu_);
     entries_.erase(id);
     local_.erase(id);
+    created_.erase(id);
     ForgetLocked(id);
   }
   if (state_) (void)state_->DropFile(id);

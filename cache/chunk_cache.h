@@ -87,14 +87,16 @@ class ChunkCache {
   Status Write(const NodeRecord& n, uint64_t off, const char* data, size_t len);
   // Cuts or extends (with zeros) the cached file to `size`.
   Status Truncate(const NodeRecord& n, uint64_t size);
-  // Saves which blocks of `id` the cache file holds, local ones included
-  // (at close and fsync, with the journal entry: a restart must know
-  // which blocks to send).
-  Status PersistPresent(uint64_t id);
+  // What the local state should hold for `id` now (version, manifest,
+  // which blocks the cache file holds, local ones included): saved with a
+  // flush's journal entry, so a restart knows which blocks to send.
+  // Nothing when the node is not open in this cache.
+  std::optional<LocalState::CachedFile> FileRecord(uint64_t id);
   // fdatasync of the cache file of `id` (fsync's promise).
   Status SyncFile(uint64_t id);
-  // Marks a node as holding local content (also for one created here).
-  void MarkLocal(uint64_t id);
+  // Marks a node as holding local content (also for one created here:
+  // `created`, then the cache knows it has nothing saved of it).
+  void MarkLocal(uint64_t id, bool created = false);
   bool IsLocal(uint64_t id) const;
   // What a flush of `n` sends: the fd of its cache file (kept open by the
   // returned pin), the manifest it was based on, and the blocks written
@@ -111,6 +113,7 @@ class ChunkCache {
   Result<FlushView> BeginFlush(const NodeRecord& n);
   // The flush of `id` was committed as `version` with `blocks`: the cache
   // now holds that version. Local content written meanwhile stays local.
+  // (The caller saves FileRecord.)
   void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen);
   // Our commit moved node `id` from `from` to `to` without new content
   // (attributes, a move): the cached bytes are those of `to` as well.
@@ -193,6 +196,7 @@ class ChunkCache {
   std::mutex open_mu_;  // serializes Open's slow path (file creation, truncation)
   ChunkCacheStats stats_;                                                   // guarded by mu_
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
+  std::set<uint64_t> created_;  // guarded by mu_: created in this mount, not opened yet
 
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;

@@ -4,7 +4,9 @@
 #include "mount/fuse_mount.h"
 
 #include <fuse_lowlevel.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -308,9 +310,9 @@ Status RecordFlush(Fs* fs, FileHandle* h) {
     h->wrote = false;
     return Status::Ok();  // unlinked: nothing to send
   }
-  RETURN_IF_ERROR(fs->cache->PersistPresent(h->id));
-  RETURN_IF_ERROR(fs->wb->Record({**n}, {FlushEntry(h->id)}));
-  h->wrote = false;  // only once it is in the journal
+  // With the bitmap: a restart must know which blocks to send.
+  RETURN_IF_ERROR(fs->wb->Record({**n}, {FlushEntry(h->id)}, {h->id}));
+  h->wrote = false;
   return Status::Ok();
 }
 
@@ -379,6 +381,8 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_
 }
 
 void OpFlush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  // close() returns once the change is in the intent log: a kill -9 of
+  // the mount loses nothing.
   Status st = RecordFlush(Self(req), HandleOf(fi));
   if (!st.ok()) return (void)ReplyStatus(req, st, "flush", ino);
   fuse_reply_err(req, 0);
@@ -389,6 +393,7 @@ void OpFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
   // server once the write-back reaches it.
   Fs* fs = Self(req);
   Status st = RecordFlush(fs, HandleOf(fi));
+  if (st.ok()) st = fs->wb->WaitWritten();
   if (st.ok()) st = fs->cache->SyncFile(ino);
   if (st.ok()) st = fs->state->Sync();
   if (!st.ok()) return (void)ReplyStatus(req, st, "fsync", ino);
@@ -453,7 +458,7 @@ void MakeNode(fuse_req_t req, uint64_t parent, const char* name, NodeKind kind, 
     case NodeKind::kDir: e.op.type = OpType::kMkdir; e.op.has_mode = true; e.op.mode = rec.mode; break;
     case NodeKind::kSymlink: e.op.type = OpType::kSymlink; e.op.target = rec.target = target; break;
   }
-  if (kind == NodeKind::kFile) fs->cache->MarkLocal(rec.id);
+  if (kind == NodeKind::kFile) fs->cache->MarkLocal(rec.id, /*created=*/true);
   if (Status st = fs->wb->Record({rec}, {e}); !st.ok()) return (void)ReplyStatus(req, st, "create", parent);
   fuse_entry_param ep;
   FillEntry(*fs, rec, &ep);
@@ -1007,6 +1012,26 @@ Result<uint64_t> ParseSize(const std::string& text) {
   return v;
 }
 
+// One mount per cache dir (its databases are held exclusively): an flock
+// on DIR/lock, held until the process exits. A mount that just unmounted
+// may still be saving: wait for it a little, then say what is wrong.
+Result<int> LockCacheDir(const std::string& dir) {
+  const std::string path = dir + "/lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return Status::IoError("cannot open " + path + ": " + std::strerror(errno));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK || std::chrono::steady_clock::now() > deadline) {
+      int err = errno;
+      ::close(fd);
+      if (err != EWOULDBLOCK) return Status::IoError("cannot lock " + path + ": " + std::strerror(err));
+      return Status::Invalid("cache dir " + dir + " is in use by another tidefs mount; unmount that one first or pass another --cache-dir");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return fd;
+}
+
 Status RunMount(const MountOptions& opts) {
   TuneMallocForLargeBuffers();
   ApiClient client(opts.client);
@@ -1016,6 +1041,11 @@ Status RunMount(const MountOptions& opts) {
   std::error_code ec;
   std::filesystem::create_directories(cache_dir, ec);
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());
+  ASSIGN_OR_RETURN(int lock_fd, LockCacheDir(cache_dir));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } close_lock{lock_fd};
   ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
   Fs fs(&client, state.get());
   fs.state = state.get();

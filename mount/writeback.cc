@@ -18,6 +18,13 @@ constexpr size_t kBatchEntries = 1000;
 // a breath, for the rest of a burst: a close and the rename that follows);
 // changes made while a batch is in flight go together in the next one.
 constexpr auto kIdle = std::chrono::milliseconds(2);
+// Changes that arrived while a batch was in flight (a burst: cp -r, tar x)
+// gather a little longer, so a burst goes in a few big commits instead of
+// many of a few files each (every commit costs the server a transaction).
+constexpr auto kBurstGather = std::chrono::milliseconds(10);
+// The same for the local state: a burst goes in a transaction every few ms.
+constexpr auto kWriterGather = std::chrono::milliseconds(3);
+constexpr size_t kMaxUnsaved = 100000;  // changes logged but not in the databases, while those fail
 constexpr uint64_t kShowUploadsFrom = 1 << 20;  // smaller files come and go too fast to show
 
 // Ops that name the node's version (a rename too: a rename must not make a
@@ -41,6 +48,8 @@ WriteBack::WriteBack(ApiClient* client, LocalState* state, Tree* tree, ChunkCach
     else
       spdlog::error("reading the journal failed: {}", pending.status().ToString());
   }
+  queued_ticket_ = written_ticket_ = state_->last_ticket();
+  writer_ = std::thread([this] { WriterLoop(); });
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -51,29 +60,60 @@ WriteBack::~WriteBack() {
   }
   cv_.notify_all();
   thread_.join();
+  // The writer saves what is queued (a conflict's fix-up too), then ends.
+  {
+    std::lock_guard lock(q_mu_);
+    writer_stopping_ = true;
+  }
+  q_cv_.notify_all();
+  writer_.join();
 }
 
-Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries) {
-  ready_.wait();
+Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries,
+                         const std::vector<uint64_t>& files) {
+  ready_.wait();  // a cold mount saves its snapshot first
   // Versions are the server's to move (SetVersion): a record read before
   // a commit landed must not carry the older one back.
-  std::vector<NodeRecord> fixed = rows;
-  for (auto& r : fixed) {
+  LocalState::Change c;
+  c.rows = rows;
+  c.entries = entries;
+  for (auto& r : c.rows) {
     if (r.deleted) continue;
     auto cur = tree_->Get(r.id);
     if (cur.ok() && *cur) r.version = std::max(r.version, (*cur)->version);
   }
-  RETURN_IF_ERROR(state_->RecordLocal(fixed, entries));
-  for (const auto& r : fixed) tree_->Apply(r);
-  {
+  // Counted until saved (rows) or committed (entries): a remote change to
+  // these nodes waits for them.
+  auto count = [&](int d) {
     std::lock_guard lock(ids_mu_);
-    for (const auto& e : entries) ++pending_ids_[e.op.id];
+    for (const auto& e : c.entries)
+      if ((pending_ids_[e.op.id] += d) <= 0) pending_ids_.erase(e.op.id);
+    for (const auto& r : c.rows)
+      if ((pending_ids_[r.id] += d) <= 0) pending_ids_.erase(r.id);
+  };
+  count(+1);
+  {
+    // Under the queue's lock: log order, ticket order and queue order are
+    // one, and a bitmap taken later is never saved before an earlier one.
+    std::lock_guard lock(q_mu_);
+    // The databases refuse writes (disk full?) and much waits: refuse more.
+    if (!write_error_.ok() && queue_.size() > kMaxUnsaved) {
+      count(-1);
+      return write_error_;
+    }
+    for (uint64_t id : files)
+      if (auto f = cache_->FileRecord(id)) c.files.push_back(std::move(*f));
+    c.ticket = queued_ticket_ + 1;
+    if (Status st = state_->LogChange(c); !st.ok()) {
+      count(-1);
+      return st;
+    }
+    queued_ticket_ = c.ticket;
+    queued_entries_ += c.entries.size();
+    for (const auto& r : c.rows) tree_->Apply(r);
+    queue_.push_back(std::move(c));
   }
-  if (!entries.empty()) {
-    std::lock_guard lock(mu_);
-    kicked_ = true;
-  }
-  cv_.notify_all();
+  q_cv_.notify_one();
   return Status::Ok();
 }
 
@@ -91,7 +131,101 @@ bool WriteBack::HasPending(uint64_t id) {
   return pending_ids_.count(id) > 0;
 }
 
+Status WriteBack::WaitWritten() {
+  std::unique_lock lock(q_mu_);
+  const uint64_t ticket = queued_ticket_;
+  if (written_ticket_ >= ticket) return Status::Ok();
+  ++waiters_;
+  q_cv_.notify_one();  // no gathering while someone waits
+  written_cv_.wait(lock, [&] { return written_ticket_ >= ticket || !write_error_.ok(); });
+  --waiters_;
+  return written_ticket_ >= ticket ? Status::Ok() : write_error_;
+}
+
+void WriteBack::WriterLoop() {
+  ready_.wait();  // a cold mount saves its snapshot first
+  constexpr size_t kMaxItems = 4096;  // queued changes per transaction
+  auto backoff = std::chrono::milliseconds(0);
+  bool burst = false;
+  std::unique_lock lock(q_mu_);
+  for (;;) {
+    if (backoff.count() > 0) q_cv_.wait_for(lock, backoff, [this] { return writer_stopping_; });
+    q_cv_.wait(lock, [this] { return writer_stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;
+    if (burst && !writer_stopping_ && waiters_ == 0) {
+      // Changes kept coming while the last ones were written (cp -r, tar
+      // x): let a few more gather, one transaction for all.
+      q_cv_.wait_for(lock, kWriterGather, [this] { return writer_stopping_ || waiters_ > 0; });
+    }
+    // Elements of a deque stay put while others are pushed at its back.
+    std::vector<const LocalState::Change*> items;
+    for (const auto& q : queue_) {
+      items.push_back(&q);
+      if (items.size() >= kMaxItems) break;
+    }
+    lock.unlock();
+    spdlog::trace("local state: writing {} queued changes", items.size());
+    Status st = state_->SaveChanges(items);
+    bool journal = false;
+    if (st.ok()) {
+      std::lock_guard ids(ids_mu_);
+      for (const LocalState::Change* q : items) {
+        journal = journal || !q->entries.empty();
+        for (const auto& r : q->rows)
+          if (auto it = pending_ids_.find(r.id); it != pending_ids_.end() && --it->second <= 0) pending_ids_.erase(it);
+      }
+    }
+    lock.lock();
+    if (st.ok()) {
+      written_ticket_ = items.back()->ticket;
+      for (size_t i = 0; i < items.size(); ++i) {
+        queued_entries_ -= queue_.front().entries.size();
+        queue_.pop_front();
+      }
+      burst = !queue_.empty();
+      // All saved: the log starts again (appends take this lock too).
+      if (!burst)
+        if (Status r = state_->ResetLog(); !r.ok()) spdlog::warn("{} (it is replayed harmlessly)", r.ToString());
+      write_error_ = Status::Ok();
+      backoff = std::chrono::milliseconds(0);
+      written_cv_.notify_all();
+      if (journal) {
+        lock.unlock();
+        {
+          std::lock_guard wake(mu_);
+          kicked_ = true;
+        }
+        cv_.notify_all();
+        lock.lock();
+      }
+      continue;
+    }
+    write_error_ = st;
+    written_cv_.notify_all();
+    if (writer_stopping_) {
+      spdlog::error("unmount: {} changes could not be saved in the local state ({}); they stay in the intent log "
+                    "for the next mount",
+                    queue_.size(), st.ToString());
+      return;
+    }
+    backoff = std::min<std::chrono::milliseconds>(std::max(backoff * 2, std::chrono::milliseconds(50)),
+                                                   std::chrono::milliseconds(2000));
+    spdlog::error("saving {} changes in the local state failed: {} (they are safe in the intent log; free space "
+                  "in the cache dir; trying again in {} ms)",
+                  queue_.size(), st.ToString(), backoff.count());
+  }
+}
+
 uint64_t WriteBack::Pending() {
+  uint64_t queued;
+  {
+    std::lock_guard lock(q_mu_);
+    queued = queued_entries_;
+  }
+  return Persisted() + queued;
+}
+
+uint64_t WriteBack::Persisted() {
   auto n = state_->JournalSize();
   return n.ok() ? *n : 0;
 }
@@ -109,11 +243,14 @@ void WriteBack::Loop() {
     lock.unlock();
     if (was_kicked) std::this_thread::sleep_for(kIdle);  // let a burst of changes gather
     Status st;
-    for (int i = 0; i < 1000 && st.ok() && Pending() > 0; ++i) st = FlushBatch();
+    for (int i = 0; i < 1000 && st.ok() && Persisted() > 0; ++i) {
+      if (i > 0) std::this_thread::sleep_for(kBurstGather);
+      st = FlushBatch();
+    }
     if (!st.ok()) {
       backoff = std::min<std::chrono::milliseconds>(std::max(backoff * 2, std::chrono::milliseconds(250)),
                                                      std::chrono::milliseconds(10000));
-      spdlog::warn("write-back: {} ({} changes kept in the journal; trying again in {} ms)", st.ToString(), Pending(),
+      spdlog::warn("write-back: {} ({} changes kept in the journal; trying again in {} ms)", st.ToString(), Persisted(),
                    backoff.count());
     } else {
       backoff = std::chrono::milliseconds(0);
@@ -125,11 +262,16 @@ void WriteBack::Loop() {
 Status WriteBack::Drain(std::chrono::seconds patience) {
   ready_.wait();
   auto last_progress = std::chrono::steady_clock::now();
-  uint64_t left = Pending();
+  if (Status w = WaitWritten(); !w.ok())
+    return Status::IoError("changes could not be saved in the local state (" + w.message() + ")");
+  uint64_t left = Persisted();
   while (left > 0) {
     if (left) spdlog::info("unmount: {} changes to send", left);
     Status st = FlushBatch();
-    const uint64_t now_left = Pending();
+    // A conflict's fix-up is queued: in the local state before the next look.
+    if (Status w = WaitWritten(); !w.ok())
+      return Status::IoError("changes could not be saved in the local state (" + w.message() + ")");
+    const uint64_t now_left = Persisted();
     const bool progress = now_left < left;
     if (progress) last_progress = std::chrono::steady_clock::now();
     left = now_left;
@@ -189,6 +331,7 @@ Status WriteBack::FlushBatch() {
   std::vector<Sent> sent;
   std::unordered_set<uint64_t> flushed;
   std::unordered_map<uint64_t, uint64_t> based;  // node -> the version our op in this batch names
+  BlockBatch small_files;  // blocks of the batch's small files, sent together before the commit
   uint64_t last = 0;
   for (const auto& e : entries) {
     CommitOp op = e.op;
@@ -232,7 +375,7 @@ Status WriteBack::FlushBatch() {
           };
           progress(path, 0, total, 0, false);
         }
-        auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up);
+        auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up, &small_files);
         if (show) progress(path, view.size, view.size, 0, true);
         if (!uploaded.ok()) return uploaded.status();
         auto blocks = std::move(*uploaded);
@@ -278,6 +421,12 @@ Status WriteBack::FlushBatch() {
     last = e.seq;
   }
   if (last == 0) return Status::Ok();
+  if (!small_files.blocks.empty() && !ops.empty()) {
+    UploadStats up;
+    const size_t n = small_files.blocks.size();
+    RETURN_IF_ERROR(SendMissingBlocks(client_, &small_files.blocks, 8, &up));
+    spdlog::debug("write-back: {} of the batch's {} small-file blocks sent", up.blocks_sent, n);
+  }
   if (ops.empty()) {
     RETURN_IF_ERROR(state_->CompleteJournal(last, {}));
     Completed(entries, last);
@@ -294,6 +443,7 @@ Status WriteBack::FlushBatch() {
     ASSIGN_OR_RETURN(CommitReply reply,
                      client_->Commit(ops, "-" + std::to_string(entries.front().seq) + "-" + std::to_string(last)));
     if (!reply.refused) {
+      spdlog::debug("write-back: committed {} ops ({} journal entries)", ops.size(), entries.size());
       RETURN_IF_ERROR(state_->CompleteJournal(last, reply.items));
       Completed(entries, last);
       RETURN_IF_ERROR(state_->SetInflightBatch(0));
@@ -312,10 +462,15 @@ Status WriteBack::FlushBatch() {
       for (const auto& [id, base] : based)
         if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted)
           cache_->AdvanceVersion(id, base, it->second->version);
+      std::vector<uint64_t> saved;
       for (const auto& s : sent) {
         auto it = by_id.find(s.id);
-        if (it != by_id.end() && !it->second->deleted) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
+        if (it != by_id.end() && !it->second->deleted) {
+          cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
+          saved.push_back(s.id);
+        }
       }
+      if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
       return Status::Ok();
     }
@@ -373,8 +528,7 @@ Status WriteBack::FlushBatch() {
             rows.push_back(theirs);
           }
         }
-        (void)state_->RecordLocal(rows, {});
-        for (const auto& r : rows) tree_->Apply(r);
+        (void)Record(rows, {});
         std::function<void(uint64_t)> inval;
         {
           std::lock_guard plock(progress_mu_);
@@ -396,8 +550,7 @@ Status WriteBack::FlushBatch() {
             renamed.version = it->second->version;
             renamed.seq = it->second->seq;
           }
-          (void)state_->RecordLocal({renamed}, {});
-          tree_->Apply(renamed);
+          (void)Record({renamed}, {});
         });
       }
       continue;

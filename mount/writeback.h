@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -33,15 +34,24 @@ class WriteBack {
             std::shared_future<void> ready);
   ~WriteBack();
 
-  // Records local changes: the mirror rows (and the tree) and the journal
-  // entries, durably, then wakes the flusher.
-  Status Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries);
+  // Records local changes: the mirror rows (and the tree), the journal
+  // entries and the cache bitmaps of `files` go to the intent log at once
+  // (one write(): from then on a kill -9 loses nothing), and into the
+  // databases on the writer thread, everything queued meanwhile in one
+  // transaction, which then wakes the flusher. Fails, changing nothing,
+  // when the log cannot be written (ENOSPC).
+  Status Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries,
+                const std::vector<uint64_t>& files = {});
+  // Returns once everything recorded before the call is saved in the
+  // databases (fsync then syncs them), or the error that keeps it out.
+  Status WaitWritten();
   // Commits everything now; gives up after `patience` without progress
   // (the server unreachable): what is left stays in the journal.
   Status Drain(std::chrono::seconds patience);
+  // Journal entries not yet committed to the server (queued ones too).
   uint64_t Pending();
-  // Whether the journal holds an entry naming `id` (kept in memory beside
-  // the journal: asked for every remote change).
+  // Whether the journal holds an entry naming `id`, or a mirror row of it
+  // is still queued (kept in memory: asked for every remote change).
   bool HasPending(uint64_t id);
   // Tells whether a node is open (its cache must then stay); set once,
   // before changes flow.
@@ -62,6 +72,11 @@ class WriteBack {
 
  private:
   void Loop();
+  // Journal entries in the local state.
+  uint64_t Persisted();
+  // The writer thread: queued changes into the local state.
+  void WriterLoop();
+
   // Commits one batch. kUnavailable: the server could not be reached.
   Status FlushBatch();
   // Handles a refused op; true if the batch can be tried again.
@@ -90,6 +105,18 @@ class WriteBack {
   std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node
   // The journal dropped its entries up to `last`, of those in `entries`.
   void Completed(const std::vector<LocalState::JournalEntry>& entries, uint64_t last);
+
+  std::mutex q_mu_;
+  std::condition_variable q_cv_;        // the writer waits for work
+  std::condition_variable written_cv_;  // WaitWritten waits for the writer
+  std::deque<LocalState::Change> queue_;  // guarded by q_mu_; in the intent log; popped by the writer once saved
+  uint64_t queued_ticket_ = 0;          // guarded by q_mu_: the last ticket handed out
+  uint64_t written_ticket_ = 0;         // guarded by q_mu_: everything up to it is in the local state
+  uint64_t queued_entries_ = 0;         // guarded by q_mu_: journal entries in queue_
+  Status write_error_;                  // guarded by q_mu_: why the last write failed (ok once one works)
+  bool writer_stopping_ = false;        // guarded by q_mu_
+  int waiters_ = 0;                     // guarded by q_mu_: threads in WaitWritten
+  std::thread writer_;
   std::thread thread_;
 };
 

@@ -1,6 +1,16 @@
 #include "client/local_state.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <unordered_map>
+
+#include <spdlog/spdlog.h>
 
 namespace tidefs {
 
@@ -36,7 +46,7 @@ constexpr char kUpsertNode[] =
 }  // namespace
 
 Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, const std::string& project) {
-  ASSIGN_OR_RETURN(auto db, Db::Open(path));
+  ASSIGN_OR_RETURN(auto db, Db::Open(path, /*exclusive=*/true));
   RETURN_IF_ERROR(db->Exec(
       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name TEXT NOT NULL,"
@@ -60,11 +70,145 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
   std::string files_path = path;
   auto slash = files_path.rfind('/');
   files_path = (slash == std::string::npos ? std::string() : files_path.substr(0, slash + 1)) + "files.db";
-  ASSIGN_OR_RETURN(auto files, Db::Open(files_path));
+  ASSIGN_OR_RETURN(auto files, Db::Open(files_path, /*exclusive=*/true));
   RETURN_IF_ERROR(files->Exec(
       "CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, version INTEGER NOT NULL,"
       " manifest BLOB NOT NULL, present BLOB NOT NULL)"));
-  return std::unique_ptr<LocalState>(new LocalState(std::move(db), std::move(files)));
+  std::unique_ptr<LocalState> state(new LocalState(std::move(db), std::move(files)));
+  std::string dir = slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
+  RETURN_IF_ERROR(state->OpenLog(dir + "intent.log"));
+  return state;
+}
+
+LocalState::~LocalState() {
+  if (log_fd_ >= 0) ::close(log_fd_);
+}
+
+Status LocalState::OpenLog(const std::string& path) {
+  uint64_t applied = 0;
+  {
+    std::lock_guard lock(mu_);
+    ASSIGN_OR_RETURN(Stmt q, db_->Prepare("SELECT value FROM meta WHERE key='applied_ticket'"));
+    if (q.Step()) applied = std::strtoull(q.Text(0).c_str(), nullptr, 10);
+    RETURN_IF_ERROR(q.status());
+  }
+  last_ticket_ = applied;
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return Status::IoError("cannot open " + path + ": " + std::strerror(errno));
+  std::lock_guard lock(log_mu_);
+  log_fd_ = fd;
+  std::string bytes;
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::pread(fd, buf, sizeof buf, static_cast<off_t>(bytes.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::IoError("cannot read " + path + ": " + std::strerror(errno));
+    if (n == 0) break;
+    bytes.append(buf, static_cast<size_t>(n));
+  }
+  if (bytes.empty()) return Status::Ok();
+  // What a mount that died had made and not saved yet.
+  DecodedLog log = DecodeLocalLog(bytes);
+  std::vector<const Change*> todo;
+  for (const auto& c : log.changes) {
+    if (c.ticket > applied) todo.push_back(&c);
+    last_ticket_ = std::max(last_ticket_, c.ticket);  // tickets never go back
+  }
+  if (!todo.empty()) {
+    spdlog::info("replaying {} changes from {} (the last mount ended before saving them)", todo.size(), path);
+    RETURN_IF_ERROR(SaveChanges(todo));
+  }
+  if (!log.stopped.empty()) {
+    // Keep both copies: whatever could not be read goes aside, not away.
+    const std::string aside = path + ".damaged-" + std::to_string(::time(nullptr));
+    spdlog::warn("{}: {} bytes after {} could not be read ({}); kept in {}", path, bytes.size() - log.used, log.used,
+                 log.stopped, aside);
+    int out = ::open(aside.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0 || ::write(out, bytes.data() + log.used, bytes.size() - log.used) !=
+                       static_cast<ssize_t>(bytes.size() - log.used)) {
+      if (out >= 0) ::close(out);
+      return Status::IoError("cannot keep the unreadable end of " + path + " in " + aside);
+    }
+    ::close(out);
+  }
+  if (::ftruncate(fd, 0) != 0) return Status::IoError("cannot empty " + path + ": " + std::strerror(errno));
+  log_size_ = 0;
+  return Status::Ok();
+}
+
+Status LocalState::LogChange(const Change& c) {
+  const std::string frame = EncodeLocalChange(c);
+  std::lock_guard lock(log_mu_);
+  size_t done = 0;
+  while (done < frame.size()) {
+    ssize_t n = ::write(log_fd_, frame.data() + done, frame.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = n < 0 ? errno : EIO;
+      // A torn frame would hide every later one: cut it off.
+      (void)!::ftruncate(log_fd_, static_cast<off_t>(log_size_));
+      return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
+                    std::string("cannot append to the intent log in the cache dir: ") + std::strerror(err));
+    }
+    done += static_cast<size_t>(n);
+  }
+  log_size_ += frame.size();
+  if (c.ticket > last_ticket_) last_ticket_ = c.ticket;
+  return Status::Ok();
+}
+
+Status LocalState::ResetLog() {
+  std::lock_guard lock(log_mu_);
+  if (log_size_ == 0) return Status::Ok();
+  if (::ftruncate(log_fd_, 0) != 0)
+    return Status::IoError(std::string("cannot empty the intent log in the cache dir: ") + std::strerror(errno));
+  log_size_ = 0;
+  return Status::Ok();
+}
+
+Status LocalState::SaveChanges(const std::vector<const Change*>& changes) {
+  if (changes.empty()) return Status::Ok();
+  std::vector<CachedFile> files;
+  std::vector<NodeRecord> rows;
+  std::vector<JournalEntry> entries;
+  std::unordered_map<uint64_t, size_t> row_of, file_of;
+  for (const Change* c : changes) {
+    // A node (or bitmap) changed again later in the same batch: the last one.
+    for (const auto& r : c->rows) {
+      if (auto it = row_of.find(r.id); it != row_of.end()) rows[it->second].id = 0;
+      row_of[r.id] = rows.size();
+      rows.push_back(r);
+    }
+    for (const auto& f : c->files) {
+      if (auto it = file_of.find(f.id); it != file_of.end()) files[it->second].id = 0;
+      file_of[f.id] = files.size();
+      files.push_back(f);
+    }
+    entries.insert(entries.end(), c->entries.begin(), c->entries.end());
+  }
+  std::erase_if(rows, [](const NodeRecord& r) { return r.id == 0; });
+  std::erase_if(files, [](const CachedFile& f) { return f.id == 0; });
+  // The bitmaps first: a flush entry must find its blocks marked.
+  if (!files.empty()) RETURN_IF_ERROR(SaveFiles(files));
+  std::lock_guard lock(mu_);
+  Transaction tx(db_.get());
+  RETURN_IF_ERROR(tx.status());
+  RETURN_IF_ERROR(WriteRows(rows));
+  RETURN_IF_ERROR(InsertJournal(entries));
+  ASSIGN_OR_RETURN(Stmt t, db_->Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES('applied_ticket', ?1)"));
+  t.Bind(1, std::to_string(changes.back()->ticket));
+  RETURN_IF_ERROR(t.Run());
+  return tx.Commit();
+}
+
+Status LocalState::InsertJournal(const std::vector<JournalEntry>& entries) {
+  ASSIGN_OR_RETURN(Stmt ins, db_->Prepare("INSERT INTO journal(flush, op) VALUES(?1, ?2)"));
+  for (const auto& e : entries) {
+    ins.Bind(1, e.flush ? 1 : 0).Bind(2, EncodeCommit({e.op}));
+    RETURN_IF_ERROR(ins.Run());
+    ins.Reset();
+  }
+  return Status::Ok();
 }
 
 Result<std::optional<uint64_t>> LocalState::Cursor() {
@@ -166,12 +310,7 @@ Status LocalState::RecordLocal(const std::vector<NodeRecord>& rows, const std::v
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
   RETURN_IF_ERROR(WriteRows(rows));
-  ASSIGN_OR_RETURN(Stmt ins, db_->Prepare("INSERT INTO journal(flush, op) VALUES(?1, ?2)"));
-  for (const auto& e : entries) {
-    ins.Bind(1, e.flush ? 1 : 0).Bind(2, EncodeCommit({e.op}));
-    RETURN_IF_ERROR(ins.Run());
-    ins.Reset();
-  }
+  RETURN_IF_ERROR(InsertJournal(entries));
   return tx.Commit();
 }
 
@@ -247,23 +386,6 @@ Result<uint64_t> LocalState::JournalSize() {
   return s.U64(0);
 }
 
-namespace {
-
-std::string PackBits(const std::vector<bool>& bits) {
-  std::string out((bits.size() + 7) / 8, '\0');
-  for (size_t i = 0; i < bits.size(); ++i)
-    if (bits[i]) out[i / 8] = static_cast<char>(out[i / 8] | (1 << (i % 8)));
-  return out;
-}
-
-std::vector<bool> UnpackBits(std::string_view bytes, size_t n) {
-  std::vector<bool> bits(n, false);
-  for (size_t i = 0; i < n && i / 8 < bytes.size(); ++i) bits[i] = (bytes[i / 8] >> (i % 8)) & 1;
-  return bits;
-}
-
-}  // namespace
-
 static Result<LocalState::CachedFile> ReadFileRow(const Stmt& s) {
   LocalState::CachedFile f;
   f.id = s.U64(0);
@@ -300,12 +422,23 @@ Result<std::vector<LocalState::CachedFile>> LocalState::LoadAllFiles() {
   return out;
 }
 
-Status LocalState::SaveFile(const CachedFile& f) {
+Status LocalState::SaveFile(const CachedFile& f) { return SaveFiles({f}); }
+
+Status LocalState::SaveFiles(const std::vector<CachedFile>& files) {
   std::lock_guard lock(files_mu_);
+  std::optional<Transaction> tx;
+  if (files.size() > 1) {
+    tx.emplace(files_db_.get());
+    RETURN_IF_ERROR(tx->status());
+  }
   ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("INSERT OR REPLACE INTO files(id, version, manifest, present) VALUES(?1, ?2, ?3, ?4)"));
-  std::string m = EncodeManifest(f.manifest), bits = PackBits(f.present);
-  s.Bind(1, f.id).Bind(2, f.version).BindBlob(3, m.data(), m.size()).BindBlob(4, bits.data(), bits.size());
-  return s.Run();
+  for (const auto& f : files) {
+    std::string m = EncodeManifest(f.manifest), bits = PackBits(f.present);
+    s.Bind(1, f.id).Bind(2, f.version).BindBlob(3, m.data(), m.size()).BindBlob(4, bits.data(), bits.size());
+    RETURN_IF_ERROR(s.Run());
+    s.Reset();
+  }
+  return tx ? tx->Commit() : Status::Ok();
 }
 
 Status LocalState::SavePresent(uint64_t id, const std::vector<bool>& present) {

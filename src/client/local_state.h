@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/commit_codec.h"
+#include "core/local_change.h"
 #include "core/manifest_codec.h"
 #include "core/snapshot_codec.h"
 #include "core/sqlite.h"
@@ -26,7 +27,10 @@ namespace tidefs {
 class LocalState {
  public:
   // Opens or creates `path`; refuses a state that belongs to another project.
+  // The databases are held exclusively: one process at a time (the mount
+  // locks its cache dir first).
   static Result<std::unique_ptr<LocalState>> Open(const std::string& path, const std::string& project);
+  ~LocalState();
 
   // The seq of the tree an earlier mount saved, or nothing on a first mount.
   Result<std::optional<uint64_t>> Cursor();
@@ -42,15 +46,26 @@ class LocalState {
   // one transaction.
   Status ApplyChanges(const std::vector<NodeRecord>& changes, uint64_t seq);
 
-  // The journal: local changes not yet committed to the server, in order.
-  struct JournalEntry {
-    uint64_t seq = 0;    // journal order (set when stored)
-    CommitOp op;         // a namespace op; or, with `flush`, "send the
-    bool flush = false;  // content of op.id as the cache holds it"
-  };
+  using JournalEntry = tidefs::JournalEntry;
+  using CachedFile = tidefs::CachedFile;
+  using Change = LocalChange;
   // Records local changes in one transaction: the mirror rows (tombstones
   // delete) and the journal entries that will tell the server.
   Status RecordLocal(const std::vector<NodeRecord>& rows, const std::vector<JournalEntry>& entries);
+
+  // The intent log (intent.log beside state.db): a change is appended
+  // with one write() the moment it is made, so a kill -9 of the mount
+  // cannot lose it; the databases get it a little later, many changes in
+  // one transaction (SaveChanges). Open replays what a dead process logged
+  // and did not save. Changes carry tickets in the order they were made.
+  Status LogChange(const Change& c);
+  // Saves changes (in ticket order) in the databases: the bitmaps, then the
+  // rows, the journal entries and the last ticket, in one transaction.
+  Status SaveChanges(const std::vector<const Change*>& changes);
+  // Empties the intent log: everything in it is saved.
+  Status ResetLog();
+  // The last ticket saved or replayed (the next change takes the one after).
+  uint64_t last_ticket() const { return last_ticket_; }
   // The oldest `limit` entries.
   Result<std::vector<JournalEntry>> PendingJournal(size_t limit);
   // Drops the entries up to `last` and stores the versions the server
@@ -66,21 +81,26 @@ class LocalState {
   // both databases are checkpointed, which syncs them.
   Status Sync();
 
-  struct CachedFile {
-    uint64_t id = 0;
-    uint64_t version = 0;
-    Manifest manifest;
-    std::vector<bool> present;  // per block
-  };
   Result<std::optional<CachedFile>> LoadFile(uint64_t id);
   Result<std::vector<CachedFile>> LoadAllFiles();
   Status SaveFile(const CachedFile& f);
+  // Several, in one transaction.
+  Status SaveFiles(const std::vector<CachedFile>& files);
   Status SavePresent(uint64_t id, const std::vector<bool>& present);
   Status DropFile(uint64_t id);
 
  private:
   LocalState(std::unique_ptr<Db> db, std::unique_ptr<Db> files)
       : db_(std::move(db)), files_db_(std::move(files)) {}
+  // Requires mu_, in a transaction.
+  Status InsertJournal(const std::vector<JournalEntry>& entries);
+  // Replays the changes `path` holds past the last saved ticket, then
+  // opens it (empty) for appending.
+  Status OpenLog(const std::string& path);
+  std::mutex log_mu_;
+  int log_fd_ = -1;         // guarded by log_mu_
+  uint64_t log_size_ = 0;   // guarded by log_mu_: the end of the last whole frame
+  uint64_t last_ticket_ = 0;
   Status SetCursor(uint64_t seq);
   Status WriteRows(const std::vector<NodeRecord>& rows);  // requires mu_, in a transaction
   std::mutex mu_;

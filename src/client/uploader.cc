@@ -72,7 +72,8 @@ Status SendMissingBlocks(ApiClient* client, std::vector<std::pair<Hash128, std::
 
 Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
                                               const Manifest& base, const std::vector<bool>& dirty,
-                                              int parallel, UploadStats* stats) {
+                                              int parallel, UploadStats* stats, BlockBatch* shared) {
+  const bool small = shared && size <= kSharedBatchFileBytes;
   const uint64_t nblocks = (size + kBlockSize - 1) / kBlockSize;
   std::vector<Hash128> out(nblocks);
   std::vector<std::pair<Hash128, std::string>> batch, in_flight;
@@ -107,6 +108,11 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     }
     out[b] = HashBlock(data);
     stats->blocks_hashed++;
+    if (small) {
+      shared->bytes += len;
+      shared->blocks.emplace_back(out[b], std::move(data));
+      continue;
+    }
     batch_bytes += len;
     batch.emplace_back(out[b], std::move(data));
     if (batch_bytes >= kFileBatchBytes) {
@@ -121,6 +127,10 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
   }
   if (sending.valid()) RETURN_IF_ERROR(sending.get());
   RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, &sent_stats));
+  if (small && shared->bytes >= kFileBatchBytes) {
+    RETURN_IF_ERROR(SendMissingBlocks(client, &shared->blocks, parallel, &sent_stats));
+    shared->bytes = 0;
+  }
   if (stats->on_progress) stats->on_progress(size);
   stats->blocks_sent += sent_stats.blocks_sent;
   stats->bytes_sent += sent_stats.bytes_sent;

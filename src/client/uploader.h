@@ -35,14 +35,25 @@ inline constexpr size_t kMissingQuery = 10000;          // hashes per /blocks/mi
 Status SendMissingBlocks(ApiClient* client, std::vector<std::pair<Hash128, std::string>>* blocks, int parallel,
                          UploadStats* stats);
 
+// Blocks of several small files gathered for one /blocks/missing and one
+// upload: a commit of many small files costs a few requests, not two a file.
+struct BlockBatch {
+  std::vector<std::pair<Hash128, std::string>> blocks;
+  size_t bytes = 0;
+};
+inline constexpr uint64_t kSharedBatchFileBytes = 1 << 20;  // files up to this size go in a BlockBatch
+
 // The blocks of the file behind `fd` (`size` bytes) for a commit: blocks
 // marked in `dirty`, and every block past the end of `base`, are read and
 // hashed, and those the server lacks are uploaded, a bounded batch at a
 // time; clean blocks of unchanged length keep their hash from `base`. With
 // an empty `base`, the whole file is read. Returns every block's hash.
+// With `shared`, a file of at most kSharedBatchFileBytes leaves its blocks
+// there (sent once the batch is big); the caller sends the rest with
+// SendMissingBlocks before it names the hashes in a commit.
 Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
                                               const Manifest& base, const std::vector<bool>& dirty,
-                                              int parallel, UploadStats* stats);
+                                              int parallel, UploadStats* stats, BlockBatch* shared = nullptr);
 
 // Runs tasks on up to n threads; returns the first error (and starts no
 // task after it).

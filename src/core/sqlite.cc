@@ -1,6 +1,15 @@
 #include "core/sqlite.h"
 
 namespace tidefs {
+namespace {
+constexpr size_t kMaxCachedStatements = 256;
+}  // namespace
+
+Stmt::~Stmt() {
+  if (!s_) return;
+  if (home_) home_->Return(s_);
+  else sqlite3_finalize(s_);
+}
 
 bool Stmt::Step() {
   int rc = sqlite3_step(s_);
@@ -17,7 +26,7 @@ Status Stmt::Run() {
   return st;
 }
 
-Result<std::unique_ptr<Db>> Db::Open(const std::string& path) {
+Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool exclusive) {
   sqlite3* raw = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
@@ -27,18 +36,46 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path) {
   }
   std::unique_ptr<Db> db(new Db(raw, path));
   sqlite3_busy_timeout(raw, 10000);
+  // Before the first access: only then does WAL keep its index in memory.
+  if (exclusive) RETURN_IF_ERROR(db->Exec("PRAGMA locking_mode=EXCLUSIVE"));
   RETURN_IF_ERROR(db->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
                            " PRAGMA cache_size=-65536; PRAGMA temp_store=MEMORY;"));
   return db;
 }
 
-Db::~Db() { sqlite3_close_v2(db_); }
+Db::~Db() {
+  for (auto& [sql, list] : idle_)
+    for (sqlite3_stmt* s : list) sqlite3_finalize(s);
+  sqlite3_close_v2(db_);
+}
 
 Result<Stmt> Db::Prepare(std::string_view sql) {
+  {
+    std::lock_guard lock(cache_mu_);
+    auto it = idle_.find(std::string(sql));
+    if (it != idle_.end() && !it->second.empty()) {
+      sqlite3_stmt* s = it->second.back();
+      it->second.pop_back();
+      cached_--;
+      return Stmt(db_, s, this);
+    }
+  }
   sqlite3_stmt* s = nullptr;
   int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr);
   if (rc != SQLITE_OK) return Status::Internal(std::string("sqlite prepare: ") + sqlite3_errmsg(db_));
-  return Stmt(db_, s);
+  return Stmt(db_, s, this);
+}
+
+void Db::Return(sqlite3_stmt* s) {
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  std::lock_guard lock(cache_mu_);
+  if (cached_ >= kMaxCachedStatements) {
+    sqlite3_finalize(s);
+    return;
+  }
+  idle_[sqlite3_sql(s)].push_back(s);
+  cached_++;
 }
 
 Status Db::Exec(const std::string& sql) {
@@ -52,20 +89,30 @@ Status Db::Exec(const std::string& sql) {
   return Status::Ok();
 }
 
+namespace {
+// A one-word statement from the cache, with the path in its error.
+Status Run(Db* db, const char* sql) {
+  auto s = db->Prepare(sql);
+  Status st = s.ok() ? s->Run() : s.status();
+  if (!st.ok()) return Status::IoError("sqlite (" + db->path() + "): " + sql + ": " + st.message());
+  return st;
+}
+}  // namespace
+
 Transaction::Transaction(Db* db, bool immediate) : db_(db) {
-  begin_ = db_->Exec(immediate ? "BEGIN IMMEDIATE" : "BEGIN");
+  begin_ = Run(db_, immediate ? "BEGIN IMMEDIATE" : "BEGIN");
   if (!begin_.ok()) done_ = true;
 }
 
 Transaction::~Transaction() {
-  if (!done_) (void)db_->Exec("ROLLBACK");
+  if (!done_) (void)Run(db_, "ROLLBACK");
 }
 
 Status Transaction::Commit() {
   RETURN_IF_ERROR(begin_);
   done_ = true;
-  Status st = db_->Exec("COMMIT");
-  if (!st.ok()) (void)db_->Exec("ROLLBACK");
+  Status st = Run(db_, "COMMIT");
+  if (!st.ok()) (void)Run(db_, "ROLLBACK");
   return st;
 }
 

@@ -4,8 +4,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <vector>
 
 #include <sqlite3.h>
 
@@ -13,18 +16,24 @@
 
 namespace tidefs {
 
+class Db;
+
+// A prepared statement; one from Db::Prepare goes back to its Db's cache
+// (reset, bindings cleared) when it dies, so it is compiled once.
 class Stmt {
  public:
   Stmt() = default;
-  Stmt(sqlite3* db, sqlite3_stmt* s) : db_(db), s_(s) {}
-  Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_) { o.s_ = nullptr; }
+  Stmt(sqlite3* db, sqlite3_stmt* s, Db* home = nullptr) : db_(db), s_(s), home_(home) {}
+  Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_), home_(o.home_), status_(o.status_) { o.s_ = nullptr; }
   Stmt& operator=(Stmt&& o) noexcept {
     std::swap(db_, o.db_);
     std::swap(s_, o.s_);
+    std::swap(home_, o.home_);
+    std::swap(status_, o.status_);
     return *this;
   }
   Stmt(const Stmt&) = delete;
-  ~Stmt() { if (s_) sqlite3_finalize(s_); }
+  ~Stmt();
 
   // Binds are 1-based, like SQLite's.
   Stmt& Bind(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); return *this; }
@@ -63,17 +72,24 @@ class Stmt {
  private:
   sqlite3* db_ = nullptr;
   sqlite3_stmt* s_ = nullptr;
+  Db* home_ = nullptr;
   Status status_;
 };
 
 class Db {
  public:
   // Opens (creating if needed) with WAL, NORMAL sync and a busy timeout.
-  static Result<std::unique_ptr<Db>> Open(const std::string& path);
+  // `exclusive`: this connection is the file's only user (the mount's
+  // local state; the caller makes sure): its locks are taken once and
+  // kept, the WAL index lives in memory (no fcntl per transaction).
+  static Result<std::unique_ptr<Db>> Open(const std::string& path, bool exclusive = false);
   ~Db();
   Db(const Db&) = delete;
 
+  // One statement; compiled on first use, then taken from a cache (a
+  // statement still in use is never handed out twice).
   Result<Stmt> Prepare(std::string_view sql);
+  // Any number of statements, compiled every time (schema, pragmas).
   Status Exec(const std::string& sql);
   int64_t LastInsertId() const { return sqlite3_last_insert_rowid(db_); }
   int Changes() const { return sqlite3_changes(db_); }
@@ -82,8 +98,13 @@ class Db {
 
  private:
   Db(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+  friend class Stmt;
+  void Return(sqlite3_stmt* s);
   sqlite3* db_;
   std::string path_;
+  std::mutex cache_mu_;
+  std::unordered_map<std::string, std::vector<sqlite3_stmt*>> idle_;  // guarded by cache_mu_; by SQL text
+  size_t cached_ = 0;                                                  // guarded by cache_mu_
 };
 
 // BEGIN IMMEDIATE on construction; ROLLBACK on destruction unless Commit().

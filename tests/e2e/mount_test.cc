@@ -622,6 +622,17 @@ TEST_F(MountTest, RefusesBadMountArguments) {
   EXPECT_NE(out.find("unknown or revoked token"), std::string::npos) << out;
   EXPECT_FALSE(IsMounted(dir_ + "/mnt"));
   EXPECT_NE(RunCommand(base + "--token " + server_.ro_token + " " + dir_ + "/no-such-dir 2>&1", &out), 0);
+  // One mount per cache dir: a second one is refused, the first unharmed.
+  Write("a.txt", "first\n");
+  Import();
+  TestMount first(server_, server_.ro_token, dir_ + "/one");
+  EXPECT_NE(RunCommand(base + "--token " + server_.ro_token + " --cache-dir " + dir_ + "/one/cache " + dir_ +
+                           "/mnt 2>&1",
+                       &out),
+            0);
+  EXPECT_NE(out.find("in use by another tidefs mount"), std::string::npos) << out;
+  EXPECT_FALSE(IsMounted(dir_ + "/mnt"));
+  EXPECT_EQ(ReadAll(first.path() + "/a.txt"), "first\n");
 }
 
 }  // namespace

@@ -1,0 +1,57 @@
+// A change made on a mount, as its intent log holds it: the mirror rows,
+// the journal entries and the cache bitmaps it touches, numbered in the
+// order the changes happened. A log is a run of frames
+// [u32 length][u64 XXH3-64 of the payload][payload, see the .cc]; a
+// reader stops at the first frame that is short or damaged (the tail a
+// crash cut off).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/commit_codec.h"
+#include "core/manifest_codec.h"
+#include "core/node.h"
+#include "core/status.h"
+
+namespace tidefs {
+
+// The journal: local changes not yet committed to the server, in order.
+struct JournalEntry {
+  uint64_t seq = 0;    // journal order (set when stored)
+  CommitOp op;         // a namespace op; or, with `flush`, "send the
+  bool flush = false;  // content of op.id as the cache holds it"
+};
+
+// What the cache holds of a file: its version, manifest and which blocks.
+struct CachedFile {
+  uint64_t id = 0;
+  uint64_t version = 0;
+  Manifest manifest;
+  std::vector<bool> present;  // per block
+};
+
+struct LocalChange {
+  uint64_t ticket = 0;
+  std::vector<NodeRecord> rows;
+  std::vector<JournalEntry> entries;
+  std::vector<CachedFile> files;
+};
+
+// One frame.
+std::string EncodeLocalChange(const LocalChange& c);
+
+struct DecodedLog {
+  std::vector<LocalChange> changes;  // every whole, intact frame from the start
+  size_t used = 0;                   // the bytes they took
+  std::string stopped;               // why the rest was not read ("" at a clean end)
+};
+DecodedLog DecodeLocalLog(std::string_view bytes);
+
+// Block-presence bits, packed 8 to a byte (bit i of byte i/8).
+std::string PackBits(const std::vector<bool>& bits);
+std::vector<bool> UnpackBits(std::string_view bytes, size_t n);
+
+}  // namespace tidefs
