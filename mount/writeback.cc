@@ -135,9 +135,12 @@ Status WriteBack::WaitWritten() {
   std::unique_lock lock(q_mu_);
   const uint64_t ticket = queued_ticket_;
   if (written_ticket_ >= ticket) return Status::Ok();
+  // An error counts only from an attempt that began after this call (an
+  // older one may be gone: space freed since).
+  const uint64_t first = attempts_ + 2;
   ++waiters_;
-  q_cv_.notify_one();  // no gathering while someone waits
-  written_cv_.wait(lock, [&] { return written_ticket_ >= ticket || !write_error_.ok(); });
+  q_cv_.notify_one();  // no gathering nor backing off while someone waits
+  written_cv_.wait(lock, [&] { return written_ticket_ >= ticket || (!write_error_.ok() && attempts_ >= first); });
   --waiters_;
   return written_ticket_ >= ticket ? Status::Ok() : write_error_;
 }
@@ -149,7 +152,7 @@ void WriteBack::WriterLoop() {
   bool burst = false;
   std::unique_lock lock(q_mu_);
   for (;;) {
-    if (backoff.count() > 0) q_cv_.wait_for(lock, backoff, [this] { return writer_stopping_; });
+    if (backoff.count() > 0) q_cv_.wait_for(lock, backoff, [this] { return writer_stopping_ || waiters_ > 0; });
     q_cv_.wait(lock, [this] { return writer_stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;
     if (burst && !writer_stopping_ && waiters_ == 0) {
@@ -176,6 +179,7 @@ void WriteBack::WriterLoop() {
       }
     }
     lock.lock();
+    ++attempts_;
     if (st.ok()) {
       written_ticket_ = items.back()->ticket;
       for (size_t i = 0; i < items.size(); ++i) {

@@ -116,6 +116,7 @@ class WriteBack {
   Status write_error_;                  // guarded by q_mu_: why the last write failed (ok once one works)
   bool writer_stopping_ = false;        // guarded by q_mu_
   int waiters_ = 0;                     // guarded by q_mu_: threads in WaitWritten
+  uint64_t attempts_ = 0;               // guarded by q_mu_: saves tried, done or failed
   std::thread writer_;
   std::thread thread_;
 };

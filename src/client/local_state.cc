@@ -13,6 +13,9 @@
 #include <spdlog/spdlog.h>
 
 namespace tidefs {
+namespace {
+constexpr uint64_t kLogRoom = 4 << 20;  // the intent log's preallocated room
+}  // namespace
 
 namespace {
 
@@ -93,7 +96,7 @@ Status LocalState::OpenLog(const std::string& path) {
     RETURN_IF_ERROR(q.status());
   }
   last_ticket_ = applied;
-  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return Status::IoError("cannot open " + path + ": " + std::strerror(errno));
   std::lock_guard lock(log_mu_);
   log_fd_ = fd;
@@ -106,7 +109,6 @@ Status LocalState::OpenLog(const std::string& path) {
     if (n == 0) break;
     bytes.append(buf, static_cast<size_t>(n));
   }
-  if (bytes.empty()) return Status::Ok();
   // What a mount that died had made and not saved yet.
   DecodedLog log = DecodeLocalLog(bytes);
   std::vector<const Change*> todo;
@@ -131,28 +133,45 @@ Status LocalState::OpenLog(const std::string& path) {
     }
     ::close(out);
   }
+  // Zeros from the start (the end mark), allocated now: a full disk must
+  // not keep a user from deleting files to make room.
   if (::ftruncate(fd, 0) != 0) return Status::IoError("cannot empty " + path + ": " + std::strerror(errno));
   log_size_ = 0;
+  if (::fallocate(fd, 0, 0, kLogRoom) == 0) log_room_ = kLogRoom;
+  else spdlog::warn("cannot reserve {} bytes for {}: {}", kLogRoom, path, std::strerror(errno));
   return Status::Ok();
 }
 
 Status LocalState::LogChange(const Change& c) {
-  const std::string frame = EncodeLocalChange(c);
+  std::string frame = EncodeLocalChange(c);
+  const size_t len = frame.size();
+  frame.append(kLocalLogEndMark, '\0');
   std::lock_guard lock(log_mu_);
+  if (log_size_ + frame.size() > log_room_) {
+    // More room, allocated before it is written (a burst the databases lag behind).
+    const uint64_t want = std::max<uint64_t>(2 * log_room_, (log_size_ + frame.size() + kLogRoom) / kLogRoom * kLogRoom);
+    if (::fallocate(log_fd_, 0, 0, static_cast<off_t>(want)) != 0) {
+      int err = errno;
+      return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
+                    std::string("cannot grow the intent log in the cache dir: ") + std::strerror(err));
+    }
+    log_room_ = want;
+  }
   size_t done = 0;
   while (done < frame.size()) {
-    ssize_t n = ::write(log_fd_, frame.data() + done, frame.size() - done);
+    ssize_t n = ::pwrite(log_fd_, frame.data() + done, frame.size() - done, static_cast<off_t>(log_size_ + done));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       int err = n < 0 ? errno : EIO;
-      // A torn frame would hide every later one: cut it off.
-      (void)!::ftruncate(log_fd_, static_cast<off_t>(log_size_));
+      // A torn frame would read as damage: put the end mark back.
+      const std::string mark(kLocalLogEndMark, '\0');
+      (void)!::pwrite(log_fd_, mark.data(), mark.size(), static_cast<off_t>(log_size_));
       return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
                     std::string("cannot append to the intent log in the cache dir: ") + std::strerror(err));
     }
     done += static_cast<size_t>(n);
   }
-  log_size_ += frame.size();
+  log_size_ += len;
   if (c.ticket > last_ticket_) last_ticket_ = c.ticket;
   return Status::Ok();
 }
@@ -160,7 +179,8 @@ Status LocalState::LogChange(const Change& c) {
 Status LocalState::ResetLog() {
   std::lock_guard lock(log_mu_);
   if (log_size_ == 0) return Status::Ok();
-  if (::ftruncate(log_fd_, 0) != 0)
+  const std::string mark(kLocalLogEndMark, '\0');
+  if (::pwrite(log_fd_, mark.data(), mark.size(), 0) != static_cast<ssize_t>(mark.size()))
     return Status::IoError(std::string("cannot empty the intent log in the cache dir: ") + std::strerror(errno));
   log_size_ = 0;
   return Status::Ok();

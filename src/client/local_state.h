@@ -100,6 +100,7 @@ class LocalState {
   std::mutex log_mu_;
   int log_fd_ = -1;         // guarded by log_mu_
   uint64_t log_size_ = 0;   // guarded by log_mu_: the end of the last whole frame
+  uint64_t log_room_ = 0;   // guarded by log_mu_: bytes allocated to the log file
   uint64_t last_ticket_ = 0;
   Status SetCursor(uint64_t seq);
   Status WriteRows(const std::vector<NodeRecord>& rows);  // requires mu_, in a transaction

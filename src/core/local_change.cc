@@ -9,7 +9,7 @@
 namespace tidefs {
 namespace {
 
-constexpr size_t kHeader = 12;                 // length, hash
+constexpr size_t kHeader = kLocalLogEndMark;  // length, hash
 constexpr uint32_t kMaxFrame = 256u << 20;     // a 1 TiB file's manifest is 256 MiB; nothing real comes near
 
 void PutLE(std::string* out, uint64_t v, int bytes) {
@@ -185,6 +185,7 @@ DecodedLog DecodeLocalLog(std::string_view bytes) {
     }
     const uint64_t len = GetLE(bytes.data() + at, 4);
     const uint64_t hash = GetLE(bytes.data() + at + 4, 8);
+    if (len == 0 && hash == 0) break;  // the end mark
     if (len > kMaxFrame || len > bytes.size() - at - kHeader) {
       out.stopped = "a frame cut short";
       break;

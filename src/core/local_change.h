@@ -1,9 +1,10 @@
 // A change made on a mount, as its intent log holds it: the mirror rows,
 // the journal entries and the cache bitmaps it touches, numbered in the
 // order the changes happened. A log is a run of frames
-// [u32 length][u64 XXH3-64 of the payload][payload, see the .cc]; a
-// reader stops at the first frame that is short or damaged (the tail a
-// crash cut off).
+// [u32 length][u64 XXH3-64 of the payload][payload, see the .cc], ended
+// by an all-zero header (the file is preallocated, so space for the log
+// is there when the disk is full); a reader stops at the end mark, or at
+// the first frame that is short or damaged (the tail a crash cut off).
 #pragma once
 
 #include <cstdint>
@@ -42,6 +43,7 @@ struct LocalChange {
 
 // One frame.
 std::string EncodeLocalChange(const LocalChange& c);
+inline constexpr size_t kLocalLogEndMark = 12;  // zero bytes after the last frame
 
 struct DecodedLog {
   std::vector<LocalChange> changes;  // every whole, intact frame from the start

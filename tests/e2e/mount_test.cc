@@ -468,6 +468,23 @@ std::vector<std::string> ConflictCopies(const std::string& dir, const std::strin
   return out;
 }
 
+// The pid of the mount's process (from `tidefs status`), or -1.
+pid_t MountPid(const std::string& mnt) {
+  std::string out;
+  if (RunCommand(std::string(TIDEFS_BINARY) + " status --json " + mnt + " 2>&1", &out) != 0) return -1;
+  size_t at = out.find("\"pid\": ");
+  return at == std::string::npos ? -1 : std::stoi(out.substr(at + 7));
+}
+
+bool WaitForExit(pid_t pid, std::chrono::seconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (kill(pid, 0) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   Write("f.txt", "base\n");
   Import();
@@ -507,6 +524,94 @@ TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/doc.txt"), "saved by one\n");
   EXPECT_EQ(ConflictCopies(fresh.path(), "doc (conflict from ", ".txt"), std::vector<std::string>{"saved by two\n"});
+}
+
+TEST_F(MountTest, OneNameCreatedOnTwoMountsKeepsBoth) {
+  Import();
+  // Two hears nothing of one's create before making its own.
+  FaultProxy proxy(server_, dir_);
+  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
+  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
+  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
+  { std::ofstream(one->path() + "/new.txt") << "made by one\n"; }
+  one.reset();
+  { std::ofstream(two->path() + "/new.txt") << "made by two\n"; }
+  two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/new.txt"), "made by one\n");
+  EXPECT_EQ(ConflictCopies(fresh.path(), "new (conflict from ", ".txt"), std::vector<std::string>{"made by two\n"});
+}
+
+TEST_F(MountTest, AnEditAgainstARemoteDeleteKeepsTheEditedFile) {
+  Write("gone.txt", "base\n");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
+  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
+  ASSERT_EQ(ReadAll(two->path() + "/gone.txt"), "base\n");
+  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
+  ASSERT_EQ(unlink((one->path() + "/gone.txt").c_str()), 0);
+  one.reset();
+  { std::ofstream(two->path() + "/gone.txt") << "edited by two\n"; }
+  two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/gone.txt"), "edited by two\n") << "the edit was dropped";
+}
+
+TEST_F(MountTest, SigtermSendsEveryChangeBeforeTheMountExits) {
+  Import();
+  std::string big = RandomBytes(6 << 20, 61);
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    for (int i = 0; i < 50; ++i) std::ofstream(m.path() + "/f" + std::to_string(i)) << "file " << i << "\n";
+    { std::ofstream(m.path() + "/big.bin", std::ios::binary) << big; }
+    const pid_t pid = MountPid(m.path());
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(kill(pid, SIGTERM), 0);
+    ASSERT_TRUE(WaitForExit(pid, std::chrono::seconds(60))) << "SIGTERM did not end the mount";
+    EXPECT_FALSE(IsMounted(m.path()));
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(ReadAll(fresh.path() + "/f" + std::to_string(i)), "file " + std::to_string(i) + "\n");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/big.bin") == big);
+}
+
+TEST_F(MountTest, AFullCacheDiskGivesEnospcAndNoDamage) {
+  Import();
+  // The cache dir on a 24 MiB filesystem of its own.
+  const std::string cache = dir_ + "/small/cache";
+  fs::create_directories(cache);
+  std::string out;
+  ASSERT_EQ(RunCommand("mount -t tmpfs -o size=24m tidefs-test " + dir_ + "/small 2>&1", &out), 0) << out;
+  struct Unmounter {
+    std::string path;
+    ~Unmounter() {
+      std::string ignored;
+      RunCommand("umount -l " + path + " 2>&1", &ignored);
+    }
+  } unmount_small{dir_ + "/small"};
+  fs::create_directories(cache);
+  const std::string kept = RandomBytes(100000, 62);
+  {
+    TestMount m(server_, server_.rw_token, dir_ + "/small");
+    { std::ofstream(m.path() + "/kept.bin", std::ios::binary) << kept; }
+    int fd = open((m.path() + "/huge.bin").c_str(), O_WRONLY | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    std::string chunk = RandomBytes(1 << 20, 63);
+    int err = 0;
+    for (int i = 0; i < 64 && !err; ++i)
+      if (write(fd, chunk.data(), chunk.size()) < 0) err = errno;
+    close(fd);
+    EXPECT_EQ(err, ENOSPC) << "writing 64 MiB into a 24 MiB cache";
+    // Space back: the rest goes on working.
+    ASSERT_EQ(unlink((m.path() + "/huge.bin").c_str()), 0);
+    { std::ofstream(m.path() + "/after.txt") << "after\n"; }
+    EXPECT_TRUE(ReadAll(m.path() + "/kept.bin") == kept);
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/kept.bin") == kept);
+  EXPECT_EQ(ReadAll(fresh.path() + "/after.txt"), "after\n");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/huge.bin"));
 }
 
 TEST_F(MountTest, RealProgramsWorkAndTheirResultsSurviveARemount) {
@@ -555,15 +660,11 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
     fs::create_directories(m.path() + "/kept-dir");
     { std::ofstream(m.path() + "/kept-dir/big.bin", std::ios::binary) << big; }
     // kill -9 the mount: what close() returned from is in the journal.
-    std::string out;
-    ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status --json " + m.path() + " 2>&1", &out), 0) << out;
-    size_t at = out.find("\"pid\": ");
-    ASSERT_NE(at, std::string::npos) << out;
-    pid_t pid = std::stoi(out.substr(at + 7));
+    const pid_t pid = MountPid(m.path());
+    ASSERT_GT(pid, 0);
     ASSERT_EQ(kill(pid, SIGKILL), 0);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (kill(pid, 0) == 0 && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+    std::string out;
     RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
   }
   // The server takes commits again; the next mount sends the journal.
