@@ -641,6 +641,32 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   fuse_reply_attr(req, &st, kAttrTimeout);
 }
 
+// fallocate: growing a file (mode 0, posix_fallocate) is a truncate up,
+// cheap in a sparse cache file. KEEP_SIZE changes nothing anyone can see
+// and is accepted. Punching or zeroing ranges: EOPNOTSUPP (documented;
+// programs fall back to writing zeros).
+void OpFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info* fi) {
+  if (mode & ~FALLOC_FL_KEEP_SIZE) return (void)fuse_reply_err(req, EOPNOTSUPP);
+  if (off < 0 || len <= 0) return (void)fuse_reply_err(req, EINVAL);
+  if (off > std::numeric_limits<off_t>::max() - len) return (void)fuse_reply_err(req, EFBIG);
+  Fs* fs = Self(req);
+  std::lock_guard lock(fs->meta_mu);
+  auto n = HandleNode(req, ino, fi);
+  if (!n) return;
+  if (n->kind != NodeKind::kFile) return (void)fuse_reply_err(req, EISDIR);
+  const uint64_t end = static_cast<uint64_t>(off) + static_cast<uint64_t>(len);
+  if ((mode & FALLOC_FL_KEEP_SIZE) || end <= n->size) return (void)fuse_reply_err(req, 0);
+  NodeRecord rec = *n;
+  if (Status st = fs->cache->Truncate(rec, end); !st.ok()) return (void)ReplyStatus(req, st, "fallocate", ino);
+  rec.size = end;
+  rec.mtime_ns = NowNs();
+  auto live = fs->tree.Get(ino);
+  if (live.ok() && *live)
+    if (Status st = fs->wb->Record({rec}, {FlushEntry(rec.id)}); !st.ok()) return (void)ReplyStatus(req, st, "fallocate", ino);
+  if (FileHandle* h = HandleOf(fi)) h->rec = rec;
+  fuse_reply_err(req, 0);
+}
+
 void OpLink(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) {
   fuse_reply_err(req, EPERM);  // no hard links in a project (documented)
 }
@@ -1167,6 +1193,7 @@ Status RunMount(const MountOptions& opts) {
   ops.rmdir = OpRmdir;
   ops.rename = OpRename;
   ops.setattr = OpSetattr;
+  ops.fallocate = OpFallocate;
   ops.link = OpLink;
   ops.setxattr = OpSetxattr;
 

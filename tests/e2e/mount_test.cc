@@ -614,6 +614,36 @@ TEST_F(MountTest, AFullCacheDiskGivesEnospcAndNoDamage) {
   EXPECT_FALSE(fs::exists(fresh.path() + "/huge.bin"));
 }
 
+TEST_F(MountTest, FallocateGrowsAFileAndRefusesHoles) {
+  Write("small.txt", "abc");
+  Import();
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    int fd = open((m.path() + "/grown.bin").c_str(), O_RDWR | O_CREAT, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, "head", 4), 4);
+    ASSERT_EQ(posix_fallocate(fd, 0, 3 << 20), 0);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_size, 3 << 20);
+    EXPECT_EQ(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096), -1);
+    EXPECT_EQ(errno, EOPNOTSUPP);
+    EXPECT_EQ(fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 8 << 20), 0);
+    ASSERT_EQ(fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_size, 3 << 20) << "KEEP_SIZE changed the size";
+    close(fd);
+    // A file read from the server, grown without being read first.
+    fd = open((m.path() + "/small.txt").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(posix_fallocate(fd, 100, 100), 0);
+    close(fd);
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  std::string expected = "head" + std::string((3 << 20) - 4, '\0');
+  EXPECT_TRUE(ReadAll(fresh.path() + "/grown.bin") == expected);
+  EXPECT_EQ(ReadAll(fresh.path() + "/small.txt"), "abc" + std::string(197, '\0'));
+}
+
 TEST_F(MountTest, RealProgramsWorkAndTheirResultsSurviveARemount) {
   Import();
   {
