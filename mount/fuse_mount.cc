@@ -1163,6 +1163,9 @@ Status RunMount(const MountOptions& opts) {
   fs.wb->set_invalidate([&fs](uint64_t id) {
     if (fuse_session* se = fs.se) (void)fuse_lowlevel_notify_inval_inode(se, id, 0, 0);
   });
+  fs.wb->set_invalidate_entry([&fs](uint64_t parent, const std::string& name) {
+    if (fuse_session* se = fs.se) (void)fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size());
+  });
   fs.wb->set_progress([&fs](const std::string& path, uint64_t done, uint64_t total, double rate, bool end) {
     if (end) fs.sync->EndTransfer(true, path);
     else fs.sync->SetTransfer(Transfer{path, true, done, total, rate});

@@ -93,6 +93,12 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   };
   count(+1);
   {
+    // Where a deleted node was (a directory refused deletion comes back there).
+    std::lock_guard lock(ids_mu_);
+    for (const auto& r : c.rows)
+      if (r.deleted && r.kind == NodeKind::kDir) deleted_parent_[r.id] = r.parent;
+  }
+  {
     // Under the queue's lock: log order, ticket order and queue order are
     // one, and a bitmap taken later is never saved before an earlier one.
     std::lock_guard lock(q_mu_);
@@ -124,6 +130,38 @@ void WriteBack::Completed(const std::vector<LocalState::JournalEntry>& entries, 
     auto it = pending_ids_.find(e.op.id);
     if (it != pending_ids_.end() && --it->second <= 0) pending_ids_.erase(it);
   }
+}
+
+void WriteBack::InvalidateEntry(uint64_t parent, const std::string& name) {
+  std::function<void(uint64_t, const std::string&)> f;
+  {
+    std::lock_guard lock(progress_mu_);
+    f = invalidate_entry_;
+  }
+  if (f) f(parent, name);
+}
+
+Status WriteBack::RestoreDir(uint64_t id) {
+  uint64_t parent = 0;
+  {
+    std::lock_guard lock(ids_mu_);
+    if (auto it = deleted_parent_.find(id); it != deleted_parent_.end()) parent = it->second;
+  }
+  if (parent == 0) return Status::NotFound("its parent is not known in this mount (it comes back at the next cold mount)");
+  ASSIGN_OR_RETURN(auto siblings, client_->ListAll(parent));
+  std::vector<NodeRecord> rows;
+  for (const auto& n : siblings)
+    if (n.id == id) rows.push_back(n);
+  if (rows.empty()) return Status::NotFound("it is not in its parent any more");
+  ASSIGN_OR_RETURN(auto kids, client_->ListAll(id));
+  // Not those this mount is changing (deleting, moving): their ops go on.
+  for (const auto& k : kids)
+    if (!HasPending(k.id)) rows.push_back(k);
+  spdlog::info("write-back: directory \"{}\" got new files elsewhere; it stays, with {} entries", rows[0].name,
+               rows.size() - 1);
+  RETURN_IF_ERROR(Record(rows, {}));
+  InvalidateEntry(parent, rows[0].name);  // the kernel remembers it gone
+  return Status::Ok();
 }
 
 bool WriteBack::HasPending(uint64_t id) {
@@ -542,21 +580,46 @@ Status WriteBack::FlushBatch() {
       });
       continue;
     }
+    // Ours gets another place (a conflict name, maybe the top directory):
+    // the op says so, and once committed, the mirror too.
+    auto move_ours = [&](uint64_t parent, const std::string& name) {
+      op.parent = parent;
+      op.name = name;
+      auto n = tree_->Get(op.id);
+      if (!n.ok() || !*n) return;
+      NodeRecord moved = **n;
+      const uint64_t old_parent = moved.parent;
+      const std::string old_name = moved.name;
+      moved.parent = parent;
+      moved.name = name;
+      after.push_back([this, moved, old_parent, old_name](const auto& made) mutable {
+        if (auto it = made.find(moved.id); it != made.end()) {
+          moved.version = it->second->version;
+          moved.seq = it->second->seq;
+        }
+        (void)Record({moved}, {});
+        InvalidateEntry(old_parent, old_name);
+        InvalidateEntry(moved.parent, moved.name);
+      });
+    };
+    // Ours is dropped: the other side's change stands.
+    auto drop_ours = [&] {
+      ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(k));
+      return ops.empty();
+    };
+    const bool gone = reply.reason == "deleted" || reply.reason == "no_such_node";
     if ((Creates(op.type) || op.type == OpType::kRename) && reply.reason == "name_taken") {
       // Created here and there under one name: ours gets a conflict name.
-      op.name = ConflictName(op.name);
-      auto n = tree_->Get(op.id);
-      if (n.ok() && *n) {
-        NodeRecord renamed = **n;
-        renamed.name = op.name;
-        after.push_back([this, renamed](const auto& made) mutable {
-          if (auto it = made.find(renamed.id); it != made.end()) {
-            renamed.version = it->second->version;
-            renamed.seq = it->second->seq;
-          }
-          (void)Record({renamed}, {});
-        });
-      }
+      move_ours(op.parent, ConflictName(op.name));
+      continue;
+    }
+    if ((Creates(op.type) || op.type == OpType::kRename) && op.parent != 0 && reply.node == op.parent &&
+        (gone || reply.reason == "not_a_directory")) {
+      // Made in (or moved into) a directory deleted elsewhere: ours goes to
+      // the top directory under a conflict name, nothing lost.
+      spdlog::warn("write-back: the directory of \"{}\" was deleted elsewhere; keeping ours at the top as \"{}\"",
+                   op.name, ConflictName(op.name));
+      move_ours(kRootId, ConflictName(op.name));
       continue;
     }
     if (op.type == OpType::kSetattr && reply.reason == "stale_base") {
@@ -569,20 +632,37 @@ Status WriteBack::FlushBatch() {
       based.erase(op.id);
       continue;
     }
-    if (op.type == OpType::kDelete && (reply.reason == "stale_base" || reply.reason == "deleted" ||
-                                       reply.reason == "no_such_node")) {
+    const bool of_node = reply.node == op.id || reply.node == 0;
+    if ((op.type == OpType::kDelete && (reply.reason == "stale_base" || gone)) ||
+        ((op.type == OpType::kRename || op.type == OpType::kSetattr) && gone && of_node)) {
       // Deleted here, edited (or already deleted) there: their edit stays.
-      ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(k));
-      if (ops.empty()) {
-    RETURN_IF_ERROR(state_->CompleteJournal(last, {}));
-    Completed(entries, last);
-    return Status::Ok();
-  }
+      // Moved or changed here, deleted there: their delete stands (an edit
+      // of ours is a write, which keeps a copy).
+      based.erase(op.id);
+      if (drop_ours()) break;
+      continue;
+    }
+    if (op.type == OpType::kDelete && reply.reason == "not_empty") {
+      // A directory emptied and removed here, given new files there: it
+      // stays, with their files; it comes back here.
+      const uint64_t dir_id = op.id;
+      based.erase(op.id);
+      if (auto back = RestoreDir(dir_id); !back.ok())
+        spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", dir_id,
+                     back.ToString());
+      if (drop_ours()) break;
       continue;
     }
     return Status(CodeForHttpStatus(reply.http_status),
                   std::string("commit refused at ") + OpName(op.type) + " of node " + std::to_string(op.id) + ": " +
                       reply.message + " (" + reply.reason + ")");
+  }
+  if (ops.empty()) {
+    // Every op was dropped: the entries are done.
+    RETURN_IF_ERROR(state_->CompleteJournal(last, {}));
+    Completed(entries, last);
+    RETURN_IF_ERROR(state_->SetInflightBatch(0));
+    return Status::Ok();
   }
   return Status::Internal("write-back: commit refused too many times");
 }

@@ -69,6 +69,12 @@ class WriteBack {
     std::lock_guard lock(progress_mu_);
     invalidate_ = std::move(f);
   }
+  // Tells the kernel a name in a directory changed (a fix-up moved or
+  // brought back a node).
+  void set_invalidate_entry(std::function<void(uint64_t parent, const std::string& name)> f) {
+    std::lock_guard lock(progress_mu_);
+    invalidate_entry_ = std::move(f);
+  }
 
  private:
   void Loop();
@@ -79,8 +85,9 @@ class WriteBack {
 
   // Commits one batch. kUnavailable: the server could not be reached.
   Status FlushBatch();
-  // Handles a refused op; true if the batch can be tried again.
-  bool Resolve(const CommitReply& reply, std::vector<CommitOp>* ops);
+  // A directory deleted here that the server kept (someone put files in
+  // it): its record and its entries come back into the tree.
+  Status RestoreDir(uint64_t id);
   std::string ConflictName(const std::string& name) const;
 
   ApiClient* client_;
@@ -93,6 +100,8 @@ class WriteBack {
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
   std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_
+  std::function<void(uint64_t, const std::string&)> invalidate_entry_;  // guarded by progress_mu_
+  void InvalidateEntry(uint64_t parent, const std::string& name);
 
 
   std::mutex mu_;
@@ -103,6 +112,7 @@ class WriteBack {
   std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
   std::mutex ids_mu_;
   std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node
+  std::unordered_map<uint64_t, uint64_t> deleted_parent_;  // guarded by ids_mu_: directories deleted here -> parent
   // The journal dropped its entries up to `last`, of those in `entries`.
   void Completed(const std::vector<LocalState::JournalEntry>& entries, uint64_t last);
 

@@ -530,6 +530,7 @@ TEST_F(MountTest, OneNameCreatedOnTwoMountsKeepsBoth) {
   Import();
   // Two hears nothing of one's create before making its own.
   FaultProxy proxy(server_, dir_);
+  proxy.SetRule("status500 /events 0 -1");
   auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
   auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
   proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
@@ -546,6 +547,7 @@ TEST_F(MountTest, AnEditAgainstARemoteDeleteKeepsTheEditedFile) {
   Write("gone.txt", "base\n");
   Import();
   FaultProxy proxy(server_, dir_);
+  proxy.SetRule("status500 /events 0 -1");  // two hears of nothing one does
   auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
   auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
   ASSERT_EQ(ReadAll(two->path() + "/gone.txt"), "base\n");
@@ -556,6 +558,50 @@ TEST_F(MountTest, AnEditAgainstARemoteDeleteKeepsTheEditedFile) {
   two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/gone.txt"), "edited by two\n") << "the edit was dropped";
+}
+
+TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
+  fs::create_directories(src_ + "/d");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  proxy.SetRule("status500 /events 0 -1");  // two hears of nothing one does
+  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
+  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
+  ASSERT_TRUE(fs::is_directory(two->path() + "/d"));
+  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
+  ASSERT_EQ(rmdir((one->path() + "/d").c_str()), 0);
+  one.reset();
+  { std::ofstream(two->path() + "/d/new.txt") << "made in d\n"; }
+  { std::ofstream(two->path() + "/later.txt") << "later\n"; }  // the journal goes on
+  two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/d"));
+  EXPECT_EQ(ConflictCopies(fresh.path(), "new (conflict from ", ".txt"), std::vector<std::string>{"made in d\n"});
+  EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
+}
+
+TEST_F(MountTest, ADirectoryDeletedHereThatGotFilesElsewhereStays) {
+  fs::create_directories(src_ + "/e");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  proxy.SetRule("status500 /events 0 -1");  // two hears of nothing one does
+  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
+  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
+  ASSERT_TRUE(fs::is_directory(two->path() + "/e"));
+  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
+  { std::ofstream(one->path() + "/e/x.txt") << "theirs\n"; }
+  one.reset();
+  ASSERT_EQ(rmdir((two->path() + "/e").c_str()), 0);
+  { std::ofstream(two->path() + "/after.txt") << "after\n"; }  // the journal goes on
+  // The directory comes back here, with the other side's file.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (ReadAll(two->path() + "/e/x.txt") != "theirs\n" && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(ReadAll(two->path() + "/e/x.txt"), "theirs\n");
+  two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/e/x.txt"), "theirs\n");
+  EXPECT_EQ(ReadAll(fresh.path() + "/after.txt"), "after\n");
 }
 
 TEST_F(MountTest, SigtermSendsEveryChangeBeforeTheMountExits) {
