@@ -504,23 +504,34 @@ TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{"from two\n"});
 }
 
+// Two mounts of the project; two reaches the server through a proxy that
+// passes no events, and after CutOff no changes either: it hears nothing
+// of what one does.
+struct CutOffPair {
+  CutOffPair(const TestServer& server, const std::string& dir) : proxy(server, dir) {
+    proxy.SetRule("status500 /events 0 -1");
+    one = std::make_unique<TestMount>(server, server.rw_token, dir + "/one");
+    two = std::make_unique<TestMount>(proxy.url(), server.rw_token, dir + "/two");
+  }
+  void CutOff() { proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1"); }
+  FaultProxy proxy;
+  std::unique_ptr<TestMount> one, two;
+};
+
 TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
   Write("doc.txt", "base\n");
   Import();
   // Two hears nothing from the server (no events, no changes) while one
   // saves: it saves over the version it knows.
-  FaultProxy proxy(server_, dir_);
-  proxy.SetRule("status500 /events 0 -1");
-  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
-  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
-  ASSERT_EQ(ReadAll(two->path() + "/doc.txt"), "base\n");
-  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
-  { std::ofstream(one->path() + "/doc.txt") << "saved by one\n"; }
-  one.reset();
+  CutOffPair p(server_, dir_);
+  ASSERT_EQ(ReadAll(p.two->path() + "/doc.txt"), "base\n");
+  p.CutOff();
+  { std::ofstream(p.one->path() + "/doc.txt") << "saved by one\n"; }
+  p.one.reset();
   // Two saves the way editors do: a new file renamed over the old one.
-  { std::ofstream(two->path() + "/.doc.txt.swp") << "saved by two\n"; }
-  fs::rename(two->path() + "/.doc.txt.swp", two->path() + "/doc.txt");
-  two.reset();
+  { std::ofstream(p.two->path() + "/.doc.txt.swp") << "saved by two\n"; }
+  fs::rename(p.two->path() + "/.doc.txt.swp", p.two->path() + "/doc.txt");
+  p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/doc.txt"), "saved by one\n");
   EXPECT_EQ(ConflictCopies(fresh.path(), "doc (conflict from ", ".txt"), std::vector<std::string>{"saved by two\n"});
@@ -529,15 +540,12 @@ TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
 TEST_F(MountTest, OneNameCreatedOnTwoMountsKeepsBoth) {
   Import();
   // Two hears nothing of one's create before making its own.
-  FaultProxy proxy(server_, dir_);
-  proxy.SetRule("status500 /events 0 -1");
-  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
-  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
-  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
-  { std::ofstream(one->path() + "/new.txt") << "made by one\n"; }
-  one.reset();
-  { std::ofstream(two->path() + "/new.txt") << "made by two\n"; }
-  two.reset();
+  CutOffPair p(server_, dir_);
+  p.CutOff();
+  { std::ofstream(p.one->path() + "/new.txt") << "made by one\n"; }
+  p.one.reset();
+  { std::ofstream(p.two->path() + "/new.txt") << "made by two\n"; }
+  p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/new.txt"), "made by one\n");
   EXPECT_EQ(ConflictCopies(fresh.path(), "new (conflict from ", ".txt"), std::vector<std::string>{"made by two\n"});
@@ -546,16 +554,13 @@ TEST_F(MountTest, OneNameCreatedOnTwoMountsKeepsBoth) {
 TEST_F(MountTest, AnEditAgainstARemoteDeleteKeepsTheEditedFile) {
   Write("gone.txt", "base\n");
   Import();
-  FaultProxy proxy(server_, dir_);
-  proxy.SetRule("status500 /events 0 -1");  // two hears of nothing one does
-  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
-  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
-  ASSERT_EQ(ReadAll(two->path() + "/gone.txt"), "base\n");
-  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
-  ASSERT_EQ(unlink((one->path() + "/gone.txt").c_str()), 0);
-  one.reset();
-  { std::ofstream(two->path() + "/gone.txt") << "edited by two\n"; }
-  two.reset();
+  CutOffPair p(server_, dir_);
+  ASSERT_EQ(ReadAll(p.two->path() + "/gone.txt"), "base\n");
+  p.CutOff();
+  ASSERT_EQ(unlink((p.one->path() + "/gone.txt").c_str()), 0);
+  p.one.reset();
+  { std::ofstream(p.two->path() + "/gone.txt") << "edited by two\n"; }
+  p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/gone.txt"), "edited by two\n") << "the edit was dropped";
 }
@@ -563,17 +568,14 @@ TEST_F(MountTest, AnEditAgainstARemoteDeleteKeepsTheEditedFile) {
 TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
   fs::create_directories(src_ + "/d");
   Import();
-  FaultProxy proxy(server_, dir_);
-  proxy.SetRule("status500 /events 0 -1");  // two hears of nothing one does
-  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
-  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
-  ASSERT_TRUE(fs::is_directory(two->path() + "/d"));
-  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
-  ASSERT_EQ(rmdir((one->path() + "/d").c_str()), 0);
-  one.reset();
-  { std::ofstream(two->path() + "/d/new.txt") << "made in d\n"; }
-  { std::ofstream(two->path() + "/later.txt") << "later\n"; }  // the journal goes on
-  two.reset();
+  CutOffPair p(server_, dir_);
+  ASSERT_TRUE(fs::is_directory(p.two->path() + "/d"));
+  p.CutOff();
+  ASSERT_EQ(rmdir((p.one->path() + "/d").c_str()), 0);
+  p.one.reset();
+  { std::ofstream(p.two->path() + "/d/new.txt") << "made in d\n"; }
+  { std::ofstream(p.two->path() + "/later.txt") << "later\n"; }  // the journal goes on
+  p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_FALSE(fs::exists(fresh.path() + "/d"));
   EXPECT_EQ(ConflictCopies(fresh.path(), "new (conflict from ", ".txt"), std::vector<std::string>{"made in d\n"});
@@ -583,22 +585,19 @@ TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
 TEST_F(MountTest, ADirectoryDeletedHereThatGotFilesElsewhereStays) {
   fs::create_directories(src_ + "/e");
   Import();
-  FaultProxy proxy(server_, dir_);
-  proxy.SetRule("status500 /events 0 -1");  // two hears of nothing one does
-  auto one = std::make_unique<TestMount>(server_, server_.rw_token, dir_ + "/one");
-  auto two = std::make_unique<TestMount>(proxy.url(), server_.rw_token, dir_ + "/two");
-  ASSERT_TRUE(fs::is_directory(two->path() + "/e"));
-  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
-  { std::ofstream(one->path() + "/e/x.txt") << "theirs\n"; }
-  one.reset();
-  ASSERT_EQ(rmdir((two->path() + "/e").c_str()), 0);
-  { std::ofstream(two->path() + "/after.txt") << "after\n"; }  // the journal goes on
+  CutOffPair p(server_, dir_);
+  ASSERT_TRUE(fs::is_directory(p.two->path() + "/e"));
+  p.CutOff();
+  { std::ofstream(p.one->path() + "/e/x.txt") << "theirs\n"; }
+  p.one.reset();
+  ASSERT_EQ(rmdir((p.two->path() + "/e").c_str()), 0);
+  { std::ofstream(p.two->path() + "/after.txt") << "after\n"; }  // the journal goes on
   // The directory comes back here, with the other side's file.
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (ReadAll(two->path() + "/e/x.txt") != "theirs\n" && std::chrono::steady_clock::now() < deadline)
+  while (ReadAll(p.two->path() + "/e/x.txt") != "theirs\n" && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_EQ(ReadAll(two->path() + "/e/x.txt"), "theirs\n");
-  two.reset();
+  EXPECT_EQ(ReadAll(p.two->path() + "/e/x.txt"), "theirs\n");
+  p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/e/x.txt"), "theirs\n");
   EXPECT_EQ(ReadAll(fresh.path() + "/after.txt"), "after\n");
