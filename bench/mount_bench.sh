@@ -89,6 +89,51 @@ rm -rf "$T/copy" "$C"; drop; mnt anchors "$TOK" "$C"
 t0=$(now); cp "$M/big1g" "$T/copy"; sync "$T/copy"; t1=$(now); say $s cp_1g_cold "$(mbs "$t0" "$t1")" MB/s
 rm -f "$T/copy"; umnt
 
+# Writes (issue: writes), into a fresh project each.
+pending() { "$BIN" status --json "$M" | python3 -c "import json,sys; print(json.load(sys.stdin)['journal_pending'])"; }
+committed() {  # waits until the mount has sent everything
+  while [ "$(pending)" != 0 ]; do sleep 0.02; done
+}
+received() { curl -s "$URL/metrics" | awk '/^tidefs_http_bytes_received_total/ {print $2}'; }
+
+# 10,000 files of 5 KiB with cp -r (anchors.sh's data): the local folder in
+# the same run, then the mount; and until every file is committed.
+[ -d "$B/small-src" ] || { echo "no $B/small-src: run anchors.sh once (sshfs or rclone)" >&2; exit 1; }
+rm -rf "$T/small-local"; sync
+t0=$(now); cp -r "$B/small-src" "$T/small-local"; t1=$(now); say native small_10k_cp "$(ms "$t0" "$t1")" ms
+rm -rf "$T/small-local"
+WT=$(token small); rm -rf "$T/cache-small"; mnt small "$WT" "$T/cache-small"
+t0=$(now); cp -r "$B/small-src" "$M/small"; t1=$(now); committed; t2=$(now)
+say $s small_10k_cp "$(ms "$t0" "$t1")" ms
+say $s small_10k_on_remote_after_cp "$(ms "$t1" "$t2")" ms
+umnt; rm -rf "$T/cache-small"
+
+# A new 1 GiB file: cp into the mount until it is committed (the local
+# disk: cp and sync, same run).
+cat "$R/big1g" >/dev/null
+t0=$(now); cp "$R/big1g" "$T/copy"; sync "$T/copy"; t1=$(now); say native new_file_1g_committed "$(mbs "$t0" "$t1")" MB/s
+rm -f "$T/copy"
+WT=$(token newfile); rm -rf "$T/cache-new"; mnt newfile "$WT" "$T/cache-new"
+t0=$(now); cp "$R/big1g" "$M/big1g"; committed; t1=$(now)
+say $s new_file_1g_committed "$(mbs "$t0" "$t1")" MB/s
+umnt; rm -rf "$T/cache-new"
+
+# 5% of the 1 GiB file changed as 820 scattered 64 KiB writes (anchors.sh's
+# workload) on a mount that never read it; request bytes the server
+# received until unmount returned, and from the first write to then.
+rm -rf "$C"; mnt anchors "$TOK" "$C"; up0=$(received)
+t0=$(now)
+python3 - "$M/big1g" <<'PY'
+import os, random, sys
+fd = os.open(sys.argv[1], os.O_WRONLY); random.seed(5)
+for b in random.sample(range(16384), 820): os.pwrite(fd, os.urandom(65536), b * 65536)
+os.close(fd)
+PY
+umnt; t1=$(now); up1=$(received)
+say $s change_5pct_1g_bytes_up "$((up1-up0))" "bytes (changed: $((820*65536)); request bodies, headers not counted)"
+say $s change_5pct_1g_until_flushed "$(ms "$t0" "$t1")" ms
+rm -rf "$C"
+
 if [ "${MILLION:-1}" != 0 ]; then
   # 1,000,000 files in 1,000 directories: cold mount (snapshot), then warm (local state).
   MT=$(token million)

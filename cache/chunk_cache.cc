@@ -696,11 +696,23 @@ Status ChunkCache::SyncFile(uint64_t id) {
   return Status::Ok();
 }
 
+bool ChunkCache::Holds(uint64_t id) const {
+  std::lock_guard lock(mu_);
+  return entries_.count(id) > 0;
+}
+
 std::optional<LocalState::CachedFile> ChunkCache::FileRecord(uint64_t id) {
   std::shared_ptr<Entry> e = FindEntry(id);
   if (!e) return std::nullopt;
   std::lock_guard lock(e->mu);
   return LocalState::CachedFile{id, e->version, e->manifest, e->present};
+}
+
+void ChunkCache::CreatedCommitted(uint64_t id) {
+  std::lock_guard lock(mu_);
+  if (entries_.count(id)) return;  // written since: its flush clears it
+  local_.erase(id);
+  created_.erase(id);
 }
 
 void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {

@@ -92,6 +92,8 @@ class ChunkCache {
   // flush's journal entry, so a restart knows which blocks to send.
   // Nothing when the node is not open in this cache.
   std::optional<LocalState::CachedFile> FileRecord(uint64_t id);
+  // Whether the node is open in this cache (FileRecord would say something).
+  bool Holds(uint64_t id) const;
   // fdatasync of the cache file of `id` (fsync's promise).
   Status SyncFile(uint64_t id);
   // Marks a node as holding local content (also for one created here:
@@ -115,6 +117,10 @@ class ChunkCache {
   // now holds that version. Local content written meanwhile stays local.
   // (The caller saves FileRecord.)
   void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen);
+  // A file created here was committed without content of ours (never
+  // written): unless it has been opened for writing since, nothing of it
+  // is local any more.
+  void CreatedCommitted(uint64_t id);
   // Our commit moved node `id` from `from` to `to` without new content
   // (attributes, a move): the cached bytes are those of `to` as well.
   void AdvanceVersion(uint64_t id, uint64_t from, uint64_t to);

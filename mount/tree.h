@@ -34,8 +34,11 @@ class Tree {
   // Starts empty at `seq`: directories come from the local state on use.
   void StartLazy(uint64_t seq);
   // Applies one changed record (tombstones remove the node). On a warm
-  // mount the local state must already hold it, so a directory loaded
-  // meanwhile agrees.
+  // mount, a record whose directory is not loaded is left to the local
+  // state: it must already hold it, so a directory loaded meanwhile
+  // agrees. (Local changes reach the local state a little later, through
+  // the write-back's writer: their directories are loaded, since the
+  // names were looked up first.)
   void Apply(const NodeRecord& n);
 
   // The server committed our change: the node's version and seq move, its

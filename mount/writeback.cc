@@ -25,6 +25,7 @@ constexpr auto kBurstGather = std::chrono::milliseconds(10);
 // The same for the local state: a burst goes in a transaction every few ms.
 constexpr auto kWriterGather = std::chrono::milliseconds(3);
 constexpr size_t kMaxUnsaved = 100000;  // changes logged but not in the databases, while those fail
+constexpr uint64_t kLogCatchUp = 64 << 20;  // intent log bytes after which new changes wait for the writer
 constexpr uint64_t kShowUploadsFrom = 1 << 20;  // smaller files come and go too fast to show
 
 // Ops that name the node's version (a rename too: a rename must not make a
@@ -101,11 +102,17 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   {
     // Under the queue's lock: log order, ticket order and queue order are
     // one, and a bitmap taken later is never saved before an earlier one.
-    std::lock_guard lock(q_mu_);
+    std::unique_lock lock(q_mu_);
     // The databases refuse writes (disk full?) and much waits: refuse more.
     if (!write_error_.ok() && queue_.size() > kMaxUnsaved) {
       count(-1);
       return write_error_;
+    }
+    // The log is emptied only when the writer has caught up: under a
+    // long stream of changes, let it (the log stays bounded).
+    while (write_error_.ok() && !queue_.empty() && state_->log_bytes() > kLogCatchUp) {
+      q_cv_.notify_one();
+      written_cv_.wait(lock);
     }
     for (uint64_t id : files)
       if (auto f = cache_->FileRecord(id)) c.files.push_back(std::move(*f));
@@ -200,7 +207,9 @@ void WriteBack::WriterLoop() {
     }
     // Elements of a deque stay put while others are pushed at its back.
     std::vector<const LocalState::Change*> items;
-    for (const auto& q : queue_) {
+    for (auto& q : queue_) {
+      // A bitmap of a node the cache forgot since (deleted) is not saved.
+      std::erase_if(q.files, [this](const CachedFile& f) { return !cache_->Holds(f.id); });
       items.push_back(&q);
       if (items.size() >= kMaxItems) break;
     }
@@ -504,6 +513,9 @@ Status WriteBack::FlushBatch() {
       for (const auto& [id, base] : based)
         if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted)
           cache_->AdvanceVersion(id, base, it->second->version);
+      // Files created and never written: nothing local is left of them.
+      for (const auto& o : ops)
+        if (o.type == OpType::kCreate && !flushed.count(o.id) && by_id.count(o.id)) cache_->CreatedCommitted(o.id);
       std::vector<uint64_t> saved;
       for (const auto& s : sent) {
         auto it = by_id.find(s.id);

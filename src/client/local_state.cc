@@ -9,6 +9,7 @@
 #include <cstring>
 #include <ctime>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <spdlog/spdlog.h>
 
@@ -42,9 +43,12 @@ void BindNode(Stmt& s, const NodeRecord& n) {
   if (n.kind == NodeKind::kSymlink) s.Bind(10, n.target); else s.BindNull(10);
 }
 
+// A row saved late (the writer thread) must not take a version back.
 constexpr char kUpsertNode[] =
-    "INSERT OR REPLACE INTO nodes(id, parent, name, kind, mode, size, mtime_ns, version, seq, target) "
-    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    "INSERT INTO nodes(id, parent, name, kind, mode, size, mtime_ns, version, seq, target) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(id) DO UPDATE SET parent=excluded.parent, "
+    "name=excluded.name, kind=excluded.kind, mode=excluded.mode, size=excluded.size, mtime_ns=excluded.mtime_ns, "
+    "version=max(version, excluded.version), seq=max(seq, excluded.seq), target=excluded.target";
 
 }  // namespace
 
@@ -58,17 +62,20 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
       "CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent, name);"
       "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, flush INTEGER NOT NULL,"
       " op TEXT NOT NULL);"));
-  ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT value FROM meta WHERE key='project'"));
-  if (q.Step()) {
-    std::string owner = q.Text(0);
-    if (owner != project)
-      return Status::Invalid("cache dir " + path + " holds project " + owner + ", not " + project +
-                             "; use another --cache-dir");
-  } else {
-    RETURN_IF_ERROR(q.status());
-    ASSIGN_OR_RETURN(Stmt ins, db->Prepare("INSERT INTO meta(key, value) VALUES('project', ?1)"));
-    ins.Bind(1, project);
-    RETURN_IF_ERROR(ins.Run());
+  {
+    // (Statements done before the replay writes.)
+    ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT value FROM meta WHERE key='project'"));
+    if (q.Step()) {
+      std::string owner = q.Text(0);
+      if (owner != project)
+        return Status::Invalid("cache dir " + path + " holds project " + owner + ", not " + project +
+                               "; use another --cache-dir");
+    } else {
+      RETURN_IF_ERROR(q.status());
+      ASSIGN_OR_RETURN(Stmt ins, db->Prepare("INSERT INTO meta(key, value) VALUES('project', ?1)"));
+      ins.Bind(1, project);
+      RETURN_IF_ERROR(ins.Run());
+    }
   }
   std::string files_path = path;
   auto slash = files_path.rfind('/');
@@ -122,10 +129,12 @@ Status LocalState::OpenLog(const std::string& path) {
   }
   if (!log.stopped.empty()) {
     // Keep both copies: whatever could not be read goes aside, not away.
-    const std::string aside = path + ".damaged-" + std::to_string(::time(nullptr));
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    const std::string aside = path + ".damaged-" + std::to_string(now.tv_sec) + "." + std::to_string(now.tv_nsec);
     spdlog::warn("{}: {} bytes after {} could not be read ({}); kept in {}", path, bytes.size() - log.used, log.used,
                  log.stopped, aside);
-    int out = ::open(aside.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int out = ::open(aside.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (out < 0 || ::write(out, bytes.data() + log.used, bytes.size() - log.used) !=
                        static_cast<ssize_t>(bytes.size() - log.used)) {
       if (out >= 0) ::close(out);
@@ -145,6 +154,8 @@ Status LocalState::OpenLog(const std::string& path) {
 Status LocalState::LogChange(const Change& c) {
   std::string frame = EncodeLocalChange(c);
   const size_t len = frame.size();
+  if (len > kMaxLocalChangeFrame)
+    return Status(Code::kTooLarge, "a change of " + std::to_string(len) + " bytes does not fit the intent log");
   frame.append(kLocalLogEndMark, '\0');
   std::lock_guard lock(log_mu_);
   if (log_size_ + frame.size() > log_room_) {
@@ -174,6 +185,11 @@ Status LocalState::LogChange(const Change& c) {
   log_size_ += len;
   if (c.ticket > last_ticket_) last_ticket_ = c.ticket;
   return Status::Ok();
+}
+
+uint64_t LocalState::log_bytes() {
+  std::lock_guard lock(log_mu_);
+  return log_size_;
 }
 
 Status LocalState::ResetLog() {
@@ -208,8 +224,15 @@ Status LocalState::SaveChanges(const std::vector<const Change*>& changes) {
   }
   std::erase_if(rows, [](const NodeRecord& r) { return r.id == 0; });
   std::erase_if(files, [](const CachedFile& f) { return f.id == 0; });
+  // A node deleted in (or after) these: no bitmap row stays behind, also
+  // not one an earlier save or the cache wrote.
+  std::unordered_set<uint64_t> gone;
+  for (const auto& r : rows)
+    if (r.deleted) gone.insert(r.id);
+  std::erase_if(files, [&](const CachedFile& f) { return gone.count(f.id) > 0; });
   // The bitmaps first: a flush entry must find its blocks marked.
   if (!files.empty()) RETURN_IF_ERROR(SaveFiles(files));
+  for (uint64_t id : gone) RETURN_IF_ERROR(DropFile(id));
   std::lock_guard lock(mu_);
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
@@ -451,7 +474,11 @@ Status LocalState::SaveFiles(const std::vector<CachedFile>& files) {
     tx.emplace(files_db_.get());
     RETURN_IF_ERROR(tx->status());
   }
-  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("INSERT OR REPLACE INTO files(id, version, manifest, present) VALUES(?1, ?2, ?3, ?4)"));
+  // A bitmap saved late (the writer thread) never replaces one of a newer version.
+  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare(
+                               "INSERT INTO files(id, version, manifest, present) VALUES(?1, ?2, ?3, ?4) "
+                               "ON CONFLICT(id) DO UPDATE SET version=excluded.version, manifest=excluded.manifest, "
+                               "present=excluded.present WHERE excluded.version >= files.version"));
   for (const auto& f : files) {
     std::string m = EncodeManifest(f.manifest), bits = PackBits(f.present);
     s.Bind(1, f.id).Bind(2, f.version).BindBlob(3, m.data(), m.size()).BindBlob(4, bits.data(), bits.size());

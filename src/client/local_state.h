@@ -64,6 +64,8 @@ class LocalState {
   Status SaveChanges(const std::vector<const Change*>& changes);
   // Empties the intent log: everything in it is saved.
   Status ResetLog();
+  // How much the intent log holds.
+  uint64_t log_bytes();
   // The last ticket saved or replayed (the next change takes the one after).
   uint64_t last_ticket() const { return last_ticket_; }
   // The oldest `limit` entries.

@@ -10,7 +10,7 @@ namespace tidefs {
 namespace {
 
 constexpr size_t kHeader = kLocalLogEndMark;  // length, hash
-constexpr uint32_t kMaxFrame = 256u << 20;     // a 1 TiB file's manifest is 256 MiB; nothing real comes near
+constexpr uint64_t kMaxFrame = kMaxLocalChangeFrame;  // a file's manifest is 16 bytes a 64 KiB block
 
 void PutLE(std::string* out, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
@@ -85,7 +85,8 @@ Result<LocalChange> Parse(std::string_view payload) {
     if (kind < 1 || kind > 3 || deleted > 1) return Status::Corruption("bad node row");
     row.kind = static_cast<NodeKind>(kind);
     row.deleted = deleted == 1;
-    if (row.id != kRootId)
+    // (A tombstone needs only its id.)
+    if (row.id != kRootId && !row.deleted)
       if (Status st = ValidateName(row.name); !st.ok()) return Status::Corruption("node row: " + st.message());
     c.rows.push_back(std::move(row));
   }

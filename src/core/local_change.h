@@ -44,6 +44,7 @@ struct LocalChange {
 // One frame.
 std::string EncodeLocalChange(const LocalChange& c);
 inline constexpr size_t kLocalLogEndMark = 12;  // zero bytes after the last frame
+inline constexpr size_t kMaxLocalChangeFrame = 256u << 20;  // a reader refuses longer frames
 
 struct DecodedLog {
   std::vector<LocalChange> changes;  // every whole, intact frame from the start

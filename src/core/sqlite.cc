@@ -11,6 +11,18 @@ Stmt::~Stmt() {
   else sqlite3_finalize(s_);
 }
 
+void StmtCache::Return(sqlite3_stmt* s) {
+  sqlite3_reset(s);
+  sqlite3_clear_bindings(s);
+  std::lock_guard lock(mu);
+  if (!alive || count >= kMaxCachedStatements) {
+    sqlite3_finalize(s);  // (a connection closed meanwhile is a zombie until then)
+    return;
+  }
+  idle[sqlite3_sql(s)].push_back(s);
+  count++;
+}
+
 bool Stmt::Step() {
   int rc = sqlite3_step(s_);
   if (rc == SQLITE_ROW) return true;
@@ -44,38 +56,31 @@ Result<std::unique_ptr<Db>> Db::Open(const std::string& path, bool exclusive) {
 }
 
 Db::~Db() {
-  for (auto& [sql, list] : idle_)
-    for (sqlite3_stmt* s : list) sqlite3_finalize(s);
+  {
+    std::lock_guard lock(cache_->mu);
+    cache_->alive = false;
+    for (auto& [sql, list] : cache_->idle)
+      for (sqlite3_stmt* s : list) sqlite3_finalize(s);
+    cache_->idle.clear();
+  }
   sqlite3_close_v2(db_);
 }
 
 Result<Stmt> Db::Prepare(std::string_view sql) {
   {
-    std::lock_guard lock(cache_mu_);
-    auto it = idle_.find(std::string(sql));
-    if (it != idle_.end() && !it->second.empty()) {
+    std::lock_guard lock(cache_->mu);
+    auto it = cache_->idle.find(std::string(sql));
+    if (it != cache_->idle.end() && !it->second.empty()) {
       sqlite3_stmt* s = it->second.back();
       it->second.pop_back();
-      cached_--;
-      return Stmt(db_, s, this);
+      cache_->count--;
+      return Stmt(db_, s, cache_);
     }
   }
   sqlite3_stmt* s = nullptr;
   int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s, nullptr);
   if (rc != SQLITE_OK) return Status::Internal(std::string("sqlite prepare: ") + sqlite3_errmsg(db_));
-  return Stmt(db_, s, this);
-}
-
-void Db::Return(sqlite3_stmt* s) {
-  sqlite3_reset(s);
-  sqlite3_clear_bindings(s);
-  std::lock_guard lock(cache_mu_);
-  if (cached_ >= kMaxCachedStatements) {
-    sqlite3_finalize(s);
-    return;
-  }
-  idle_[sqlite3_sql(s)].push_back(s);
-  cached_++;
+  return Stmt(db_, s, cache_);
 }
 
 Status Db::Exec(const std::string& sql) {

@@ -16,15 +16,25 @@
 
 namespace tidefs {
 
-class Db;
+// A connection's idle prepared statements, by SQL text. Shared with the
+// statements handed out, so one that outlives its Db is finalized, not
+// returned.
+struct StmtCache {
+  std::mutex mu;
+  bool alive = true;  // guarded by mu; false once the Db is gone
+  std::unordered_map<std::string, std::vector<sqlite3_stmt*>> idle;  // guarded by mu
+  size_t count = 0;                                                  // guarded by mu
+  void Return(sqlite3_stmt* s);
+};
 
 // A prepared statement; one from Db::Prepare goes back to its Db's cache
 // (reset, bindings cleared) when it dies, so it is compiled once.
 class Stmt {
  public:
   Stmt() = default;
-  Stmt(sqlite3* db, sqlite3_stmt* s, Db* home = nullptr) : db_(db), s_(s), home_(home) {}
-  Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_), home_(o.home_), status_(o.status_) { o.s_ = nullptr; }
+  Stmt(sqlite3* db, sqlite3_stmt* s, std::shared_ptr<StmtCache> home = nullptr)
+      : db_(db), s_(s), home_(std::move(home)) {}
+  Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_), home_(std::move(o.home_)), status_(o.status_) { o.s_ = nullptr; }
   Stmt& operator=(Stmt&& o) noexcept {
     std::swap(db_, o.db_);
     std::swap(s_, o.s_);
@@ -72,7 +82,7 @@ class Stmt {
  private:
   sqlite3* db_ = nullptr;
   sqlite3_stmt* s_ = nullptr;
-  Db* home_ = nullptr;
+  std::shared_ptr<StmtCache> home_;
   Status status_;
 };
 
@@ -97,14 +107,10 @@ class Db {
   const std::string& path() const { return path_; }
 
  private:
-  Db(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
-  friend class Stmt;
-  void Return(sqlite3_stmt* s);
+  Db(sqlite3* db, std::string path) : db_(db), path_(std::move(path)), cache_(std::make_shared<StmtCache>()) {}
   sqlite3* db_;
   std::string path_;
-  std::mutex cache_mu_;
-  std::unordered_map<std::string, std::vector<sqlite3_stmt*>> idle_;  // guarded by cache_mu_; by SQL text
-  size_t cached_ = 0;                                                  // guarded by cache_mu_
+  std::shared_ptr<StmtCache> cache_;
 };
 
 // BEGIN IMMEDIATE on construction; ROLLBACK on destruction unless Commit().

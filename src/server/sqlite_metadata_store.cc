@@ -143,10 +143,13 @@ class SqliteMetadataStore final : public MetadataStore {
   Result<std::vector<ProjectInfo>> ListProjects() override {
     auto lease = Lease();
     if (!lease.ok()) return lease.status();
-    ASSIGN_OR_RETURN(Stmt s, (*lease)->db->Prepare("SELECT id, name, seq FROM projects ORDER BY name"));
     std::vector<ProjectInfo> out;
-    while (s.Step()) out.push_back({s.Int(0), s.Text(1), s.U64(2)});
-    RETURN_IF_ERROR(s.status());
+    {
+      // The statement goes back before the connection does.
+      ASSIGN_OR_RETURN(Stmt s, (*lease)->db->Prepare("SELECT id, name, seq FROM projects ORDER BY name"));
+      while (s.Step()) out.push_back({s.Int(0), s.Text(1), s.U64(2)});
+      RETURN_IF_ERROR(s.status());
+    }
     Release(std::move(*lease));
     return out;
   }
