@@ -15,6 +15,7 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "../integration/helpers.h"
 #include "../integration/test_server.h"
@@ -749,6 +750,58 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   EXPECT_EQ(ReadAll(fresh.path() + "/kept.txt"), "in the journal\n");
   EXPECT_TRUE(ReadAll(fresh.path() + "/kept-dir/big.bin") == big);
   EXPECT_TRUE(ReadAll(fresh.path() + "/old.bin") == edited) << "a journaled block overwrite was lost";
+}
+
+// How far the mount's upload of `path` has got (0 when none is shown).
+uint64_t UploadDone(const std::string& mnt, const std::string& path) {
+  std::string out;
+  if (RunCommand(std::string(TIDEFS_BINARY) + " status --json " + mnt + " 2>/dev/null", &out) != 0) return 0;
+  auto j = nlohmann::json::parse(out, nullptr, false);
+  if (j.is_discarded() || !j.contains("transfers")) return 0;
+  for (const auto& t : j["transfers"])
+    if (t.value("path", "") == path && t.value("direction", "") == "up") return t.value("done", uint64_t{0});
+  return 0;
+}
+
+// Request bytes the server has received (bodies).
+uint64_t BytesReceived(ApiClient& c) {
+  auto m = c.Raw("GET", "//metrics");
+  std::string key = "\ntidefs_http_bytes_received_total ";
+  size_t at = m->body.find(key);
+  return at == std::string::npos ? 0 : std::stoull(m->body.substr(at + key.size()));
+}
+
+TEST_F(MountTest, AMountKilledInTheMiddleOfA512MiBUploadFinishesItOnTheNextMount) {
+  Import();
+  ApiClient admin(server_.Client(server_.rw_token));
+  const uint64_t received0 = BytesReceived(admin);
+  const size_t size = size_t{512} << 20;
+  std::string big = RandomBytes(size, 71);
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    { std::ofstream(m.path() + "/big.bin", std::ios::binary) << big; }
+    // Killed once a part of it is up, well before the end.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    uint64_t done = 0;
+    while ((done = UploadDone(m.path(), "/big.bin")) < (64u << 20) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    const pid_t pid = MountPid(m.path());
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    ASSERT_GE(done, 64u << 20) << "the upload was never seen in progress";
+    ASSERT_LT(done, size) << "the upload had finished: nothing was cut";
+    EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+    std::string out;
+    RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
+    const uint64_t part = BytesReceived(admin) - received0;
+    EXPECT_GT(part, 0u);
+    EXPECT_LT(part, size);
+  }
+  // The next mount of the same cache sends the rest, not all of it again.
+  { TestMount again(server_, server_.rw_token, dir_); }
+  EXPECT_LE(BytesReceived(admin) - received0, size + (8u << 20)) << "blocks were sent twice";
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/big.bin") == big) << "the server's bytes are not the ones written";
 }
 
 TEST_F(MountTest, RsyncMmapWritersAndAServerOutageDuringWrites) {
