@@ -47,6 +47,9 @@ namespace {
 // The kernel keeps entries and attributes this long; changes made elsewhere
 // are pushed by invalidation (the real-time issue), not found by expiry.
 constexpr double kAttrTimeout = 3600;
+// The preferred I/O size programs see (st_blksize): cp and friends move
+// 1 MiB at a time, one FUSE request each (max_write and max_read match).
+constexpr blksize_t kIoSize = 1 << 20;
 
 struct Fs {
   Fs(ApiClient* c, LocalState* state) : client(c), tree(state) {}
@@ -95,7 +98,7 @@ void FillStat(const Fs& fs, const NodeRecord& n, struct stat* st) {
   }
   st->st_size = static_cast<off_t>(n.size);
   st->st_blocks = static_cast<blkcnt_t>((n.size + 511) / 512);
-  st->st_blksize = kBlockSize;
+  st->st_blksize = kIoSize;
   st->st_uid = fs.uid;
   st->st_gid = fs.gid;
   st->st_mtim.tv_sec = n.mtime_ns / 1'000'000'000;
