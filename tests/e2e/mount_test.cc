@@ -700,16 +700,49 @@ TEST_F(MountTest, RealProgramsWorkAndTheirResultsSurviveARemount) {
     ASSERT_EQ(RunCommand(git + "init -q . 2>&1", &out), 0) << out;
     { std::ofstream(m.path() + "/repo/hello.c") << "int main(void) { return 0; }\n"; }
     ASSERT_EQ(RunCommand(git + "add hello.c 2>&1 && " + git + "commit -q -m first 2>&1", &out), 0) << out;
+    // A branch, a second commit, back again, and a gc (packs, renames).
+    ASSERT_EQ(RunCommand(git + "checkout -q -b side 2>&1 && echo '/* side */' >> hello.c && " + git +
+                             "commit -qam second 2>&1 && " + git + "checkout -q - 2>&1 && " + git + "gc -q 2>&1",
+                         &out),
+              0)
+        << out;
     ASSERT_EQ(RunCommand("sqlite3 " + m.path() + "/db.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(x); "
                          "INSERT INTO t VALUES (1),(2),(3);' 2>&1", &out), 0) << out;
+    // The rollback journal too (a -journal file created, written, deleted).
+    ASSERT_EQ(RunCommand("sqlite3 " + m.path() + "/rollback.sqlite 'PRAGMA journal_mode=DELETE; CREATE TABLE t(x); "
+                         "BEGIN; INSERT INTO t VALUES (4),(5); COMMIT; UPDATE t SET x = x * 10;' 2>&1", &out), 0) << out;
+    // A compiler writing an object and a program, run from the mount.
+    ASSERT_EQ(RunCommand("cd " + m.path() + "/repo && cc -c hello.c -o hello.o 2>&1 && cc hello.o -o hello 2>&1 && ./hello",
+                         &out),
+              0)
+        << out;
+    // Locks between processes on one mount: flock and POSIX locks.
+    EXPECT_NE(RunCommand("flock " + m.path() + "/lock -c 'flock -n " + m.path() + "/lock true' 2>&1", &out), 0)
+        << "a second flock on a held lock succeeded";
+    {
+      std::ofstream(dir_ + "/lockcheck.py") << "import fcntl, subprocess, sys\n"
+                                                "f = open(sys.argv[1], 'w')\n"
+                                                "fcntl.lockf(f, fcntl.LOCK_EX)\n"
+                                                "r = subprocess.run([sys.executable, '-c', 'import fcntl, sys; "
+                                                "fcntl.lockf(open(sys.argv[1], \"w\"), fcntl.LOCK_EX | fcntl.LOCK_NB)', "
+                                                "sys.argv[1]], stderr=subprocess.DEVNULL)\n"
+                                                "sys.exit(0 if r.returncode != 0 else 1)\n";
+    }
+    EXPECT_EQ(RunCommand("python3 " + dir_ + "/lockcheck.py " + m.path() + "/plock 2>&1", &out), 0)
+        << "a second POSIX lock on a held one succeeded: " << out;
     ASSERT_EQ(RunCommand("tar -C " + src_ + " -cf " + dir_ + "/t.tar . && mkdir " + m.path() + "/untar && tar -C " +
                              m.path() + "/untar -xf " + dir_ + "/t.tar 2>&1", &out), 0) << out;
   }
   fs::remove_all(dir_ + "/cache");
   TestMount fresh(server_, server_.rw_token, dir_);
   std::string out;
-  ASSERT_EQ(RunCommand("cd " + fresh.path() + "/repo && git log --oneline 2>&1 && git fsck 2>&1 && git status --porcelain 2>&1", &out), 0) << out;
+  ASSERT_EQ(RunCommand("cd " + fresh.path() + "/repo && git log --oneline --all 2>&1 && git fsck 2>&1 && git status --porcelain --untracked-files=no 2>&1", &out), 0) << out;
   EXPECT_NE(out.find("first"), std::string::npos) << out;
+  EXPECT_NE(out.find("second"), std::string::npos) << out;
+  ASSERT_EQ(RunCommand("sqlite3 " + fresh.path() + "/rollback.sqlite 'SELECT sum(x) FROM t;' 2>&1", &out), 0) << out;
+  EXPECT_EQ(out, "90\n");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/rollback.sqlite-journal"));
+  ASSERT_EQ(RunCommand("cd " + fresh.path() + "/repo && ./hello 2>&1", &out), 0) << out;
   ASSERT_EQ(RunCommand("sqlite3 " + fresh.path() + "/db.sqlite 'SELECT sum(x) FROM t;' 2>&1", &out), 0) << out;
   EXPECT_EQ(out, "6\n");
   EXPECT_TRUE(fs::exists(fresh.path() + "/untar/sub/deeper"));
