@@ -29,6 +29,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <sqlite3.h>
 #include <spdlog/spdlog.h>
 
 #include "cache/chunk_cache.h"
@@ -911,16 +912,39 @@ Result<std::string> MountStatus(const std::string& mountpoint) {
   return out;
 }
 
+// Changes a mount that has exited left in its cache dir for the next one:
+// journal entries, and intent-log records not saved in the databases.
+uint64_t ChangesLeft(const std::string& cache_dir) {
+  uint64_t left = 0, applied = 0;
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2((cache_dir + "/state.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM journal), (SELECT value FROM meta WHERE key='applied_ticket')",
+                           -1, &s, nullptr) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW) {
+      left = static_cast<uint64_t>(sqlite3_column_int64(s, 0));
+      applied = static_cast<uint64_t>(sqlite3_column_int64(s, 1));
+    }
+    sqlite3_finalize(s);
+  }
+  sqlite3_close(db);
+  std::ifstream in(cache_dir + "/intent.log", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& c : DecodeLocalLog(bytes).changes)
+    if (c.ticket > applied) left += c.entries.size();
+  return left;
+}
+
 Status Unmount(const std::string& mountpoint) {
   std::string pid_file = PidFile(mountpoint);
   pid_t pid = 0;
-  std::string ignored;
-  ReadPidFile(pid_file, &pid, &ignored);
+  std::string cache_dir;
+  ReadPidFile(pid_file, &pid, &cache_dir);
   std::string cmd = "fusermount3 -u '" + mountpoint + "'";
   int rc = system(cmd.c_str());
   if (!WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
     return Status::IoError("cannot unmount " + mountpoint + " (is it mounted, and is no program using it?)");
-  // Wait for the mount's process to finish saving its state.
+  // Wait for the mount's process to send what is left and save its state.
   auto alive = [pid] {
     if (pid <= 0 || kill(pid, 0) != 0) return false;
     std::string stat;
@@ -934,17 +958,34 @@ Status Unmount(const std::string& mountpoint) {
     return !(paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z');  // a zombie is done
   };
   const auto start = std::chrono::steady_clock::now();
-  bool told = false;
+  auto next_report = start + std::chrono::seconds(1);
+  long long shown = -1;
   while (alive()) {
-    auto waited = std::chrono::steady_clock::now() - start;
-    if (!told && waited > std::chrono::seconds(2)) {
-      fprintf(stderr, "waiting for the mount at %s to finish saving...\n", mountpoint.c_str());
-      told = true;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_report) {
+      // What is left, from the mount itself (it answers until it exits).
+      long long left = -1;
+      if (auto st = MountStatus(mountpoint); st.ok()) {
+        auto j = nlohmann::json::parse(*st, nullptr, false);
+        if (!j.is_discarded()) left = j.value("journal_pending", 0ll);
+      }
+      if (left != shown) {
+        if (left > 0) fprintf(stderr, "unmount: %lld changes still to send from %s...\n", left, mountpoint.c_str());
+        else if (shown < 0) fprintf(stderr, "waiting for the mount at %s to finish saving...\n", mountpoint.c_str());
+        shown = left;
+      }
+      next_report = now + std::chrono::seconds(1);
     }
-    if (waited > std::chrono::minutes(10))
+    if (now - start > std::chrono::minutes(10))
       return Status::Unavailable("the mount's process " + std::to_string(pid) + " is still running after 10 minutes");
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  if (!cache_dir.empty())
+    if (uint64_t left = ChangesLeft(cache_dir))
+      fprintf(stderr,
+              "unmount: %llu changes could not be sent (server unreachable?); they are kept in %s and go out on the "
+              "next mount of that cache dir\n",
+              static_cast<unsigned long long>(left), cache_dir.c_str());
   return Status::Ok();
 }
 
@@ -1261,7 +1302,7 @@ Status RunMount(const MountOptions& opts) {
   fs.se = nullptr;
   // Unmounted (or told to stop): every change goes to the server first.
   if (uint64_t left = fs.wb->Pending()) spdlog::info("unmount: sending {} changes to the server", left);
-  Status drained = fs.wb->Drain(std::chrono::seconds(15));
+  Status drained = fs.wb->Drain(std::chrono::seconds(static_cast<int64_t>(opts.send_patience_seconds)));
   if (!drained.ok()) spdlog::warn("unmount: {}", drained.message());
   else spdlog::info("unmount: every change is on the server");
   if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP) return Status::IoError("FUSE loop ended with error " + std::to_string(rc));

@@ -19,6 +19,9 @@ struct MountOptions {
   // How long a read of bytes not yet cached keeps trying an unreachable
   // server before it fails with EIO.
   double retry_seconds = 10;
+  // Unmount gives up sending after this long without progress (the server
+  // unreachable): what is left stays for the next mount.
+  double send_patience_seconds = 15;
   std::string mountpoint;
   bool foreground = false;
   // Called once the tree is visible (a background start detaches here).

@@ -118,6 +118,10 @@ int main(int argc, char** argv) {
   mount->add_option("--retry-for", mo.retry_seconds,
                     "Seconds a read of uncached bytes keeps trying an unreachable server before it fails (default 10)")
       ->check(CLI::Range(0.0, 86400.0));
+  mount->add_option("--send-patience", mo.send_patience_seconds,
+                    "At unmount, seconds without progress before giving up on an unreachable server (the rest "
+                    "stays in the cache dir for the next mount; default 15)")
+      ->check(CLI::Range(0.0, 86400.0));
   mount->add_flag("-f,--foreground", mo.foreground, "Stay in the foreground");
   mount->add_option("mountpoint", mo.mountpoint, "An empty directory")->required()->check(CLI::ExistingDirectory);
   auto* status = app.add_subcommand("status", "Show a mount's connection, journal, transfers and counters");

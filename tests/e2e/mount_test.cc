@@ -874,6 +874,24 @@ TEST_F(MountTest, RsyncMmapWritersAndAServerOutageDuringWrites) {
   EXPECT_FALSE(fs::exists(fresh.path() + "/keep.txt"));
 }
 
+TEST_F(MountTest, AnUnmountWithTheServerDownKeepsTheChangesAndSaysSo) {
+  Import();
+  {
+    TestMount m(server_, server_.rw_token, dir_, "--send-patience 1");
+    server_.Stop();
+    { std::ofstream(m.path() + "/offline.txt") << "made offline\n"; }
+    std::string out;
+    EXPECT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + m.path() + " 2>&1", &out), 0) << out;
+    EXPECT_NE(out.find("could not be sent"), std::string::npos) << out;
+    EXPECT_NE(out.find("next mount"), std::string::npos) << out;
+    EXPECT_FALSE(IsMounted(m.path()));
+  }
+  server_.Start();
+  { TestMount again(server_, server_.rw_token, dir_); }  // the same cache dir sends them
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_EQ(ReadAll(fresh.path() + "/offline.txt"), "made offline\n");
+}
+
 TEST_F(MountTest, RefusesBadMountArguments) {
   std::string out;
   fs::create_directories(dir_ + "/mnt");
