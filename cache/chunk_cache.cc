@@ -622,6 +622,38 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   return Status::Ok();
 }
 
+Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
+  ASSIGN_OR_RETURN(auto e, Open(n));
+  MarkLocal(n.id);
+  struct stat st;
+  if (::fstat(e->fd, &st) != 0)
+    return Status::IoError("cannot stat the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
+  const uint64_t old = static_cast<uint64_t>(st.st_size);
+  if (old >= size) return Status::Ok();
+  // The block the old end falls in keeps its first bytes: here first.
+  if (old % kBlockSize) {
+    const uint64_t b = old / kBlockSize;
+    bool need;
+    {
+      std::lock_guard lock(e->mu);
+      need = b < e->manifest.blocks.size() && !e->present[b];
+    }
+    if (need) RETURN_IF_ERROR(EnsureChunk(e, n, b / kBlocksPerChunk));
+  }
+  // Mode 0 only ever moves the end outwards: a write landing meanwhile keeps its bytes.
+  if (::fallocate(e->fd, 0, static_cast<off_t>(old), static_cast<off_t>(size - old)) != 0) {
+    int err = errno;
+    return Status(err == ENOSPC || err == EFBIG ? Code::kTooLarge : Code::kIoError,
+                  "cannot grow the cache file of node " + std::to_string(n.id) + ": " + std::strerror(err));
+  }
+  std::lock_guard lock(e->mu);
+  e->Grow(size);
+  // The new blocks are local zeros (and the one the old end fell in).
+  for (uint64_t b = old / kBlockSize; b < (size + kBlockSize - 1) / kBlockSize; ++b) e->present[b] = e->dirty[b] = true;
+  e->write_gen++;
+  return Status::Ok();
+}
+
 Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
   ASSIGN_OR_RETURN(auto e, Open(n));
   FlushView v;

@@ -87,6 +87,9 @@ class ChunkCache {
   Status Write(const NodeRecord& n, uint64_t off, const char* data, size_t len);
   // Cuts or extends (with zeros) the cached file to `size`.
   Status Truncate(const NodeRecord& n, uint64_t size);
+  // Grows the cached file to at least `size` (zeros), space allocated
+  // (fallocate): never shorter, also with writes running beside it.
+  Status Extend(const NodeRecord& n, uint64_t size);
   // What the local state should hold for `id` now (version, manifest,
   // which blocks the cache file holds, local ones included): saved with a
   // flush's journal entry, so a restart knows which blocks to send.

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -661,7 +662,7 @@ void OpFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
   const uint64_t end = static_cast<uint64_t>(off) + static_cast<uint64_t>(len);
   if ((mode & FALLOC_FL_KEEP_SIZE) || end <= n->size) return (void)fuse_reply_err(req, 0);
   NodeRecord rec = *n;
-  if (Status st = fs->cache->Truncate(rec, end); !st.ok()) return (void)ReplyStatus(req, st, "fallocate", ino);
+  if (Status st = fs->cache->Extend(rec, end); !st.ok()) return (void)ReplyStatus(req, st, "fallocate", ino);
   rec.size = end;
   rec.mtime_ns = NowNs();
   auto live = fs->tree.Get(ino);
@@ -1302,7 +1303,7 @@ Status RunMount(const MountOptions& opts) {
   fs.se = nullptr;
   // Unmounted (or told to stop): every change goes to the server first.
   if (uint64_t left = fs.wb->Pending()) spdlog::info("unmount: sending {} changes to the server", left);
-  Status drained = fs.wb->Drain(std::chrono::seconds(static_cast<int64_t>(opts.send_patience_seconds)));
+  Status drained = fs.wb->Drain(std::chrono::seconds(static_cast<int64_t>(std::ceil(opts.send_patience_seconds))));
   if (!drained.ok()) spdlog::warn("unmount: {}", drained.message());
   else spdlog::info("unmount: every change is on the server");
   if (rc != 0 && rc != SIGTERM && rc != SIGINT && rc != SIGHUP) return Status::IoError("FUSE loop ended with error " + std::to_string(rc));

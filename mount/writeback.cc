@@ -197,7 +197,12 @@ void WriteBack::WriterLoop() {
   bool burst = false;
   std::unique_lock lock(q_mu_);
   for (;;) {
-    if (backoff.count() > 0) q_cv_.wait_for(lock, backoff, [this] { return writer_stopping_ || waiters_ > 0; });
+    // (A new waiter cuts the wait short once, not every time: a program
+    // calling fsync in a loop on a full disk must not spin the writer.)
+    if (backoff.count() > 0) {
+      const int seen = waiters_;
+      q_cv_.wait_for(lock, backoff, [&] { return writer_stopping_ || waiters_ > seen; });
+    }
     q_cv_.wait(lock, [this] { return writer_stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;
     if (burst && !writer_stopping_ && waiters_ == 0) {
@@ -487,7 +492,10 @@ Status WriteBack::FlushBatch() {
   // Local fix-ups once the commit holds, given the versions it made.
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
   if (inflight != last) RETURN_IF_ERROR(state_->SetInflightBatch(last));
-  for (int attempt = 0; attempt < 16; ++attempt) {
+  // The server stops at the first refused op: each answer resolves one, so
+  // a batch may take one attempt per op, and a few more.
+  const int attempts = 16 + static_cast<int>(ops.size());
+  for (int attempt = 0; attempt < attempts; ++attempt) {
     // The key: this body, and the journal entries it carries (journal seqs
     // are never reused), so an identical body sent for other entries (a
     // rename back and forth) is never taken for a retry.
@@ -513,9 +521,12 @@ Status WriteBack::FlushBatch() {
       for (const auto& [id, base] : based)
         if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted)
           cache_->AdvanceVersion(id, base, it->second->version);
-      // Files created and never written: nothing local is left of them.
+      // Files created and never written: nothing local is left of them
+      // (unless a flush of theirs waits in the journal still: a batch cut
+      // short, or a retry of the entries of a lost answer).
       for (const auto& o : ops)
-        if (o.type == OpType::kCreate && !flushed.count(o.id) && by_id.count(o.id)) cache_->CreatedCommitted(o.id);
+        if (o.type == OpType::kCreate && !flushed.count(o.id) && by_id.count(o.id) && !HasPending(o.id))
+          cache_->CreatedCommitted(o.id);
       std::vector<uint64_t> saved;
       for (const auto& s : sent) {
         auto it = by_id.find(s.id);

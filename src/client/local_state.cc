@@ -132,11 +132,13 @@ Status LocalState::OpenLog(const std::string& path) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     const std::string aside = path + ".damaged-" + std::to_string(now.tv_sec) + "." + std::to_string(now.tv_nsec);
-    spdlog::warn("{}: {} bytes after {} could not be read ({}); kept in {}", path, bytes.size() - log.used, log.used,
+    spdlog::warn("{}: the bytes after {} could not be read ({}); kept in {}", path, log.used,
                  log.stopped, aside);
+    // (Not the zeros of the preallocated room after it.)
+    size_t end = bytes.size();
+    while (end > log.used && bytes[end - 1] == '\0') --end;
     int out = ::open(aside.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (out < 0 || ::write(out, bytes.data() + log.used, bytes.size() - log.used) !=
-                       static_cast<ssize_t>(bytes.size() - log.used)) {
+    if (out < 0 || ::write(out, bytes.data() + log.used, end - log.used) != static_cast<ssize_t>(end - log.used)) {
       if (out >= 0) ::close(out);
       return Status::IoError("cannot keep the unreadable end of " + path + " in " + aside);
     }
@@ -146,8 +148,14 @@ Status LocalState::OpenLog(const std::string& path) {
   // not keep a user from deleting files to make room.
   if (::ftruncate(fd, 0) != 0) return Status::IoError("cannot empty " + path + ": " + std::strerror(errno));
   log_size_ = 0;
-  if (::fallocate(fd, 0, 0, kLogRoom) == 0) log_room_ = kLogRoom;
-  else spdlog::warn("cannot reserve {} bytes for {}: {}", kLogRoom, path, std::strerror(errno));
+  if (::fallocate(fd, 0, 0, kLogRoom) == 0) {
+    log_room_ = kLogRoom;
+  } else {
+    // A filesystem without fallocate: the log grows as it is written (no
+    // room kept for a full disk).
+    if (errno == EOPNOTSUPP || errno == ENOSYS) log_prealloc_ = false;
+    spdlog::warn("cannot reserve {} bytes for {}: {}", kLogRoom, path, std::strerror(errno));
+  }
   return Status::Ok();
 }
 
@@ -158,7 +166,7 @@ Status LocalState::LogChange(const Change& c) {
     return Status(Code::kTooLarge, "a change of " + std::to_string(len) + " bytes does not fit the intent log");
   frame.append(kLocalLogEndMark, '\0');
   std::lock_guard lock(log_mu_);
-  if (log_size_ + frame.size() > log_room_) {
+  if (log_prealloc_ && log_size_ + frame.size() > log_room_) {
     // More room, allocated before it is written (a burst the databases lag behind).
     const uint64_t want = std::max<uint64_t>(2 * log_room_, (log_size_ + frame.size() + kLogRoom) / kLogRoom * kLogRoom);
     if (::fallocate(log_fd_, 0, 0, static_cast<off_t>(want)) != 0) {
@@ -232,7 +240,7 @@ Status LocalState::SaveChanges(const std::vector<const Change*>& changes) {
   std::erase_if(files, [&](const CachedFile& f) { return gone.count(f.id) > 0; });
   // The bitmaps first: a flush entry must find its blocks marked.
   if (!files.empty()) RETURN_IF_ERROR(SaveFiles(files));
-  for (uint64_t id : gone) RETURN_IF_ERROR(DropFile(id));
+  if (!gone.empty()) RETURN_IF_ERROR(DropFiles({gone.begin(), gone.end()}));
   std::lock_guard lock(mu_);
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
@@ -496,11 +504,22 @@ Status LocalState::SavePresent(uint64_t id, const std::vector<bool>& present) {
   return s.Run();
 }
 
-Status LocalState::DropFile(uint64_t id) {
+Status LocalState::DropFile(uint64_t id) { return DropFiles({id}); }
+
+Status LocalState::DropFiles(const std::vector<uint64_t>& ids) {
   std::lock_guard lock(files_mu_);
+  std::optional<Transaction> tx;
+  if (ids.size() > 1) {
+    tx.emplace(files_db_.get());
+    RETURN_IF_ERROR(tx->status());
+  }
   ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("DELETE FROM files WHERE id=?1"));
-  s.Bind(1, id);
-  return s.Run();
+  for (uint64_t id : ids) {
+    s.Bind(1, id);
+    RETURN_IF_ERROR(s.Run());
+    s.Reset();
+  }
+  return tx ? tx->Commit() : Status::Ok();
 }
 
 }  // namespace tidefs

@@ -90,6 +90,7 @@ class LocalState {
   Status SaveFiles(const std::vector<CachedFile>& files);
   Status SavePresent(uint64_t id, const std::vector<bool>& present);
   Status DropFile(uint64_t id);
+  Status DropFiles(const std::vector<uint64_t>& ids);
 
  private:
   LocalState(std::unique_ptr<Db> db, std::unique_ptr<Db> files)
@@ -103,6 +104,7 @@ class LocalState {
   int log_fd_ = -1;         // guarded by log_mu_
   uint64_t log_size_ = 0;   // guarded by log_mu_: the end of the last whole frame
   uint64_t log_room_ = 0;   // guarded by log_mu_: bytes allocated to the log file
+  bool log_prealloc_ = true;  // guarded by log_mu_: false where fallocate is not supported
   uint64_t last_ticket_ = 0;
   Status SetCursor(uint64_t seq);
   Status WriteRows(const std::vector<NodeRecord>& rows);  // requires mu_, in a transaction

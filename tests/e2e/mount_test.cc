@@ -889,7 +889,7 @@ TEST_F(MountTest, AnUnmountWithTheServerDownKeepsTheChangesAndSaysSo) {
   server_.Start();
   { TestMount again(server_, server_.rw_token, dir_); }  // the same cache dir sends them
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
-  EXPECT_EQ(ReadAll(fresh.path() + "/offline.txt"), "made offline\n");
+  EXPECT_EQ(ReadAll(fresh.path() + "/offline.txt"), "made offline\n") << ReadAll(dir_ + "/cache/mount.log");
 }
 
 TEST_F(MountTest, RefusesBadMountArguments) {
