@@ -141,11 +141,14 @@ void WriteBack::Completed(const std::vector<LocalState::JournalEntry>& entries, 
 
 void WriteBack::InvalidateEntry(uint64_t parent, const std::string& name) {
   std::function<void(uint64_t, const std::string&)> f;
+  std::function<void(uint64_t)> listing;
   {
     std::lock_guard lock(progress_mu_);
     f = invalidate_entry_;
+    listing = invalidate_;
   }
   if (f) f(parent, name);
+  if (listing) listing(parent);  // its cached listing too
 }
 
 Status WriteBack::RestoreDir(uint64_t id) {
@@ -491,6 +494,15 @@ Status WriteBack::FlushBatch() {
 
   // Local fix-ups once the commit holds, given the versions it made.
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
+  // Where ours ends up when a refusal moved it (a conflict name, the top
+  // directory): applied here once the commit holds, the last place only.
+  struct Placed {
+    NodeRecord rec;
+    bool in_tree = false;  // else a conflict copy, recorded by its own fix-up
+    uint64_t old_parent = 0;
+    std::string old_name;
+  };
+  std::unordered_map<uint64_t, Placed> placed;
   if (inflight != last) RETURN_IF_ERROR(state_->SetInflightBatch(last));
   // The server stops at the first refused op: each answer resolves one, so
   // a batch may take one attempt per op, and a few more.
@@ -537,6 +549,16 @@ Status WriteBack::FlushBatch() {
       }
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
+      for (auto& [id, p] : placed) {
+        if (!p.in_tree) continue;
+        if (auto it = by_id.find(id); it != by_id.end()) {
+          p.rec.version = it->second->version;
+          p.rec.seq = it->second->seq;
+        }
+        (void)Record({p.rec}, {});
+        InvalidateEntry(p.old_parent, p.old_name);
+        InvalidateEntry(p.rec.parent, p.rec.name);
+      }
       return Status::Ok();
     }
     const size_t k = std::min(reply.op, ops.size() - 1);
@@ -571,7 +593,12 @@ Status WriteBack::FlushBatch() {
       spdlog::warn("write-back: node {} changed elsewhere; keeping this device's version as \"{}\"", old_id, copy.name);
       const bool deleted = reply.reason == "deleted";
       const uint64_t current = reply.current_version;
-      after.push_back([this, old_id, copy, deleted, current](const auto& made) mutable {
+      after.push_back([this, old_id, copy, deleted, current, &placed](const auto& made) mutable {
+        // A later refusal may have placed the copy elsewhere.
+        if (auto p = placed.find(copy.id); p != placed.end()) {
+          copy.parent = p->second.rec.parent;
+          copy.name = p->second.rec.name;
+        }
         if (auto it = made.find(copy.id); it != made.end()) {
           copy.version = it->second->version;
           copy.seq = it->second->seq;
@@ -594,6 +621,7 @@ Status WriteBack::FlushBatch() {
           }
         }
         (void)Record(rows, {});
+        InvalidateEntry(copy.parent, copy.name);
         std::function<void(uint64_t)> inval;
         {
           std::lock_guard plock(progress_mu_);
@@ -608,25 +636,26 @@ Status WriteBack::FlushBatch() {
     auto move_ours = [&](uint64_t parent, const std::string& name) {
       op.parent = parent;
       op.name = name;
-      auto n = tree_->Get(op.id);
-      if (!n.ok() || !*n) return;
-      NodeRecord moved = **n;
-      const uint64_t old_parent = moved.parent;
-      const std::string old_name = moved.name;
-      moved.parent = parent;
-      moved.name = name;
-      after.push_back([this, moved, old_parent, old_name](const auto& made) mutable {
-        if (auto it = made.find(moved.id); it != made.end()) {
-          moved.version = it->second->version;
-          moved.seq = it->second->seq;
+      auto it = placed.find(op.id);
+      if (it == placed.end()) {
+        Placed p;
+        auto n = tree_->Get(op.id);
+        if (n.ok() && *n) {
+          p.rec = **n;
+          p.in_tree = true;
+          p.old_parent = p.rec.parent;
+          p.old_name = p.rec.name;
+        } else {
+          p.rec.id = op.id;
         }
-        (void)Record({moved}, {});
-        InvalidateEntry(old_parent, old_name);
-        InvalidateEntry(moved.parent, moved.name);
-      });
+        it = placed.emplace(op.id, std::move(p)).first;
+      }
+      it->second.rec.parent = parent;
+      it->second.rec.name = name;
     };
     // Ours is dropped: the other side's change stands.
     auto drop_ours = [&] {
+      placed.erase(op.id);  // nothing of ours to place
       ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(k));
       return ops.empty();
     };

@@ -583,6 +583,29 @@ TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
   EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
 }
 
+TEST_F(MountTest, AnEditInADirectoryDeletedElsewhereEndsAtTheTopHereToo) {
+  fs::create_directories(src_ + "/d");
+  Write("d/f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  ASSERT_EQ(ReadAll(p.two->path() + "/d/f.txt"), "base\n");
+  p.CutOff();
+  ASSERT_EQ(unlink((p.one->path() + "/d/f.txt").c_str()), 0);
+  ASSERT_EQ(rmdir((p.one->path() + "/d").c_str()), 0);
+  p.one.reset();
+  // Two's edit: its file and its directory are gone there; it is kept at the top.
+  { std::ofstream(p.two->path() + "/d/f.txt") << "edited by two\n"; }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (ConflictCopies(p.two->path(), "f (conflict from ", ".txt").empty() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(ConflictCopies(p.two->path(), "f (conflict from ", ".txt"), std::vector<std::string>{"edited by two\n"})
+      << "this mount does not show its kept copy where the server has it";
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/d"));
+  EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{"edited by two\n"});
+}
+
 TEST_F(MountTest, ADirectoryDeletedHereThatGotFilesElsewhereStays) {
   fs::create_directories(src_ + "/e");
   Import();
