@@ -582,21 +582,24 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
   return Status::Ok();
 }
 
+Status ChunkCache::EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end) {
+  if (end % kBlockSize == 0) return Status::Ok();  // no block cut in two
+  const uint64_t b = end / kBlockSize;
+  bool need;
+  {
+    std::lock_guard lock(e->mu);
+    need = b < e->manifest.blocks.size() && !e->present[b];
+  }
+  return need ? EnsureChunk(e, n, b / kBlocksPerChunk) : Status::Ok();
+}
+
 Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   ASSIGN_OR_RETURN(auto e, Open(n));
   MarkLocal(n.id);
   // The block the new end (or the old end, when growing) falls in keeps
   // some of its bytes: it must be here first.
   const uint64_t cut = std::min(n.size, size);
-  if (cut % kBlockSize) {
-    const uint64_t b = cut / kBlockSize;
-    bool need;
-    {
-      std::lock_guard lock(e->mu);
-      need = b < e->manifest.blocks.size() && !e->present[b];
-    }
-    if (need) RETURN_IF_ERROR(EnsureChunk(e, n, b / kBlocksPerChunk));
-  }
+  RETURN_IF_ERROR(EnsureBlockAt(e, n, cut));
   if (::ftruncate(e->fd, static_cast<off_t>(size)) != 0)
     return Status::IoError("cannot resize the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
   Manifest m;
@@ -631,15 +634,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   const uint64_t old = static_cast<uint64_t>(st.st_size);
   if (old >= size) return Status::Ok();
   // The block the old end falls in keeps its first bytes: here first.
-  if (old % kBlockSize) {
-    const uint64_t b = old / kBlockSize;
-    bool need;
-    {
-      std::lock_guard lock(e->mu);
-      need = b < e->manifest.blocks.size() && !e->present[b];
-    }
-    if (need) RETURN_IF_ERROR(EnsureChunk(e, n, b / kBlocksPerChunk));
-  }
+  RETURN_IF_ERROR(EnsureBlockAt(e, n, old));
   // Mode 0 only ever moves the end outwards: a write landing meanwhile keeps its bytes.
   if (::fallocate(e->fd, 0, static_cast<off_t>(old), static_cast<off_t>(size - old)) != 0) {
     int err = errno;

@@ -163,6 +163,9 @@ class ChunkCache {
   // Makes every block of `chunk` present, fetching it if needed.
   Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
   Status Fetch(Entry& e, const NodeRecord& n, uint64_t chunk);
+  // A file end at `end` keeps the first bytes of the block it falls in:
+  // that block is made present (fetched) first.
+  Status EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end);
   // Re-hashes the blocks of a chunk an earlier mount cached; clears the
   // ones that fail (a crash may have lost bytes the bitmap counts).
   void Verify(Entry& e, uint64_t chunk);

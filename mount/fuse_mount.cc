@@ -30,7 +30,6 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <sqlite3.h>
 #include <spdlog/spdlog.h>
 
 #include "cache/chunk_cache.h"
@@ -917,18 +916,14 @@ Result<std::string> MountStatus(const std::string& mountpoint) {
 // journal entries, and intent-log records not saved in the databases.
 uint64_t ChangesLeft(const std::string& cache_dir) {
   uint64_t left = 0, applied = 0;
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2((cache_dir + "/state.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-    sqlite3_stmt* s = nullptr;
-    if (sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM journal), (SELECT value FROM meta WHERE key='applied_ticket')",
-                           -1, &s, nullptr) == SQLITE_OK &&
-        sqlite3_step(s) == SQLITE_ROW) {
-      left = static_cast<uint64_t>(sqlite3_column_int64(s, 0));
-      applied = static_cast<uint64_t>(sqlite3_column_int64(s, 1));
+  if (auto db = Db::Open(cache_dir + "/state.db"); db.ok()) {
+    auto q = (*db)->Prepare(
+        "SELECT (SELECT count(*) FROM journal), (SELECT value FROM meta WHERE key='applied_ticket')");
+    if (q.ok() && q->Step()) {
+      left = q->U64(0);
+      applied = q->U64(1);
     }
-    sqlite3_finalize(s);
   }
-  sqlite3_close(db);
   std::ifstream in(cache_dir + "/intent.log", std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   for (const auto& c : DecodeLocalLog(bytes).changes)

@@ -45,7 +45,7 @@ WriteBack::WriteBack(ApiClient* client, LocalState* state, Tree* tree, ChunkCach
   if (ready_.wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
     auto pending = state_->PendingJournal(std::numeric_limits<uint32_t>::max());
     if (pending.ok())
-      for (const auto& e : *pending) ++pending_ids_[e.op.id];
+      CountPending(*pending, {}, +1);
     else
       spdlog::error("reading the journal failed: {}", pending.status().ToString());
   }
@@ -85,14 +85,7 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   }
   // Counted until saved (rows) or committed (entries): a remote change to
   // these nodes waits for them.
-  auto count = [&](int d) {
-    std::lock_guard lock(ids_mu_);
-    for (const auto& e : c.entries)
-      if ((pending_ids_[e.op.id] += d) <= 0) pending_ids_.erase(e.op.id);
-    for (const auto& r : c.rows)
-      if ((pending_ids_[r.id] += d) <= 0) pending_ids_.erase(r.id);
-  };
-  count(+1);
+  CountPending(c.entries, c.rows, +1);
   {
     // Where a deleted node was (a directory refused deletion comes back there).
     std::lock_guard lock(ids_mu_);
@@ -105,7 +98,7 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
     std::unique_lock lock(q_mu_);
     // The databases refuse writes (disk full?) and much waits: refuse more.
     if (!write_error_.ok() && queue_.size() > kMaxUnsaved) {
-      count(-1);
+      CountPending(c.entries, c.rows, -1);
       return write_error_;
     }
     // The log is emptied only when the writer has caught up: under a
@@ -118,7 +111,7 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
       if (auto f = cache_->FileRecord(id)) c.files.push_back(std::move(*f));
     c.ticket = queued_ticket_ + 1;
     if (Status st = state_->LogChange(c); !st.ok()) {
-      count(-1);
+      CountPending(c.entries, c.rows, -1);
       return st;
     }
     queued_ticket_ = c.ticket;
@@ -130,13 +123,24 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   return Status::Ok();
 }
 
-void WriteBack::Completed(const std::vector<LocalState::JournalEntry>& entries, uint64_t last) {
+void WriteBack::CountPending(const std::vector<LocalState::JournalEntry>& entries, const std::vector<NodeRecord>& rows,
+                             int d) {
   std::lock_guard lock(ids_mu_);
-  for (const auto& e : entries) {
-    if (e.seq > last) break;
-    auto it = pending_ids_.find(e.op.id);
-    if (it != pending_ids_.end() && --it->second <= 0) pending_ids_.erase(it);
-  }
+  auto add = [&](uint64_t id) {
+    if ((pending_ids_[id] += d) <= 0) pending_ids_.erase(id);
+  };
+  for (const auto& e : entries) add(e.op.id);
+  for (const auto& r : rows) add(r.id);
+}
+
+Status WriteBack::Finish(const std::vector<LocalState::JournalEntry>& entries, uint64_t last,
+                         const std::vector<NodeRecord>& made, bool inflight) {
+  RETURN_IF_ERROR(state_->CompleteJournal(last, made));
+  std::vector<LocalState::JournalEntry> done;
+  for (const auto& e : entries)
+    if (e.seq <= last) done.push_back(e);
+  CountPending(done, {}, -1);
+  return inflight ? state_->SetInflightBatch(0) : Status::Ok();
 }
 
 void WriteBack::InvalidateEntry(uint64_t parent, const std::string& name) {
@@ -226,11 +230,9 @@ void WriteBack::WriterLoop() {
     Status st = state_->SaveChanges(items);
     bool journal = false;
     if (st.ok()) {
-      std::lock_guard ids(ids_mu_);
       for (const LocalState::Change* q : items) {
         journal = journal || !q->entries.empty();
-        for (const auto& r : q->rows)
-          if (auto it = pending_ids_.find(r.id); it != pending_ids_.end() && --it->second <= 0) pending_ids_.erase(it);
+        CountPending({}, q->rows, -1);  // saved: a remote change may land now
       }
     }
     lock.lock();
@@ -486,11 +488,7 @@ Status WriteBack::FlushBatch() {
     RETURN_IF_ERROR(SendMissingBlocks(client_, &small_files.blocks, 8, &up));
     spdlog::debug("write-back: {} of the batch's {} small-file blocks sent", up.blocks_sent, n);
   }
-  if (ops.empty()) {
-    RETURN_IF_ERROR(state_->CompleteJournal(last, {}));
-    Completed(entries, last);
-    return Status::Ok();
-  }
+  if (ops.empty()) return Finish(entries, last, {}, inflight != 0);
 
   // Local fix-ups once the commit holds, given the versions it made.
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
@@ -515,9 +513,7 @@ Status WriteBack::FlushBatch() {
                      client_->Commit(ops, "-" + std::to_string(entries.front().seq) + "-" + std::to_string(last)));
     if (!reply.refused) {
       spdlog::debug("write-back: committed {} ops ({} journal entries)", ops.size(), entries.size());
-      RETURN_IF_ERROR(state_->CompleteJournal(last, reply.items));
-      Completed(entries, last);
-      RETURN_IF_ERROR(state_->SetInflightBatch(0));
+      RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       std::unordered_map<uint64_t, const NodeRecord*> by_id;
       for (const auto& r : reply.items) {
         by_id[r.id] = &r;
@@ -709,13 +705,7 @@ Status WriteBack::FlushBatch() {
                   std::string("commit refused at ") + OpName(op.type) + " of node " + std::to_string(op.id) + ": " +
                       reply.message + " (" + reply.reason + ")");
   }
-  if (ops.empty()) {
-    // Every op was dropped: the entries are done.
-    RETURN_IF_ERROR(state_->CompleteJournal(last, {}));
-    Completed(entries, last);
-    RETURN_IF_ERROR(state_->SetInflightBatch(0));
-    return Status::Ok();
-  }
+  if (ops.empty()) return Finish(entries, last, {}, true);  // every op was dropped: the entries are done
   return Status::Internal("write-back: commit refused too many times");
 }
 

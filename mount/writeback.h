@@ -113,8 +113,13 @@ class WriteBack {
   std::mutex ids_mu_;
   std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node
   std::unordered_map<uint64_t, uint64_t> deleted_parent_;  // guarded by ids_mu_: directories deleted here -> parent
-  // The journal dropped its entries up to `last`, of those in `entries`.
-  void Completed(const std::vector<LocalState::JournalEntry>& entries, uint64_t last);
+  // Counts (d = +1) or uncounts the nodes of journal entries and rows.
+  void CountPending(const std::vector<LocalState::JournalEntry>& entries, const std::vector<NodeRecord>& rows, int d);
+  // The entries of `entries` up to `last` are done (committed, giving the
+  // versions in `made`, or nothing was left to send): out of the journal,
+  // uncounted, and the in-flight mark cleared if `inflight`.
+  Status Finish(const std::vector<LocalState::JournalEntry>& entries, uint64_t last, const std::vector<NodeRecord>& made,
+                bool inflight);
 
   std::mutex q_mu_;
   std::condition_variable q_cv_;        // the writer waits for work

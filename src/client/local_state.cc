@@ -356,15 +356,6 @@ Status LocalState::WriteRows(const std::vector<NodeRecord>& rows) {
   return Status::Ok();
 }
 
-Status LocalState::RecordLocal(const std::vector<NodeRecord>& rows, const std::vector<JournalEntry>& entries) {
-  std::lock_guard lock(mu_);
-  Transaction tx(db_.get());
-  RETURN_IF_ERROR(tx.status());
-  RETURN_IF_ERROR(WriteRows(rows));
-  RETURN_IF_ERROR(InsertJournal(entries));
-  return tx.Commit();
-}
-
 Result<std::vector<LocalState::JournalEntry>> LocalState::PendingJournal(size_t limit) {
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT seq, flush, op FROM journal ORDER BY seq LIMIT ?1"));

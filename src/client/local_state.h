@@ -49,9 +49,6 @@ class LocalState {
   using JournalEntry = tidefs::JournalEntry;
   using CachedFile = tidefs::CachedFile;
   using Change = LocalChange;
-  // Records local changes in one transaction: the mirror rows (tombstones
-  // delete) and the journal entries that will tell the server.
-  Status RecordLocal(const std::vector<NodeRecord>& rows, const std::vector<JournalEntry>& entries);
 
   // The intent log (intent.log beside state.db): a change is appended
   // with one write() the moment it is made, so a kill -9 of the mount

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -18,6 +19,17 @@
 #include "../integration/test_server.h"
 
 namespace tidefs {
+
+// Waits for `cond` until the deadline (no sleep as synchronisation: the
+// condition is polled); true if it held.
+inline bool Within(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    if (cond()) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
 
 inline bool IsMounted(const std::string& path) {
   std::ifstream f("/proc/self/mounts");

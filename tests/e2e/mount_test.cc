@@ -478,12 +478,7 @@ pid_t MountPid(const std::string& mnt) {
 }
 
 bool WaitForExit(pid_t pid, std::chrono::seconds limit) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (kill(pid, 0) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
+  return Within(limit, [pid] { return kill(pid, 0) != 0; });
 }
 
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
@@ -595,9 +590,7 @@ TEST_F(MountTest, AnEditInADirectoryDeletedElsewhereEndsAtTheTopHereToo) {
   p.one.reset();
   // Two's edit: its file and its directory are gone there; it is kept at the top.
   { std::ofstream(p.two->path() + "/d/f.txt") << "edited by two\n"; }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (ConflictCopies(p.two->path(), "f (conflict from ", ".txt").empty() && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  Within(std::chrono::seconds(10), [&] { return !ConflictCopies(p.two->path(), "f (conflict from ", ".txt").empty(); });
   EXPECT_EQ(ConflictCopies(p.two->path(), "f (conflict from ", ".txt"), std::vector<std::string>{"edited by two\n"})
       << "this mount does not show its kept copy where the server has it";
   p.two.reset();
@@ -617,10 +610,7 @@ TEST_F(MountTest, ADirectoryDeletedHereThatGotFilesElsewhereStays) {
   ASSERT_EQ(rmdir((p.two->path() + "/e").c_str()), 0);
   { std::ofstream(p.two->path() + "/after.txt") << "after\n"; }  // the journal goes on
   // The directory comes back here, with the other side's file.
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (ReadAll(p.two->path() + "/e/x.txt") != "theirs\n" && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_EQ(ReadAll(p.two->path() + "/e/x.txt"), "theirs\n");
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(p.two->path() + "/e/x.txt") == "theirs\n"; }));
   p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/e/x.txt"), "theirs\n");
@@ -837,10 +827,8 @@ TEST_F(MountTest, AMountKilledInTheMiddleOfA512MiBUploadFinishesItOnTheNextMount
     TestMount m(server_, server_.rw_token, dir_);
     { std::ofstream(m.path() + "/big.bin", std::ios::binary) << big; }
     // Killed once a part of it is up, well before the end.
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     uint64_t done = 0;
-    while ((done = UploadDone(m.path(), "/big.bin")) < (64u << 20) && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    Within(std::chrono::seconds(60), [&] { return (done = UploadDone(m.path(), "/big.bin")) >= (64u << 20); });
     const pid_t pid = MountPid(m.path());
     ASSERT_GT(pid, 0);
     ASSERT_EQ(kill(pid, SIGKILL), 0);

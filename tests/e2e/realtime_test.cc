@@ -22,16 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Waits for `cond` until the deadline; true if it held.
-bool Within(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    if (cond()) return true;
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-}
-
 constexpr auto kDeadline = std::chrono::milliseconds(1000);
 
 bool Exists(const std::string& p) {
