@@ -144,7 +144,9 @@ TEST_F(RealtimeTest, AMountCatchesUpAcrossAServerRestart) {
   server_.Kill();
   // Still browsable and readable from the cache while the server is gone.
   EXPECT_EQ(ReadAll(b.path() + "/before"), "1");
-  EXPECT_NE(StatusOf(b.path()).find("\"connected\": false"), std::string::npos);
+  // (The mount learns of the cut connection a moment later: waited for.)
+  EXPECT_TRUE(Within(std::chrono::milliseconds(3000),
+                     [&] { return StatusOf(b.path()).find("\"connected\": false") != std::string::npos; }));
   server_.Start();
   // A change made as soon as the server is back (through the API, so no
   // mount had a hand in it) reaches B.
