@@ -5,17 +5,105 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <new>
 
 #include <spdlog/spdlog.h>
 
 namespace tidefs {
+namespace {
+
+constexpr size_t kPage = 4096;     // O_DIRECT alignment of offsets, lengths and buffers
+constexpr size_t kHotChunks = 16;  // fetched chunks kept in memory (64 MiB): read-ahead's window twice
+constexpr size_t kSpareBuffers = 40;  // about what hot chunks, the backlog and fetches hold
+constexpr size_t kWriteBacklog = 16;  // chunks fetched and not yet on disk (64 MiB)
+constexpr int kWriters = 2;
+
+// Writes `len` bytes at `at`: the page-aligned part through `dfd`
+// (O_DIRECT) when there is one, the rest (and all of it should the file
+// system refuse direct I/O after all) through `fd`.
+Status WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at) {
+  size_t done = 0;
+  size_t direct = dfd >= 0 && at % kPage == 0 && reinterpret_cast<uintptr_t>(data) % kPage == 0 ? len / kPage * kPage : 0;
+  while (done < len) {
+    const bool d = done < direct;
+    const size_t want = d ? direct - done : len - done;
+    ssize_t w = ::pwrite(d ? dfd : fd, data + done, want, static_cast<off_t>(at + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && d && errno == EINVAL) {
+      direct = 0;  // alignment this file system does not take: buffered from here on
+      continue;
+    }
+    if (w < 0) return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(errno));
+    done += static_cast<size_t>(w);
+    if (d && done % kPage) direct = 0;  // a short direct write: the rest buffered
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+struct ChunkCache::BufferPool {
+  std::mutex mu;
+  std::vector<char*> spare;  // guarded by mu
+  ~BufferPool() {
+    for (char* p : spare) std::free(p);
+  }
+};
 
 ChunkCache::Entry::~Entry() {
   if (fd >= 0) ::close(fd);
+  if (dfd >= 0) ::close(dfd);
 }
+
+std::shared_ptr<ChunkCache::ChunkBuf> ChunkCache::TakeBuffer() {
+  char* p = nullptr;
+  {
+    std::lock_guard lock(buffers_->mu);
+    if (!buffers_->spare.empty()) {
+      p = buffers_->spare.back();
+      buffers_->spare.pop_back();
+    }
+  }
+  if (!p) p = static_cast<char*>(std::aligned_alloc(kPage, kChunkSize));
+  if (!p) throw std::bad_alloc();
+  // Reused buffers keep their pages: no fresh memory to fault in per chunk.
+  return std::shared_ptr<ChunkBuf>(new ChunkBuf{p, 0}, [pool = buffers_](ChunkBuf* b) {
+    {
+      std::lock_guard lock(pool->mu);
+      if (pool->spare.size() < kSpareBuffers) {
+        pool->spare.push_back(b->data);
+        b->data = nullptr;
+      }
+    }
+    std::free(b->data);
+    delete b;
+  });
+}
+
+void ChunkCache::KeepHot(const std::shared_ptr<Entry>& e, uint64_t chunk, const ChunkBuf* buf) {
+  std::vector<HotRecord> out;
+  {
+    std::lock_guard lock(hot_mu_);
+    hot_order_.push_back({e, chunk, buf});
+    while (hot_order_.size() > kHotChunks) {
+      out.push_back(std::move(hot_order_.front()));
+      hot_order_.pop_front();
+    }
+  }
+  for (const HotRecord& r : out) {
+    auto old = r.entry.lock();
+    if (!old) continue;
+    std::lock_guard lock(old->mu);
+    auto it = old->hot.find(r.chunk);
+    if (it != old->hot.end() && it->second.get() == r.buf) old->hot.erase(it);  // not one kept since
+  }
+}
+
 
 void ChunkCache::Entry::Grow(uint64_t size) {
   const uint64_t blocks = (size + kBlockSize - 1) / kBlockSize, chunks = (size + kChunkSize - 1) / kChunkSize;
@@ -32,7 +120,9 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
       max_bytes_(opts.max_bytes),
       readahead_(opts.readahead_chunks),
       retry_for_(opts.retry_for),
-      on_fetched_(opts.on_fetched) {
+      on_fetched_(opts.on_fetched),
+      buffers_(std::make_shared<BufferPool>()),
+      direct_io_(opts.direct_io) {
   const int threads = opts.threads;
   local_ = std::move(opts.local);
   std::filesystem::create_directories(dir_ + "/data");
@@ -52,6 +142,20 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
     }
     RunPunches(std::move(punches));
   }
+  for (int i = 0; i < kWriters; ++i)
+    writers_.emplace_back([this] {
+      for (;;) {
+        WriteJob job;
+        {
+          std::unique_lock lock(write_mu_);
+          write_cv_.wait(lock, [this] { return write_stop_ || !write_queue_.empty(); });
+          if (write_queue_.empty()) return;  // stopping, and every fetched chunk written
+          job = std::move(write_queue_.front());
+          write_queue_.pop_front();
+        }
+        (void)WriteChunk(job, true);
+      }
+    });
   for (int i = 0; i < threads; ++i)
     pool_.emplace_back([this] {
       for (;;) {
@@ -75,6 +179,12 @@ ChunkCache::~ChunkCache() {
   }
   pool_cv_.notify_all();
   for (auto& t : pool_) t.join();
+  {
+    std::lock_guard lock(write_mu_);
+    write_stop_ = true;
+  }
+  write_cv_.notify_all();
+  for (auto& t : writers_) t.join();
 }
 
 void ChunkCache::Post(std::function<void()> task) {
@@ -105,11 +215,15 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   // One slow path at a time: a second opener of the same node must not
   // truncate or punch the cache file the first one is filling.
   std::lock_guard opening(open_mu_);
+  std::shared_ptr<Entry> older;
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(n.id);
     if (it != entries_.end() && (it->second->version >= n.version || local_.count(n.id))) return it->second;
+    if (it != entries_.end()) older = it->second;
   }
+  // The older version's fetched chunks land before this one touches the file.
+  if (older) WaitWrites(*older);
   std::optional<LocalState::CachedFile> saved;
   if (state_ && !created) {
     auto f = state_->LoadFile(n.id);
@@ -148,6 +262,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   // here and not closed before a crash.)
   e->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (saved || local ? 0 : O_TRUNC), 0600);
   if (e->fd < 0) return Status::IoError("cannot open cache file " + path + ": " + std::strerror(errno));
+  if (direct_io_) e->dfd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);  // -1: buffered only
   if (saved && saved->version != n.version) {
     for (size_t b = 0; b < saved->present.size(); ++b)
       if (saved->present[b] && (b >= e->present.size() || !e->present[b]))
@@ -196,7 +311,8 @@ void ChunkCache::AddChunkLocked(const ChunkKey& key, uint64_t bytes) {
   stats_.cached_bytes += bytes;
 }
 
-Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
+Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& n, uint64_t chunk) {
+  Entry& e = *entry;
   const uint64_t first = chunk * kChunkSize;
   uint64_t msize;
   std::vector<Hash128> hashes;  // this chunk's, taken under the lock (a truncate may shrink the manifest)
@@ -208,8 +324,9 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
   }
   if (first >= msize) return Status::Ok();  // nothing of the server's left here
   const uint64_t last = std::min<uint64_t>(first + kChunkSize, msize) - 1;
-  // Straight into a reused buffer: no 4 MiB allocation or copy per chunk.
-  thread_local std::unique_ptr<char[]> buf(new char[kChunkSize]);
+  // Straight into a pooled buffer: no 4 MiB allocation or copy per chunk.
+  std::shared_ptr<ChunkBuf> buf = TakeBuffer();
+  char* const data = buf->data;
   const size_t want = last - first + 1;
   size_t have = 0;
   // A broken transfer resumes where it stopped; an unreachable or failing
@@ -217,7 +334,7 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
   const auto deadline = std::chrono::steady_clock::now() + retry_for_;
   for (int attempt = 0;; ++attempt) {
     size_t got = 0;
-    Status st = client_->ReadContent(n.id, n.version, first + have, last, buf.get() + have, &got);
+    Status st = client_->ReadContent(n.id, n.version, first + have, last, data + have, &got);
     if (got > want - have) return Status::Corruption("node " + std::to_string(n.id) + ": longer answer than asked for");
     have += got;
     if (st.ok() && have == want) break;
@@ -235,7 +352,7 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
     std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
         pause, std::max<std::chrono::steady_clock::duration>(deadline - std::chrono::steady_clock::now(), {})));
   }
-  std::string_view bytes(buf.get(), have);
+  std::string_view bytes(data, have);
   for (uint64_t off = 0; off < bytes.size(); off += kBlockSize) {
     size_t len = std::min<uint64_t>(kBlockSize, bytes.size() - off);
     uint64_t block = (first + off) / kBlockSize;
@@ -247,13 +364,45 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
     }
   }
   // Only blocks not present are written: a present block may hold bytes
-  // written here since (local content).
+  // written here since (local content). A chunk wholly ours is kept in
+  // memory at once, in the same step: readers take it from there while
+  // the cache's writer puts it on disk (a local write, a truncate or an
+  // eviction of the chunk waits for that).
   std::vector<bool> have_block;
+  bool whole = true;
   {
     // Blocks past a manifest a truncate shrank meanwhile are not written.
     std::lock_guard lock(e.mu);
-    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b)
+    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) {
       have_block.push_back(b >= e.manifest.blocks.size() || e.present[b]);
+      whole = whole && !have_block.back();
+    }
+    if (whole) {
+      buf->len = bytes.size();
+      e.hot[chunk] = buf;
+      e.verified[chunk] = true;
+      e.writing.insert(chunk);
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    stats_.chunks_fetched++;
+    stats_.bytes_fetched += bytes.size();
+  }
+  if (on_fetched_) on_fetched_(n, bytes.size());
+  if (whole) {
+    KeepHot(entry, chunk, buf.get());
+    WriteJob job{entry, n.id, n.version, chunk, std::move(buf)};
+    {
+      std::lock_guard lock(write_mu_);
+      if (write_queue_.size() < kWriteBacklog && !write_stop_) {
+        write_queue_.push_back(std::move(job));
+        write_cv_.notify_one();
+        return Status::Ok();
+      }
+    }
+    // The disk is behind by a full backlog: this one through the page cache, here.
+    return WriteChunk(job, false);
   }
   for (size_t i = 0; i < have_block.size();) {
     if (have_block[i]) {
@@ -263,13 +412,7 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
     size_t j = i;
     while (j < have_block.size() && !have_block[j]) ++j;
     const uint64_t from = i * kBlockSize, to = std::min<uint64_t>(j * kBlockSize, bytes.size());
-    size_t done = 0;
-    while (done < to - from) {
-      ssize_t w = ::pwrite(e.fd, bytes.data() + from + done, to - from - done, first + from + done);
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(errno));
-      done += w;
-    }
+    RETURN_IF_ERROR(WriteFile(e.fd, -1, data + from, to - from, first + from));
     i = j;
   }
   std::vector<bool> present;
@@ -281,14 +424,40 @@ Status ChunkCache::Fetch(Entry& e, const NodeRecord& n, uint64_t chunk) {
   }
   // The bytes are in the file before the bitmap says so.
   if (state_) (void)state_->SavePresent(n.id, present);
-  {
-    std::lock_guard lock(mu_);
-    stats_.chunks_fetched++;
-    stats_.bytes_fetched += bytes.size();
-  }
   Touch({n.id, n.version, chunk}, bytes.size());
-  if (on_fetched_) on_fetched_(n, bytes.size());
   return Status::Ok();
+}
+
+Status ChunkCache::WriteChunk(const WriteJob& job, bool direct) {
+  Entry& e = *job.entry;
+  const uint64_t first = job.chunk * kChunkSize;
+  Status st = WriteFile(e.fd, direct ? e.dfd : -1, job.buf->data, job.buf->len, first);
+  std::vector<bool> present;
+  {
+    std::lock_guard lock(e.mu);
+    if (st.ok()) {
+      for (uint64_t b = first / kBlockSize; b < (first + job.buf->len + kBlockSize - 1) / kBlockSize; ++b) e.present[b] = true;
+      present = e.present;
+    } else {
+      auto it = e.hot.find(job.chunk);
+      if (it != e.hot.end() && it->second == job.buf) e.hot.erase(it);  // it never reached the file
+    }
+    e.writing.erase(job.chunk);
+  }
+  e.written.notify_all();
+  if (!st.ok()) {
+    spdlog::warn("cache: chunk {} of node {} not kept: {}", job.chunk, job.id, st.ToString());
+    return st;
+  }
+  // The bytes are in the file before the bitmap says so.
+  if (state_) (void)state_->SavePresent(job.id, present);
+  Touch({job.id, job.version, job.chunk}, job.buf->len);
+  return Status::Ok();
+}
+
+void ChunkCache::WaitWrites(Entry& e, std::optional<uint64_t> chunk) {
+  std::unique_lock lock(e.mu);
+  e.written.wait(lock, [&] { return chunk ? !e.writing.count(*chunk) : e.writing.empty(); });
 }
 
 void ChunkCache::Touch(const ChunkKey& key, uint64_t bytes) {
@@ -319,10 +488,11 @@ std::vector<ChunkCache::Punch> ChunkCache::EvictLocked() {
     if (e != entries_.end() && e->second->version == version) {
       Entry& entry = *e->second;
       std::lock_guard elock(entry.mu);
-      if (entry.inflight.count(chunk) || entry.pins[chunk] > 0) continue;  // in use: not now
+      if (entry.inflight.count(chunk) || entry.writing.count(chunk) || entry.pins[chunk] > 0) continue;  // in use: not now
       uint64_t b0 = chunk * kBlocksPerChunk;
       uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, entry.present.size());
       for (uint64_t b = b0; b < b1; ++b) entry.present[b] = false;
+      entry.hot.erase(chunk);
       p.entry = e->second;
       p.done = std::make_shared<std::promise<Status>>();
       entry.inflight.emplace(chunk, p.done->get_future().share());
@@ -412,13 +582,18 @@ Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord
     std::shared_future<Status> wait;
     std::promise<Status> mine;
     {
-      std::lock_guard lock(e->mu);
+      std::unique_lock lock(e->mu);
       // Blocks past the manifest's end are local (written here, or zeros).
       uint64_t b0 = chunk * kBlocksPerChunk;
       uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e->manifest.blocks.size());
       bool all = true;
       for (uint64_t b = b0; b < b1 && all; ++b) all = e->present[b];
       if (all) return Status::Ok();
+      if (e->writing.count(chunk)) {
+        // Fetched, on its way to the file: there in a moment.
+        e->written.wait(lock, [&] { return !e->writing.count(chunk); });
+        continue;
+      }
       auto it = e->inflight.find(chunk);
       if (it != e->inflight.end()) {
         wait = it->second;
@@ -431,7 +606,7 @@ Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord
       RETURN_IF_ERROR(wait.get());
       continue;
     }
-    Status st = Fetch(*e, n, chunk);
+    Status st = Fetch(e, n, chunk);
     if (!st.ok()) {
       spdlog::error("fetching chunk {} of node {} failed: {}", chunk, n.id, st.ToString());
       std::lock_guard lock(mu_);
@@ -475,6 +650,7 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
     Guard(const Guard&) = delete;
     std::shared_ptr<Entry> e;
     uint64_t c0, c1;
+    std::vector<std::shared_ptr<const ChunkBuf>> bufs;  // what Pinned::mem points into
     ~Guard() {
       std::lock_guard lock(e->mu);
       for (uint64_t c = c0; c <= c1; ++c) e->pins[c]--;
@@ -484,19 +660,56 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
     std::lock_guard lock(e->mu);
     for (uint64_t c = c0; c <= c1; ++c) e->pins[c]++;
   }
-  p.pin = std::make_shared<Guard>(e, c0, c1);
+  auto guard = std::make_shared<Guard>(e, c0, c1);
+  p.pin = guard;
+  // A chunk still in memory needs nothing else (it may still be on its
+  // way to disk); any other is made present in the cache file.
+  auto take_hot = [&](uint64_t c) -> std::shared_ptr<const ChunkBuf> {
+    std::lock_guard lock(e->mu);
+    auto it = e->hot.find(c);
+    const uint64_t to = std::min<uint64_t>(off + len, (c + 1) * kChunkSize) - c * kChunkSize;
+    return it == e->hot.end() || to > it->second->len ? nullptr : it->second;
+  };
+  std::vector<std::shared_ptr<const ChunkBuf>> held;
+  bool all_held = true;
   for (uint64_t c = c0; c <= c1; ++c) {
-    RETURN_IF_ERROR(EnsureChunk(e, n, c));
+    auto b = take_hot(c);
+    if (!b) {
+      RETURN_IF_ERROR(EnsureChunk(e, n, c));
+      b = take_hot(c);
+    }
+    all_held = all_held && b;
+    held.push_back(std::move(b));
     Touch({n.id, n.version, c}, 0);
   }
   StartReadahead(e, n, off, len, c1);
   p.fd = e->fd;
   p.len = len;
+  if (all_held) {
+    for (uint64_t c = c0; c <= c1; ++c) {
+      const uint64_t from = std::max<uint64_t>(off, c * kChunkSize) - c * kChunkSize;
+      const uint64_t to = std::min<uint64_t>(off + len, (c + 1) * kChunkSize) - c * kChunkSize;
+      p.mem.emplace_back(held[c - c0]->data + from, to - from);
+    }
+    guard->bufs = std::move(held);
+    return p;
+  }
+  // Some of it only on disk: all of it from there, once written.
+  for (uint64_t c = c0; c <= c1; ++c)
+    if (held[c - c0]) RETURN_IF_ERROR(EnsureChunk(e, n, c));
   return p;
 }
 
 Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, char* out) {
   ASSIGN_OR_RETURN(Pinned p, Pin(n, off, len));
+  if (!p.mem.empty()) {
+    size_t at = 0;
+    for (const auto& [bytes, size] : p.mem) {
+      std::memcpy(out + at, bytes, size);
+      at += size;
+    }
+    return at;
+  }
   size_t done = 0;
   while (done < p.len) {
     ssize_t r = ::pread(p.fd, out + done, p.len - done, off + done);
@@ -546,15 +759,20 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     for (;;) {
       std::shared_future<Status> wait;
       {
-        std::lock_guard lock(e->mu);
+        std::unique_lock lock(e->mu);
         e->Grow(end);
         auto it = e->inflight.find(c);
         if (it != e->inflight.end()) {
           wait = it->second;
+        } else if (e->writing.count(c)) {
+          // A fetched chunk still on its way to the file: after it.
+          e->written.wait(lock, [&] { return !e->writing.count(c); });
+          continue;
         } else {
           const uint64_t b0 = std::max(off, c * kChunkSize) / kBlockSize;
           const uint64_t b1 = (std::min(end, (c + 1) * kChunkSize) - 1) / kBlockSize;
           for (uint64_t b = b0; b <= b1; ++b) e->present[b] = e->dirty[b] = true;
+          e->hot.erase(c);
           e->write_gen++;
           break;
         }
@@ -600,6 +818,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   // some of its bytes: it must be here first.
   const uint64_t cut = std::min(n.size, size);
   RETURN_IF_ERROR(EnsureBlockAt(e, n, cut));
+  WaitWrites(*e);  // no fetched chunk lands past the new end afterwards
   if (::ftruncate(e->fd, static_cast<off_t>(size)) != 0)
     return Status::IoError("cannot resize the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
   Manifest m;
@@ -607,6 +826,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   {
     std::lock_guard lock(e->mu);
     e->Grow(size);
+    e->hot.erase(e->hot.lower_bound(cut / kChunkSize), e->hot.end());
     const uint64_t keep = (size + kBlockSize - 1) / kBlockSize;
     // Past the cut the server's old bytes no longer count: the view of the
     // manifest shrinks, so a later grow reads zeros, never old bytes.
@@ -635,6 +855,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   if (old >= size) return Status::Ok();
   // The block the old end falls in keeps its first bytes: here first.
   RETURN_IF_ERROR(EnsureBlockAt(e, n, old));
+  WaitWrites(*e);
   // Mode 0 only ever moves the end outwards: a write landing meanwhile keeps its bytes.
   if (::fallocate(e->fd, 0, static_cast<off_t>(old), static_cast<off_t>(size - old)) != 0) {
     int err = errno;
@@ -643,6 +864,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   }
   std::lock_guard lock(e->mu);
   e->Grow(size);
+  e->hot.erase(e->hot.lower_bound(old / kChunkSize), e->hot.end());
   // The new blocks are local zeros (and the one the old end fell in).
   for (uint64_t b = old / kBlockSize; b < (size + kBlockSize - 1) / kBlockSize; ++b) e->present[b] = e->dirty[b] = true;
   e->write_gen++;
@@ -765,6 +987,8 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
 }
 
 void ChunkCache::Forget(uint64_t id) {
+  // Its fetched chunks land (in a file about to go) before its records go.
+  if (std::shared_ptr<Entry> e = FindEntry(id)) WaitWrites(*e);
   {
     std::lock_guard lock(mu_);
     entries_.erase(id);

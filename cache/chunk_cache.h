@@ -46,6 +46,10 @@ struct ChunkCacheOptions {
   uint64_t max_bytes = kDefaultCacheBytes;
   int readahead_chunks = 8;  // chunks fetched ahead of a sequential reader
   int threads = 8;           // read-ahead fetches in flight
+  // Fetched chunks go to the cache file with O_DIRECT (no copy into the
+  // page cache; the disk is written by DMA) where the file system allows,
+  // and readers are served from the fetched buffer while it is recent.
+  bool direct_io = true;
   // How long a read of missing bytes keeps trying an unreachable or failing
   // server (resuming a broken transfer where it stopped) before it fails.
   std::chrono::milliseconds retry_for{10000};
@@ -66,11 +70,16 @@ class ChunkCache {
   // Bytes of a file held in place: `fd` has them at [off, off+len), and
   // they cannot be evicted while the Pinned lives, so a caller can hand the
   // fd to the kernel (splice) without copying.
+  //
+  // Chunks fetched moments ago are still in memory: then `mem` holds the
+  // bytes instead (one piece per chunk the range touches, in order), and
+  // the caller hands those to the kernel.
   struct Pinned {
     int fd = -1;
     uint64_t off = 0;
     size_t len = 0;                          // short at end of file
-    std::shared_ptr<void> pin;  // keeps the file open and its chunks from eviction
+    std::vector<std::pair<const char*, size_t>> mem;  // empty: read them from fd
+    std::shared_ptr<void> pin;  // keeps the file open, its chunks from eviction, `mem` alive
   };
   // Makes [off, off+len) of `n` at its version present (fetching what is
   // missing) and pins it.
@@ -137,11 +146,23 @@ class ChunkCache {
   std::optional<std::vector<std::pair<uint64_t, uint64_t>>> ChangedRanges(const NodeRecord& old, const NodeRecord& now);
 
  private:
+  // A fetched chunk's bytes (4 MiB, page-aligned for O_DIRECT), shared by
+  // readers; the buffer goes back to the pool when the last holder drops it.
+  struct ChunkBuf {
+    char* data = nullptr;
+    size_t len = 0;  // bytes of the file it holds (short at end of file)
+  };
   struct Entry {
     std::mutex mu;
     uint64_t id = 0;
     uint64_t version = 0;
     int fd = -1;
+    int dfd = -1;  // the same file opened O_DIRECT, or -1
+    // guarded by mu: recent chunks still in memory, byte-for-byte what the
+    // cache file holds there (dropped by any local change to the chunk)
+    std::map<uint64_t, std::shared_ptr<const ChunkBuf>> hot;
+    std::set<uint64_t> writing;         // guarded by mu: chunks in hot not yet in the file
+    std::condition_variable written;    // a chunk left `writing`
     Manifest manifest;
     std::vector<bool> present;                                // guarded by mu, per block
     std::map<uint64_t, std::shared_future<Status>> inflight;  // guarded by mu, per chunk
@@ -162,7 +183,7 @@ class ChunkCache {
   std::shared_ptr<Entry> FindEntry(uint64_t id);
   // Makes every block of `chunk` present, fetching it if needed.
   Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
-  Status Fetch(Entry& e, const NodeRecord& n, uint64_t chunk);
+  Status Fetch(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
   // A file end at `end` keeps the first bytes of the block it falls in:
   // that block is made present (fetched) first.
   Status EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end);
@@ -170,6 +191,20 @@ class ChunkCache {
   // ones that fail (a crash may have lost bytes the bitmap counts).
   void Verify(Entry& e, uint64_t chunk);
   void Post(std::function<void()> task);
+  // A page-aligned chunk buffer, from the pool when one is free.
+  std::shared_ptr<ChunkBuf> TakeBuffer();
+  // Records that `buf` was put in e->hot; the oldest beyond kHotChunks leave.
+  void KeepHot(const std::shared_ptr<Entry>& e, uint64_t chunk, const ChunkBuf* buf);
+  // A fetched chunk on its way to the cache file (O_DIRECT where the file
+  // system takes it): the chunk is in e->writing until it is there.
+  struct WriteJob {
+    std::shared_ptr<Entry> entry;
+    uint64_t id = 0, version = 0, chunk = 0;
+    std::shared_ptr<ChunkBuf> buf;
+  };
+  Status WriteChunk(const WriteJob& job, bool direct);
+  // Until no fetched chunk of `e` (or only not `chunk`) waits to be written.
+  void WaitWrites(Entry& e, std::optional<uint64_t> chunk = std::nullopt);
   // Sequential access: fetch the chunks after c1 before they are asked for.
   void StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t off, size_t len, uint64_t c1);
   using ChunkKey = std::tuple<uint64_t, uint64_t, uint64_t>;  // id, version, chunk
@@ -205,6 +240,21 @@ class ChunkCache {
   void AddChunkLocked(const ChunkKey& key, uint64_t bytes);
   // Requires mu_. The LRU records of `id` now name `version`.
   void RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present);
+  struct BufferPool;
+  std::shared_ptr<BufferPool> buffers_;
+  const bool direct_io_;
+  std::mutex write_mu_;
+  std::condition_variable write_cv_;
+  std::deque<WriteJob> write_queue_;  // guarded by write_mu_
+  bool write_stop_ = false;           // guarded by write_mu_
+  std::vector<std::thread> writers_;
+  std::mutex hot_mu_;
+  struct HotRecord {
+    std::weak_ptr<Entry> entry;
+    uint64_t chunk = 0;
+    const ChunkBuf* buf = nullptr;  // identity only: the one this record kept
+  };
+  std::deque<HotRecord> hot_order_;  // guarded by hot_mu_; oldest first
   std::mutex open_mu_;  // serializes Open's slow path (file creation, truncation)
   ChunkCacheStats stats_;                                                   // guarded by mu_
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed

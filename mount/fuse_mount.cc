@@ -9,6 +9,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -354,6 +355,16 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
   }
   if (p->len == 0) return (void)fuse_reply_buf(req, nullptr, 0);
   fs->read_bytes += p->len;
+  if (!p->mem.empty()) {
+    // Fetched moments ago: from memory (the cache file's pages were never filled).
+    iovec iov[4];
+    size_t k = 0;
+    for (const auto& [bytes, size] : p->mem) {
+      if (k == std::size(iov)) break;
+      iov[k++] = {const_cast<char*>(bytes), size};
+    }
+    if (k == p->mem.size()) return (void)fuse_reply_iov(req, iov, static_cast<int>(k));
+  }
   // Hand the kernel the cache file's range; libfuse splices it when it can.
   fuse_bufvec buf = FUSE_BUFVEC_INIT(p->len);
   buf.buf[0].flags = static_cast<fuse_buf_flags>(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);

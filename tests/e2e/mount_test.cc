@@ -188,6 +188,49 @@ TEST_F(MountTest, WorksOfflineFromTheCacheAndRecovers) {
   EXPECT_EQ(*back, uncached);
 }
 
+// Chunks fetched moments ago are served from memory while they go to the
+// cache file: a write, a truncate and a re-grow in them must show at once,
+// and after unmount the cache file must hold every byte (read offline).
+TEST_F(MountTest, ChunksJustFetchedStayRightThroughWritesTruncatesAndARemount) {
+  const std::string edited_src = RandomBytes((20 << 20) + 12345, 40), read_only = RandomBytes((13 << 20) + 7, 41);
+  Write("edited.bin", edited_src);
+  Write("read-only.bin", read_only);
+  Import();
+  std::string expected = edited_src;
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    const std::string p = m.path();
+    ASSERT_EQ(ReadAll(p + "/edited.bin"), edited_src);
+    ASSERT_EQ(ReadAll(p + "/read-only.bin"), read_only);
+    int fd = open((p + "/edited.bin").c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    const std::string patch(100, 'X');
+    ASSERT_EQ(pwrite(fd, patch.data(), patch.size(), (4 << 20) + 777), 100);
+    expected.replace((4 << 20) + 777, patch.size(), patch);
+    auto got = ReadUncached(p + "/edited.bin");
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_TRUE(*got == expected) << "a write into a chunk just fetched did not show";
+    // Cut inside chunk 1, then grow back over chunks 2 and 3: zeros, never the old bytes.
+    ASSERT_EQ(ftruncate(fd, (6 << 20) + 5), 0);
+    ASSERT_EQ(ftruncate(fd, 15 << 20), 0);
+    close(fd);
+    expected.resize((6 << 20) + 5);
+    expected.resize(15 << 20, '\0');
+    got = ReadUncached(p + "/edited.bin");
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_TRUE(*got == expected) << "old bytes came back after a truncate and a grow";
+  }  // unmount: the edit is on the server, every fetched chunk in the cache file
+  server_.Stop();
+  TestMount offline(server_, server_.ro_token, dir_);
+  const std::map<std::string, std::string> want_all{{"edited.bin", expected}, {"read-only.bin", read_only}};
+  for (const auto& [name, want] : want_all) {
+    auto got = ReadUncached(offline.path() + "/" + name);
+    ASSERT_TRUE(got.ok()) << name << ": " << got.status().ToString();
+    EXPECT_TRUE(*got == want) << name << " differs when read from the cache alone";
+  }
+  server_.Start();
+}
+
 TEST_F(MountTest, WarmRemountCatchesUpWithoutASnapshotAndStartsOffline) {
   Write("first.txt", "one");
   Import();
