@@ -1,6 +1,8 @@
 #include "server/api.h"
 
 #include <charconv>
+#include <cstring>
+#include <memory>
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
@@ -276,11 +278,11 @@ HttpResponse Api::GetSnapshot(const Caller& c) {
   auto keep = *snap;
   r.stream_length = keep->bytes.size();
   auto pos = std::make_shared<size_t>(0);
-  r.stream = [keep, pos](std::string* out) -> Status {
+  r.stream = [keep, pos]() -> Result<std::string_view> {
     size_t n = std::min<size_t>(keep->bytes.size() - *pos, 1 << 20);
-    out->append(keep->bytes, *pos, n);
+    std::string_view piece(keep->bytes.data() + *pos, n);
     *pos += n;
-    return Status::Ok();
+    return piece;
   };
   return r;
 }
@@ -342,6 +344,9 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   auto locs = meta_->LocateBlocks(c.token.project_id, hashes);
   if (!locs.ok()) return ErrorResponse(locs.status());
 
+  // About 1 MiB per piece, read straight into a buffer the response owns
+  // (allocated once, never zero-filled).
+  constexpr size_t kPieceBlocks = 16;
   struct State {
     std::vector<Hash128> hashes;
     std::vector<BlockLocation> locs;
@@ -349,38 +354,36 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
     uint64_t pos;   // absolute offset of the next byte to send
     uint64_t last;  // inclusive
     uint64_t first_block;
+    std::unique_ptr<char[]> buf;
   };
   // Chunk-sized ranges are the common case; a whole large file streams on
   // the kernel's own read-ahead after its first 16 MiB.
   blocks_->Prefetch(locs->size() <= 256 ? *locs : std::vector<BlockLocation>(locs->begin(), locs->begin() + 256));
-  auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, range.first, range.last, first_block});
+  auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, range.first, range.last, first_block,
+                                          std::unique_ptr<char[]>(new char[kPieceBlocks * kBlockSize])});
   r.stream_length = range.length();
   BlockStore* store = blocks_;
   Metrics* metrics = metrics_;
-  r.stream = [st, store, metrics](std::string* out) -> Status {
-    // About 1 MiB per piece.
-    for (int k = 0; k < 16 && st->next < st->locs.size(); ++k, ++st->next) {
+  r.stream = [st, store, metrics]() -> Result<std::string_view> {
+    char* const out = st->buf.get();
+    size_t used = 0;
+    for (size_t k = 0; k < kPieceBlocks && st->next < st->locs.size(); ++k, ++st->next) {
       const BlockLocation& loc = st->locs[st->next];
       uint64_t block_start = (st->first_block + st->next) * kBlockSize;
       uint64_t from = st->pos - block_start;
       uint64_t to = std::min<uint64_t>(loc.raw_length, st->last - block_start + 1);
       if (from >= to || to > loc.raw_length) return Status::Corruption("block shorter than its manifest says");
       if (from == 0 && to == loc.raw_length) {
-        // A whole block: read straight into the response.
-        size_t at = out->size();
-        out->resize(at + loc.raw_length);
-        if (Status s = store->ReadInto(loc, st->hashes[st->next], out->data() + at); !s.ok()) {
-          out->resize(at);
-          return s;
-        }
+        RETURN_IF_ERROR(store->ReadInto(loc, st->hashes[st->next], out + used));  // a whole block, in place
       } else {
         ASSIGN_OR_RETURN(std::string block, store->Read(loc, st->hashes[st->next]));
-        out->append(block, from, to - from);
+        std::memcpy(out + used, block.data() + from, to - from);
       }
+      used += to - from;
       st->pos += to - from;
       metrics->AddContentBytes(to - from);
     }
-    return Status::Ok();
+    return std::string_view(out, used);
   };
   return r;
 }

@@ -210,21 +210,20 @@ struct HttpServer::Impl {
         http::response_serializer<http::empty_body> sr{res};
         co_await http::async_write_header(stream, sr, net::redirect_error(net::use_awaitable, ec));
         uint64_t left = resp.stream_length;
-        std::string piece;
         while (!ec && left > 0) {
-          piece.clear();
-          Status st = resp.stream(&piece);
-          if (!st.ok() || piece.empty() || piece.size() > left) {
+          Result<std::string_view> next = resp.stream();
+          std::string_view piece = next.ok() ? *next : std::string_view();
+          if (!next.ok() || piece.empty() || piece.size() > left) {
             spdlog::error("{} {}: aborting the response after {} of {} bytes: {}", r.method, r.path,
                           resp.stream_length - left, resp.stream_length,
-                          st.ok() ? "body shorter than announced" : st.ToString());
+                          next.ok() ? "body shorter than announced" : next.status().ToString());
             ec = net::error::operation_aborted;
             resp.status = 500;
             break;
           }
           left -= piece.size();
           bytes_out += piece.size();
-          co_await net::async_write(stream, net::buffer(piece), net::redirect_error(net::use_awaitable, ec));
+          co_await net::async_write(stream, net::buffer(piece.data(), piece.size()), net::redirect_error(net::use_awaitable, ec));
         }
       }
       double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

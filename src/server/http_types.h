@@ -34,9 +34,10 @@ struct HttpResponse {
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
   // When set, the body is produced piece by piece (large downloads):
-  // `stream_length` bytes in all, each call appends the next piece to its
-  // argument; an error aborts the connection.
-  std::function<Status(std::string*)> stream;
+  // `stream_length` bytes in all; each call returns the next piece, valid
+  // until the next call (the producer owns its buffer: no copy here); an
+  // error aborts the connection.
+  std::function<Result<std::string_view>()> stream;
   uint64_t stream_length = 0;
 };
 
