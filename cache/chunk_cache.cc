@@ -153,6 +153,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
           job = std::move(write_queue_.front());
           write_queue_.pop_front();
         }
+        write_room_.notify_one();
         (void)WriteChunk(job, true);
       }
     });
@@ -184,6 +185,7 @@ ChunkCache::~ChunkCache() {
     write_stop_ = true;
   }
   write_cv_.notify_all();
+  write_room_.notify_all();
   for (auto& t : writers_) t.join();
 }
 
@@ -222,8 +224,15 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
     if (it != entries_.end() && (it->second->version >= n.version || local_.count(n.id))) return it->second;
     if (it != entries_.end()) older = it->second;
   }
-  // The older version's fetched chunks land before this one touches the file.
-  if (older) WaitWrites(*older);
+  // The older version writes nothing more, and what it queued lands
+  // before this one touches the file.
+  if (older) {
+    {
+      std::lock_guard lock(older->mu);
+      older->retired = true;
+    }
+    WaitWrites(*older);
+  }
   std::optional<LocalState::CachedFile> saved;
   if (state_ && !created) {
     auto f = state_->LoadFile(n.id);
@@ -377,6 +386,12 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
       have_block.push_back(b >= e.manifest.blocks.size() || e.present[b]);
       whole = whole && !have_block.back();
     }
+    if (e.retired) {
+      // A newer version owns the file now: the bytes serve this read only.
+      buf->len = bytes.size();
+      if (whole) e.hot[chunk] = buf;
+      return Status::Ok();
+    }
     if (whole) {
       buf->len = bytes.size();
       e.hot[chunk] = buf;
@@ -394,15 +409,18 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
     KeepHot(entry, chunk, buf.get());
     WriteJob job{entry, n.id, n.version, chunk, std::move(buf)};
     {
-      std::lock_guard lock(write_mu_);
-      if (write_queue_.size() < kWriteBacklog && !write_stop_) {
+      // A disk behind by a full backlog slows the fetches down to its pace
+      // (through the page cache instead costs a CPU-second per GiB here,
+      // more than the disk's wait; dropping the chunk would lose the cache).
+      std::unique_lock lock(write_mu_);
+      write_room_.wait(lock, [this] { return write_queue_.size() < kWriteBacklog || write_stop_; });
+      if (!write_stop_) {
         write_queue_.push_back(std::move(job));
         write_cv_.notify_one();
         return Status::Ok();
       }
     }
-    // The disk is behind by a full backlog: this one through the page cache, here.
-    return WriteChunk(job, false);
+    return WriteChunk(job, true);  // shutting down: here
   }
   for (size_t i = 0; i < have_block.size();) {
     if (have_block[i]) {
@@ -431,16 +449,29 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
 Status ChunkCache::WriteChunk(const WriteJob& job, bool direct) {
   Entry& e = *job.entry;
   const uint64_t first = job.chunk * kChunkSize;
-  Status st = WriteFile(e.fd, direct ? e.dfd : -1, job.buf->data, job.buf->len, first);
-  std::vector<bool> present;
+  bool cancelled;
   {
     std::lock_guard lock(e.mu);
-    if (st.ok()) {
-      for (uint64_t b = first / kBlockSize; b < (first + job.buf->len + kBlockSize - 1) / kBlockSize; ++b) e.present[b] = true;
+    cancelled = e.cancelled.erase(job.chunk) > 0;  // cut off by a truncate meanwhile
+  }
+  Status st = cancelled ? Status::Ok() : WriteFile(e.fd, direct ? e.dfd : -1, job.buf->data, job.buf->len, first);
+  // A read-ahead of the file (a splice) may have cached a page of the hole
+  // while the direct write ran: gone before the blocks count as present.
+  if (st.ok() && !cancelled && direct && e.dfd >= 0)
+    (void)::posix_fadvise(e.fd, static_cast<off_t>(first), static_cast<off_t>(job.buf->len), POSIX_FADV_DONTNEED);
+  std::vector<bool> present;
+  uint64_t version = 0;
+  {
+    std::lock_guard lock(e.mu);
+    if (st.ok() && !cancelled) {
+      const uint64_t end = std::min<uint64_t>((first + job.buf->len + kBlockSize - 1) / kBlockSize, e.manifest.blocks.size());
+      for (uint64_t b = first / kBlockSize; b < end; ++b) e.present[b] = true;
       present = e.present;
-    } else {
+      version = e.version;
+    } else if (!st.ok()) {
       auto it = e.hot.find(job.chunk);
       if (it != e.hot.end() && it->second == job.buf) e.hot.erase(it);  // it never reached the file
+      e.write_errors[job.chunk] = st;
     }
     e.writing.erase(job.chunk);
   }
@@ -449,15 +480,16 @@ Status ChunkCache::WriteChunk(const WriteJob& job, bool direct) {
     spdlog::warn("cache: chunk {} of node {} not kept: {}", job.chunk, job.id, st.ToString());
     return st;
   }
+  if (cancelled) return Status::Ok();
   // The bytes are in the file before the bitmap says so.
   if (state_) (void)state_->SavePresent(job.id, present);
-  Touch({job.id, job.version, job.chunk}, job.buf->len);
+  Touch({job.id, version, job.chunk}, job.buf->len);
   return Status::Ok();
 }
 
-void ChunkCache::WaitWrites(Entry& e, std::optional<uint64_t> chunk) {
+void ChunkCache::WaitWrites(Entry& e, uint64_t from_chunk) {
   std::unique_lock lock(e.mu);
-  e.written.wait(lock, [&] { return chunk ? !e.writing.count(*chunk) : e.writing.empty(); });
+  e.written.wait(lock, [&] { return e.writing.lower_bound(from_chunk) == e.writing.end(); });
 }
 
 void ChunkCache::Touch(const ChunkKey& key, uint64_t bytes) {
@@ -570,7 +602,7 @@ void ChunkCache::Verify(Entry& e, uint64_t chunk) {
   }
 }
 
-Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk) {
+Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk, bool memory_ok) {
   const bool local = IsLocal(n.id);  // its bytes are ours: nothing to check them against
   bool verify;
   {
@@ -589,11 +621,18 @@ Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord
       bool all = true;
       for (uint64_t b = b0; b < b1 && all; ++b) all = e->present[b];
       if (all) return Status::Ok();
+      if (memory_ok && e->hot.count(chunk)) return Status::Ok();
       if (e->writing.count(chunk)) {
         // Fetched, on its way to the file: there in a moment.
         e->written.wait(lock, [&] { return !e->writing.count(chunk); });
         continue;
       }
+      if (auto err = e->write_errors.find(chunk); err != e->write_errors.end()) {
+        Status st = err->second;  // the fetch worked, the cache file did not take it
+        e->write_errors.erase(err);
+        return st;
+      }
+      if (e->retired) return Status::Unavailable("node " + std::to_string(n.id) + " changed while it was read; read it again");
       auto it = e->inflight.find(chunk);
       if (it != e->inflight.end()) {
         wait = it->second;
@@ -613,9 +652,12 @@ Status ChunkCache::EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord
       stats_.fetch_failures++;
     }
     mine.set_value(st);
-    std::lock_guard lock(e->mu);
-    e->inflight.erase(chunk);
-    return st;
+    {
+      std::lock_guard lock(e->mu);
+      e->inflight.erase(chunk);
+    }
+    RETURN_IF_ERROR(st);
+    // Fetched: in memory now, in the file once its writer is done.
   }
 }
 
@@ -675,7 +717,7 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
   for (uint64_t c = c0; c <= c1; ++c) {
     auto b = take_hot(c);
     if (!b) {
-      RETURN_IF_ERROR(EnsureChunk(e, n, c));
+      RETURN_IF_ERROR(EnsureChunk(e, n, c, /*memory_ok=*/true));
       b = take_hot(c);
     }
     all_held = all_held && b;
@@ -694,9 +736,8 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
     guard->bufs = std::move(held);
     return p;
   }
-  // Some of it only on disk: all of it from there, once written.
-  for (uint64_t c = c0; c <= c1; ++c)
-    if (held[c - c0]) RETURN_IF_ERROR(EnsureChunk(e, n, c));
+  // Not all of it in memory: all of it from the file, once there.
+  for (uint64_t c = c0; c <= c1; ++c) RETURN_IF_ERROR(EnsureChunk(e, n, c));
   return p;
 }
 
@@ -818,7 +859,21 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   // some of its bytes: it must be here first.
   const uint64_t cut = std::min(n.size, size);
   RETURN_IF_ERROR(EnsureBlockAt(e, n, cut));
-  WaitWrites(*e);  // no fetched chunk lands past the new end afterwards
+  {
+    // Past the cut the server's old bytes no longer count: the view of the
+    // manifest shrinks first (a fetch from now on writes nothing there),
+    // fetched chunks waiting to be written there are called off, and one
+    // being written finishes before the file is cut.
+    std::unique_lock lock(e->mu);
+    if (e->manifest.size > cut) {
+      e->manifest.size = cut;
+      e->manifest.blocks.resize((cut + kBlockSize - 1) / kBlockSize);
+    }
+    e->hot.erase(e->hot.lower_bound(cut / kChunkSize), e->hot.end());
+    for (auto it = e->writing.upper_bound(cut / kChunkSize); it != e->writing.end(); ++it) e->cancelled.insert(*it);
+    e->written.wait(lock, [&] { return e->writing.lower_bound(cut / kChunkSize) == e->writing.end(); });
+    e->cancelled.clear();
+  }
   if (::ftruncate(e->fd, static_cast<off_t>(size)) != 0)
     return Status::IoError("cannot resize the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
   Manifest m;
@@ -828,12 +883,6 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
     e->Grow(size);
     e->hot.erase(e->hot.lower_bound(cut / kChunkSize), e->hot.end());
     const uint64_t keep = (size + kBlockSize - 1) / kBlockSize;
-    // Past the cut the server's old bytes no longer count: the view of the
-    // manifest shrinks, so a later grow reads zeros, never old bytes.
-    if (e->manifest.size > size) {
-      e->manifest.size = size;
-      e->manifest.blocks.resize(keep);
-    }
     for (uint64_t b = keep; b < e->present.size(); ++b) e->present[b] = e->dirty[b] = false;
     if (cut % kBlockSize) e->present[cut / kBlockSize] = e->dirty[cut / kBlockSize] = true;
     for (uint64_t b = cut / kBlockSize; b < keep; ++b) e->present[b] = e->dirty[b] = true;
@@ -855,7 +904,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   if (old >= size) return Status::Ok();
   // The block the old end falls in keeps its first bytes: here first.
   RETURN_IF_ERROR(EnsureBlockAt(e, n, old));
-  WaitWrites(*e);
+  WaitWrites(*e, old / kChunkSize);  // nothing fetched lands in the new part afterwards
   // Mode 0 only ever moves the end outwards: a write landing meanwhile keeps its bytes.
   if (::fallocate(e->fd, 0, static_cast<off_t>(old), static_cast<off_t>(size - old)) != 0) {
     int err = errno;
@@ -988,7 +1037,13 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
 
 void ChunkCache::Forget(uint64_t id) {
   // Its fetched chunks land (in a file about to go) before its records go.
-  if (std::shared_ptr<Entry> e = FindEntry(id)) WaitWrites(*e);
+  if (std::shared_ptr<Entry> e = FindEntry(id)) {
+    {
+      std::lock_guard lock(e->mu);
+      e->retired = true;
+    }
+    WaitWrites(*e);
+  }
   {
     std::lock_guard lock(mu_);
     entries_.erase(id);

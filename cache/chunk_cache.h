@@ -163,6 +163,9 @@ class ChunkCache {
     std::map<uint64_t, std::shared_ptr<const ChunkBuf>> hot;
     std::set<uint64_t> writing;         // guarded by mu: chunks in hot not yet in the file
     std::condition_variable written;    // a chunk left `writing`
+    std::set<uint64_t> cancelled;       // guarded by mu: in `writing`, cut off by a truncate: not written
+    std::map<uint64_t, Status> write_errors;  // guarded by mu: fetched, but the file did not take it
+    bool retired = false;  // guarded by mu: a newer version (or a delete) owns the file: write nothing
     Manifest manifest;
     std::vector<bool> present;                                // guarded by mu, per block
     std::map<uint64_t, std::shared_future<Status>> inflight;  // guarded by mu, per chunk
@@ -182,7 +185,9 @@ class ChunkCache {
   // The entry of `id` open in this mount, or null.
   std::shared_ptr<Entry> FindEntry(uint64_t id);
   // Makes every block of `chunk` present, fetching it if needed.
-  Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
+  // With `memory_ok`, a chunk fetched and not yet in the file will do
+  // (in e->hot); otherwise only bytes in the file count.
+  Status EnsureChunk(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk, bool memory_ok = false);
   Status Fetch(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
   // A file end at `end` keeps the first bytes of the block it falls in:
   // that block is made present (fetched) first.
@@ -203,8 +208,8 @@ class ChunkCache {
     std::shared_ptr<ChunkBuf> buf;
   };
   Status WriteChunk(const WriteJob& job, bool direct);
-  // Until no fetched chunk of `e` (or only not `chunk`) waits to be written.
-  void WaitWrites(Entry& e, std::optional<uint64_t> chunk = std::nullopt);
+  // Until no fetched chunk of `e` from `from_chunk` on waits to be written.
+  void WaitWrites(Entry& e, uint64_t from_chunk = 0);
   // Sequential access: fetch the chunks after c1 before they are asked for.
   void StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t off, size_t len, uint64_t c1);
   using ChunkKey = std::tuple<uint64_t, uint64_t, uint64_t>;  // id, version, chunk
@@ -244,7 +249,8 @@ class ChunkCache {
   std::shared_ptr<BufferPool> buffers_;
   const bool direct_io_;
   std::mutex write_mu_;
-  std::condition_variable write_cv_;
+  std::condition_variable write_cv_;    // a job queued
+  std::condition_variable write_room_;  // a job taken
   std::deque<WriteJob> write_queue_;  // guarded by write_mu_
   bool write_stop_ = false;           // guarded by write_mu_
   std::vector<std::thread> writers_;

@@ -357,13 +357,9 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
   fs->read_bytes += p->len;
   if (!p->mem.empty()) {
     // Fetched moments ago: from memory (the cache file's pages were never filled).
-    iovec iov[4];
-    size_t k = 0;
-    for (const auto& [bytes, size] : p->mem) {
-      if (k == std::size(iov)) break;
-      iov[k++] = {const_cast<char*>(bytes), size};
-    }
-    if (k == p->mem.size()) return (void)fuse_reply_iov(req, iov, static_cast<int>(k));
+    std::vector<iovec> iov;
+    for (const auto& [bytes, size] : p->mem) iov.push_back({const_cast<char*>(bytes), size});
+    return (void)fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
   }
   // Hand the kernel the cache file's range; libfuse splices it when it can.
   fuse_bufvec buf = FUSE_BUFVEC_INIT(p->len);

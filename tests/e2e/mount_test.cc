@@ -231,6 +231,36 @@ TEST_F(MountTest, ChunksJustFetchedStayRightThroughWritesTruncatesAndARemount) {
   server_.Start();
 }
 
+// `head big; echo x > big`: the truncate lands while read-ahead is still
+// fetching and writing the chunks after the head; none of them may come
+// back into the file.
+TEST_F(MountTest, ATruncateWhileReadAheadRunsKeepsOnlyTheNewContent) {
+  constexpr int kFiles = 3;
+  for (int i = 0; i < kFiles; ++i) Write("big" + std::to_string(i), RandomBytes(24 << 20, 42 + i));
+  Import();
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    for (int i = 0; i < kFiles; ++i) {
+      const std::string p = m.path() + "/big" + std::to_string(i);
+      int fd = open(p.c_str(), O_RDONLY);
+      ASSERT_GE(fd, 0);
+      std::string head(1 << 20, '\0');
+      ASSERT_EQ(read(fd, head.data(), head.size()), static_cast<ssize_t>(head.size()));  // starts read-ahead
+      close(fd);
+      { std::ofstream(p, std::ios::trunc) << "x" << i; }
+      auto now = ReadUncached(p);
+      ASSERT_TRUE(now.ok()) << now.status().ToString();
+      EXPECT_EQ(*now, "x" + std::to_string(i));
+      struct stat st;
+      ASSERT_EQ(stat(p.c_str(), &st), 0);
+      EXPECT_EQ(st.st_size, 2);
+    }
+  }  // unmount: on the server
+  fs::remove_all(dir_ + "/cache");
+  TestMount fresh(server_, server_.ro_token, dir_);
+  for (int i = 0; i < kFiles; ++i) EXPECT_EQ(ReadAll(fresh.path() + "/big" + std::to_string(i)), "x" + std::to_string(i));
+}
+
 TEST_F(MountTest, WarmRemountCatchesUpWithoutASnapshotAndStartsOffline) {
   Write("first.txt", "one");
   Import();
