@@ -384,11 +384,6 @@ Status WriteBack::FlushBatch() {
   }
   std::vector<CommitOp> ops;
   std::unordered_map<uint64_t, size_t> created;  // node -> its create op in `ops`
-  struct Sent {
-    uint64_t id;
-    ChunkCache::FlushView view;
-    Manifest m;
-  };
   std::vector<Sent> sent;
   std::unordered_set<uint64_t> flushed;
   std::unordered_map<uint64_t, uint64_t> based;  // node -> the version our op in this batch names
@@ -506,14 +501,23 @@ Status WriteBack::FlushBatch() {
   // a batch may take one attempt per op, and a few more.
   const int attempts = 16 + static_cast<int>(ops.size());
   for (int attempt = 0; attempt < attempts; ++attempt) {
-    // The key: this body, and the journal entries it carries (journal seqs
-    // are never reused), so an identical body sent for other entries (a
-    // rename back and forth) is never taken for a retry.
-    ASSIGN_OR_RETURN(CommitReply reply,
-                     client_->Commit(ops, "-" + std::to_string(entries.front().seq) + "-" + std::to_string(last)));
+    // The key: the journal entries it carries (journal seqs are never
+    // reused; the nonce tells this state.db from an earlier one), not the
+    // body: when an answer is lost after refusals were resolved (another
+    // body), the retry, rebuilt from the journal, still gets that answer.
+    if (nonce_.empty()) {
+      ASSIGN_OR_RETURN(nonce_, state_->CommitNonce());
+    }
+    ASSIGN_OR_RETURN(CommitReply reply, client_->Commit(ops, nonce_ + "-" + std::to_string(entries.front().seq) + "-" +
+                                                                 std::to_string(last)));
     if (!reply.refused) {
-      spdlog::debug("write-back: committed {} ops ({} journal entries)", ops.size(), entries.size());
+      spdlog::debug("write-back: committed {} ops ({} journal entries){}", ops.size(), entries.size(),
+                    reply.replayed ? ", an earlier attempt's answer" : "");
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
+      if (reply.replayed) {
+        ApplyReplayed(ops, reply.items, sent);
+        return Status::Ok();
+      }
       std::unordered_map<uint64_t, const NodeRecord*> by_id;
       for (const auto& r : reply.items) {
         by_id[r.id] = &r;
@@ -707,6 +711,65 @@ Status WriteBack::FlushBatch() {
   }
   if (ops.empty()) return Finish(entries, last, {}, true);  // every op was dropped: the entries are done
   return Status::Internal("write-back: commit refused too many times");
+}
+
+void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
+                              const std::vector<Sent>& sent) {
+  // The server applied an earlier attempt of these journal entries, maybe
+  // with refusals resolved (a conflict name, the top directory, a conflict
+  // copy, a dropped op), and that answer was lost. Its records are the
+  // truth: the local view follows them, and only what is proven on the
+  // server leaves the cache's local content.
+  spdlog::info("write-back: an earlier attempt of this commit was applied (its answer was lost); following its {} records",
+               made.size());
+  std::unordered_map<uint64_t, const NodeRecord*> by_id;
+  for (const auto& r : made) {
+    by_id[r.id] = &r;
+    if (r.deleted) {
+      versions_.erase(r.id);
+      continue;
+    }
+    versions_[r.id] = r.version;
+    auto n = tree_->Get(r.id);
+    if (!n.ok()) continue;
+    NodeRecord rec = r;
+    if (*n && (*n)->kind == NodeKind::kFile && (*n)->size != r.size) rec.size = (*n)->size;  // local bytes may be newer
+    if (!*n || (*n)->parent != r.parent || (*n)->name != r.name) {
+      // Placed elsewhere by a resolution, or made by it (a conflict copy).
+      (void)Record({rec}, {});
+      if (*n) InvalidateEntry((*n)->parent, (*n)->name);
+      InvalidateEntry(r.parent, r.name);
+    } else {
+      tree_->SetVersion(r.id, r.version, r.seq);
+    }
+  }
+  for (const auto& s : sent) {
+    if (s.id == 0) continue;
+    auto it = by_id.find(s.id);
+    if (it == by_id.end() || it->second->deleted) {
+      // Our content went into a conflict copy (their change or delete
+      // stands): like a resolved refusal, the original keeps theirs.
+      if (!(is_open_ && is_open_(s.id))) cache_->Forget(s.id);
+      continue;
+    }
+    // The bytes sent then are those held now only if the manifests agree;
+    // otherwise the cache keeps its content local (a later flush sends it,
+    // based on the version the server has).
+    auto m = client_->GetManifest(s.id, it->second->version);
+    if (m.ok() && *m == s.m) {
+      cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
+    } else if (m.ok()) {
+      cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
+    }
+    (void)Record({}, {}, {s.id});
+  }
+  // A directory delete the server kept (it had files from elsewhere).
+  for (const auto& o : ops)
+    if (o.type == OpType::kDelete && !by_id.count(o.id))
+      if (Status st = RestoreDir(o.id); !st.ok())
+        spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", o.id, st.ToString());
+  for (const auto& o : ops)
+    if (o.type == OpType::kCreate && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);
 }
 
 }  // namespace tidefs

@@ -88,6 +88,17 @@ class WriteBack {
   // A directory deleted here that the server kept (someone put files in
   // it): its record and its entries come back into the tree.
   Status RestoreDir(uint64_t id);
+  // A file's content sent in the batch being committed.
+  struct Sent {
+    uint64_t id;  // 0: its content went into a conflict copy
+    ChunkCache::FlushView view;
+    Manifest m;
+  };
+  // A commit answered `replayed` (an earlier attempt was applied, its
+  // answer lost): the local view follows the records it made.
+  void ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
+                     const std::vector<Sent>& sent);
+  std::string nonce_;  // LocalState::CommitNonce, read once (flusher thread)
   std::string ConflictName(const std::string& name) const;
 
   ApiClient* client_;

@@ -337,13 +337,14 @@ Status ApiClient::UploadBlocks(const std::string& body) {
   return Status::Ok();
 }
 
-Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops, const std::string& batch) {
+Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops, const std::string& key) {
   return Guard("commit", [&]() -> Result<CommitReply> {
-  // The key is the body's hash: a retry of the same commit (its answer
-  // lost) gets the first answer instead of being applied twice.
+  // A retry of the same commit (its answer lost) gets the first answer
+  // instead of being applied twice. Without a key of the caller's, the
+  // key is the body's hash.
   std::string body = EncodeCommit(ops);
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/commit", body,
-                                     {"Content-Type: application/json", "Idempotency-Key: " + HashBlock(body).Hex() + batch},
+                                     {"Content-Type: application/json", "Idempotency-Key: " + (key.empty() ? HashBlock(body).Hex() : key)},
                                      /*idempotent=*/false));
   CommitReply r;
   r.http_status = a.status;
@@ -351,6 +352,7 @@ Result<CommitReply> ApiClient::Commit(const std::vector<CommitOp>& ops, const st
     ASSIGN_OR_RETURN(json j, ParseJson(a.body));
     ASSIGN_OR_RETURN(r.items, ParseNodes(j["items"]));
     r.head = j.value("head", uint64_t{0});
+    r.replayed = j.value("replayed", false);
     return r;
   }
   if (a.status >= 500) return StatusFromAnswer(a, "commit");

@@ -75,10 +75,12 @@ class ApiClient {
   Result<std::vector<Hash128>> MissingBlocks(const std::vector<Hash128>& hashes);
   // `body` is a sequence of block frames (core/block_frame.h).
   Status UploadBlocks(const std::string& body);
-  // `batch` names what the commit carries (the mount: its journal range),
-  // so the idempotency key of a retry matches only the same batch with the
-  // same body.
-  Result<CommitReply> Commit(const std::vector<CommitOp>& ops, const std::string& batch = "");
+  // `key` (1..128 of [A-Za-z0-9_-]) names what the commit carries: a
+  // retry with the same key gets the first answer (`replayed`), whatever
+  // its body. The mount names its journal range, so a commit whose refused
+  // ops it resolved (another body) is still known when its answer is lost.
+  // Empty: the body's hash.
+  Result<CommitReply> Commit(const std::vector<CommitOp>& ops, const std::string& key = "");
   Status PutCheckpoint(const std::string& device, uint64_t seq);
 
   static std::string UrlEncode(std::string_view s);

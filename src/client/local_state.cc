@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <ctime>
 #include <unordered_map>
 #include <unordered_set>
@@ -419,6 +421,20 @@ Status LocalState::SetInflightBatch(uint64_t last) {
                                              : "DELETE FROM meta WHERE key='inflight'"));
   if (last) s.Bind(1, std::to_string(last));
   return s.Run();
+}
+
+Result<std::string> LocalState::CommitNonce() {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt get, db_->Prepare("SELECT value FROM meta WHERE key='commit_nonce'"));
+  if (get.Step()) return get.Text(0);
+  RETURN_IF_ERROR(get.status());
+  std::random_device rd;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%08x%08x", rd(), rd());
+  ASSIGN_OR_RETURN(Stmt put, db_->Prepare("INSERT INTO meta(key, value) VALUES('commit_nonce', ?1)"));
+  put.Bind(1, std::string(hex));
+  RETURN_IF_ERROR(put.Run());
+  return std::string(hex);
 }
 
 Result<uint64_t> LocalState::JournalSize() {

@@ -37,6 +37,9 @@ struct CommitReply {
   std::vector<Hash128> missing;
   std::vector<NodeRecord> items;
   uint64_t head = 0;
+  // The answer of the commit first sent with this idempotency key, whose
+  // answer was lost: `items` are what that commit made.
+  bool replayed = false;
 };
 
 }  // namespace tidefs

@@ -489,7 +489,9 @@ HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
     return JsonResponse(HttpStatusFor(f.code), j.dump(-1, ' ', false, json::error_handler_t::replace));
   }
   std::string body = NodesJson("items", result->records);
-  body += ",\"head\":" + std::to_string(result->head) + "}";
+  body += ",\"head\":" + std::to_string(result->head);
+  if (result->replayed) body += ",\"replayed\":true";  // the answer of the commit first sent with this key
+  body += "}";
   return JsonResponse(200, std::move(body));
 }
 

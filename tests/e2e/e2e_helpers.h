@@ -22,6 +22,13 @@ namespace tidefs {
 
 // Waits for `cond` until the deadline (no sleep as synchronisation: the
 // condition is polled); true if it held.
+// `tidefs status --json` of a mount.
+inline std::string StatusOf(const std::string& mnt) {
+  std::string out;
+  RunCommand(std::string(TIDEFS_BINARY) + " status --json " + mnt + " 2>&1", &out);
+  return out;
+}
+
 inline bool Within(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
   auto deadline = std::chrono::steady_clock::now() + limit;
   for (;;) {

@@ -8,14 +8,15 @@ Usage: fault_proxy.py TARGET_PORT PORT_FILE CONTROL_FILE STATS_FILE
 Listens on 127.0.0.1 (an ephemeral port, written to PORT_FILE once ready)
 and forwards to 127.0.0.1:TARGET_PORT (WebSocket upgrades too: after a 101
 both directions are copied as they come). Before each response it reads
-CONTROL_FILE, one rule per line "ACTION PATH_PART ARG TIMES" (the first
-that matches applies):
+CONTROL_FILE, one rule per line "ACTION PATH_PART ARG TIMES [SKIP]" (the
+first that matches applies):
   pass                      forward as is (also when the file is missing)
   cut PATH N TIMES          forward N body bytes, then close the connection
   corrupt PATH N TIMES      flip the body byte at offset N
   status500 PATH 0 TIMES    answer 500 instead of the server's answer
 A rule applies to requests whose path contains PATH, at most TIMES times
-(-1: always). STATS_FILE gets JSON counters after each response.
+(-1: always), after letting the first SKIP of them pass (default 0).
+STATS_FILE gets JSON counters after each response.
 """
 import asyncio
 import json
@@ -35,13 +36,17 @@ def rule_for(path):
         return None
     for line in lines:
         words = line.split()
-        if len(words) != 4 or words[0] == "pass" or words[1] not in path:
+        if len(words) not in (4, 5) or words[0] == "pass" or words[1] not in path:
             continue
         key = " ".join(words)
         times = int(words[3])
-        if times >= 0 and uses.get(key, 0) >= times:
+        skip = int(words[4]) if len(words) == 5 else 0
+        seen = uses.get(key, 0)
+        uses[key] = seen + 1
+        if seen < skip:
+            return None  # let this one pass
+        if times >= 0 and seen - skip >= times:
             continue
-        uses[key] = uses.get(key, 0) + 1
         return words[0], int(words[2])
     return None
 

@@ -620,6 +620,32 @@ TEST_F(MountTest, OneNameCreatedOnTwoMountsKeepsBoth) {
   EXPECT_EQ(ConflictCopies(fresh.path(), "new (conflict from ", ".txt"), std::vector<std::string>{"made by two\n"});
 }
 
+// The server applies a commit whose refused op the mount resolved (another
+// body than the journal's), and the answer is lost: the retry, rebuilt
+// from the journal, must get that answer (one idempotency key per journal
+// range), not be refused "id_taken" for ever; the mount then follows it.
+TEST_F(MountTest, ALostAnswerToAResolvedCommitIsReplayedAndFollowed) {
+  Import();
+  CutOffPair p(server_, dir_);
+  p.CutOff();
+  { std::ofstream(p.one->path() + "/new.txt") << "made by one\n"; }
+  p.one.reset();
+  // Two's first commit is refused (name_taken) and passes; the resolved one
+  // is applied and its answer cut.
+  p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 1");
+  { std::ofstream(p.two->path() + "/new.txt") << "made by two\n"; }
+  const std::string two = p.two->path();
+  EXPECT_TRUE(Within(std::chrono::seconds(20), [&] { return StatusOf(two).find("\"journal_pending\": 0") != std::string::npos; }))
+      << "the journal is stuck: " << StatusOf(two);
+  // Two's own view follows the server: its file under the conflict name.
+  EXPECT_EQ(ConflictCopies(two, "new (conflict from ", ".txt"), std::vector<std::string>{"made by two\n"});
+  EXPECT_FALSE(fs::exists(two + "/new.txt")) << "two still shows its file under the name the server refused";
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/new.txt"), "made by one\n");
+  EXPECT_EQ(ConflictCopies(fresh.path(), "new (conflict from ", ".txt"), std::vector<std::string>{"made by two\n"});
+}
+
 TEST_F(MountTest, AnEditAgainstARemoteDeleteKeepsTheEditedFile) {
   Write("gone.txt", "base\n");
   Import();

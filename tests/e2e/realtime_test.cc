@@ -41,12 +41,6 @@ std::string Pread(int fd, size_t n, off_t off) {
   return b;
 }
 
-std::string StatusOf(const std::string& mnt) {
-  std::string out;
-  RunCommand(std::string(TIDEFS_BINARY) + " status --json " + mnt + " 2>&1", &out);
-  return out;
-}
-
 class RealtimeTest : public ::testing::Test {
  protected:
   void SetUp() override {
