@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -124,6 +125,11 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
       buffers_(std::make_shared<BufferPool>()),
       direct_io_(opts.direct_io) {
   const int threads = opts.threads;
+  // A quarter of the descriptors this process may open (sockets, SQLite
+  // and the kernel's FUSE device need the rest), at most 4096.
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    max_open_ = std::clamp<size_t>(rl.rlim_cur / 4, 16, 4096);
   local_ = std::move(opts.local);
   std::filesystem::create_directories(dir_ + "/data");
   // What earlier mounts cached counts against the limit from the start.
@@ -204,6 +210,67 @@ ChunkCacheStats ChunkCache::stats() const {
 }
 
 Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> e, OpenEntry(n));
+  RETURN_IF_ERROR(EnsureOpen(*e));
+  return e;
+}
+
+Status ChunkCache::EnsureOpen(Entry& e) {
+  {
+    std::lock_guard lock(e.mu);
+    if (e.fd >= 0) return Status::Ok();
+    const std::string path = dir_ + "/data/" + std::to_string(e.id);
+    e.fd = OpenFile(path, O_RDWR | O_CLOEXEC);
+    if (e.fd < 0) return Status::IoError("cannot open cache file " + path + ": " + std::strerror(errno));
+  }
+  std::lock_guard lock(mu_);
+  open_fds_++;
+  CloseIdleLocked();  // (not this one: the caller holds it)
+  return Status::Ok();
+}
+
+int ChunkCache::DirectFd(Entry& e) {
+  std::lock_guard lock(e.mu);
+  if (direct_io_ && e.dfd < 0 && !e.dfd_tried && e.fd >= 0) {
+    e.dfd_tried = true;
+    e.dfd = ::open((dir_ + "/data/" + std::to_string(e.id)).c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);  // -1: buffered only
+  }
+  return e.dfd;
+}
+
+int ChunkCache::OpenFile(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags, 0600);
+  if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+    {
+      std::lock_guard lock(mu_);
+      CloseIdleLocked(/*all=*/true);  // out of descriptors: give back every idle one, then again
+    }
+    fd = ::open(path.c_str(), flags, 0600);
+  }
+  return fd;
+}
+
+void ChunkCache::CloseIdleLocked(bool all) {
+  if (!all && open_fds_ <= max_open_) return;
+  // Entries no one holds but the map (no read, write, flush or cache write
+  // under way: those hold the entry) give their descriptors back; their
+  // state stays, and the next use opens the file again.
+  for (auto& [id, e] : entries_) {
+    if (!all && open_fds_ <= max_open_ * 3 / 4) break;
+    if (e.use_count() != 1) continue;
+    std::lock_guard elock(e->mu);
+    if (e->fd < 0 || !e->writing.empty() || !e->inflight.empty()) continue;
+    ::close(e->fd);
+    e->fd = -1;
+    if (e->dfd >= 0) ::close(e->dfd);
+    e->dfd = -1;
+    e->dfd_tried = false;
+    e->hot.clear();
+    open_fds_--;
+  }
+}
+
+Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n) {
   bool local, created;
   {
     std::lock_guard lock(mu_);
@@ -269,9 +336,8 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   // Without saved state any bytes in the file are unknown: start empty.
   // (Local bytes of a file whose bitmap was never saved are kept: written
   // here and not closed before a crash.)
-  e->fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | (saved || local ? 0 : O_TRUNC), 0600);
+  e->fd = OpenFile(path, O_RDWR | O_CREAT | O_CLOEXEC | (saved || local ? 0 : O_TRUNC));
   if (e->fd < 0) return Status::IoError("cannot open cache file " + path + ": " + std::strerror(errno));
-  if (direct_io_) e->dfd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT);  // -1: buffered only
   if (saved && saved->version != n.version) {
     for (size_t b = 0; b < saved->present.size(); ++b)
       if (saved->present[b] && (b >= e->present.size() || !e->present[b]))
@@ -298,8 +364,11 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n)
   auto it = entries_.find(n.id);
   if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
   RekeyLocked(n.id, e->version, e->present);
+  if (it != entries_.end() && it->second->fd >= 0) open_fds_--;  // the older version's, closed once let go
   entries_[n.id] = e;
+  open_fds_++;
   created_.erase(n.id);
+  CloseIdleLocked();
   return e;
 }
 
@@ -407,6 +476,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   if (on_fetched_) on_fetched_(n, bytes.size());
   if (whole) {
     KeepHot(entry, chunk, buf.get());
+    (void)DirectFd(e);  // opened once, before the writer needs it
     WriteJob job{entry, n.id, n.version, chunk, std::move(buf)};
     {
       // A disk behind by a full backlog slows the fetches down to its pace
@@ -543,7 +613,8 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
     if (p.entry) {
       Entry& entry = *p.entry;
       // Give the disk space back; the file keeps its size (and holes).
-      (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
+      if (EnsureOpen(entry).ok())
+        (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
       std::vector<bool> present;
       {
         std::lock_guard lock(entry.mu);
@@ -989,6 +1060,7 @@ std::shared_ptr<ChunkCache::Entry> ChunkCache::FindEntry(uint64_t id) {
 Status ChunkCache::SyncFile(uint64_t id) {
   std::shared_ptr<Entry> e = FindEntry(id);
   if (!e) return Status::Ok();
+  RETURN_IF_ERROR(EnsureOpen(*e));
   if (::fdatasync(e->fd) != 0)
     return Status::IoError("cannot sync the cache file of node " + std::to_string(id) + ": " + std::strerror(errno));
   return Status::Ok();
@@ -1046,7 +1118,10 @@ void ChunkCache::Forget(uint64_t id) {
   }
   {
     std::lock_guard lock(mu_);
-    entries_.erase(id);
+    if (auto it = entries_.find(id); it != entries_.end()) {
+      if (it->second->fd >= 0) open_fds_--;
+      entries_.erase(it);
+    }
     local_.erase(id);
     created_.erase(id);
     ForgetLocked(id);

@@ -157,7 +157,8 @@ class ChunkCache {
     uint64_t id = 0;
     uint64_t version = 0;
     int fd = -1;
-    int dfd = -1;  // the same file opened O_DIRECT, or -1
+    int dfd = -1;  // the same file opened O_DIRECT (on first use, DirectFd), or -1
+    bool dfd_tried = false;
     // guarded by mu: recent chunks still in memory, byte-for-byte what the
     // cache file holds there (dropped by any local change to the chunk)
     std::map<uint64_t, std::shared_ptr<const ChunkBuf>> hot;
@@ -181,7 +182,17 @@ class ChunkCache {
     ~Entry();
   };
 
+  // The entry of `n` at its version, its cache file open.
   Result<std::shared_ptr<Entry>> Open(const NodeRecord& n);
+  Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n);
+  // Opens the cache file again if it was closed while idle.
+  Status EnsureOpen(Entry& e);
+  // The O_DIRECT descriptor of an open entry, opened on first use; -1: none.
+  int DirectFd(Entry& e);
+  // Requires mu_. Over max_open_ open cache files (or `all`), closes idle ones.
+  void CloseIdleLocked(bool all = false);
+  // open(2) that, out of descriptors, closes idle cache files and tries again.
+  int OpenFile(const std::string& path, int flags);
   // The entry of `id` open in this mount, or null.
   std::shared_ptr<Entry> FindEntry(uint64_t id);
   // Makes every block of `chunk` present, fetching it if needed.
@@ -261,7 +272,9 @@ class ChunkCache {
     const ChunkBuf* buf = nullptr;  // identity only: the one this record kept
   };
   std::deque<HotRecord> hot_order_;  // guarded by hot_mu_; oldest first
-  std::mutex open_mu_;  // serializes Open's slow path (file creation, truncation)
+  std::mutex open_mu_;
+  size_t open_fds_ = 0;  // guarded by mu_: entries with their cache file open
+  size_t max_open_ = 4096;  // beyond, idle entries' files are closed  // serializes Open's slow path (file creation, truncation)
   ChunkCacheStats stats_;                                                   // guarded by mu_
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
   std::set<uint64_t> created_;  // guarded by mu_: created in this mount, not opened yet

@@ -2,6 +2,8 @@
 
 #include <time.h>
 
+#include <cstdio>
+#include <random>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
@@ -434,6 +436,8 @@ Status WriteBack::FlushBatch() {
         auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up, &small_files);
         if (show) progress(path, view.size, view.size, 0, true);
         if (!uploaded.ok()) return uploaded.status();
+        view.pin.reset();  // read: its cache file may be closed while the batch goes on
+        view.fd = -1;
         auto blocks = std::move(*uploaded);
         Manifest m;
         m.size = view.size;
@@ -496,26 +500,32 @@ Status WriteBack::FlushBatch() {
     std::string old_name;
   };
   std::unordered_map<uint64_t, Placed> placed;
-  if (inflight != last) RETURN_IF_ERROR(state_->SetInflightBatch(last));
+  // The key names this batch: random, saved with the in-flight mark before
+  // the first send, the same for every attempt of this journal range (also
+  // after a crash), so a lost answer comes back even when the body sent
+  // then had refusals resolved into it.
+  std::string key;
+  if (inflight == last) {
+    ASSIGN_OR_RETURN(key, state_->InflightKey());
+  }
+  if (key.empty()) {
+    std::random_device rd;
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%08x%08x", rd(), rd());
+    key = std::string("b") + hex + "-" + std::to_string(entries.front().seq) + "-" + std::to_string(last);
+    RETURN_IF_ERROR(state_->SetInflightBatch(last, key));
+  }
   // The server stops at the first refused op: each answer resolves one, so
   // a batch may take one attempt per op, and a few more.
   const int attempts = 16 + static_cast<int>(ops.size());
   for (int attempt = 0; attempt < attempts; ++attempt) {
-    // The key: the journal entries it carries (journal seqs are never
-    // reused; the nonce tells this state.db from an earlier one), not the
-    // body: when an answer is lost after refusals were resolved (another
-    // body), the retry, rebuilt from the journal, still gets that answer.
-    if (nonce_.empty()) {
-      ASSIGN_OR_RETURN(nonce_, state_->CommitNonce());
-    }
-    ASSIGN_OR_RETURN(CommitReply reply, client_->Commit(ops, nonce_ + "-" + std::to_string(entries.front().seq) + "-" +
-                                                                 std::to_string(last)));
+    ASSIGN_OR_RETURN(CommitReply reply, client_->Commit(ops, key));
     if (!reply.refused) {
       spdlog::debug("write-back: committed {} ops ({} journal entries){}", ops.size(), entries.size(),
                     reply.replayed ? ", an earlier attempt's answer" : "");
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
-        ApplyReplayed(ops, reply.items, sent);
+        ApplyReplayed(ops, reply.items, sent, based);
         return Status::Ok();
       }
       std::unordered_map<uint64_t, const NodeRecord*> by_id;
@@ -674,6 +684,22 @@ Status WriteBack::FlushBatch() {
       move_ours(kRootId, ConflictName(op.name));
       continue;
     }
+    if (op.type == OpType::kRename && op.replace && reply.node != 0 && reply.node != op.parent &&
+        (reply.reason == "not_empty" || reply.reason == "is_a_directory" || reply.reason == "not_a_directory")) {
+      // Moved here over something the server can no longer replace (an
+      // empty directory that got files elsewhere, a name that became a
+      // directory or stopped being one): theirs stays, ours goes beside it
+      // under a conflict name; a directory of theirs comes back here.
+      const uint64_t target = reply.node;
+      spdlog::warn("write-back: \"{}\" changed elsewhere and cannot be replaced; keeping ours as \"{}\"", op.name,
+                   ConflictName(op.name));
+      op.replace = false;
+      move_ours(op.parent, ConflictName(op.name));
+      if (reply.reason == "not_empty")
+        if (Status st = RestoreDir(target); !st.ok())
+          spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", target, st.ToString());
+      continue;
+    }
     if (op.type == OpType::kSetattr && reply.reason == "stale_base") {
       op.base = reply.current_version;  // attributes: last writer wins
       based.erase(op.id);                // but the cached bytes may be stale now
@@ -714,15 +740,25 @@ Status WriteBack::FlushBatch() {
 }
 
 void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
-                              const std::vector<Sent>& sent) {
+                              const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based) {
   // The server applied an earlier attempt of these journal entries, maybe
   // with refusals resolved (a conflict name, the top directory, a conflict
-  // copy, a dropped op), and that answer was lost. Its records are the
-  // truth: the local view follows them, and only what is proven on the
+  // copy, a dropped op), and that answer was lost. Where the records differ
+  // from this body, a resolution did it: the local view follows (a node
+  // changed here since, or by a newer change from elsewhere, is left to
+  // its journal entry or the remote sync). Only what is proven on the
   // server leaves the cache's local content.
-  spdlog::info("write-back: an earlier attempt of this commit was applied (its answer was lost); following its {} records",
+  spdlog::warn("write-back: an earlier attempt of this commit was applied (its answer was lost); following its {} records",
                made.size());
+  std::unordered_map<uint64_t, const CommitOp*> placing;  // our op naming a node's place
+  for (const auto& o : ops)
+    if (Creates(o.type) || o.type == OpType::kRename) placing[o.id] = &o;
   std::unordered_map<uint64_t, const NodeRecord*> by_id;
+  std::function<void(uint64_t)> inval;
+  {
+    std::lock_guard plock(progress_mu_);
+    inval = invalidate_;
+  }
   for (const auto& r : made) {
     by_id[r.id] = &r;
     if (r.deleted) {
@@ -732,42 +768,76 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     versions_[r.id] = r.version;
     auto n = tree_->Get(r.id);
     if (!n.ok()) continue;
-    NodeRecord rec = r;
-    if (*n && (*n)->kind == NodeKind::kFile && (*n)->size != r.size) rec.size = (*n)->size;  // local bytes may be newer
-    if (!*n || (*n)->parent != r.parent || (*n)->name != r.name) {
-      // Placed elsewhere by a resolution, or made by it (a conflict copy).
-      (void)Record({rec}, {});
-      if (*n) InvalidateEntry((*n)->parent, (*n)->name);
-      InvalidateEntry(r.parent, r.name);
-    } else {
-      tree_->SetVersion(r.id, r.version, r.seq);
+    if (*n && (*n)->version > r.version) continue;  // a newer change from elsewhere holds
+    auto p = placing.find(r.id);
+    // Made by a resolution only (a conflict copy): new here. Placed by our
+    // op elsewhere than it says (a conflict name, the top directory), and
+    // not moved or deleted here since: it goes where the server put it.
+    const bool copy = !*n && p == placing.end();
+    const bool moved = *n && p != placing.end() && (p->second->parent != r.parent || p->second->name != r.name) &&
+                       (*n)->parent == p->second->parent && (*n)->name == p->second->name;
+    if (!copy && !moved) {
+      if (*n) tree_->SetVersion(r.id, r.version, r.seq);
+      continue;
     }
+    NodeRecord rec = r;
+    if (*n && (*n)->kind == NodeKind::kFile) rec.size = (*n)->size;  // local bytes may be newer
+    std::vector<NodeRecord> rows;
+    if (copy) {
+      // A conflict copy that kept the original's name: theirs was deleted.
+      if (auto there = tree_->Lookup(r.parent, r.name); there.ok() && *there && (*there)->id != r.id) {
+        NodeRecord gone;
+        gone.id = (*there)->id;
+        gone.deleted = true;
+        rows.push_back(gone);
+        if (!(is_open_ && is_open_(gone.id))) cache_->Forget(gone.id);
+      }
+    }
+    rows.push_back(rec);
+    (void)Record(rows, {});
+    if (*n) InvalidateEntry((*n)->parent, (*n)->name);
+    InvalidateEntry(r.parent, r.name);
   }
   for (const auto& s : sent) {
     if (s.id == 0) continue;
     auto it = by_id.find(s.id);
     if (it == by_id.end() || it->second->deleted) {
-      // Our content went into a conflict copy (their change or delete
-      // stands): like a resolved refusal, the original keeps theirs.
+      // Our content went into a conflict copy: the original keeps theirs
+      // (its record comes with the remote sync), and the kernel drops ours.
       if (!(is_open_ && is_open_(s.id))) cache_->Forget(s.id);
+      if (inval) inval(s.id);
       continue;
     }
     // The bytes sent then are those held now only if the manifests agree;
-    // otherwise the cache keeps its content local (a later flush sends it,
-    // based on the version the server has).
+    // otherwise the cache keeps its content local, on the server's version
+    // (a later flush sends it).
     auto m = client_->GetManifest(s.id, it->second->version);
-    if (m.ok() && *m == s.m) {
-      cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
-    } else if (m.ok()) {
-      cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
-    }
+    if (m.ok() && *m == s.m) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
+    else if (m.ok()) cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
     (void)Record({}, {}, {s.id});
   }
+  // Attributes or a move committed on a base: the cached bytes are those of
+  // the new version if the server's manifest says so.
+  for (const auto& [id, base] : based) {
+    auto it = by_id.find(id);
+    if (it == by_id.end() || it->second->deleted || it->second->kind != NodeKind::kFile) continue;
+    auto held = cache_->FileRecord(id);
+    if (!held || held->version != base) continue;
+    auto m = client_->GetManifest(id, it->second->version);
+    if (m.ok() && *m == held->manifest) cache_->AdvanceVersion(id, base, it->second->version);
+  }
   // A directory delete the server kept (it had files from elsewhere).
-  for (const auto& o : ops)
-    if (o.type == OpType::kDelete && !by_id.count(o.id))
+  for (const auto& o : ops) {
+    if (o.type != OpType::kDelete || by_id.count(o.id)) continue;
+    bool dir;
+    {
+      std::lock_guard lock(ids_mu_);
+      dir = deleted_parent_.count(o.id) > 0;
+    }
+    if (dir)
       if (Status st = RestoreDir(o.id); !st.ok())
         spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", o.id, st.ToString());
+  }
   for (const auto& o : ops)
     if (o.type == OpType::kCreate && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);
 }

@@ -97,8 +97,7 @@ class WriteBack {
   // A commit answered `replayed` (an earlier attempt was applied, its
   // answer lost): the local view follows the records it made.
   void ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
-                     const std::vector<Sent>& sent);
-  std::string nonce_;  // LocalState::CommitNonce, read once (flusher thread)
+                     const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based);
   std::string ConflictName(const std::string& name) const;
 
   ApiClient* client_;

@@ -1,5 +1,6 @@
 // tidefs: one binary, with subcommands.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -222,6 +223,11 @@ int main(int argc, char** argv) {
         (void)!write(ready_fd, &ok, 1);
         close(ready_fd);
       };
+    }
+    // Every cache file open costs a descriptor: take all the system allows.
+    if (struct rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
     if (Status st = RunMount(mo); !st.ok()) return Fail(st);
     return 0;

@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
-#include <random>
 #include <ctime>
 #include <unordered_map>
 #include <unordered_set>
@@ -415,26 +414,24 @@ Result<uint64_t> LocalState::InflightBatch() {
   return std::strtoull(s.Text(0).c_str(), nullptr, 10);
 }
 
-Status LocalState::SetInflightBatch(uint64_t last) {
+Result<std::string> LocalState::InflightKey() {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT value FROM meta WHERE key='inflight'"));
+  if (!s.Step()) {
+    RETURN_IF_ERROR(s.status());
+    return std::string();
+  }
+  const std::string v = s.Text(0);  // "LAST" or "LAST:KEY"
+  const size_t colon = v.find(':');
+  return colon == std::string::npos ? std::string() : v.substr(colon + 1);
+}
+
+Status LocalState::SetInflightBatch(uint64_t last, const std::string& key) {
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare(last ? "INSERT OR REPLACE INTO meta(key, value) VALUES('inflight', ?1)"
                                              : "DELETE FROM meta WHERE key='inflight'"));
-  if (last) s.Bind(1, std::to_string(last));
+  if (last) s.Bind(1, std::to_string(last) + (key.empty() ? "" : ":" + key));
   return s.Run();
-}
-
-Result<std::string> LocalState::CommitNonce() {
-  std::lock_guard lock(mu_);
-  ASSIGN_OR_RETURN(Stmt get, db_->Prepare("SELECT value FROM meta WHERE key='commit_nonce'"));
-  if (get.Step()) return get.Text(0);
-  RETURN_IF_ERROR(get.status());
-  std::random_device rd;
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%08x%08x", rd(), rd());
-  ASSIGN_OR_RETURN(Stmt put, db_->Prepare("INSERT INTO meta(key, value) VALUES('commit_nonce', ?1)"));
-  put.Bind(1, std::string(hex));
-  RETURN_IF_ERROR(put.Run());
-  return std::string(hex);
 }
 
 Result<uint64_t> LocalState::JournalSize() {

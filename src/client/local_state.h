@@ -75,11 +75,9 @@ class LocalState {
   // answer was lost): the same entries go again, so the server can tell a
   // retry from a new commit. 0: none.
   Result<uint64_t> InflightBatch();
-  Status SetInflightBatch(uint64_t last);
-  // Random, made once per state.db: with a journal range it names a
-  // commit (its idempotency key), unique even after the cache dir is
-  // made anew (journal seqs start again).
-  Result<std::string> CommitNonce();
+  // The idempotency key saved with it ("" for none).
+  Result<std::string> InflightKey();
+  Status SetInflightBatch(uint64_t last, const std::string& key = "");
   // Makes everything committed so far durable on disk (fsync's promise):
   // both databases are checkpointed, which syncs them.
   Status Sync();

@@ -20,8 +20,6 @@
 
 namespace tidefs {
 
-// Waits for `cond` until the deadline (no sleep as synchronisation: the
-// condition is polled); true if it held.
 // `tidefs status --json` of a mount.
 inline std::string StatusOf(const std::string& mnt) {
   std::string out;
@@ -29,6 +27,8 @@ inline std::string StatusOf(const std::string& mnt) {
   return out;
 }
 
+// Waits for `cond` until the deadline (no sleep as synchronisation: the
+// condition is polled); true if it held.
 inline bool Within(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
   auto deadline = std::chrono::steady_clock::now() + limit;
   for (;;) {
@@ -52,12 +52,14 @@ class TestMount {
   TestMount(const TestServer& server, const std::string& token, const std::string& dir,
             const std::string& extra = "")
       : TestMount(server.url(), token, dir, extra) {}
-  TestMount(const std::string& url, const std::string& token, const std::string& dir, const std::string& extra = "")
+  // `prefix` goes before the command (e.g. "prlimit --nofile=128:128").
+  TestMount(const std::string& url, const std::string& token, const std::string& dir, const std::string& extra = "",
+            const std::string& prefix = "")
       : dir_(dir) {
     mnt_ = dir + "/mnt";
     std::filesystem::create_directories(mnt_);
     std::string out;
-    int rc = RunCommand(std::string(TIDEFS_BINARY) + " mount --server " + url + " --project demo --token " +
+    int rc = RunCommand(prefix + " " + std::string(TIDEFS_BINARY) + " mount --server " + url + " --project demo --token " +
                             token + " --cache-dir " + dir + "/cache " + extra + " " + mnt_ + " 2>&1",
                         &out);
     if (rc != 0 || !IsMounted(mnt_)) throw std::runtime_error("tidefs mount failed: " + out);
