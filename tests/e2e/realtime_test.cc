@@ -196,7 +196,12 @@ TEST_F(RealtimeTest, TombstonesGoOnlyOnceEveryDeviceHasSeenThem) {
 
 TEST_F(RealtimeTest, StatusShowsTheConnectionCursorAndTransfers) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
-  std::string st = StatusOf(a.path());
+  // The event stream connects just after the mount is up: wait for it.
+  std::string st;
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] {
+    st = StatusOf(a.path());
+    return st.find("\"connected\": true") != std::string::npos;
+  })) << st;
   for (const char* key : {"\"connected\": true", "\"cursor\":", "\"head\":", "\"journal_pending\":", "\"transfers\":"})
     EXPECT_NE(st.find(key), std::string::npos) << key << " in " << st;
   std::string out;
