@@ -508,10 +508,9 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
     std::lock_guard lock(e.mu);
     for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) e.present[b] = true;
     e.verified[chunk] = true;
-    present = e.present;
   }
   // The bytes are in the file before the bitmap says so.
-  if (state_) (void)state_->SavePresent(n.id, present);
+  SaveBitmap(e);
   Touch({n.id, n.version, chunk}, bytes.size());
   return Status::Ok();
 }
@@ -520,24 +519,25 @@ Status ChunkCache::WriteChunk(const WriteJob& job, bool direct) {
   Entry& e = *job.entry;
   const uint64_t first = job.chunk * kChunkSize;
   bool cancelled;
+  uint64_t version;
   {
     std::lock_guard lock(e.mu);
     cancelled = e.cancelled.erase(job.chunk) > 0;  // cut off by a truncate meanwhile
+    version = e.version;
   }
+  // Room first: the chunk counts against the cache (older ones evicted)
+  // before its bytes reach the disk, so the cache never holds more.
+  if (!cancelled) Touch({job.id, version, job.chunk}, job.buf->len);
   Status st = cancelled ? Status::Ok() : WriteFile(e.fd, direct ? e.dfd : -1, job.buf->data, job.buf->len, first);
   // A read-ahead of the file (a splice) may have cached a page of the hole
   // while the direct write ran: gone before the blocks count as present.
   if (st.ok() && !cancelled && direct && e.dfd >= 0)
     (void)::posix_fadvise(e.fd, static_cast<off_t>(first), static_cast<off_t>(job.buf->len), POSIX_FADV_DONTNEED);
-  std::vector<bool> present;
-  uint64_t version = 0;
   {
     std::lock_guard lock(e.mu);
     if (st.ok() && !cancelled) {
       const uint64_t end = std::min<uint64_t>((first + job.buf->len + kBlockSize - 1) / kBlockSize, e.manifest.blocks.size());
       for (uint64_t b = first / kBlockSize; b < end; ++b) e.present[b] = true;
-      present = e.present;
-      version = e.version;
     } else if (!st.ok()) {
       auto it = e.hot.find(job.chunk);
       if (it != e.hot.end() && it->second == job.buf) e.hot.erase(it);  // it never reached the file
@@ -552,9 +552,22 @@ Status ChunkCache::WriteChunk(const WriteJob& job, bool direct) {
   }
   if (cancelled) return Status::Ok();
   // The bytes are in the file before the bitmap says so.
-  if (state_) (void)state_->SavePresent(job.id, present);
-  Touch({job.id, version, job.chunk}, job.buf->len);
+  SaveBitmap(e);
   return Status::Ok();
+}
+
+void ChunkCache::SaveBitmap(Entry& e) {
+  if (!state_) return;
+  // One save at a time per file, each with the bitmap as it is then: two
+  // writers saving copies taken in one order and stored in the other left
+  // a chunk out of the saved bitmap (its bytes then unreadable offline).
+  std::lock_guard save(e.save_mu);
+  std::vector<bool> present;
+  {
+    std::lock_guard lock(e.mu);
+    present = e.present;
+  }
+  (void)state_->SavePresent(e.id, present);
 }
 
 void ChunkCache::WaitWrites(Entry& e, uint64_t from_chunk) {
@@ -615,12 +628,7 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
       // Give the disk space back; the file keeps its size (and holes).
       if (EnsureOpen(entry).ok())
         (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
-      std::vector<bool> present;
-      {
-        std::lock_guard lock(entry.mu);
-        present = entry.present;
-      }
-      if (state_) (void)state_->SavePresent(p.id, present);
+      SaveBitmap(entry);
       {
         std::lock_guard lock(entry.mu);
         entry.inflight.erase(p.chunk);
@@ -660,16 +668,14 @@ void ChunkCache::Verify(Entry& e, uint64_t chunk) {
     ssize_t r = ::pread(e.fd, buf.data(), len, b * kBlockSize);
     if (r != static_cast<ssize_t>(len) || HashBlock(buf.data(), len) != e.manifest.blocks[b]) bad.push_back(b);
   }
-  std::vector<bool> present;
   {
     std::lock_guard lock(e.mu);
     for (uint64_t b : bad) e.present[b] = false;
     e.verified[chunk] = true;
-    present = e.present;
   }
   if (!bad.empty()) {
     spdlog::warn("cache: {} blocks of node {} failed their hash check; fetching them again", bad.size(), e.id);
-    if (state_) (void)state_->SavePresent(e.id, present);
+    SaveBitmap(e);
   }
 }
 

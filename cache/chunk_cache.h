@@ -167,6 +167,7 @@ class ChunkCache {
     std::set<uint64_t> cancelled;       // guarded by mu: in `writing`, cut off by a truncate: not written
     std::map<uint64_t, Status> write_errors;  // guarded by mu: fetched, but the file did not take it
     bool retired = false;  // guarded by mu: a newer version (or a delete) owns the file: write nothing
+    std::mutex save_mu;    // one bitmap save at a time (SaveBitmap); taken before mu
     Manifest manifest;
     std::vector<bool> present;                                // guarded by mu, per block
     std::map<uint64_t, std::shared_future<Status>> inflight;  // guarded by mu, per chunk
@@ -219,6 +220,8 @@ class ChunkCache {
     std::shared_ptr<ChunkBuf> buf;
   };
   Status WriteChunk(const WriteJob& job, bool direct);
+  // Saves e's block bitmap in the local state (the newest, in order).
+  void SaveBitmap(Entry& e);
   // Until no fetched chunk of `e` from `from_chunk` on waits to be written.
   void WaitWrites(Entry& e, uint64_t from_chunk = 0);
   // Sequential access: fetch the chunks after c1 before they are asked for.

@@ -225,8 +225,9 @@ TEST_F(MountTest, ChunksJustFetchedStayRightThroughWritesTruncatesAndARemount) {
   const std::map<std::string, std::string> want_all{{"edited.bin", expected}, {"read-only.bin", read_only}};
   for (const auto& [name, want] : want_all) {
     auto got = ReadUncached(offline.path() + "/" + name);
-    ASSERT_TRUE(got.ok()) << name << ": " << got.status().ToString();
+    ASSERT_TRUE(got.ok()) << name << ": " << got.status().ToString() << "\n" << ReadAll(dir_ + "/cache/mount.log");
     EXPECT_TRUE(*got == want) << name << " differs when read from the cache alone";
+    if (!got.ok() || *got != want) ADD_FAILURE() << "the offline mount's log:\n" << ReadAll(dir_ + "/cache/mount.log");
   }
   server_.Start();
 }
