@@ -219,9 +219,18 @@ Status ChunkCache::EnsureOpen(Entry& e) {
   {
     std::lock_guard lock(e.mu);
     if (e.fd >= 0) return Status::Ok();
-    const std::string path = dir_ + "/data/" + std::to_string(e.id);
-    e.fd = OpenFile(path, O_RDWR | O_CLOEXEC);
-    if (e.fd < 0) return Status::IoError("cannot open cache file " + path + ": " + std::strerror(errno));
+  }
+  // Opened without e.mu held: OpenFile may take mu_ (which comes first).
+  const std::string path = dir_ + "/data/" + std::to_string(e.id);
+  int fd = OpenFile(path, O_RDWR | O_CLOEXEC);
+  if (fd < 0) return Status::IoError("cannot open cache file " + path + ": " + std::strerror(errno));
+  {
+    std::lock_guard lock(e.mu);
+    if (e.fd >= 0) {
+      ::close(fd);  // another thread opened it meanwhile
+      return Status::Ok();
+    }
+    e.fd = fd;
   }
   std::lock_guard lock(mu_);
   open_fds_++;
@@ -251,6 +260,14 @@ int ChunkCache::OpenFile(const std::string& path, int flags) {
 }
 
 void ChunkCache::CloseIdleLocked(bool all) {
+  if (!all && open_fds_ <= max_open_) return;
+  // The count is kept loosely (a reopened entry that was replaced since is
+  // counted and never taken off): recount before closing.
+  open_fds_ = 0;
+  for (auto& [id, e] : entries_) {
+    std::lock_guard elock(e->mu);
+    open_fds_ += e->fd >= 0;
+  }
   if (!all && open_fds_ <= max_open_) return;
   // Entries no one holds but the map (no read, write, flush or cache write
   // under way: those hold the entry) give their descriptors back; their
@@ -299,6 +316,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
       older->retired = true;
     }
     WaitWrites(*older);
+    std::lock_guard saved(older->save_mu);  // a save under way ends first
   }
   std::optional<LocalState::CachedFile> saved;
   if (state_ && !created) {
@@ -563,11 +581,14 @@ void ChunkCache::SaveBitmap(Entry& e) {
   // a chunk out of the saved bitmap (its bytes then unreadable offline).
   std::lock_guard save(e.save_mu);
   std::vector<bool> present;
+  uint64_t version;
   {
     std::lock_guard lock(e.mu);
+    if (e.retired) return;  // a newer version owns the saved state
     present = e.present;
+    version = e.version;
   }
-  (void)state_->SavePresent(e.id, present);
+  (void)state_->SavePresent(e.id, version, present);
 }
 
 void ChunkCache::WaitWrites(Entry& e, uint64_t from_chunk) {
@@ -625,10 +646,12 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
   for (auto& p : punches) {
     if (p.entry) {
       Entry& entry = *p.entry;
-      // Give the disk space back; the file keeps its size (and holes).
+      // The bitmap without the chunk is saved first (a crash in between
+      // leaves bytes not counted, never a hole counted), then the disk
+      // space goes back; the file keeps its size (and holes).
+      SaveBitmap(entry);
       if (EnsureOpen(entry).ok())
         (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
-      SaveBitmap(entry);
       {
         std::lock_guard lock(entry.mu);
         entry.inflight.erase(p.chunk);
@@ -645,7 +668,7 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
     auto& bits = (*f)->present;
     for (uint64_t b = p.chunk * kBlocksPerChunk; b < std::min<uint64_t>((p.chunk + 1) * kBlocksPerChunk, bits.size()); ++b)
       bits[b] = false;
-    (void)state_->SavePresent(p.id, bits);
+    (void)state_->SavePresent(p.id, p.version, bits);
     int fd = ::open((dir_ + "/data/" + std::to_string(p.id)).c_str(), O_RDWR | O_CLOEXEC);
     if (fd >= 0) {
       (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);

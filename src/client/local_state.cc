@@ -500,11 +500,11 @@ Status LocalState::SaveFiles(const std::vector<CachedFile>& files) {
   return tx ? tx->Commit() : Status::Ok();
 }
 
-Status LocalState::SavePresent(uint64_t id, const std::vector<bool>& present) {
+Status LocalState::SavePresent(uint64_t id, uint64_t version, const std::vector<bool>& present) {
   std::lock_guard lock(files_mu_);
-  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("UPDATE files SET present=?2 WHERE id=?1"));
+  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("UPDATE files SET present=?2 WHERE id=?1 AND version=?3"));
   std::string bits = PackBits(present);
-  s.Bind(1, id).BindBlob(2, bits.data(), bits.size());
+  s.Bind(1, id).BindBlob(2, bits.data(), bits.size()).Bind(3, version);
   return s.Run();
 }
 

@@ -87,7 +87,9 @@ class LocalState {
   Status SaveFile(const CachedFile& f);
   // Several, in one transaction.
   Status SaveFiles(const std::vector<CachedFile>& files);
-  Status SavePresent(uint64_t id, const std::vector<bool>& present);
+  // The bitmap of `id`, if its saved record is of `version` (a late save
+  // of an older version changes nothing).
+  Status SavePresent(uint64_t id, uint64_t version, const std::vector<bool>& present);
   Status DropFile(uint64_t id);
   Status DropFiles(const std::vector<uint64_t>& ids);
 

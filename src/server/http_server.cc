@@ -127,6 +127,7 @@ struct HttpServer::Impl {
   net::awaitable<void> Session(tcp::socket socket) {
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
+    bool linger = false;  // a body refused before it was read: drain it before closing
     // Beast reads at most the free capacity at a time: without room, a
     // 4 MiB upload arrives in thousands of tiny reads.
     buffer.reserve(256 * 1024);
@@ -161,6 +162,7 @@ struct HttpServer::Impl {
               std::to_string(limit) + "-byte limit of " + path));
           beast::error_code ignore;
           co_await WriteSimple(stream, bad.status, h.version(), false, bad, ignore);
+          linger = true;
           break;
         }
       }
@@ -172,6 +174,7 @@ struct HttpServer::Impl {
                                                    : Status::Invalid("malformed HTTP request: " + ec.message()));
           beast::error_code ignore;
           co_await WriteSimple(stream, bad.status, 11, false, bad, ignore);
+          linger = too_big;
         }
         break;
       }
@@ -234,6 +237,18 @@ struct HttpServer::Impl {
     }
     beast::error_code ignore;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignore);
+    if (linger) {
+      // A body refused unread is still on its way: closing now would reset
+      // the connection, and the client could lose the 413 before reading
+      // it. The rest is read and dropped (for a while, up to a bound).
+      stream.expires_after(std::chrono::seconds(2));
+      static thread_local char sink[1 << 16];
+      for (size_t drained = 0; drained < (64u << 20);) {
+        size_t n = co_await stream.async_read_some(net::buffer(sink), net::redirect_error(net::use_awaitable, ignore));
+        if (ignore) break;
+        drained += n;
+      }
+    }
   }
 
   // One WebSocket subscriber: a hello, then the project's events as the
