@@ -26,8 +26,8 @@ constexpr int kWriters = 2;
 
 // Writes `len` bytes at `at`: the page-aligned part through `dfd`
 // (O_DIRECT) when there is one, the rest (and all of it should the file
-// system refuse direct I/O after all) through `fd`.
-Status WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at) {
+// system refuse direct I/O after all) through `fd`. 0 or the errno.
+int WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at) {
   size_t done = 0;
   size_t direct = dfd >= 0 && at % kPage == 0 && reinterpret_cast<uintptr_t>(data) % kPage == 0 ? len / kPage * kPage : 0;
   while (done < len) {
@@ -39,12 +39,14 @@ Status WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at) {
       direct = 0;  // alignment this file system does not take: buffered from here on
       continue;
     }
-    if (w < 0) return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(errno));
+    if (w < 0) return errno;
     done += static_cast<size_t>(w);
     if (d && done % kPage) direct = 0;  // a short direct write: the rest buffered
   }
-  return Status::Ok();
+  return 0;
 }
+
+Status CacheWriteError(int err) { return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(err)); }
 
 }  // namespace
 
@@ -160,7 +162,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
           write_queue_.pop_front();
         }
         write_room_.notify_one();
-        (void)WriteChunk(job, true);
+        (void)WriteChunk(job);
       }
     });
   for (int i = 0; i < threads; ++i)
@@ -508,7 +510,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
         return Status::Ok();
       }
     }
-    return WriteChunk(job, true);  // shutting down: here
+    return WriteChunk(job);  // shutting down: here
   }
   for (size_t i = 0; i < have_block.size();) {
     if (have_block[i]) {
@@ -518,7 +520,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
     size_t j = i;
     while (j < have_block.size() && !have_block[j]) ++j;
     const uint64_t from = i * kBlockSize, to = std::min<uint64_t>(j * kBlockSize, bytes.size());
-    RETURN_IF_ERROR(WriteFile(e.fd, -1, data + from, to - from, first + from));
+    if (int err = WriteFile(e.fd, -1, data + from, to - from, first + from)) return CacheWriteError(err);
     i = j;
   }
   std::vector<bool> present;
@@ -533,7 +535,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   return Status::Ok();
 }
 
-Status ChunkCache::WriteChunk(const WriteJob& job, bool direct) {
+Status ChunkCache::WriteChunk(const WriteJob& job) {
   Entry& e = *job.entry;
   const uint64_t first = job.chunk * kChunkSize;
   bool cancelled;
@@ -546,10 +548,11 @@ Status ChunkCache::WriteChunk(const WriteJob& job, bool direct) {
   // Room first: the chunk counts against the cache (older ones evicted)
   // before its bytes reach the disk, so the cache never holds more.
   if (!cancelled) Touch({job.id, version, job.chunk}, job.buf->len);
-  Status st = cancelled ? Status::Ok() : WriteFile(e.fd, direct ? e.dfd : -1, job.buf->data, job.buf->len, first);
+  const int err = cancelled ? 0 : WriteFile(e.fd, e.dfd, job.buf->data, job.buf->len, first);
+  Status st = err ? CacheWriteError(err) : Status::Ok();
   // A read-ahead of the file (a splice) may have cached a page of the hole
   // while the direct write ran: gone before the blocks count as present.
-  if (st.ok() && !cancelled && direct && e.dfd >= 0)
+  if (st.ok() && !cancelled && e.dfd >= 0)
     (void)::posix_fadvise(e.fd, static_cast<off_t>(first), static_cast<off_t>(job.buf->len), POSIX_FADV_DONTNEED);
   {
     std::lock_guard lock(e.mu);
@@ -921,17 +924,9 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
       (void)wait.get();
     }
   }
-  size_t done = 0;
-  while (done < len) {
-    ssize_t w = ::pwrite(e->fd, data + done, len - done, static_cast<off_t>(off + done));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      int err = errno;
-      return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
-                    std::string("cannot write to the cache file of node ") + std::to_string(n.id) + ": " + std::strerror(err));
-    }
-    done += static_cast<size_t>(w);
-  }
+  if (int err = WriteFile(e->fd, -1, data, len, off))
+    return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
+                  std::string("cannot write to the cache file of node ") + std::to_string(n.id) + ": " + std::strerror(err));
   {
     // Again once the bytes are in: a flush that began between the claim
     // and the pwrite must not count these blocks as sent.

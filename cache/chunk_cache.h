@@ -219,7 +219,7 @@ class ChunkCache {
     uint64_t id = 0, version = 0, chunk = 0;
     std::shared_ptr<ChunkBuf> buf;
   };
-  Status WriteChunk(const WriteJob& job, bool direct);
+  Status WriteChunk(const WriteJob& job);
   // Saves e's block bitmap in the local state (the newest, in order).
   void SaveBitmap(Entry& e);
   // Until no fetched chunk of `e` from `from_chunk` on waits to be written.

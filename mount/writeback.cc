@@ -157,7 +157,12 @@ void WriteBack::InvalidateEntry(uint64_t parent, const std::string& name) {
   if (listing) listing(parent);  // its cached listing too
 }
 
-Status WriteBack::RestoreDir(uint64_t id) {
+void WriteBack::RestoreDir(uint64_t id) {
+  if (Status st = ReadBackDir(id); !st.ok())
+    spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", id, st.ToString());
+}
+
+Status WriteBack::ReadBackDir(uint64_t id) {
   uint64_t parent = 0;
   {
     std::lock_guard lock(ids_mu_);
@@ -695,9 +700,7 @@ Status WriteBack::FlushBatch() {
                    ConflictName(op.name));
       op.replace = false;
       move_ours(op.parent, ConflictName(op.name));
-      if (reply.reason == "not_empty")
-        if (Status st = RestoreDir(target); !st.ok())
-          spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", target, st.ToString());
+      if (reply.reason == "not_empty") RestoreDir(target);
       continue;
     }
     if (op.type == OpType::kSetattr && reply.reason == "stale_base") {
@@ -723,11 +726,8 @@ Status WriteBack::FlushBatch() {
     if (op.type == OpType::kDelete && reply.reason == "not_empty") {
       // A directory emptied and removed here, given new files there: it
       // stays, with their files; it comes back here.
-      const uint64_t dir_id = op.id;
       based.erase(op.id);
-      if (auto back = RestoreDir(dir_id); !back.ok())
-        spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", dir_id,
-                     back.ToString());
+      RestoreDir(op.id);
       if (drop_ours()) break;
       continue;
     }
@@ -834,9 +834,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       std::lock_guard lock(ids_mu_);
       dir = deleted_parent_.count(o.id) > 0;
     }
-    if (dir)
-      if (Status st = RestoreDir(o.id); !st.ok())
-        spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", o.id, st.ToString());
+    if (dir) RestoreDir(o.id);
   }
   for (const auto& o : ops)
     if (o.type == OpType::kCreate && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);

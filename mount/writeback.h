@@ -86,8 +86,10 @@ class WriteBack {
   // Commits one batch. kUnavailable: the server could not be reached.
   Status FlushBatch();
   // A directory deleted here that the server kept (someone put files in
-  // it): its record and its entries come back into the tree.
-  Status RestoreDir(uint64_t id);
+  // it): its record and its entries come back into the tree (a failure
+  // is logged: the directory is still on the server).
+  void RestoreDir(uint64_t id);
+  Status ReadBackDir(uint64_t id);
   // A file's content sent in the batch being committed.
   struct Sent {
     uint64_t id;  // 0: its content went into a conflict copy

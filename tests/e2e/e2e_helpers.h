@@ -38,6 +38,11 @@ inline bool Within(std::chrono::milliseconds limit, const std::function<bool()>&
   }
 }
 
+// Whether the mount's journal empties within `limit` (everything sent).
+inline bool JournalEmptiesWithin(const std::string& mnt, std::chrono::milliseconds limit) {
+  return Within(limit, [&] { return StatusOf(mnt).find("\"journal_pending\": 0") != std::string::npos; });
+}
+
 inline bool IsMounted(const std::string& path) {
   std::ifstream f("/proc/self/mounts");
   std::string line;

@@ -636,8 +636,7 @@ TEST_F(MountTest, ALostAnswerToAResolvedCommitIsReplayedAndFollowed) {
   p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 1");
   { std::ofstream(p.two->path() + "/new.txt") << "made by two\n"; }
   const std::string two = p.two->path();
-  EXPECT_TRUE(Within(std::chrono::seconds(20), [&] { return StatusOf(two).find("\"journal_pending\": 0") != std::string::npos; }))
-      << "the journal is stuck: " << StatusOf(two);
+  EXPECT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
   EXPECT_NE(ReadAll(dir_ + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"), std::string::npos)
       << "the answer was not lost, or not replayed: " << ReadAll(dir_ + "/two/cache/mount.log");
   // Two's own view follows the server: its file under the conflict name.
@@ -737,8 +736,7 @@ TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereKeepsBoth) {
   ASSERT_EQ(rename((p.two->path() + "/src").c_str(), (p.two->path() + "/dst").c_str()), 0);
   { std::ofstream(p.two->path() + "/later.txt") << "later\n"; }  // the journal goes on
   const std::string two = p.two->path();
-  EXPECT_TRUE(Within(std::chrono::seconds(20), [&] { return StatusOf(two).find("\"journal_pending\": 0") != std::string::npos; }))
-      << "the journal is stuck: " << StatusOf(two);
+  EXPECT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
   p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/dst/theirs.txt"), "theirs\n");
