@@ -26,6 +26,16 @@ constexpr auto kIdle = std::chrono::milliseconds(2);
 constexpr auto kBurstGather = std::chrono::milliseconds(10);
 // The same for the local state: a burst goes in a transaction every few ms.
 constexpr auto kWriterGather = std::chrono::milliseconds(3);
+constexpr auto kWriterBurstGather = std::chrono::milliseconds(50);
+// A burst (changes at most kBurstGap apart, kBurstMin of them or more) is
+// committed once it pauses, or kMaxDefer after it began if it goes on: on
+// two cores its commits (and the server's work for them) would otherwise
+// slow the copy making it by half. A single change, an editor's save or
+// a few files still go at once.
+constexpr auto kBurstGap = std::chrono::milliseconds(20);
+constexpr size_t kBurstMin = 64;
+constexpr auto kMaxDefer = std::chrono::seconds(2);
+constexpr auto kHeldLook = std::chrono::milliseconds(250);  // a file held back (set_hold) is asked again
 constexpr size_t kMaxUnsaved = 100000;  // changes logged but not in the databases, while those fail
 constexpr uint64_t kLogCatchUp = 64 << 20;  // intent log bytes after which new changes wait for the writer
 constexpr uint64_t kShowUploadsFrom = 1 << 20;  // smaller files come and go too fast to show
@@ -112,6 +122,13 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
     for (uint64_t id : files)
       if (auto f = cache_->FileRecord(id)) c.files.push_back(std::move(*f));
     c.ticket = queued_ticket_ + 1;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_change_ > kBurstGap) {
+      burst_since_ = now;
+      burst_len_ = 0;
+    }
+    ++burst_len_;
+    last_change_ = now;
     if (Status st = state_->LogChange(c); !st.ok()) {
       CountPending(c.entries, c.rows, -1);
       return st;
@@ -222,7 +239,10 @@ void WriteBack::WriterLoop() {
     if (burst && !writer_stopping_ && waiters_ == 0) {
       // Changes kept coming while the last ones were written (cp -r, tar
       // x): let a few more gather, one transaction for all.
-      q_cv_.wait_for(lock, kWriterGather, [this] { return writer_stopping_ || waiters_ > 0; });
+      // (Longer in a burst: a transaction writes each page it touches once,
+      // and the rows of random node ids touch a page each.)
+      const auto gather = burst_len_ >= kBurstMin ? kWriterBurstGather : kWriterGather;
+      q_cv_.wait_for(lock, gather, [this] { return writer_stopping_ || waiters_ > 0; });
     }
     // Elements of a deque stay put while others are pushed at its back.
     std::vector<const LocalState::Change*> items;
@@ -301,19 +321,22 @@ uint64_t WriteBack::Persisted() {
 void WriteBack::Loop() {
   ready_.wait();
   auto backoff = std::chrono::milliseconds(0);
+  bool held = false;  // the last look stopped at a file held back: look again soon
   std::unique_lock lock(mu_);
   for (;;) {
     if (backoff.count() > 0) cv_.wait_for(lock, backoff, [this] { return stopping_; });
-    else cv_.wait_for(lock, std::chrono::seconds(2), [this] { return stopping_ || kicked_; });
+    else cv_.wait_for(lock, held ? kHeldLook : std::chrono::milliseconds(2000), [this] { return stopping_ || kicked_; });
     if (stopping_) return;
     bool was_kicked = kicked_;
     kicked_ = false;
     lock.unlock();
     if (was_kicked) std::this_thread::sleep_for(kIdle);  // let a burst of changes gather
     Status st;
-    for (int i = 0; i < 1000 && st.ok() && Persisted() > 0; ++i) {
+    held = false;
+    for (int i = 0; i < 1000 && st.ok() && !held && Persisted() > 0; ++i) {
       if (i > 0) std::this_thread::sleep_for(kBurstGather);
-      st = FlushBatch();
+      LetBurstFinish();
+      st = FlushBatch(&held);
     }
     if (!st.ok()) {
       backoff = std::min<std::chrono::milliseconds>(std::max(backoff * 2, std::chrono::milliseconds(250)),
@@ -324,6 +347,18 @@ void WriteBack::Loop() {
       backoff = std::chrono::milliseconds(0);
     }
     lock.lock();
+  }
+}
+
+void WriteBack::LetBurstFinish() {
+  for (;;) {
+    {
+      std::lock_guard lock(q_mu_);
+      const auto now = std::chrono::steady_clock::now();
+      if (burst_len_ < kBurstMin || now - last_change_ > kBurstGap || now - burst_since_ > kMaxDefer) return;
+    }
+    std::unique_lock lock(mu_);
+    if (cv_.wait_for(lock, kBurstGap, [this] { return stopping_; })) return;
   }
 }
 
@@ -376,8 +411,17 @@ std::string WriteBack::ConflictName(const std::string& name) const {
   return stem + tag;
 }
 
-Status WriteBack::FlushBatch() {
+void WriteBack::Kick() {
+  {
+    std::lock_guard lock(mu_);
+    kicked_ = true;
+  }
+  cv_.notify_all();
+}
+
+Status WriteBack::FlushBatch(bool* held) {
   std::lock_guard flush_lock(flush_mu_);
+  if (held) *held = false;
   ASSIGN_OR_RETURN(auto entries, state_->PendingJournal(kBatchEntries));
   if (entries.empty()) return Status::Ok();
   // A commit whose answer was lost goes again as the same entries (and so,
@@ -416,6 +460,10 @@ Status WriteBack::FlushBatch() {
       ops.push_back(std::move(op));
     } else if (!flushed.count(op.id)) {
       if (based.count(op.id)) break;  // after another op on this node: next batch
+      if (hold_ && hold_(op.id)) {
+        if (held && last == 0) *held = true;
+        break;
+      }
       ASSIGN_OR_RETURN(std::optional<NodeRecord> n, tree_->Get(op.id));
       if (n && n->kind == NodeKind::kFile) {
         ASSIGN_OR_RETURN(auto view, cache_->BeginFlush(*n));

@@ -56,6 +56,13 @@ class WriteBack {
   // Tells whether a node is open (its cache must then stay); set once,
   // before changes flow.
   void set_is_open(std::function<bool(uint64_t)> f) { is_open_ = std::move(f); }
+  // Asked before a file's content is sent: true holds it (and what
+  // follows it in the journal) back for now, e.g. while a program is
+  // still writing it; the write-back looks again when kicked (Kick) or
+  // a little later. Set once, before changes flow.
+  void set_hold(std::function<bool(uint64_t)> f) { hold_ = std::move(f); }
+  // Something held back may go now.
+  void Kick();
   // Told of each file upload as it goes (done == total at the end, then
   // `end`); set once, before changes flow.
   using ProgressFn = std::function<void(const std::string& path, uint64_t done, uint64_t total, double rate, bool end)>;
@@ -84,7 +91,8 @@ class WriteBack {
   void WriterLoop();
 
   // Commits one batch. kUnavailable: the server could not be reached.
-  Status FlushBatch();
+  // `held`: the batch stopped, empty, at a file held back (set_hold).
+  Status FlushBatch(bool* held = nullptr);
   // A directory deleted here that the server kept (someone put files in
   // it): its record and its entries come back into the tree (a failure
   // is logged: the directory is still on the server).
@@ -109,6 +117,7 @@ class WriteBack {
   const std::string device_;
   std::shared_future<void> ready_;
   std::function<bool(uint64_t)> is_open_;
+  std::function<bool(uint64_t)> hold_;
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
   std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_
@@ -138,6 +147,14 @@ class WriteBack {
   std::condition_variable written_cv_;  // WaitWritten waits for the writer
   std::deque<LocalState::Change> queue_;  // guarded by q_mu_; in the intent log; popped by the writer once saved
   uint64_t queued_ticket_ = 0;          // guarded by q_mu_: the last ticket handed out
+  // guarded by q_mu_: the run of changes that came close together (a
+  // burst: cp -r, tar x, a build) and when it began
+  std::chrono::steady_clock::time_point last_change_{};
+  std::chrono::steady_clock::time_point burst_since_{};
+  size_t burst_len_ = 0;
+  // Waits while a burst of changes is under way (for a while at most):
+  // its commits then do not take the CPU from the program making it.
+  void LetBurstFinish();
   uint64_t written_ticket_ = 0;         // guarded by q_mu_: everything up to it is in the local state
   uint64_t queued_entries_ = 0;         // guarded by q_mu_: journal entries in queue_
   Status write_error_;                  // guarded by q_mu_: why the last write failed (ok once one works)

@@ -23,34 +23,103 @@ const char* OpName(OpType t) {
   return "?";
 }
 
+namespace {
+
+// A JSON string. The text is UTF-8 (names and targets are checked before
+// they get here); a byte that is not (a broken caller) becomes U+FFFD, so
+// the output stays JSON.
+void PutString(std::string* out, std::string_view s) {
+  static const char kHex[] = "0123456789abcdef";
+  out->push_back('"');
+  const bool utf8 = IsValidUtf8(s);
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(static_cast<char>(c));
+    } else if (c < 0x20) {
+      out->append("\\u00");
+      out->push_back(kHex[c >> 4]);
+      out->push_back(kHex[c & 15]);
+    } else if (c >= 0x80 && !utf8) {
+      out->append("\\ufffd");
+    } else {
+      out->push_back(static_cast<char>(c));
+    }
+  }
+  out->push_back('"');
+}
+
+void PutField(std::string* out, const char* key) {
+  out->append(",\"");
+  out->append(key);
+  out->append("\":");
+}
+
+}  // namespace
+
+// Written by hand, not through a json object: it runs for every journal
+// entry (intent log, journal table) and every commit, and a tree of maps
+// per op cost more than the rest of a create.
 std::string EncodeCommit(const std::vector<CommitOp>& ops) {
-  json arr = json::array();
-  for (const auto& op : ops) {
-    json j{{"op", OpName(op.type)}, {"id", op.id}};
-    if (op.has_base) j["base"] = op.base;
+  std::string out;
+  out.reserve(64 + ops.size() * 160);
+  out.append("{\"ops\":[");
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const CommitOp& op = ops[i];
+    if (i) out.push_back(',');
+    out.append("{\"op\":\"");
+    out.append(OpName(op.type));
+    out.append("\",\"id\":");
+    out.append(std::to_string(op.id));
+    if (op.has_base) {
+      PutField(&out, "base");
+      out.append(std::to_string(op.base));
+    }
     switch (op.type) {
       case OpType::kCreate:
       case OpType::kMkdir:
       case OpType::kSymlink:
       case OpType::kRename:
-        j["parent"] = op.parent;
-        j["name"] = op.name;
+        PutField(&out, "parent");
+        out.append(std::to_string(op.parent));
+        PutField(&out, "name");
+        PutString(&out, op.name);
         break;
       default: break;
     }
-    if (op.has_mode && op.type != OpType::kSymlink) j["mode"] = op.mode;
-    if (op.has_mtime && op.type != OpType::kRename && op.type != OpType::kDelete) j["mtime_ns"] = op.mtime_ns;
-    if (op.type == OpType::kCreate || op.type == OpType::kWrite) {
-      j["size"] = op.size;
-      json b = json::array();
-      for (const auto& h : op.blocks) b.push_back(h.Hex());
-      j["blocks"] = std::move(b);
+    if (op.has_mode && op.type != OpType::kSymlink) {
+      PutField(&out, "mode");
+      out.append(std::to_string(op.mode));
     }
-    if (op.type == OpType::kSymlink) j["target"] = op.target;
-    if (op.type == OpType::kRename && op.replace) j["replace"] = true;
-    arr.push_back(std::move(j));
+    if (op.has_mtime && op.type != OpType::kRename && op.type != OpType::kDelete) {
+      PutField(&out, "mtime_ns");
+      out.append(std::to_string(op.mtime_ns));
+    }
+    if (op.type == OpType::kCreate || op.type == OpType::kWrite) {
+      PutField(&out, "size");
+      out.append(std::to_string(op.size));
+      PutField(&out, "blocks");
+      out.push_back('[');
+      for (size_t b = 0; b < op.blocks.size(); ++b) {
+        if (b) out.push_back(',');
+        out.push_back('"');
+        out.append(op.blocks[b].Hex());
+        out.push_back('"');
+      }
+      out.push_back(']');
+    }
+    if (op.type == OpType::kSymlink) {
+      PutField(&out, "target");
+      PutString(&out, op.target);
+    }
+    if (op.type == OpType::kRename && op.replace) {
+      PutField(&out, "replace");
+      out.append("true");
+    }
+    out.push_back('}');
   }
-  return json{{"ops", std::move(arr)}}.dump();
+  out.append("]}");
+  return out;
 }
 
 namespace {

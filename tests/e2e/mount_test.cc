@@ -952,6 +952,53 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   EXPECT_TRUE(ReadAll(fresh.path() + "/old.bin") == edited) << "a journaled block overwrite was lost";
 }
 
+TEST_F(MountTest, ANewFilesWritesSurviveAKilledMountWhileItIsStillOpen) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  // Written in three pieces, one past a hole, and never closed.
+  const std::string a = RandomBytes(10, 81), b = RandomBytes((1 << 20) + 3, 82), c = RandomBytes(7, 83);
+  const off_t c_at = (5 << 20) + 5;
+  std::string expected = a + b;
+  expected.resize(c_at, '\0');
+  expected += c;
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    proxy.SetRule("status500 /commit 0 -1");  // the server takes nothing
+    int fd = open((m.path() + "/open.bin").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, a.data(), a.size()), static_cast<ssize_t>(a.size()));
+    ASSERT_EQ(write(fd, b.data(), b.size()), static_cast<ssize_t>(b.size()));
+    ASSERT_EQ(pwrite(fd, c.data(), c.size(), c_at), static_cast<ssize_t>(c.size()));
+    const pid_t pid = MountPid(m.path());
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+    close(fd);  // (the mount is gone: fails, and changes nothing)
+    std::string out;
+    RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
+  }
+  proxy.SetRule("pass");
+  { TestMount again(proxy.url(), server_.rw_token, dir_); }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/open.bin") == expected) << "writes before the kill were lost";
+}
+
+TEST_F(MountTest, ANewFileLeftOpenReachesTheServerAfterAShortIdleAndCloseSendsTheRest) {
+  Import();
+  TestMount m(server_, server_.rw_token, dir_);
+  TestMount other(server_, server_.ro_token, dir_ + "/other");
+  int fd = open((m.path() + "/log.txt").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, "first\n", 6), 6);
+  // Still open, idle: sent after a short delay, not only at close.
+  EXPECT_TRUE(Within(std::chrono::seconds(15), [&] { return ReadAll(other.path() + "/log.txt") == "first\n"; }))
+      << "an idle open file never reached the server";
+  ASSERT_EQ(write(fd, "second\n", 7), 7);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(other.path() + "/log.txt") == "first\nsecond\n"; }))
+      << "the write after the idle flush was lost";
+}
+
 // How far the mount's upload of `path` has got (0 when none is shown).
 uint64_t UploadDone(const std::string& mnt, const std::string& path) {
   std::string out;

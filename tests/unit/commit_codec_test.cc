@@ -1,6 +1,7 @@
 #include "core/commit_codec.h"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 namespace tidefs {
 
@@ -29,6 +30,32 @@ TEST(CommitCodec, RoundTrips) {
   EXPECT_EQ((*back)[1].blocks, ops[1].blocks);
   EXPECT_EQ((*back)[1].mode, 0600u);
   EXPECT_TRUE((*back)[2].replace);
+}
+
+TEST(CommitCodec, NamesAndTargetsWithQuotesControlsAndUnicodeRoundTrip) {
+  std::vector<CommitOp> ops(2);
+  ops[0].type = OpType::kCreate;
+  ops[0].id = 7;
+  ops[0].parent = 1;
+  ops[0].name = "a \"quoted\" \\ back\tslash\n\x01\x1f \xc3\xa9t\xc3\xa9 \xf0\x9f\x93\x81 \x7f";
+  ops[0].has_mtime = true;
+  ops[0].mtime_ns = -5;  // before 1970
+  ops[1].type = OpType::kSymlink;
+  ops[1].id = 8;
+  ops[1].parent = 1;
+  ops[1].name = "l";
+  ops[1].target = "../\"x\"/\r";
+  const std::string body = EncodeCommit(ops);
+  EXPECT_TRUE(nlohmann::json::accept(body)) << body;
+  auto back = DecodeCommit(body);
+  ASSERT_TRUE(back.ok()) << back.status().ToString() << " " << body;
+  ASSERT_EQ(back->size(), 2u);
+  EXPECT_EQ((*back)[0].name, ops[0].name);
+  EXPECT_EQ((*back)[0].mtime_ns, -5);
+  EXPECT_EQ((*back)[1].target, ops[1].target);
+  // Bytes that are not UTF-8 (a broken caller) still give JSON, never raw bytes.
+  ops[1].target = "\xff\xfe";
+  EXPECT_TRUE(nlohmann::json::accept(EncodeCommit(ops)));
 }
 
 TEST(CommitCodec, RejectsBadBodies) {
