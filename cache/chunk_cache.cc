@@ -875,7 +875,8 @@ bool ChunkCache::IsLocal(uint64_t id) const {
   return local_.count(id) > 0;
 }
 
-Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, size_t len) {
+Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, size_t len, bool* fresh) {
+  if (fresh) *fresh = false;
   if (len == 0) return Status::Ok();
   ASSIGN_OR_RETURN(auto e, Open(n));
   MarkLocal(n.id);
@@ -915,7 +916,10 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
         } else {
           const uint64_t b0 = std::max(off, c * kChunkSize) / kBlockSize;
           const uint64_t b1 = (std::min(end, (c + 1) * kChunkSize) - 1) / kBlockSize;
-          for (uint64_t b = b0; b <= b1; ++b) e->present[b] = e->dirty[b] = true;
+          for (uint64_t b = b0; b <= b1; ++b) {
+            if (fresh && b < e->manifest.blocks.size() && !e->present[b]) *fresh = true;
+            e->present[b] = e->dirty[b] = true;
+          }
           e->hot.erase(c);
           e->write_gen++;
           break;

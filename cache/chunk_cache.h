@@ -92,8 +92,10 @@ class ChunkCache {
   // Local changes. A node with local content (written and not yet
   // committed) is never evicted nor re-checked against its old manifest.
   // Writes `len` bytes at `off` into the cache file of `n` (a block only
-  // partly overwritten is first completed from the server).
-  Status Write(const NodeRecord& n, uint64_t off, const char* data, size_t len);
+  // partly overwritten is first completed from the server). `fresh`, if
+  // given, tells whether a block of the manifest that was not in the cache
+  // is now (the saved bitmap no longer says which blocks are here).
+  Status Write(const NodeRecord& n, uint64_t off, const char* data, size_t len, bool* fresh = nullptr);
   // Cuts or extends (with zeros) the cached file to `size`.
   Status Truncate(const NodeRecord& n, uint64_t size);
   // Grows the cached file to at least `size` (zeros), space allocated

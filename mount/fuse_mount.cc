@@ -57,17 +57,8 @@ struct Fs {
   Fs(ApiClient* c, LocalState* state) : client(c), tree(state) {}
   ApiClient* client;
   Tree tree;
-  // Before cache and wb: destroyed after them (their threads report to it).
-  std::unique_ptr<RemoteSync> sync;
-  std::atomic<RemoteSync*> live_sync{nullptr};  // set once sync exists (fetch threads report to it)
-  std::unique_ptr<ChunkCache> cache;
-  uid_t uid = getuid();
-  gid_t gid = getgid();
-  std::string project, server, cache_dir, device;
-  std::unique_ptr<WriteBack> wb;
-  std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
-  LocalState* state = nullptr;
   // Namespace and size changes, one at a time (they read, then record).
+  // Before sync, cache and wb: their threads call back into these.
   std::mutex meta_mu;
   std::unordered_map<uint64_t, int> open_count;  // guarded by meta_mu
   std::unordered_set<uint64_t> orphans;          // guarded by meta_mu: unlinked while open
@@ -81,6 +72,16 @@ struct Fs {
     bool queued = false;       // a flush entry the write-back has not begun
   };
   std::unordered_map<uint64_t, Unsent> unsent;
+  // Before cache and wb: destroyed after them (their threads report to it).
+  std::unique_ptr<RemoteSync> sync;
+  std::atomic<RemoteSync*> live_sync{nullptr};  // set once sync exists (fetch threads report to it)
+  std::unique_ptr<ChunkCache> cache;
+  uid_t uid = getuid();
+  gid_t gid = getgid();
+  std::string project, server, cache_dir, device;
+  std::unique_ptr<WriteBack> wb;
+  std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
+  LocalState* state = nullptr;
   // Requests answered, by kind (`tidefs status`).
   std::atomic<uint64_t> n_lookup{0}, n_getattr{0}, n_readdir{0}, n_open{0}, n_read{0}, read_bytes{0}, n_errors{0};
 };
@@ -336,16 +337,22 @@ LocalState::JournalEntry FlushEntry(uint64_t id) {
 }
 
 // Queues the content of an open file for the server (close, fsync).
-Status RecordFlush(Fs* fs, FileHandle* h) {
+Status RecordFlush(Fs* fs, FileHandle* h, bool fsync = false) {
   if (!h || !h->wrote) return Status::Ok();
   std::lock_guard lock(fs->meta_mu);
   if (h->created) {
     // The content goes by the entry the writes queued; the row (size,
-    // mtime of later writes) is brought up to date for the local state.
+    // mtime of later writes) is brought up to date for the local state,
+    // and at fsync the bitmap too, and the entry is let go at once.
     auto n = fs->tree.Get(h->id);
     if (!n.ok()) return n.status();
-    if (!*n || ((*n)->size == h->logged_size && (*n)->mtime_ns == h->logged_mtime)) return Status::Ok();
-    RETURN_IF_ERROR(fs->wb->Record({**n}, {}));
+    if (!*n) return Status::Ok();  // unlinked: nothing to send
+    if (fsync) {
+      if (auto it = fs->unsent.find(h->id); it != fs->unsent.end()) it->second.last_write = 0;
+    } else if ((*n)->size == h->logged_size && (*n)->mtime_ns == h->logged_mtime) {
+      return Status::Ok();
+    }
+    RETURN_IF_ERROR(fs->wb->Record({**n}, {}, fsync ? std::vector<uint64_t>{h->id} : std::vector<uint64_t>{}));
     h->logged_size = (*n)->size;
     h->logged_mtime = (*n)->mtime_ns;
     return Status::Ok();
@@ -414,29 +421,36 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_
   Fs* fs = Self(req);
   auto n = HandleNode(req, ino, fi);
   if (!n) return;
-  if (Status st = fs->cache->Write(*n, static_cast<uint64_t>(off), data, size); !st.ok())
+  bool fresh = false;  // a block of the manifest the saved bitmap says is not here
+  if (Status st = fs->cache->Write(*n, static_cast<uint64_t>(off), data, size, &fresh); !st.ok())
     return (void)ReplyStatus(req, st, "write", ino);
   {
     // Size and mtime in memory now; in the journal at close or fsync.
     std::lock_guard lock(fs->meta_mu);
     auto cur = fs->tree.Get(ino);
+    FileHandle* h = HandleOf(fi);
+    // (A created handle's write is recorded here: no close will do it.)
+    if (!cur.ok() && h && h->created) return (void)ReplyStatus(req, cur.status(), "write", ino);
     NodeRecord rec = cur.ok() && *cur ? **cur : *n;
     rec.size = std::max<uint64_t>(rec.size, static_cast<uint64_t>(off) + size);
     rec.mtime_ns = NowNs();
     if (cur.ok() && *cur) fs->tree.Apply(rec);
-    FileHandle* h = HandleOf(fi);
     if (h && h->created && cur.ok() && *cur) {
       Fs::Unsent& u = fs->unsent[ino];
       const int64_t now = SteadyNs();
-      if (!u.queued) {
-        // After the bytes are in the cache file: a flush that begins once
-        // this is queued sends them.
-        if (Status st = fs->wb->Record({rec}, {FlushEntry(ino)}, {ino}); !st.ok()) {
-          if (u.writers == 0) fs->unsent.erase(ino);
+      // After the bytes are in the cache file: a flush that begins once
+      // this is queued sends them. A block new to the cache of a file
+      // already committed once goes into the saved bitmap as well (a
+      // restart sends the blocks it names).
+      if (!u.queued || fresh) {
+        std::vector<LocalState::JournalEntry> entries;
+        if (!u.queued) entries.push_back(FlushEntry(ino));
+        if (Status st = fs->wb->Record({rec}, entries, {ino}); !st.ok()) {
+          if (u.writers == 0 && !u.queued) fs->unsent.erase(ino);
           return (void)ReplyStatus(req, st, "write", ino);
         }
+        if (!u.queued) u.queued_at = now;
         u.queued = true;
-        u.queued_at = now;
         h->logged_size = rec.size;
         h->logged_mtime = rec.mtime_ns;
       }
@@ -463,12 +477,13 @@ void OpFsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
   // Durable on this disk on return (cache file, journal, bitmaps); on the
   // server once the write-back reaches it.
   Fs* fs = Self(req);
-  Status st = RecordFlush(fs, HandleOf(fi));
+  Status st = RecordFlush(fs, HandleOf(fi), /*fsync=*/true);
   if (st.ok()) st = fs->wb->WaitWritten();
   if (st.ok()) st = fs->cache->SyncFile(ino);
   if (st.ok()) st = fs->state->Sync();
   if (!st.ok()) return (void)ReplyStatus(req, st, "fsync", ino);
   fuse_reply_err(req, 0);
+  if (FileHandle* h = HandleOf(fi); h && h->created) fs->wb->Kick();  // its entry is no longer held back
 }
 
 void OpRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -1223,6 +1238,21 @@ Status RunMount(const MountOptions& opts) {
     for (const auto& e : pending)
       if (e.flush || e.op.type == OpType::kCreate) co.local.insert(e.op.id);
     if (!pending.empty()) spdlog::info("{} changes from an earlier mount wait in the journal; sending them", pending.size());
+    // Their size is their cache file's: a mount that died between a write
+    // and the record of its size (a created file's later writes are
+    // recorded at release) must not show, nor append at, the older one.
+    for (uint64_t id : co.local) {
+      auto n = fs.tree.Get(id);
+      struct stat st;
+      if (!n.ok() || !*n || (*n)->kind != NodeKind::kFile ||
+          ::stat((cache_dir + "/data/" + std::to_string(id)).c_str(), &st) != 0 ||
+          static_cast<uint64_t>(st.st_size) == (*n)->size)
+        continue;
+      NodeRecord rec = **n;
+      spdlog::info("node {}: size {} from its cache file (the journal said {})", id, st.st_size, rec.size);
+      rec.size = static_cast<uint64_t>(st.st_size);
+      fs.tree.Apply(rec);
+    }
   }
   co.on_fetched = [&fs](const NodeRecord& n, uint64_t bytes) {
     RemoteSync* sync = fs.live_sync;
@@ -1249,13 +1279,13 @@ Status RunMount(const MountOptions& opts) {
     return fs.open_count.count(id) > 0;
   };
   fs.wb->set_is_open(is_open);
-  fs.wb->set_hold([&fs](uint64_t id) {
+  fs.wb->set_hold([&fs](uint64_t id, bool may_hold) {
     std::lock_guard lock(fs.meta_mu);
     auto it = fs.unsent.find(id);
     if (it == fs.unsent.end()) return false;
     Fs::Unsent& u = it->second;
     const int64_t now = SteadyNs();
-    if (u.writers > 0 && now - u.last_write < kWriteIdleNs && now - u.queued_at < kMaxHoldNs) return true;
+    if (may_hold && u.writers > 0 && now - u.last_write < kWriteIdleNs && now - u.queued_at < kMaxHoldNs) return true;
     // This flush takes every write so far; a later one queues another.
     u.queued = false;
     if (u.writers <= 0) fs.unsent.erase(it);

@@ -460,7 +460,9 @@ Status WriteBack::FlushBatch(bool* held) {
       ops.push_back(std::move(op));
     } else if (!flushed.count(op.id)) {
       if (based.count(op.id)) break;  // after another op on this node: next batch
-      if (hold_ && hold_(op.id)) {
+      // (Not inside a batch already sent once: its retry must be the same
+      // range, under the same key. The flush begins either way.)
+      if (hold_ && hold_(op.id, /*may_hold=*/e.seq > inflight)) {
         if (held && last == 0) *held = true;
         break;
       }

@@ -56,11 +56,12 @@ class WriteBack {
   // Tells whether a node is open (its cache must then stay); set once,
   // before changes flow.
   void set_is_open(std::function<bool(uint64_t)> f) { is_open_ = std::move(f); }
-  // Asked before a file's content is sent: true holds it (and what
-  // follows it in the journal) back for now, e.g. while a program is
-  // still writing it; the write-back looks again when kicked (Kick) or
-  // a little later. Set once, before changes flow.
-  void set_hold(std::function<bool(uint64_t)> f) { hold_ = std::move(f); }
+  // Asked before a file's content is sent: true (only if `may_hold`)
+  // holds it (and what follows it in the journal) back for now, e.g.
+  // while a program is still writing it; the write-back looks again when
+  // kicked (Kick) or a little later. false: its flush begins now. Set
+  // once, before changes flow.
+  void set_hold(std::function<bool(uint64_t id, bool may_hold)> f) { hold_ = std::move(f); }
   // Something held back may go now.
   void Kick();
   // Told of each file upload as it goes (done == total at the end, then
@@ -117,7 +118,7 @@ class WriteBack {
   const std::string device_;
   std::shared_future<void> ready_;
   std::function<bool(uint64_t)> is_open_;
-  std::function<bool(uint64_t)> hold_;
+  std::function<bool(uint64_t, bool)> hold_;
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
   std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_

@@ -977,10 +977,60 @@ TEST_F(MountTest, ANewFilesWritesSurviveAKilledMountWhileItIsStillOpen) {
     std::string out;
     RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
   }
-  proxy.SetRule("pass");
-  { TestMount again(proxy.url(), server_.rw_token, dir_); }
+  {
+    // Still refused: the next mount shows the file as written (its size
+    // too, though only the first write's was recorded), and an append
+    // lands after the last byte.
+    TestMount again(proxy.url(), server_.rw_token, dir_);
+    struct stat st;
+    ASSERT_EQ(stat((again.path() + "/open.bin").c_str(), &st), 0);
+    EXPECT_EQ(static_cast<size_t>(st.st_size), expected.size());
+    EXPECT_TRUE(ReadAll(again.path() + "/open.bin") == expected) << "the restarted mount lost writes";
+    { std::ofstream(again.path() + "/open.bin", std::ios::binary | std::ios::app) << "tail"; }
+    expected += "tail";
+    proxy.SetRule("pass");
+  }
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
   EXPECT_TRUE(ReadAll(fresh.path() + "/open.bin") == expected) << "writes before the kill were lost";
+}
+
+TEST_F(MountTest, ABlockWrittenIntoAHoleAfterAnIdleCommitSurvivesAKilledMount) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  const std::string head = RandomBytes(1000, 91), far = RandomBytes(100, 92), hole = RandomBytes(kBlockSize, 93);
+  const off_t far_at = 5 << 20, hole_at = 40 * kBlockSize;
+  std::string expected = head;
+  expected.resize(far_at, '\0');
+  expected += far;
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    TestMount other(server_, server_.ro_token, dir_ + "/other");
+    int fd = open((m.path() + "/holes.bin").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+    ASSERT_EQ(pwrite(fd, far.data(), far.size(), far_at), static_cast<ssize_t>(far.size()));
+    // Idle and still open: committed (holes and all) while open.
+    ASSERT_TRUE(Within(std::chrono::seconds(15), [&] { return ReadAll(other.path() + "/holes.bin") == expected; }));
+    ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(10)));
+    proxy.SetRule("status500 /commit 0 -1");
+    // Whole blocks into holes: nothing to fetch, new to the cache. (The
+    // first write queues the flush; the second must be known too.)
+    for (off_t at : {hole_at, static_cast<off_t>(hole_at + 10 * kBlockSize)}) {
+      ASSERT_EQ(pwrite(fd, hole.data(), hole.size(), at), static_cast<ssize_t>(hole.size()));
+      expected.replace(at, hole.size(), hole);
+    }
+    const pid_t pid = MountPid(m.path());
+    ASSERT_GT(pid, 0);
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+    close(fd);
+    std::string out;
+    RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
+  }
+  proxy.SetRule("pass");
+  { TestMount again(proxy.url(), server_.rw_token, dir_); }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/third");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/holes.bin") == expected) << "the block written into a hole was lost";
 }
 
 TEST_F(MountTest, ANewFileLeftOpenReachesTheServerAfterAShortIdleAndCloseSendsTheRest) {
