@@ -34,7 +34,7 @@ constexpr auto kWriterBurstGather = std::chrono::milliseconds(50);
 // a few files still go at once.
 constexpr auto kBurstGap = std::chrono::milliseconds(20);
 constexpr size_t kBurstMin = 64;
-constexpr auto kMaxDefer = std::chrono::seconds(2);
+constexpr auto kMaxDefer = std::chrono::seconds(5);
 constexpr auto kHeldLook = std::chrono::milliseconds(250);  // a file held back (set_hold) is asked again
 constexpr size_t kMaxUnsaved = 100000;  // changes logged but not in the databases, while those fail
 constexpr uint64_t kLogCatchUp = 64 << 20;  // intent log bytes after which new changes wait for the writer
