@@ -202,6 +202,23 @@ Status WriteBack::ReadBackDir(uint64_t id) {
   return Status::Ok();
 }
 
+void WriteBack::RestoreNode(uint64_t id) {
+  auto r = client_->GetNode(id);
+  if (!r.ok()) {
+    spdlog::warn("write-back: node {} stays where this mount moved it; reading it back failed: {}", id,
+                 r.status().ToString());
+    return;
+  }
+  auto here = tree_->Get(id);
+  NodeRecord rec = *r;
+  if (here.ok() && *here && (*here)->kind == NodeKind::kFile) rec.size = (*here)->size;  // local bytes may be newer
+  spdlog::warn("write-back: node {} goes back to where the server has it (\"{}\" in directory {})", id, rec.name,
+               rec.parent);
+  if (!Record({rec}, {}).ok()) return;
+  if (here.ok() && *here) InvalidateEntry((*here)->parent, (*here)->name);
+  if (!rec.deleted) InvalidateEntry(rec.parent, rec.name);
+}
+
 bool WriteBack::HasPending(uint64_t id) {
   std::lock_guard lock(ids_mu_);
   return pending_ids_.count(id) > 0;
@@ -555,6 +572,7 @@ Status WriteBack::FlushBatch(bool* held) {
     std::string old_name;
   };
   std::unordered_map<uint64_t, Placed> placed;
+  std::vector<uint64_t> restore;  // nodes whose move was dropped: back where the server has them
   // The key names this batch: random, saved with the in-flight mark before
   // the first send, the same for every attempt of this journal range (also
   // after a crash), so a lost answer comes back even when the body sent
@@ -614,6 +632,7 @@ Status WriteBack::FlushBatch(bool* held) {
       }
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
+      for (uint64_t id : restore) RestoreNode(id);
       for (auto& [id, p] : placed) {
         if (!p.in_tree) continue;
         if (auto it = by_id.find(id); it != by_id.end()) {
@@ -773,6 +792,15 @@ Status WriteBack::FlushBatch(bool* held) {
       if (drop_ours()) break;
       continue;
     }
+    if (op.type == OpType::kRename && reply.reason == "into_own_subtree") {
+      // Moved here into a directory that, elsewhere, was moved into the one
+      // moved here: both cannot stand, and theirs is in. Ours is dropped
+      // (a move: no bytes are lost) and the node goes back where it is.
+      based.erase(op.id);
+      restore.push_back(op.id);
+      if (drop_ours()) break;
+      continue;
+    }
     if (op.type == OpType::kDelete && reply.reason == "not_empty") {
       // A directory emptied and removed here, given new files there: it
       // stays, with their files; it comes back here.
@@ -785,7 +813,12 @@ Status WriteBack::FlushBatch(bool* held) {
                   std::string("commit refused at ") + OpName(op.type) + " of node " + std::to_string(op.id) + ": " +
                       reply.message + " (" + reply.reason + ")");
   }
-  if (ops.empty()) return Finish(entries, last, {}, true);  // every op was dropped: the entries are done
+  if (ops.empty()) {
+    // Every op was dropped: the entries are done.
+    RETURN_IF_ERROR(Finish(entries, last, {}, true));
+    for (uint64_t id : restore) RestoreNode(id);
+    return Status::Ok();
+  }
   return Status::Internal("write-back: commit refused too many times");
 }
 

@@ -99,6 +99,10 @@ class WriteBack {
   // is logged: the directory is still on the server).
   void RestoreDir(uint64_t id);
   Status ReadBackDir(uint64_t id);
+  // A move of ours the server could not make (and that was dropped): the
+  // node goes back where the server has it (a failure is logged; the
+  // next cold mount sees it right).
+  void RestoreNode(uint64_t id);
   // A file's content sent in the batch being committed.
   struct Sent {
     uint64_t id;  // 0: its content went into a conflict copy

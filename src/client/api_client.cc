@@ -240,6 +240,17 @@ Result<std::vector<NodeRecord>> ApiClient::ListAll(uint64_t parent) {
   }
 }
 
+Result<NodeRecord> ApiClient::GetNode(uint64_t id) {
+  return Guard("node", [&]() -> Result<NodeRecord> {
+    ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", "/nodes/" + std::to_string(id)));
+    if (a.status != 200) return StatusFromAnswer(a, "node " + std::to_string(id));
+    ASSIGN_OR_RETURN(json j, ParseJson(a.body));
+    ASSIGN_OR_RETURN(auto items, ParseNodes(j["items"]));
+    if (items.size() != 1 || items[0].id != id) return Status::Corruption("the answer for node " + std::to_string(id) + " names another");
+    return items[0];
+  });
+}
+
 Result<ChangesPage> ApiClient::Changes(uint64_t since, int limit) {
   return Guard("changes", [&]() -> Result<ChangesPage> {
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("GET", "/changes?since=" + std::to_string(since) + "&limit=" + std::to_string(limit)));

@@ -56,6 +56,8 @@ class ApiClient {
   Result<NodePage> ListNodes(uint64_t parent, const std::string& after = "", int limit = kMaxPageSize);
   // Every live child of `parent`, all pages.
   Result<std::vector<NodeRecord>> ListAll(uint64_t parent);
+  // One node as the server has it now (a deleted one as its tombstone).
+  Result<NodeRecord> GetNode(uint64_t id);
   Result<ChangesPage> Changes(uint64_t since, int limit = kMaxPageSize);
   Result<Snapshot> GetSnapshot();
   // The device this client's token belongs to, and whether it may only

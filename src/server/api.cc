@@ -165,11 +165,12 @@ HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
   const std::string& m = req.method;
 
   // Route first (so an unknown path is 404 before auth), then authenticate.
-  enum class R { kNone, kNodes, kChanges, kSnapshot, kManifest, kContent, kMissing, kBlocks, kCommit, kCheckpoint, kDevices, kEvents };
+  enum class R { kNone, kNodes, kNode, kChanges, kSnapshot, kManifest, kContent, kMissing, kBlocks, kCommit, kCheckpoint, kDevices, kEvents };
   R r = R::kNone;
   bool write = false;
   uint64_t id = 0;
   if (rest.size() == 1 && rest[0] == "nodes") { r = R::kNodes; *route = "GET /nodes"; }
+  else if (rest.size() == 2 && rest[0] == "nodes") { r = R::kNode; *route = "GET /node"; }
   else if (rest.size() == 1 && rest[0] == "changes") { r = R::kChanges; *route = "GET /changes"; }
   else if (rest.size() == 1 && rest[0] == "snapshot") { r = R::kSnapshot; *route = "GET /snapshot"; }
   else if (rest.size() == 3 && rest[0] == "nodes" && rest[2] == "manifest") { r = R::kManifest; *route = "GET /manifest"; }
@@ -189,7 +190,7 @@ HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
     resp.headers.emplace_back("Allow", want);
     return resp;
   }
-  if (r == R::kManifest || r == R::kContent) {
+  if (r == R::kNode || r == R::kManifest || r == R::kContent) {
     if (!ParseU64(rest[1], &id) || id == 0 || id > kMaxNodeId)
       return ErrorResponse(Status::Invalid("node id \"" + rest[1] + "\" is not a number in 1..2^63-1"));
   }
@@ -201,6 +202,12 @@ HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
 
   switch (r) {
     case R::kNodes: return ListNodes(req, *caller);
+    case R::kNode: {
+      if (Status st = CheckQueryKeys(req, {}); !st.ok()) return ErrorResponse(st);
+      auto n = meta_->GetNode(caller->token.project_id, id);
+      if (!n.ok()) return ErrorResponse(n.status());
+      return JsonResponse(200, NodesJson("items", {*n}) + "}");
+    }
     case R::kChanges: return Changes(req, *caller);
     case R::kSnapshot: return GetSnapshot(*caller);
     case R::kManifest: return GetManifest(req, *caller, id);

@@ -748,6 +748,35 @@ TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereKeepsBoth) {
   EXPECT_EQ(ours, std::vector<std::string>{"ours\n"});
 }
 
+TEST_F(MountTest, TwoDirectoriesMovedIntoEachOtherOnTwoMountsKeepOneMoveAndEveryFile) {
+  fs::create_directories(src_ + "/a");
+  fs::create_directories(src_ + "/b");
+  Write("a/in-a.txt", "a\n");
+  Write("b/in-b.txt", "b\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  ASSERT_TRUE(fs::is_directory(p.two->path() + "/a"));
+  p.CutOff();
+  ASSERT_EQ(rename((p.one->path() + "/b").c_str(), (p.one->path() + "/a/b").c_str()), 0);
+  p.one.reset();
+  // Two has not heard: it moves a into b, which the server cannot do now.
+  ASSERT_EQ(rename((p.two->path() + "/a").c_str(), (p.two->path() + "/b/a").c_str()), 0);
+  { std::ofstream(p.two->path() + "/later.txt") << "later\n"; }  // the journal goes on
+  const std::string two = p.two->path();
+  EXPECT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
+  // Two shows a where the server has it; once it hears again, all of it.
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return fs::is_directory(two + "/a"); })) << "a was not put back";
+  p.proxy.SetRule("pass");
+  EXPECT_TRUE(Within(std::chrono::seconds(20), [&] { return ReadAll(two + "/a/b/in-b.txt") == "b\n"; }));
+  EXPECT_EQ(ReadAll(two + "/a/in-a.txt"), "a\n");
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/a/in-a.txt"), "a\n");
+  EXPECT_EQ(ReadAll(fresh.path() + "/a/b/in-b.txt"), "b\n");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/b"));
+  EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
+}
+
 // Each cache file open costs the mount a descriptor: far more files than
 // it may open at once (a `cp -r` of a big tree) still work, written and
 // read back, and all reach the server.

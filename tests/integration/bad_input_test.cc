@@ -109,6 +109,10 @@ TEST_F(BadInputTest, UnknownNodesAndVersions) {
   ExpectRefused(c_.Raw("GET", "/nodes/" + std::to_string(f_.id) + "/content?version=42"), 404, "unknown version");
   ExpectRefused(c_.Raw("GET", "/nodes/" + std::to_string(f_.id) + "/content?version=0"), 400, "version 0");
   ExpectRefused(c_.Raw("GET", "/nodes/abc/content"), 400, "non-numeric id");
+  ExpectRefused(c_.Raw("GET", "/nodes/999999"), 404, "unknown node record");
+  ExpectRefused(c_.Raw("GET", "/nodes/0"), 400, "node 0");
+  ExpectRefused(c_.Raw("GET", "/nodes/-3"), 400, "negative node");
+  ExpectRefused(c_.Raw("GET", "/nodes/" + std::to_string(f_.id) + "?colour=red"), 400, "unknown query key");
   ExpectRefused(c_.Raw("GET", "/nodes?parent=424242"), 404, "unknown parent");
   ExpectRefused(c_.Raw("GET", "/nodes?parent=" + std::to_string(f_.id)), 400, "parent is a file");
   CommitOp w;

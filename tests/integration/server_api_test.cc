@@ -99,6 +99,25 @@ TEST_F(ServerApiTest, CreateListAndReadBack) {
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->size, big.size());
   EXPECT_EQ(m->blocks, ops[2].blocks);
+
+  // One node by id, as listed; a deleted one as its tombstone.
+  auto one = c_.GetNode(ops[1].id);
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  EXPECT_EQ(one->parent, dir.id);
+  EXPECT_EQ(one->name, "a.txt");
+  EXPECT_EQ(one->size, small.size());
+  EXPECT_FALSE(one->deleted);
+  CommitOp del;
+  del.type = OpType::kDelete;
+  del.id = ops[3].id;
+  del.has_base = true;
+  auto before = c_.GetNode(ops[3].id);
+  ASSERT_TRUE(before.ok());
+  del.base = before->version;
+  MustCommit(c_, {del});
+  auto gone = c_.GetNode(ops[3].id);
+  ASSERT_TRUE(gone.ok()) << gone.status().ToString();
+  EXPECT_TRUE(gone->deleted);
 }
 
 TEST_F(ServerApiTest, RangeRequestsFollowRfc9110) {
