@@ -185,7 +185,12 @@ Status WriteBack::ReadBackDir(uint64_t id) {
     std::lock_guard lock(ids_mu_);
     if (auto it = deleted_parent_.find(id); it != deleted_parent_.end()) parent = it->second;
   }
-  if (parent == 0) return Status::NotFound("its parent is not known in this mount (it comes back at the next cold mount)");
+  if (parent == 0) {
+    // Deleted by an earlier run of this mount: the server says where it is.
+    ASSIGN_OR_RETURN(NodeRecord there, client_->GetNode(id));
+    if (there.deleted) return Status::NotFound("it is deleted on the server as well");
+    parent = there.parent;
+  }
   ASSIGN_OR_RETURN(auto siblings, client_->ListAll(parent));
   std::vector<NodeRecord> rows;
   for (const auto& n : siblings)

@@ -14,6 +14,8 @@ first that matches applies):
   cut PATH N TIMES          forward N body bytes, then close the connection
   corrupt PATH N TIMES      flip the body byte at offset N
   status500 PATH 0 TIMES    answer 500 instead of the server's answer
+  refuse PATH 0 TIMES       answer 503 without passing the request on
+                            (the server never sees it)
 A rule applies to requests whose path contains PATH, at most TIMES times
 (-1: always), after letting the first SKIP of them pass (default 0).
 STATS_FILE gets JSON counters after each response.
@@ -28,7 +30,9 @@ uses = {}
 stats = {"requests": 0, "faults": 0, "body_bytes": {}}
 
 
-def rule_for(path):
+def rule_for(path, only=None):
+    """The rule for a request: `only` names the one action looked at
+    (before forwarding), else every other action (after the answer)."""
     try:
         with open(CONTROL) as f:
             lines = f.read().splitlines()
@@ -37,6 +41,8 @@ def rule_for(path):
     for line in lines:
         words = line.split()
         if len(words) not in (4, 5) or words[0] == "pass" or words[1] not in path:
+            continue
+        if (words[0] == "refuse") != (only == "refuse"):
             continue
         key = " ".join(words)
         times = int(words[3])
@@ -89,8 +95,9 @@ async def copy_body(reader, writer, n, flip_at=-1, stop_after=-1):
             piece[flip_at - done] ^= 0xFF
         if stop_after >= 0 and done + len(piece) > stop_after:
             piece = piece[: stop_after - done]
-        writer.write(piece)
-        await writer.drain()
+        if writer is not None:  # None: read and dropped
+            writer.write(piece)
+            await writer.drain()
         done += len(piece)
         if stop_after >= 0 and done >= stop_after:
             break
@@ -106,6 +113,17 @@ async def handle(client_r, client_w):
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             path = head.split(b" ", 2)[1].decode("latin-1")
+            early = rule_for(path, only="refuse")
+            if early:
+                await copy_body(client_r, None, content_length(head))
+                body = b'{"error":"unavailable","message":"refused by the test proxy"}'
+                client_w.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                await client_w.drain()
+                stats["requests"] += 1
+                stats["faults"] += 1
+                save_stats()
+                continue
             server_w.write(head)
             await copy_body(client_r, server_w, content_length(head))
             resp = await server_r.readuntil(b"\r\n\r\n")

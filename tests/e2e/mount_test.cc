@@ -555,6 +555,18 @@ bool WaitForExit(pid_t pid, std::chrono::seconds limit) {
   return Within(limit, [pid] { return kill(pid, 0) != 0; });
 }
 
+// kill -9 of the mount at `mnt` (it must be running); returns once the
+// process is gone and its dead mount point cleared. (A void function: the
+// ASSERTs end only it; callers check HasFatalFailure where it matters.)
+void KillMount(const std::string& mnt) {
+  const pid_t pid = MountPid(mnt);
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+  std::string out;
+  RunCommand("fusermount3 -uz " + mnt + " 2>&1", &out);
+}
+
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   Write("f.txt", "base\n");
   Import();
@@ -718,6 +730,30 @@ TEST_F(MountTest, ADirectoryDeletedHereThatGotFilesElsewhereStays) {
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/e/x.txt"), "theirs\n");
   EXPECT_EQ(ReadAll(fresh.path() + "/after.txt"), "after\n");
+}
+
+TEST_F(MountTest, ADirectoryDeletedBeforeARestartThatGotFilesElsewhereComesBack) {
+  fs::create_directories(src_ + "/e");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount two(proxy.url(), server_.rw_token, dir_ + "/two");
+    ASSERT_TRUE(fs::is_directory(two.path() + "/e"));
+    proxy.SetRule("refuse /commit 0 -1");  // the server never sees the delete
+    ASSERT_EQ(rmdir((two.path() + "/e").c_str()), 0);  // kept in the journal
+    KillMount(two.path());
+  }
+  {
+    TestMount one(server_, server_.rw_token, dir_ + "/one");
+    std::ofstream(one.path() + "/e/x.txt") << "theirs\n";
+  }
+  // The next mount's delete is refused (not empty): the directory comes
+  // back, though this process never saw where it was.
+  proxy.SetRule("pass");
+  TestMount again(proxy.url(), server_.rw_token, dir_ + "/two");
+  EXPECT_TRUE(JournalEmptiesWithin(again.path(), std::chrono::seconds(20))) << StatusOf(again.path());
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(again.path() + "/e/x.txt") == "theirs\n"; }))
+      << "the directory the server kept did not come back; the mount's log:\n" << ReadAll(dir_ + "/two/cache/mount.log");
 }
 
 // mv src dst over an empty dst, while dst got a file elsewhere: the server
@@ -956,7 +992,7 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   edited.replace(2 * kBlockSize, kBlockSize, block);
   {
     TestMount m(proxy.url(), server_.rw_token, dir_);
-    proxy.SetRule("status500 /commit 0 -1");  // the server takes nothing
+    proxy.SetRule("refuse /commit 0 -1");  // the server takes nothing
     { std::ofstream(m.path() + "/kept.txt") << "in the journal\n"; }
     int fd = open((m.path() + "/old.bin").c_str(), O_WRONLY);
     ASSERT_GE(fd, 0);
@@ -965,12 +1001,7 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
     fs::create_directories(m.path() + "/kept-dir");
     { std::ofstream(m.path() + "/kept-dir/big.bin", std::ios::binary) << big; }
     // kill -9 the mount: what close() returned from is in the journal.
-    const pid_t pid = MountPid(m.path());
-    ASSERT_GT(pid, 0);
-    ASSERT_EQ(kill(pid, SIGKILL), 0);
-    EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
-    std::string out;
-    RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
+    KillMount(m.path());
   }
   // The server takes commits again; the next mount sends the journal.
   proxy.SetRule("pass");
@@ -992,19 +1023,14 @@ TEST_F(MountTest, ANewFilesWritesSurviveAKilledMountWhileItIsStillOpen) {
   expected += c;
   {
     TestMount m(proxy.url(), server_.rw_token, dir_);
-    proxy.SetRule("status500 /commit 0 -1");  // the server takes nothing
+    proxy.SetRule("refuse /commit 0 -1");  // the server takes nothing
     int fd = open((m.path() + "/open.bin").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
     ASSERT_GE(fd, 0);
     ASSERT_EQ(write(fd, a.data(), a.size()), static_cast<ssize_t>(a.size()));
     ASSERT_EQ(write(fd, b.data(), b.size()), static_cast<ssize_t>(b.size()));
     ASSERT_EQ(pwrite(fd, c.data(), c.size(), c_at), static_cast<ssize_t>(c.size()));
-    const pid_t pid = MountPid(m.path());
-    ASSERT_GT(pid, 0);
-    ASSERT_EQ(kill(pid, SIGKILL), 0);
-    EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+    KillMount(m.path());
     close(fd);  // (the mount is gone: fails, and changes nothing)
-    std::string out;
-    RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
   }
   {
     // Still refused: the next mount shows the file as written (its size
@@ -1041,20 +1067,15 @@ TEST_F(MountTest, ABlockWrittenIntoAHoleAfterAnIdleCommitSurvivesAKilledMount) {
     // Idle and still open: committed (holes and all) while open.
     ASSERT_TRUE(Within(std::chrono::seconds(15), [&] { return ReadAll(other.path() + "/holes.bin") == expected; }));
     ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(10)));
-    proxy.SetRule("status500 /commit 0 -1");
+    proxy.SetRule("refuse /commit 0 -1");
     // Whole blocks into holes: nothing to fetch, new to the cache. (The
     // first write queues the flush; the second must be known too.)
     for (off_t at : {hole_at, static_cast<off_t>(hole_at + 10 * kBlockSize)}) {
       ASSERT_EQ(pwrite(fd, hole.data(), hole.size(), at), static_cast<ssize_t>(hole.size()));
       expected.replace(at, hole.size(), hole);
     }
-    const pid_t pid = MountPid(m.path());
-    ASSERT_GT(pid, 0);
-    ASSERT_EQ(kill(pid, SIGKILL), 0);
-    EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+    KillMount(m.path());
     close(fd);
-    std::string out;
-    RunCommand("fusermount3 -uz " + m.path() + " 2>&1", &out);
   }
   proxy.SetRule("pass");
   { TestMount again(proxy.url(), server_.rw_token, dir_); }
