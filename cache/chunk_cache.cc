@@ -23,6 +23,7 @@ constexpr size_t kHotChunks = 16;  // fetched chunks kept in memory (64 MiB): re
 constexpr size_t kSpareBuffers = 40;  // about what hot chunks, the backlog and fetches hold
 constexpr size_t kWriteBacklog = 16;  // chunks fetched and not yet on disk (64 MiB)
 constexpr int kWriters = 2;
+constexpr size_t kStageMax = 64 * 1024;  // a first write this small may wait in memory (Stage)
 
 // Writes `len` bytes at `at`: the page-aligned part through `dfd`
 // (O_DIRECT) when there is one, the rest (and all of it should the file
@@ -303,6 +304,16 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   // One slow path at a time: a second opener of the same node must not
   // truncate or punch the cache file the first one is filling.
   std::lock_guard opening(open_mu_);
+  {
+    // Staged bytes go to the file first, and nothing is staged for the
+    // node from now on (Stage needs it in created_).
+    {
+      std::lock_guard lock(mu_);
+      created_.erase(n.id);
+    }
+    std::lock_guard staging(stage_mu_);
+    RETURN_IF_ERROR(MaterializeLocked(n.id));
+  }
   std::shared_ptr<Entry> older;
   {
     std::lock_guard lock(mu_);
@@ -875,6 +886,61 @@ bool ChunkCache::IsLocal(uint64_t id) const {
   return local_.count(id) > 0;
 }
 
+bool ChunkCache::Stage(const NodeRecord& n, const char* data, size_t len) {
+  if (n.version != 0 || len == 0 || len > kStageMax) return false;
+  MarkLocal(n.id);
+  std::lock_guard lock(mu_);
+  // Created here and never opened in this cache: no file, no entry yet.
+  if (!created_.count(n.id) || entries_.count(n.id) || staged_.count(n.id)) return false;
+  staged_.emplace(n.id, std::string(data, len));
+  return true;
+}
+
+void ChunkCache::Unstage(uint64_t id) {
+  std::lock_guard lock(mu_);
+  staged_.erase(id);
+}
+
+Status ChunkCache::Materialize(uint64_t id) {
+  {
+    std::lock_guard lock(mu_);
+    if (!staged_.count(id)) return Status::Ok();
+  }
+  std::lock_guard staging(stage_mu_);
+  return MaterializeLocked(id);
+}
+
+Status ChunkCache::MaterializeLocked(uint64_t id) {
+  std::string bytes;
+  {
+    std::lock_guard lock(mu_);
+    auto it = staged_.find(id);
+    if (it == staged_.end()) return Status::Ok();
+    bytes = it->second;
+  }
+  const std::string path = dir_ + "/data/" + std::to_string(id);
+  const std::string tmp = path + ".staged";
+  auto fail = [&](const char* what, int err) {
+    ::unlink(tmp.c_str());
+    return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
+                  std::string("cannot ") + what + " the cache file of node " + std::to_string(id) + ": " + std::strerror(err));
+  };
+  int fd = OpenFile(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC);
+  if (fd < 0) return fail("create", errno);
+  int err = WriteFile(fd, -1, bytes.data(), bytes.size(), 0);
+  ::close(fd);
+  if (err) return fail("write", err);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("place", errno);
+  bool forgotten;
+  {
+    std::lock_guard lock(mu_);
+    forgotten = staged_.erase(id) == 0;  // Forget ran meanwhile: the node is gone
+    created_.erase(id);                  // (there is a file now)
+  }
+  if (forgotten) ::unlink(path.c_str());
+  return Status::Ok();
+}
+
 Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, size_t len, bool* fresh) {
   if (fresh) *fresh = false;
   if (len == 0) return Status::Ok();
@@ -1087,7 +1153,18 @@ std::shared_ptr<ChunkCache::Entry> ChunkCache::FindEntry(uint64_t id) {
 
 Status ChunkCache::SyncFile(uint64_t id) {
   std::shared_ptr<Entry> e = FindEntry(id);
-  if (!e) return Status::Ok();
+  if (!e) {
+    // Never opened here: staged bytes, or a file the writer put them in.
+    RETURN_IF_ERROR(Materialize(id));
+    const std::string path = dir_ + "/data/" + std::to_string(id);
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? Status::Ok() : Status::IoError("cannot open " + path + ": " + std::strerror(errno));
+    const int rc = ::fdatasync(fd);
+    const int err = errno;
+    ::close(fd);
+    if (rc != 0) return Status::IoError("cannot sync " + path + ": " + std::strerror(err));
+    return Status::Ok();
+  }
   RETURN_IF_ERROR(EnsureOpen(*e));
   if (::fdatasync(e->fd) != 0)
     return Status::IoError("cannot sync the cache file of node " + std::to_string(id) + ": " + std::strerror(errno));
@@ -1152,6 +1229,7 @@ void ChunkCache::Forget(uint64_t id) {
     }
     local_.erase(id);
     created_.erase(id);
+    staged_.erase(id);
     ForgetLocked(id);
   }
   if (state_) (void)state_->DropFile(id);

@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "client/api_client.h"
@@ -96,6 +97,16 @@ class ChunkCache {
   // given, tells whether a block of the manifest that was not in the cache
   // is now (the saved bitmap no longer says which blocks are here).
   Status Write(const NodeRecord& n, uint64_t off, const char* data, size_t len, bool* fresh = nullptr);
+  // A new file's first write, small and at offset 0, may stay in memory
+  // (the caller logs the bytes) instead of creating its cache file now:
+  // true if kept. Materialize puts them in the file (the write-back's
+  // writer does, soon after); any other use of the file does so first.
+  bool Stage(const NodeRecord& n, const char* data, size_t len);
+  // Drops what Stage kept (the caller could not log it).
+  void Unstage(uint64_t id);
+  // The staged bytes of `id` into its cache file, whole or not at all
+  // (written beside it, then renamed); nothing if none are staged.
+  Status Materialize(uint64_t id);
   // Cuts or extends (with zeros) the cached file to `size`.
   Status Truncate(const NodeRecord& n, uint64_t size);
   // Grows the cached file to at least `size` (zeros), space allocated
@@ -283,6 +294,10 @@ class ChunkCache {
   ChunkCacheStats stats_;                                                   // guarded by mu_
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
   std::set<uint64_t> created_;  // guarded by mu_: created in this mount, not opened yet
+  std::unordered_map<uint64_t, std::string> staged_;  // guarded by mu_: Stage's bytes, not in the file yet
+  std::mutex stage_mu_;  // one materialization at a time; taken after open_mu_
+  // Requires stage_mu_.
+  Status MaterializeLocked(uint64_t id);
 
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;

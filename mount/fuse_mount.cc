@@ -421,16 +421,25 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_
   Fs* fs = Self(req);
   auto n = HandleNode(req, ino, fi);
   if (!n) return;
+  FileHandle* h = HandleOf(fi);
+  // A new file's first write, small and at 0 (cp of a small file): its
+  // bytes go in the log record below, the cache file comes later (the
+  // write-back's writer makes it), off this request's path.
+  const bool staged = h && h->created && !h->wrote && off == 0 && fs->cache->Stage(*n, data, size);
   bool fresh = false;  // a block of the manifest the saved bitmap says is not here
-  if (Status st = fs->cache->Write(*n, static_cast<uint64_t>(off), data, size, &fresh); !st.ok())
-    return (void)ReplyStatus(req, st, "write", ino);
+  if (!staged) {
+    if (Status st = fs->cache->Write(*n, static_cast<uint64_t>(off), data, size, &fresh); !st.ok())
+      return (void)ReplyStatus(req, st, "write", ino);
+  }
   {
     // Size and mtime in memory now; in the journal at close or fsync.
     std::lock_guard lock(fs->meta_mu);
     auto cur = fs->tree.Get(ino);
-    FileHandle* h = HandleOf(fi);
     // (A created handle's write is recorded here: no close will do it.)
-    if (!cur.ok() && h && h->created) return (void)ReplyStatus(req, cur.status(), "write", ino);
+    if (!cur.ok() && h && h->created) {
+      if (staged) fs->cache->Unstage(ino);
+      return (void)ReplyStatus(req, cur.status(), "write", ino);
+    }
     NodeRecord rec = cur.ok() && *cur ? **cur : *n;
     rec.size = std::max<uint64_t>(rec.size, static_cast<uint64_t>(off) + size);
     rec.mtime_ns = NowNs();
@@ -442,10 +451,13 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_
       // this is queued sends them. A block new to the cache of a file
       // already committed once goes into the saved bitmap as well (a
       // restart sends the blocks it names).
-      if (!u.queued || fresh) {
+      if (!u.queued || fresh || staged) {
         std::vector<LocalState::JournalEntry> entries;
         if (!u.queued) entries.push_back(FlushEntry(ino));
-        if (Status st = fs->wb->Record({rec}, entries, {ino}); !st.ok()) {
+        std::vector<StagedBytes> bytes;
+        if (staged) bytes.push_back({ino, std::string(data, size)});
+        if (Status st = fs->wb->Record({rec}, entries, {ino}, std::move(bytes)); !st.ok()) {
+          if (staged) fs->cache->Unstage(ino);
           if (u.writers == 0 && !u.queued) fs->unsent.erase(ino);
           return (void)ReplyStatus(req, st, "write", ino);
         }

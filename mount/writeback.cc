@@ -83,13 +83,14 @@ WriteBack::~WriteBack() {
 }
 
 Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries,
-                         const std::vector<uint64_t>& files) {
+                         const std::vector<uint64_t>& files, std::vector<StagedBytes> staged) {
   ready_.wait();  // a cold mount saves its snapshot first
   // Versions are the server's to move (SetVersion): a record read before
   // a commit landed must not carry the older one back.
   LocalState::Change c;
   c.rows = rows;
   c.entries = entries;
+  c.staged = std::move(staged);
   for (auto& r : c.rows) {
     if (r.deleted) continue;
     auto cur = tree_->Get(r.id);
@@ -276,7 +277,13 @@ void WriteBack::WriterLoop() {
     }
     lock.unlock();
     spdlog::trace("local state: writing {} queued changes", items.size());
-    Status st = state_->SaveChanges(items);
+    // Staged bytes into their cache files before the records that name
+    // them are saved (and the log that holds them is emptied).
+    Status st;
+    for (const LocalState::Change* q : items)
+      for (const auto& s : q->staged)
+        if (st.ok()) st = cache_->Materialize(s.id);
+    if (st.ok()) st = state_->SaveChanges(items);
     bool journal = false;
     if (st.ok()) {
       for (const LocalState::Change* q : items) {

@@ -40,8 +40,10 @@ class WriteBack {
   // databases on the writer thread, everything queued meanwhile in one
   // transaction, which then wakes the flusher. Fails, changing nothing,
   // when the log cannot be written (ENOSPC).
+  // `staged`: bytes the cache kept in memory (ChunkCache::Stage), logged
+  // here and put in their cache files by the writer before it saves.
   Status Record(const std::vector<NodeRecord>& rows, const std::vector<LocalState::JournalEntry>& entries,
-                const std::vector<uint64_t>& files = {});
+                const std::vector<uint64_t>& files = {}, std::vector<StagedBytes> staged = {});
   // Returns once everything recorded before the call is saved in the
   // databases (fsync then syncs them), or the error that keeps it out.
   Status WaitWritten();

@@ -1,6 +1,7 @@
 #include "client/local_state.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -126,6 +127,7 @@ Status LocalState::OpenLog(const std::string& path) {
   }
   if (!todo.empty()) {
     spdlog::info("replaying {} changes from {} (the last mount ended before saving them)", todo.size(), path);
+    RETURN_IF_ERROR(RestoreStaged(path.substr(0, path.rfind('/') + 1) + "data", todo));
     RETURN_IF_ERROR(SaveChanges(todo));
   }
   if (!log.stopped.empty()) {
@@ -156,6 +158,39 @@ Status LocalState::OpenLog(const std::string& path) {
     // room kept for a full disk).
     if (errno == EOPNOTSUPP || errno == ENOSYS) log_prealloc_ = false;
     spdlog::warn("cannot reserve {} bytes for {}: {}", kLogRoom, path, std::strerror(errno));
+  }
+  return Status::Ok();
+}
+
+Status LocalState::RestoreStaged(const std::string& data_dir, const std::vector<const Change*>& todo) {
+  std::unordered_set<uint64_t> gone;
+  for (const Change* c : todo)
+    for (const auto& r : c->rows)
+      if (r.deleted) gone.insert(r.id);
+  for (const Change* c : todo) {
+    for (const auto& s : c->staged) {
+      // A file that is there got these bytes whole (renamed into place),
+      // and maybe later changes since: left alone.
+      const std::string file = data_dir + "/" + std::to_string(s.id);
+      if (gone.count(s.id) || ::access(file.c_str(), F_OK) == 0) continue;
+      ::mkdir(data_dir.c_str(), 0700);
+      const std::string tmp = file + ".staged";
+      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      bool ok = fd >= 0;
+      for (size_t done = 0; ok && done < s.bytes.size();) {
+        ssize_t n = ::pwrite(fd, s.bytes.data() + done, s.bytes.size() - done, static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        ok = n > 0;
+        if (ok) done += static_cast<size_t>(n);
+      }
+      const int err = errno;
+      if (fd >= 0) ::close(fd);
+      if (!ok || ::rename(tmp.c_str(), file.c_str()) != 0) {
+        ::unlink(tmp.c_str());
+        return Status::IoError("cannot put the logged bytes of node " + std::to_string(s.id) + " in " + file + ": " +
+                               std::strerror(ok ? errno : err));
+      }
+    }
   }
   return Status::Ok();
 }

@@ -56,6 +56,9 @@ class LocalState {
   // one transaction (SaveChanges). Open replays what a dead process logged
   // and did not save. Changes carry tickets in the order they were made.
   Status LogChange(const Change& c);
+  // Staged bytes (LocalChange::staged) of changes being replayed, into
+  // the cache files under `data_dir` that are not there yet.
+  static Status RestoreStaged(const std::string& data_dir, const std::vector<const Change*>& todo);
   // Saves changes (in ticket order) in the databases: the bitmaps, then the
   // rows, the journal entries and the last ticket, in one transaction.
   Status SaveChanges(const std::vector<const Change*>& changes);

@@ -114,6 +114,16 @@ Result<LocalChange> Parse(std::string_view payload) {
     f.present = UnpackBits(bits, f.manifest.blocks.size());
     c.files.push_back(std::move(f));
   }
+  // (Frames written before staged bytes existed end here.)
+  if (r.ok && !r.in.empty()) {
+    for (uint32_t i = 0, n = r.Count(12); i < n && r.ok; ++i) {
+      StagedBytes s;
+      s.id = r.U64();
+      s.bytes = std::string(r.Str());
+      if (r.ok && (s.id == 0 || s.id > kMaxNodeId)) return Status::Corruption("staged bytes of a bad node id");
+      c.staged.push_back(std::move(s));
+    }
+  }
   if (!r.ok) return Status::Corruption("cut short");
   if (!r.in.empty()) return Status::Corruption("bytes past the end");
   return c;
@@ -167,6 +177,13 @@ std::string EncodeLocalChange(const LocalChange& c) {
     w.U64(f.version);
     w.Str(EncodeManifest(f.manifest));
     w.Str(PackBits(bits));
+  }
+  if (!c.staged.empty()) {
+    w.U32(static_cast<uint32_t>(c.staged.size()));
+    for (const auto& s : c.staged) {
+      w.U64(s.id);
+      w.Str(s.bytes);
+    }
   }
   const size_t len = w.out.size() - kHeader;
   std::string head;

@@ -34,11 +34,20 @@ struct CachedFile {
   std::vector<bool> present;  // per block
 };
 
+// The bytes of a small new file's first write (at offset 0), kept in the
+// log instead of the cache file until the writer (or the next start) puts
+// them there: a cp -r of small files creates no cache file in its path.
+struct StagedBytes {
+  uint64_t id = 0;
+  std::string bytes;
+};
+
 struct LocalChange {
   uint64_t ticket = 0;
   std::vector<NodeRecord> rows;
   std::vector<JournalEntry> entries;
   std::vector<CachedFile> files;
+  std::vector<StagedBytes> staged;  // (a frame without it reads as none)
 };
 
 // One frame.

@@ -20,8 +20,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const auto& a = log.changes[i];
     const auto& b = back.changes[i];
     if (a.ticket != b.ticket || a.rows != b.rows || a.entries.size() != b.entries.size() ||
-        a.files.size() != b.files.size())
+        a.files.size() != b.files.size() || a.staged.size() != b.staged.size())
       abort();
+    for (size_t k = 0; k < a.staged.size(); ++k)
+      if (a.staged[k].id != b.staged[k].id || a.staged[k].bytes != b.staged[k].bytes) abort();
     for (size_t k = 0; k < a.files.size(); ++k)
       if (a.files[k].present != b.files[k].present || a.files[k].version != b.files[k].version) abort();
   }

@@ -157,6 +157,34 @@ TEST_F(LocalStateTest, SavedChangesNeverTakeAVersionBackNorKeepADeletedFilesBitm
   EXPECT_FALSE(*s->LoadFile(100));
 }
 
+TEST_F(LocalStateTest, StagedBytesOfAKilledMountGoToTheirCacheFilesUnlessThereAlready) {
+  std::filesystem::create_directories(dir_ + "/data");
+  {
+    auto s = Open();
+    LocalChange a = Change(1, 200, "a.txt");
+    a.staged.push_back({200, "staged a"});
+    LocalChange b = Change(2, 201, "b.txt");
+    b.staged.push_back({201, "staged b"});
+    LocalChange c = Change(3, 202, "c.txt");
+    c.staged.push_back({202, "staged c"});
+    NodeRecord gone;  // c is deleted later in the log: no file for it
+    gone.id = 202;
+    gone.deleted = true;
+    LocalChange d;
+    d.ticket = 4;
+    d.rows.push_back(gone);
+    for (const auto* x : {&a, &b, &c, &d}) ASSERT_TRUE(s->LogChange(*x).ok());
+    // b's bytes reached its file before the crash, and were written over since.
+    std::ofstream(dir_ + "/data/201") << "newer b";
+  }
+  auto s = Open();
+  std::ifstream a(dir_ + "/data/200"), b(dir_ + "/data/201");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}), "staged a");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(b), {}), "newer b") << "an older logged write came back";
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/data/202"));
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/data/200.staged"));
+}
+
 TEST(LocalChangeCodecTest, RoundTripsAndRejectsWhatDoesNotFit) {
   LocalChange c;
   c.ticket = 7;
@@ -183,6 +211,16 @@ TEST(LocalChangeCodecTest, RoundTripsAndRejectsWhatDoesNotFit) {
   EXPECT_EQ(log.changes[0].rows, c.rows);
   EXPECT_TRUE(log.changes[0].entries[0].flush);
   EXPECT_EQ(log.changes[0].entries[0].op.id, 9u);
+  // Staged bytes (a later section: frames without it still read).
+  c.staged = {{9, std::string("x\0y", 3)}, {11, ""}};
+  DecodedLog with = DecodeLocalLog(EncodeLocalChange(c));
+  ASSERT_EQ(with.changes.size(), 1u);
+  ASSERT_EQ(with.changes[0].staged.size(), 2u);
+  EXPECT_EQ(with.changes[0].staged[0].bytes, std::string("x\0y", 3));
+  EXPECT_EQ(with.changes[0].staged[1].id, 11u);
+  c.staged = {{0, "bad id"}};
+  EXPECT_TRUE(DecodeLocalLog(EncodeLocalChange(c)).changes.empty());
+  c.staged.clear();
   // A row whose name the server would refuse is damage, not a change.
   c.rows[0].name = "a/b";
   EXPECT_TRUE(DecodeLocalLog(EncodeLocalChange(c)).changes.empty());
