@@ -388,6 +388,12 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   // A file created here has nothing to remember until its first flush
   // (which saves its bitmap with the journal entry).
   const bool created_here = n.version == 0 && !saved;
+  if (local && created_here) {
+    // Never committed: every byte of its cache file is ours (staged bytes
+    // the writer put there, or an earlier mount's writes): present, so
+    // that once committed nothing of it is fetched back.
+    for (size_t b = 0; b < e->present.size(); ++b) e->present[b] = e->dirty[b] = true;
+  }
   if (state_ && !created_here && !(saved && (saved->version == n.version || local))) {
     RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, e->manifest, e->present}));
   }
@@ -1159,10 +1165,18 @@ Status ChunkCache::SyncFile(uint64_t id) {
     const std::string path = dir_ + "/data/" + std::to_string(id);
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno == ENOENT ? Status::Ok() : Status::IoError("cannot open " + path + ": " + std::strerror(errno));
-    const int rc = ::fdatasync(fd);
-    const int err = errno;
+    int rc = ::fdatasync(fd);
+    int err = errno;
     ::close(fd);
     if (rc != 0) return Status::IoError("cannot sync " + path + ": " + std::strerror(err));
+    // (Its name too: the file may have been renamed into place just now.)
+    const std::string data = dir_ + "/data";
+    fd = ::open(data.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return Status::IoError("cannot open " + data + ": " + std::strerror(errno));
+    rc = ::fsync(fd);
+    err = errno;
+    ::close(fd);
+    if (rc != 0) return Status::IoError("cannot sync " + data + ": " + std::strerror(err));
     return Status::Ok();
   }
   RETURN_IF_ERROR(EnsureOpen(*e));
@@ -1185,7 +1199,7 @@ std::optional<LocalState::CachedFile> ChunkCache::FileRecord(uint64_t id) {
 
 void ChunkCache::CreatedCommitted(uint64_t id) {
   std::lock_guard lock(mu_);
-  if (entries_.count(id)) return;  // written since: its flush clears it
+  if (entries_.count(id) || staged_.count(id)) return;  // written since: its flush clears it
   local_.erase(id);
   created_.erase(id);
 }

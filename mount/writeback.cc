@@ -136,6 +136,7 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
     }
     queued_ticket_ = c.ticket;
     queued_entries_ += c.entries.size();
+    for (auto& s : c.staged) s.bytes = std::string();  // logged; the cache holds them (the writer needs the ids)
     for (const auto& r : c.rows) tree_->Apply(r);
     queue_.push_back(std::move(c));
   }

@@ -127,7 +127,7 @@ class FaultProxy {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
   }
-  // "pass", or "ACTION PATH_PART ARG TIMES" (cut / corrupt / status500).
+  // "pass", or "ACTION PATH_PART ARG TIMES" (cut / corrupt / status500 / refuse).
   void SetRule(const std::string& rule) {
     { std::ofstream(dir_ + "/proxy.rule.tmp") << rule; }
     std::filesystem::rename(dir_ + "/proxy.rule.tmp", dir_ + "/proxy.rule");
@@ -138,6 +138,12 @@ class FaultProxy {
     std::string key = "\"" + route + "\": ";
     size_t at = s.find(key);
     return at == std::string::npos ? 0 : std::stoull(s.substr(at + key.size()));
+  }
+  // Requests a rule has applied to so far.
+  uint64_t Faults() const {
+    std::string s = ReadAll(dir_ + "/proxy.stats");
+    size_t at = s.find("\"faults\": ");
+    return at == std::string::npos ? 0 : std::stoull(s.substr(at + 10));
   }
   const std::string& url() const { return url_; }
 

@@ -1073,6 +1073,20 @@ TEST_F(MountTest, ManySmallNewFilesSurviveAMountKilledRightAfterThem) {
   EXPECT_EQ(same, kFiles);
 }
 
+// A small new file's bytes reach its cache file from memory (staged): once
+// committed they are still this mount's, not fetched back.
+TEST_F(MountTest, ASmallNewFileStaysReadableAndAppendableOfflineOnceCommitted) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.rw_token, dir_, "--retry-for 2");
+  { std::ofstream(m.path() + "/s.txt") << "small\n"; }
+  ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(10)));
+  proxy.SetRule("refuse /content 0 -1\nrefuse /manifest 0 -1");
+  std::ofstream(m.path() + "/s.txt", std::ios::app) << "more\n";
+  EXPECT_EQ(ReadAll(m.path() + "/s.txt"), "small\nmore\n");
+  EXPECT_EQ(proxy.Faults(), 0u) << "the committed small file was fetched back";
+}
+
 TEST_F(MountTest, ABlockWrittenIntoAHoleAfterAnIdleCommitSurvivesAKilledMount) {
   Import();
   FaultProxy proxy(server_, dir_);
