@@ -32,7 +32,7 @@ constexpr auto kWriterBurstGather = std::chrono::milliseconds(50);
 // two cores its commits (and the server's work for them) would otherwise
 // slow the copy making it by half. A single change, an editor's save or
 // a few files still go at once.
-constexpr auto kBurstGap = std::chrono::milliseconds(20);
+constexpr auto kBurstGap = std::chrono::milliseconds(5);
 constexpr size_t kBurstMin = 64;
 constexpr auto kMaxDefer = std::chrono::seconds(5);
 constexpr auto kHeldLook = std::chrono::milliseconds(250);  // a file held back (set_hold) is asked again
