@@ -925,18 +925,7 @@ Status ChunkCache::MaterializeLocked(uint64_t id) {
     bytes = it->second;
   }
   const std::string path = dir_ + "/data/" + std::to_string(id);
-  const std::string tmp = path + ".staged";
-  auto fail = [&](const char* what, int err) {
-    ::unlink(tmp.c_str());
-    return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
-                  std::string("cannot ") + what + " the cache file of node " + std::to_string(id) + ": " + std::strerror(err));
-  };
-  int fd = OpenFile(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC);
-  if (fd < 0) return fail("create", errno);
-  int err = WriteFile(fd, -1, bytes.data(), bytes.size(), 0);
-  ::close(fd);
-  if (err) return fail("write", err);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("place", errno);
+  RETURN_IF_ERROR(LocalState::PlaceStaged(path, bytes));
   bool forgotten;
   {
     std::lock_guard lock(mu_);

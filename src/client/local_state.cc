@@ -174,24 +174,33 @@ Status LocalState::RestoreStaged(const std::string& data_dir, const std::vector<
       const std::string file = data_dir + "/" + std::to_string(s.id);
       if (gone.count(s.id) || ::access(file.c_str(), F_OK) == 0) continue;
       ::mkdir(data_dir.c_str(), 0700);
-      const std::string tmp = file + ".staged";
-      int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-      bool ok = fd >= 0;
-      for (size_t done = 0; ok && done < s.bytes.size();) {
-        ssize_t n = ::pwrite(fd, s.bytes.data() + done, s.bytes.size() - done, static_cast<off_t>(done));
-        if (n < 0 && errno == EINTR) continue;
-        ok = n > 0;
-        if (ok) done += static_cast<size_t>(n);
-      }
-      const int err = errno;
-      if (fd >= 0) ::close(fd);
-      if (!ok || ::rename(tmp.c_str(), file.c_str()) != 0) {
-        ::unlink(tmp.c_str());
-        return Status::IoError("cannot put the logged bytes of node " + std::to_string(s.id) + " in " + file + ": " +
-                               std::strerror(ok ? errno : err));
-      }
+      RETURN_IF_ERROR(PlaceStaged(file, s.bytes));
     }
   }
+  return Status::Ok();
+}
+
+Status LocalState::PlaceStaged(const std::string& file, std::string_view bytes) {
+  const std::string tmp = file + ".staged";
+  auto fail = [&](const char* what, int err) {
+    ::unlink(tmp.c_str());
+    return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
+                  std::string("cannot ") + what + " " + file + ": " + std::strerror(err));
+  };
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail("create", errno);
+  for (size_t done = 0; done < bytes.size();) {
+    ssize_t n = ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      return fail("write", err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), file.c_str()) != 0) return fail("place", errno);
   return Status::Ok();
 }
 

@@ -59,6 +59,9 @@ class LocalState {
   // Staged bytes (LocalChange::staged) of changes being replayed, into
   // the cache files under `data_dir` that are not there yet.
   static Status RestoreStaged(const std::string& data_dir, const std::vector<const Change*>& todo);
+  // `bytes` as the whole of `file`, or nothing: written beside it, then
+  // renamed into place (a crash leaves the old state, never a part).
+  static Status PlaceStaged(const std::string& file, std::string_view bytes);
   // Saves changes (in ticket order) in the databases: the bitmaps, then the
   // rows, the journal entries and the last ticket, in one transaction.
   Status SaveChanges(const std::vector<const Change*>& changes);
