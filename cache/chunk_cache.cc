@@ -343,7 +343,8 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   e->pins.assign(e->verified.size(), 0);
   std::string path = dir_ + "/data/" + std::to_string(n.id);
   e->tracked = !local || n.version == 0;
-  if (saved && (saved->version == n.version || local)) {
+  const bool from_saved = saved && (saved->version == n.version || local);
+  if (from_saved) {
     e->version = saved->version;
     e->manifest = std::move(saved->manifest);
     e->present = std::move(saved->present);
@@ -385,16 +386,17 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     return Status::IoError("cannot size cache file " + path + ": " + std::strerror(errno));
   }
   e->Grow(size);
+  if (local && !from_saved) {
+    // Past the server's version (all of a file never committed, or whose
+    // create alone was), the cache file holds bytes written here: staged
+    // bytes the writer put there, or an earlier mount's writes. Present,
+    // so that once committed nothing of them is fetched back.
+    for (size_t b = e->manifest.blocks.size(); b < e->present.size(); ++b) e->present[b] = e->dirty[b] = true;
+  }
   // A file created here has nothing to remember until its first flush
   // (which saves its bitmap with the journal entry).
   const bool created_here = n.version == 0 && !saved;
-  if (local && created_here) {
-    // Never committed: every byte of its cache file is ours (staged bytes
-    // the writer put there, or an earlier mount's writes): present, so
-    // that once committed nothing of it is fetched back.
-    for (size_t b = 0; b < e->present.size(); ++b) e->present[b] = e->dirty[b] = true;
-  }
-  if (state_ && !created_here && !(saved && (saved->version == n.version || local))) {
+  if (state_ && !created_here && !from_saved) {
     RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, e->manifest, e->present}));
   }
   std::lock_guard lock(mu_);

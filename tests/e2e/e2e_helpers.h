@@ -127,7 +127,7 @@ class FaultProxy {
     kill(pid_, SIGKILL);
     waitpid(pid_, nullptr, 0);
   }
-  // "pass", or "ACTION PATH_PART ARG TIMES" (cut / corrupt / status500 / refuse).
+  // "pass", or "ACTION PATH_PART ARG TIMES" (cut / corrupt / status500 / refuse / hold).
   void SetRule(const std::string& rule) {
     { std::ofstream(dir_ + "/proxy.rule.tmp") << rule; }
     std::filesystem::rename(dir_ + "/proxy.rule.tmp", dir_ + "/proxy.rule");
@@ -144,6 +144,12 @@ class FaultProxy {
     std::string s = ReadAll(dir_ + "/proxy.stats");
     size_t at = s.find("\"faults\": ");
     return at == std::string::npos ? 0 : std::stoull(s.substr(at + 10));
+  }
+  // Answers a hold rule has kept back so far (released or not).
+  uint64_t Held() const {
+    std::string s = ReadAll(dir_ + "/proxy.stats");
+    size_t at = s.find("\"held\": ");
+    return at == std::string::npos ? 0 : std::stoull(s.substr(at + 8));
   }
   const std::string& url() const { return url_; }
 

@@ -16,6 +16,9 @@ first that matches applies):
   status500 PATH 0 TIMES    answer 500 instead of the server's answer
   refuse PATH 0 TIMES       answer 503 without passing the request on
                             (the server never sees it)
+  hold PATH 0 TIMES         pass the request on, then keep the server's
+                            answer back for as long as a hold rule for
+                            PATH stays in CONTROL_FILE (counted in "held")
 A rule applies to requests whose path contains PATH, at most TIMES times
 (-1: always), after letting the first SKIP of them pass (default 0).
 STATS_FILE gets JSON counters after each response.
@@ -27,7 +30,7 @@ import sys
 
 TARGET, PORT_FILE, CONTROL, STATS = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 uses = {}
-stats = {"requests": 0, "faults": 0, "body_bytes": {}}
+stats = {"requests": 0, "faults": 0, "held": 0, "body_bytes": {}}
 
 
 def rule_for(path, only=None):
@@ -55,6 +58,16 @@ def rule_for(path, only=None):
             continue
         return words[0], int(words[2])
     return None
+
+
+def holding(path):
+    """Whether CONTROL_FILE still has a hold rule for this path (not counted)."""
+    try:
+        with open(CONTROL) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return False
+    return any(len(w) in (4, 5) and w[0] == "hold" and w[1] in path for w in (line.split() for line in lines))
 
 
 async def pipe(reader, writer):
@@ -144,6 +157,12 @@ async def handle(client_r, client_w):
                 stats["faults"] += 1
                 save_stats()
                 continue
+            if rule and rule[0] == "hold":
+                stats["held"] += 1
+                save_stats()
+                while holding(path):
+                    await asyncio.sleep(0.01)
+                rule = None
             client_w.write(resp)
             flip = rule[1] if rule and rule[0] == "corrupt" else -1
             stop = rule[1] if rule and rule[0] == "cut" else -1

@@ -1087,6 +1087,30 @@ TEST_F(MountTest, ASmallNewFileStaysReadableAndAppendableOfflineOnceCommitted) {
   EXPECT_EQ(proxy.Faults(), 0u) << "the committed small file was fetched back";
 }
 
+// The same, written while the commit of its create is on its way: the
+// file's cache entry is first opened at the committed (empty) version.
+TEST_F(MountTest, ASmallFileWrittenWhileItsCreateIsCommittedStaysCached) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.rw_token, dir_, "--retry-for 2");
+  proxy.SetRule("hold /commit 0 1");
+  int fd = open((m.path() + "/s.txt").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the create was never committed";
+  ASSERT_EQ(write(fd, "small\n", 6), 6);
+  ASSERT_EQ(close(fd), 0);
+  proxy.SetRule("pass");
+  ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(10)));
+  proxy.SetRule("refuse /content 0 -1\nrefuse /manifest 0 -1");
+  std::ofstream(m.path() + "/s.txt", std::ios::app) << "more\n";
+  std::string got;
+  EXPECT_NO_THROW(got = ReadAll(m.path() + "/s.txt"));
+  EXPECT_EQ(got, "small\nmore\n");
+  EXPECT_EQ(proxy.Faults(), 0u) << "the committed small file was fetched back";
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_EQ(ReadAll(fresh.path() + "/s.txt"), "small\nmore\n");
+}
+
 TEST_F(MountTest, ABlockWrittenIntoAHoleAfterAnIdleCommitSurvivesAKilledMount) {
   Import();
   FaultProxy proxy(server_, dir_);
