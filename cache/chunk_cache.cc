@@ -901,12 +901,26 @@ bool ChunkCache::Stage(const NodeRecord& n, const char* data, size_t len) {
   // Created here and never opened in this cache: no file, no entry yet.
   if (!created_.count(n.id) || entries_.count(n.id) || staged_.count(n.id)) return false;
   staged_.emplace(n.id, std::string(data, len));
+  staged_bytes_ += len;
+  return true;
+}
+
+bool ChunkCache::DropStagedLocked(uint64_t id) {
+  auto it = staged_.find(id);
+  if (it == staged_.end()) return false;
+  staged_bytes_ -= it->second.size();
+  staged_.erase(it);
   return true;
 }
 
 void ChunkCache::Unstage(uint64_t id) {
   std::lock_guard lock(mu_);
-  staged_.erase(id);
+  DropStagedLocked(id);
+}
+
+uint64_t ChunkCache::StagedBytes() const {
+  std::lock_guard lock(mu_);
+  return staged_bytes_;
 }
 
 Status ChunkCache::Materialize(uint64_t id) {
@@ -931,7 +945,7 @@ Status ChunkCache::MaterializeLocked(uint64_t id) {
   bool forgotten;
   {
     std::lock_guard lock(mu_);
-    forgotten = staged_.erase(id) == 0;  // Forget ran meanwhile: the node is gone
+    forgotten = !DropStagedLocked(id);  // Forget ran meanwhile: the node is gone
     created_.erase(id);                  // (there is a file now)
   }
   if (forgotten) ::unlink(path.c_str());
@@ -1083,8 +1097,19 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
 }
 
 Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
-  ASSIGN_OR_RETURN(auto e, Open(n));
   FlushView v;
+  {
+    // Sent from memory: its cache file is made once the changes pause.
+    std::lock_guard lock(mu_);
+    auto it = staged_.find(n.id);
+    if (it != staged_.end() && !entries_.count(n.id)) {
+      v.staged = it->second;
+      v.size = it->second.size();
+      v.dirty.assign((v.size + kBlockSize - 1) / kBlockSize, true);
+      return v;
+    }
+  }
+  ASSIGN_OR_RETURN(auto e, Open(n));
   struct stat st;
   if (::fstat(e->fd, &st) != 0)
     return Status::IoError("cannot stat the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
@@ -1108,28 +1133,41 @@ Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
   return v;
 }
 
-void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen) {
-  std::vector<bool> present;
+void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged,
+                           std::vector<LocalState::CachedFile>* records) {
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(id);
-    if (it == entries_.end()) return;
-    std::shared_ptr<Entry> e = it->second;
-    {
-      // Decided and applied under both locks: a write that claims blocks
-      // now either bumps write_gen first or sees the node still local.
-      std::lock_guard elock(e->mu);
-      e->version = version;
-      e->manifest = m;
-      e->tracked = true;
-      if (e->write_gen == write_gen) {
-        std::fill(e->dirty.begin(), e->dirty.end(), false);
-        local_.erase(id);
+    if (it != entries_.end()) {
+      std::shared_ptr<Entry> e = it->second;
+      std::vector<bool> present;
+      {
+        // Decided and applied under both locks: a write that claims blocks
+        // now either bumps write_gen first or sees the node still local.
+        std::lock_guard elock(e->mu);
+        e->version = version;
+        e->manifest = m;
+        e->tracked = true;
+        if (e->write_gen == write_gen) {
+          std::fill(e->dirty.begin(), e->dirty.end(), false);
+          local_.erase(id);
+        }
+        present = e->present;
       }
-      present = e->present;
+      RekeyLocked(id, version, present);
+      return;
     }
-    RekeyLocked(id, version, present);
+    // Sent from its staged bytes and untouched since (any other use opens
+    // the entry): clean at `version`, all of it here once the bytes are in
+    // the file, if they are not already (the intent log keeps them until
+    // then).
+    if (!staged) return;
+    local_.erase(id);
+    created_.erase(id);
   }
+  LocalState::CachedFile f{id, version, m, std::vector<bool>(m.blocks.size(), true)};
+  if (records) records->push_back(std::move(f));
+  else if (state_) (void)state_->SaveFile(f);
 }
 
 void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present) {
@@ -1234,7 +1272,7 @@ void ChunkCache::Forget(uint64_t id) {
     }
     local_.erase(id);
     created_.erase(id);
-    staged_.erase(id);
+    DropStagedLocked(id);
     ForgetLocked(id);
   }
   if (state_) (void)state_->DropFile(id);

@@ -107,6 +107,8 @@ class ChunkCache {
   // The staged bytes of `id` into its cache file, whole or not at all
   // (written beside it, then renamed); nothing if none are staged.
   Status Materialize(uint64_t id);
+  // Bytes kept by Stage and not yet in cache files.
+  uint64_t StagedBytes() const;
   // Cuts or extends (with zeros) the cached file to `size`.
   Status Truncate(const NodeRecord& n, uint64_t size);
   // Grows the cached file to at least `size` (zeros), space allocated
@@ -136,12 +138,18 @@ class ChunkCache {
     std::vector<bool> dirty;
     uint64_t write_gen = 0;
     std::shared_ptr<void> pin;
+    // A new file's staged bytes (no cache file, no entry yet): fd is -1
+    // and these are the file.
+    std::optional<std::string> staged;
   };
   Result<FlushView> BeginFlush(const NodeRecord& n);
   // The flush of `id` was committed as `version` with `blocks`: the cache
   // now holds that version. Local content written meanwhile stays local.
   // (The caller saves FileRecord.)
-  void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen);
+  // A file sent from its staged bytes (`staged`: the view had them) has
+  // its record saved here, or put in `records` for the caller to save.
+  void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged = false,
+                 std::vector<LocalState::CachedFile>* records = nullptr);
   // A file created here was committed without content of ours (never
   // written): unless it has been opened for writing since, nothing of it
   // is local any more.
@@ -295,6 +303,9 @@ class ChunkCache {
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
   std::set<uint64_t> created_;  // guarded by mu_: created in this mount, not opened yet
   std::unordered_map<uint64_t, std::string> staged_;  // guarded by mu_: Stage's bytes, not in the file yet
+  uint64_t staged_bytes_ = 0;                         // guarded by mu_: their total
+  // Requires mu_. Drops the staged bytes of `id`; false if there were none.
+  bool DropStagedLocked(uint64_t id);
   std::mutex stage_mu_;  // one materialization at a time; taken after open_mu_
   // Requires stage_mu_.
   Status MaterializeLocked(uint64_t id);

@@ -15,7 +15,7 @@
 namespace tidefs {
 namespace {
 
-constexpr size_t kBatchEntries = 1000;
+constexpr size_t kBatchEntries = 4000;
 // Group commit: a change goes out at once when nothing is being sent (after
 // a breath, for the rest of a burst: a close and the rename that follows);
 // changes made while a batch is in flight go together in the next one.
@@ -27,14 +27,19 @@ constexpr auto kBurstGather = std::chrono::milliseconds(10);
 // The same for the local state: a burst goes in a transaction every few ms.
 constexpr auto kWriterGather = std::chrono::milliseconds(3);
 constexpr auto kWriterBurstGather = std::chrono::milliseconds(50);
+constexpr uint64_t kMaxStagedBytes = 64 << 20;  // staged bytes kept in memory (and the log) at most, in a burst
+constexpr auto kPlaceAfter = std::chrono::milliseconds(100);  // a pause this long ends a burst for the writer
 // A burst (changes at most kBurstGap apart, kBurstMin of them or more) is
-// committed once it pauses, or kMaxDefer after it began if it goes on: on
-// two cores its commits (and the server's work for them) would otherwise
-// slow the copy making it by half. A single change, an editor's save or
-// a few files still go at once.
+// committed once it pauses for kBurstPause, or kMaxDefer after it began if
+// it goes on: on two cores its commits (and the server's work for them)
+// would otherwise slow the copy making it by half. (A copy on a busy
+// machine has gaps of a few ms now and then: once begun, a burst goes on
+// through them.) A single change, an editor's save or a few files still
+// go at once.
 constexpr auto kBurstGap = std::chrono::milliseconds(5);
+constexpr auto kBurstPause = std::chrono::milliseconds(50);
 constexpr size_t kBurstMin = 64;
-constexpr auto kMaxDefer = std::chrono::seconds(5);
+constexpr auto kMaxDefer = std::chrono::seconds(2);
 constexpr auto kHeldLook = std::chrono::milliseconds(250);  // a file held back (set_hold) is asked again
 constexpr size_t kMaxUnsaved = 100000;  // changes logged but not in the databases, while those fail
 constexpr uint64_t kLogCatchUp = 64 << 20;  // intent log bytes after which new changes wait for the writer
@@ -124,7 +129,7 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
       if (auto f = cache_->FileRecord(id)) c.files.push_back(std::move(*f));
     c.ticket = queued_ticket_ + 1;
     const auto now = std::chrono::steady_clock::now();
-    if (now - last_change_ > kBurstGap) {
+    if (now - last_change_ > (burst_len_ >= kBurstMin ? kBurstPause : kBurstGap)) {
       burst_since_ = now;
       burst_len_ = 0;
     }
@@ -258,8 +263,26 @@ void WriteBack::WriterLoop() {
       const int seen = waiters_;
       q_cv_.wait_for(lock, backoff, [&] { return writer_stopping_ || waiters_ > seen; });
     }
-    q_cv_.wait(lock, [this] { return writer_stopping_ || !queue_.empty(); });
-    if (queue_.empty()) return;
+    // Staged bytes go into their cache files once the changes pause
+    // (creating thousands of files took a third of the mount's CPU while
+    // cp -r ran); until then the log and the cache's memory hold them.
+    auto more = [this] { return writer_stopping_ || !queue_.empty(); };
+    if (unplaced_.empty()) q_cv_.wait(lock, more);
+    else q_cv_.wait_for(lock, kPlaceAfter, more);
+    if (queue_.empty()) {
+      lock.unlock();
+      Status st = PlaceStaged();
+      if (!st.ok())
+        spdlog::warn("{}; the intent log keeps the bytes{}", st.ToString(),
+                     writer_stopping_ ? " for the next mount" : ", trying again with the next change");
+      lock.lock();
+      // All saved and placed: the log starts again (appends take this lock too).
+      if (st.ok() && queue_.empty())
+        if (Status r = state_->ResetLog(); !r.ok()) spdlog::warn("{} (it is replayed harmlessly)", r.ToString());
+      if (writer_stopping_ && queue_.empty()) return;
+      if (!st.ok() && queue_.empty()) q_cv_.wait(lock, more);  // (nothing to retry for until then)
+      continue;
+    }
     if (burst && !writer_stopping_ && waiters_ == 0) {
       // Changes kept coming while the last ones were written (cp -r, tar
       // x): let a few more gather, one transaction for all.
@@ -278,16 +301,14 @@ void WriteBack::WriterLoop() {
     }
     lock.unlock();
     spdlog::trace("local state: writing {} queued changes", items.size());
-    // Staged bytes into their cache files before the records that name
-    // them are saved (and the log that holds them is emptied).
+    // (Or now, when too many wait in memory.)
     Status st;
-    for (const LocalState::Change* q : items)
-      for (const auto& s : q->staged)
-        if (st.ok()) st = cache_->Materialize(s.id);
+    if (cache_->StagedBytes() > kMaxStagedBytes) st = PlaceStaged();
     if (st.ok()) st = state_->SaveChanges(items);
     bool journal = false;
     if (st.ok()) {
       for (const LocalState::Change* q : items) {
+        for (const auto& s : q->staged) unplaced_.push_back(s.id);
         journal = journal || !q->entries.empty();
         CountPending({}, q->rows, -1);  // saved: a remote change may land now
       }
@@ -302,7 +323,7 @@ void WriteBack::WriterLoop() {
       }
       burst = !queue_.empty();
       // All saved: the log starts again (appends take this lock too).
-      if (!burst)
+      if (!burst && unplaced_.empty())
         if (Status r = state_->ResetLog(); !r.ok()) spdlog::warn("{} (it is replayed harmlessly)", r.ToString());
       write_error_ = Status::Ok();
       backoff = std::chrono::milliseconds(0);
@@ -332,6 +353,16 @@ void WriteBack::WriterLoop() {
                   "in the cache dir; trying again in {} ms)",
                   queue_.size(), st.ToString(), backoff.count());
   }
+}
+
+Status WriteBack::PlaceStaged() {
+  size_t done = 0;
+  Status st;
+  for (; done < unplaced_.size(); ++done)
+    if (st = cache_->Materialize(unplaced_[done]); !st.ok()) break;
+  if (done) spdlog::debug("local state: {} staged files into the cache", done);
+  unplaced_.erase(unplaced_.begin(), unplaced_.begin() + static_cast<std::ptrdiff_t>(done));
+  return st;
 }
 
 uint64_t WriteBack::Pending() {
@@ -385,7 +416,7 @@ void WriteBack::LetBurstFinish() {
     {
       std::lock_guard lock(q_mu_);
       const auto now = std::chrono::steady_clock::now();
-      if (burst_len_ < kBurstMin || now - last_change_ > kBurstGap || now - burst_since_ > kMaxDefer) return;
+      if (burst_len_ < kBurstMin || now - last_change_ > kBurstPause || now - burst_since_ > kMaxDefer) return;
     }
     std::unique_lock lock(mu_);
     if (cv_.wait_for(lock, kBurstGap, [this] { return stopping_; })) return;
@@ -518,7 +549,8 @@ Status WriteBack::FlushBatch(bool* held) {
           };
           progress(path, 0, total, 0, false);
         }
-        auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up, &small_files);
+        auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up, &small_files,
+                                         view.staged ? &*view.staged : nullptr);
         if (show) progress(path, view.size, view.size, 0, true);
         if (!uploaded.ok()) return uploaded.status();
         view.pin.reset();  // read: its cache file may be closed while the batch goes on
@@ -636,13 +668,17 @@ Status WriteBack::FlushBatch(bool* held) {
         if (o.type == OpType::kCreate && !flushed.count(o.id) && by_id.count(o.id) && !HasPending(o.id))
           cache_->CreatedCommitted(o.id);
       std::vector<uint64_t> saved;
+      std::vector<LocalState::CachedFile> staged_files;
       for (const auto& s : sent) {
         auto it = by_id.find(s.id);
         if (it != by_id.end() && !it->second->deleted) {
-          cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
+          cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.view.staged.has_value(), &staged_files);
           saved.push_back(s.id);
         }
       }
+      if (!staged_files.empty())
+        if (Status f = state_->SaveFiles(staged_files); !f.ok())
+          spdlog::warn("{} (the new files are fetched again when read)", f.ToString());
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
       for (uint64_t id : restore) RestoreNode(id);
@@ -908,7 +944,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     // otherwise the cache keeps its content local, on the server's version
     // (a later flush sends it).
     auto m = client_->GetManifest(s.id, it->second->version);
-    if (m.ok() && *m == s.m) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen);
+    if (m.ok() && *m == s.m) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.view.staged.has_value());
     else if (m.ok()) cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
     (void)Record({}, {}, {s.id});
   }

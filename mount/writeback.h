@@ -168,6 +168,11 @@ class WriteBack {
   bool writer_stopping_ = false;        // guarded by q_mu_
   int waiters_ = 0;                     // guarded by q_mu_: threads in WaitWritten
   uint64_t attempts_ = 0;               // guarded by q_mu_: saves tried, done or failed
+  // The writer's only: staged bytes whose records are saved while the
+  // intent log alone holds them (besides the cache's memory); the log is
+  // not emptied until they are in their cache files.
+  std::vector<uint64_t> unplaced_;
+  Status PlaceStaged();
   std::thread writer_;
   std::thread thread_;
 };

@@ -125,9 +125,23 @@ Status LocalState::OpenLog(const std::string& path) {
     if (c.ticket > applied) todo.push_back(&c);
     last_ticket_ = std::max(last_ticket_, c.ticket);  // tickets never go back
   }
+  // Staged bytes of saved changes may wait for their cache files too (the
+  // writer makes them once a burst pauses, and keeps the log until then):
+  // placed where the node is still there.
+  std::vector<const Change*> logged;  // (all of them: deletes count)
+  std::unordered_set<uint64_t> absent;
+  for (const auto& c : log.changes) {
+    logged.push_back(&c);
+    if (c.ticket > applied) continue;
+    for (const auto& st : c.staged) {
+      auto n = GetNode(st.id);
+      if (n.ok() && (!*n || (*n)->deleted)) absent.insert(st.id);
+    }
+  }
+  const std::string data_dir = path.substr(0, path.rfind('/') + 1) + "data";
+  RETURN_IF_ERROR(RestoreStaged(data_dir, logged, &absent));
   if (!todo.empty()) {
     spdlog::info("replaying {} changes from {} (the last mount ended before saving them)", todo.size(), path);
-    RETURN_IF_ERROR(RestoreStaged(path.substr(0, path.rfind('/') + 1) + "data", todo));
     RETURN_IF_ERROR(SaveChanges(todo));
   }
   if (!log.stopped.empty()) {
@@ -162,8 +176,10 @@ Status LocalState::OpenLog(const std::string& path) {
   return Status::Ok();
 }
 
-Status LocalState::RestoreStaged(const std::string& data_dir, const std::vector<const Change*>& todo) {
+Status LocalState::RestoreStaged(const std::string& data_dir, const std::vector<const Change*>& todo,
+                                 const std::unordered_set<uint64_t>* absent) {
   std::unordered_set<uint64_t> gone;
+  if (absent) gone = *absent;
   for (const Change* c : todo)
     for (const auto& r : c->rows)
       if (r.deleted) gone.insert(r.id);

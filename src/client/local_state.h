@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "core/commit_codec.h"
@@ -56,9 +57,11 @@ class LocalState {
   // one transaction (SaveChanges). Open replays what a dead process logged
   // and did not save. Changes carry tickets in the order they were made.
   Status LogChange(const Change& c);
-  // Staged bytes (LocalChange::staged) of changes being replayed, into
-  // the cache files under `data_dir` that are not there yet.
-  static Status RestoreStaged(const std::string& data_dir, const std::vector<const Change*>& todo);
+  // Staged bytes (LocalChange::staged) of logged changes, into the cache
+  // files under `data_dir` that are not there yet (not for nodes the
+  // changes delete, nor those in `absent`).
+  static Status RestoreStaged(const std::string& data_dir, const std::vector<const Change*>& todo,
+                              const std::unordered_set<uint64_t>* absent = nullptr);
   // `bytes` as the whole of `file`, or nothing: written beside it, then
   // renamed into place (a crash leaves the old state, never a part).
   static Status PlaceStaged(const std::string& file, std::string_view bytes);

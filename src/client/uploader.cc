@@ -72,7 +72,10 @@ Status SendMissingBlocks(ApiClient* client, std::vector<std::pair<Hash128, std::
 
 Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
                                               const Manifest& base, const std::vector<bool>& dirty,
-                                              int parallel, UploadStats* stats, BlockBatch* shared) {
+                                              int parallel, UploadStats* stats, BlockBatch* shared,
+                                              const std::string* mem) {
+  if (mem && mem->size() != size)
+    return Status::Internal("upload of " + std::to_string(size) + " bytes given " + std::to_string(mem->size()));
   const bool small = shared && size <= kSharedBatchFileBytes;
   const uint64_t nblocks = (size + kBlockSize - 1) / kBlockSize;
   std::vector<Hash128> out(nblocks);
@@ -99,6 +102,10 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     }
     std::string data(len, '\0');
     size_t got = 0;
+    if (mem) {
+      mem->copy(data.data(), len, b * kBlockSize);
+      got = len;
+    }
     while (got < len) {
       ssize_t n = ::pread(fd, data.data() + got, len - got, static_cast<off_t>(b * kBlockSize + got));
       if (n < 0 && errno == EINTR) continue;

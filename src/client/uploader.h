@@ -51,9 +51,11 @@ inline constexpr uint64_t kSharedBatchFileBytes = 1 << 20;  // files up to this 
 // With `shared`, a file of at most kSharedBatchFileBytes leaves its blocks
 // there (sent once the batch is big); the caller sends the rest with
 // SendMissingBlocks before it names the hashes in a commit.
+// With `mem`, the file's bytes are those (`size` of them), not read from fd.
 Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
                                               const Manifest& base, const std::vector<bool>& dirty,
-                                              int parallel, UploadStats* stats, BlockBatch* shared = nullptr);
+                                              int parallel, UploadStats* stats, BlockBatch* shared = nullptr,
+                                              const std::string* mem = nullptr);
 
 // Runs tasks on up to n threads; returns the first error (and starts no
 // task after it).

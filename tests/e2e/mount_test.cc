@@ -1073,6 +1073,39 @@ TEST_F(MountTest, ManySmallNewFilesSurviveAMountKilledRightAfterThem) {
   EXPECT_EQ(same, kFiles);
 }
 
+// A burst of small new files is sent from memory (their cache files are
+// made once the burst is over): committed, they read back with the server's
+// content refused, here and after a kill -9 and a restart.
+TEST_F(MountTest, ManySmallNewFilesSentFromMemoryStayReadableOffline) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  constexpr int kFiles = 300;
+  auto body = [](int i) { return RandomBytes(100 + 37 * i, 700 + i); };
+  auto same = [&](const std::string& mnt) {
+    int n = 0;
+    for (int i = 0; i < kFiles; ++i) {
+      try {
+        n += ReadAll(mnt + "/many/f" + std::to_string(i)) == body(i);
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << "many/f" << i << ": " << e.what();
+      }
+    }
+    return n;
+  };
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_, "--retry-for 1");
+    fs::create_directories(m.path() + "/many");
+    for (int i = 0; i < kFiles; ++i) std::ofstream(m.path() + "/many/f" + std::to_string(i), std::ios::binary) << body(i);
+    ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20)));
+    proxy.SetRule("refuse /content 0 -1\nrefuse /manifest 0 -1");
+    EXPECT_EQ(same(m.path()), kFiles);
+    KillMount(m.path());
+  }
+  TestMount again(proxy.url(), server_.rw_token, dir_, "--retry-for 1");
+  EXPECT_EQ(same(again.path()), kFiles);
+  EXPECT_EQ(proxy.Faults(), 0u) << "committed small files were fetched back";
+}
+
 // A small new file's bytes reach its cache file from memory (staged): once
 // committed they are still this mount's, not fetched back.
 TEST_F(MountTest, ASmallNewFileStaysReadableAndAppendableOfflineOnceCommitted) {

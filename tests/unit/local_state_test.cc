@@ -185,6 +185,36 @@ TEST_F(LocalStateTest, StagedBytesOfAKilledMountGoToTheirCacheFilesUnlessThereAl
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/data/200.staged"));
 }
 
+// The writer saves a burst's changes before it makes their staged bytes'
+// cache files, and keeps the log until it has: a killed mount's saved
+// changes give their bytes back too, unless the node is gone since.
+TEST_F(LocalStateTest, StagedBytesOfSavedChangesComeBackWhileTheLogKeepsThem) {
+  std::filesystem::create_directories(dir_ + "/data");
+  {
+    auto s = Open();
+    LocalChange a = Change(1, 300, "a.txt");
+    a.staged.push_back({300, "saved a"});
+    LocalChange b = Change(2, 301, "b.txt");
+    b.staged.push_back({301, "saved b"});
+    for (const auto* x : {&a, &b}) ASSERT_TRUE(s->LogChange(*x).ok());
+    ASSERT_TRUE(s->SaveChanges({&a, &b}).ok());
+    // b was deleted elsewhere since (the remote change left the mirror).
+    ASSERT_TRUE(s->ApplyChanges({[] {
+                                  NodeRecord n;
+                                  n.id = 301;
+                                  n.deleted = true;
+                                  return n;
+                                }()},
+                               2)
+                    .ok());
+  }
+  auto s = Open();
+  std::ifstream a(dir_ + "/data/300");
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}), "saved a");
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/data/301")) << "bytes of a node deleted since came back";
+  EXPECT_TRUE(*s->GetNode(300));
+}
+
 TEST(LocalChangeCodecTest, RoundTripsAndRejectsWhatDoesNotFit) {
   LocalChange c;
   c.ticket = 7;
