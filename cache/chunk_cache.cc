@@ -304,15 +304,19 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   // One slow path at a time: a second opener of the same node must not
   // truncate or punch the cache file the first one is filling.
   std::lock_guard opening(open_mu_);
+  bool placed = false;  // the staged bytes, the whole file, went in just now
   {
     // Staged bytes go to the file first, and nothing is staged for the
-    // node from now on (Stage needs it in created_).
+    // node from now on (Stage needs it in created_). (Read again: a
+    // commit may have landed while this waited.)
     {
       std::lock_guard lock(mu_);
+      local = local_.count(n.id) > 0;
+      created = created_.count(n.id) > 0;
       created_.erase(n.id);
     }
     std::lock_guard staging(stage_mu_);
-    RETURN_IF_ERROR(MaterializeLocked(n.id));
+    RETURN_IF_ERROR(MaterializeLocked(n.id, &placed));
   }
   std::shared_ptr<Entry> older;
   {
@@ -386,7 +390,13 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     return Status::IoError("cannot size cache file " + path + ": " + std::strerror(errno));
   }
   e->Grow(size);
-  if (local && !from_saved) {
+  if (placed && local) {
+    // The file is the staged bytes, ours whether or not a commit of them
+    // landed meanwhile (making the server's version just these bytes).
+    // (Once not local, a record of that commit says so, or the bytes are
+    // taken for unknown: a newer remote version may be in the tree.)
+    for (size_t b = 0; b < e->present.size(); ++b) e->present[b] = e->dirty[b] = true;
+  } else if (local && !from_saved) {
     // Past the server's version (all of a file never committed, or whose
     // create alone was), the cache file holds bytes written here: staged
     // bytes the writer put there, or an earlier mount's writes. Present,
@@ -932,7 +942,8 @@ Status ChunkCache::Materialize(uint64_t id) {
   return MaterializeLocked(id);
 }
 
-Status ChunkCache::MaterializeLocked(uint64_t id) {
+Status ChunkCache::MaterializeLocked(uint64_t id, bool* placed) {
+  if (placed) *placed = false;
   std::string bytes;
   {
     std::lock_guard lock(mu_);
@@ -949,6 +960,7 @@ Status ChunkCache::MaterializeLocked(uint64_t id) {
     created_.erase(id);                  // (there is a file now)
   }
   if (forgotten) ::unlink(path.c_str());
+  if (placed) *placed = !forgotten;
   return Status::Ok();
 }
 
@@ -1133,8 +1145,7 @@ Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
   return v;
 }
 
-void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged,
-                           std::vector<LocalState::CachedFile>* records) {
+void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged) {
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(id);
@@ -1151,6 +1162,9 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         if (e->write_gen == write_gen) {
           std::fill(e->dirty.begin(), e->dirty.end(), false);
           local_.erase(id);
+          // Sent from its staged bytes, and the entry opened since holds
+          // just those: all of it is here.
+          if (staged) e->present.assign(m.blocks.size(), true);
         }
         present = e->present;
       }
@@ -1165,9 +1179,6 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
     local_.erase(id);
     created_.erase(id);
   }
-  LocalState::CachedFile f{id, version, m, std::vector<bool>(m.blocks.size(), true)};
-  if (records) records->push_back(std::move(f));
-  else if (state_) (void)state_->SaveFile(f);
 }
 
 void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present) {

@@ -146,10 +146,10 @@ class ChunkCache {
   // The flush of `id` was committed as `version` with `blocks`: the cache
   // now holds that version. Local content written meanwhile stays local.
   // (The caller saves FileRecord.)
-  // A file sent from its staged bytes (`staged`: the view had them) has
-  // its record saved here, or put in `records` for the caller to save.
-  void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged = false,
-                 std::vector<LocalState::CachedFile>* records = nullptr);
+  // `staged`: the view had a new file's staged bytes (no entry then); one
+  // untouched since is all here at `version`. Without an entry, the
+  // caller has saved that record first.
+  void Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged = false);
   // A file created here was committed without content of ours (never
   // written): unless it has been opened for writing since, nothing of it
   // is local any more.
@@ -308,7 +308,7 @@ class ChunkCache {
   bool DropStagedLocked(uint64_t id);
   std::mutex stage_mu_;  // one materialization at a time; taken after open_mu_
   // Requires stage_mu_.
-  Status MaterializeLocked(uint64_t id);
+  Status MaterializeLocked(uint64_t id, bool* placed = nullptr);
 
   std::mutex pool_mu_;
   std::condition_variable pool_cv_;

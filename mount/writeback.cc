@@ -129,7 +129,10 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
       if (auto f = cache_->FileRecord(id)) c.files.push_back(std::move(*f));
     c.ticket = queued_ticket_ + 1;
     const auto now = std::chrono::steady_clock::now();
-    if (now - last_change_ > (burst_len_ >= kBurstMin ? kBurstPause : kBurstGap)) {
+    // (A burst held for kMaxDefer already ends at the next short gap: a
+    // trickle after a spike must not be taken for one for good.)
+    const bool held = burst_len_ >= kBurstMin && now - burst_since_ < kMaxDefer;
+    if (now - last_change_ > (held ? kBurstPause : kBurstGap)) {
       burst_since_ = now;
       burst_len_ = 0;
     }
@@ -301,10 +304,7 @@ void WriteBack::WriterLoop() {
     }
     lock.unlock();
     spdlog::trace("local state: writing {} queued changes", items.size());
-    // (Or now, when too many wait in memory.)
-    Status st;
-    if (cache_->StagedBytes() > kMaxStagedBytes) st = PlaceStaged();
-    if (st.ok()) st = state_->SaveChanges(items);
+    Status st = state_->SaveChanges(items);
     bool journal = false;
     if (st.ok()) {
       for (const LocalState::Change* q : items) {
@@ -312,6 +312,9 @@ void WriteBack::WriterLoop() {
         journal = journal || !q->entries.empty();
         CountPending({}, q->rows, -1);  // saved: a remote change may land now
       }
+      // (Or now, when too many wait in memory.)
+      if (cache_->StagedBytes() > kMaxStagedBytes)
+        if (Status p = PlaceStaged(); !p.ok()) spdlog::warn("{} (the intent log keeps the bytes)", p.ToString());
     }
     lock.lock();
     ++attempts_;
@@ -322,6 +325,15 @@ void WriteBack::WriterLoop() {
         queue_.pop_front();
       }
       burst = !queue_.empty();
+      if (!burst && !unplaced_.empty() && state_->log_bytes() > kLogCatchUp / 2) {
+        // A long stream of new files: the log may only start again once
+        // their bytes are in place (beyond kLogCatchUp every change would
+        // wait for the writer).
+        lock.unlock();
+        if (Status p = PlaceStaged(); !p.ok()) spdlog::warn("{} (the intent log keeps the bytes)", p.ToString());
+        lock.lock();
+        burst = !queue_.empty();
+      }
       // All saved: the log starts again (appends take this lock too).
       if (!burst && unplaced_.empty())
         if (Status r = state_->ResetLog(); !r.ok()) spdlog::warn("{} (it is replayed harmlessly)", r.ToString());
@@ -555,6 +567,8 @@ Status WriteBack::FlushBatch(bool* held) {
         if (!uploaded.ok()) return uploaded.status();
         view.pin.reset();  // read: its cache file may be closed while the batch goes on
         view.fd = -1;
+        const bool from_staged = view.staged.has_value();
+        view.staged.reset();  // (a batch may hold thousands)
         auto blocks = std::move(*uploaded);
         Manifest m;
         m.size = view.size;
@@ -589,7 +603,7 @@ Status WriteBack::FlushBatch(bool* held) {
           w.mtime_ns = n->mtime_ns;
           ops.push_back(std::move(w));
         }
-        sent.push_back({n->id, std::move(view), std::move(m)});
+        sent.push_back({n->id, std::move(view), std::move(m), from_staged});
         flushed.insert(n->id);
         spdlog::debug("write-back: node {} ({} bytes): {} blocks hashed, {} sent", n->id, n->size, up.blocks_hashed,
                       up.blocks_sent);
@@ -667,18 +681,24 @@ Status WriteBack::FlushBatch(bool* held) {
       for (const auto& o : ops)
         if (o.type == OpType::kCreate && !flushed.count(o.id) && by_id.count(o.id) && !HasPending(o.id))
           cache_->CreatedCommitted(o.id);
-      std::vector<uint64_t> saved;
+      // Files sent from their staged bytes: all here at the new version,
+      // on record before the cache takes them for committed (a read then
+      // finds the record, not a node with nothing local and nothing known).
       std::vector<LocalState::CachedFile> staged_files;
-      for (const auto& s : sent) {
-        auto it = by_id.find(s.id);
-        if (it != by_id.end() && !it->second->deleted) {
-          cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.view.staged.has_value(), &staged_files);
-          saved.push_back(s.id);
-        }
-      }
+      for (const auto& s : sent)
+        if (auto it = by_id.find(s.id); s.staged && it != by_id.end() && !it->second->deleted)
+          staged_files.push_back({s.id, it->second->version, s.m, std::vector<bool>(s.m.blocks.size(), true)});
       if (!staged_files.empty())
         if (Status f = state_->SaveFiles(staged_files); !f.ok())
           spdlog::warn("{} (the new files are fetched again when read)", f.ToString());
+      std::vector<uint64_t> saved;
+      for (const auto& s : sent) {
+        auto it = by_id.find(s.id);
+        if (it != by_id.end() && !it->second->deleted) {
+          cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
+          saved.push_back(s.id);
+        }
+      }
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
       for (uint64_t id : restore) RestoreNode(id);
@@ -944,7 +964,9 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     // otherwise the cache keeps its content local, on the server's version
     // (a later flush sends it).
     auto m = client_->GetManifest(s.id, it->second->version);
-    if (m.ok() && *m == s.m) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.view.staged.has_value());
+    if (m.ok() && *m == s.m && s.staged)
+      (void)state_->SaveFile({s.id, it->second->version, s.m, std::vector<bool>(s.m.blocks.size(), true)});
+    if (m.ok() && *m == s.m) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
     else if (m.ok()) cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
     (void)Record({}, {}, {s.id});
   }

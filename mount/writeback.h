@@ -110,6 +110,7 @@ class WriteBack {
     uint64_t id;  // 0: its content went into a conflict copy
     ChunkCache::FlushView view;
     Manifest m;
+    bool staged = false;  // sent from staged bytes (view.staged, let go once read)
   };
   // A commit answered `replayed` (an earlier attempt was applied, its
   // answer lost): the local view follows the records it made.
