@@ -404,10 +404,23 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     for (size_t b = e->manifest.blocks.size(); b < e->present.size(); ++b) e->present[b] = e->dirty[b] = true;
   }
   // A file created here has nothing to remember until its first flush
-  // (which saves its bitmap with the journal entry).
+  // (which saves its bitmap with the journal entry); nor has one with
+  // local content (its flush saves it, and a commit of staged bytes saves
+  // its record first: not to be written over from here).
   const bool created_here = n.version == 0 && !saved;
-  if (state_ && !created_here && !from_saved) {
+  if (state_ && !created_here && !from_saved && !local) {
     RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, e->manifest, e->present}));
+  }
+  if (state_ && local && !from_saved && !IsLocal(n.id)) {
+    // Committed while this opened (its staged bytes, sent from memory):
+    // the record made then says what is here.
+    auto f = state_->LoadFile(n.id);
+    if (f.ok() && *f && (*f)->version == e->version && (*f)->manifest == e->manifest &&
+        (*f)->present.size() == e->present.size()) {
+      std::lock_guard elock(e->mu);
+      e->present = (*f)->present;
+      std::fill(e->dirty.begin(), e->dirty.end(), false);
+    }
   }
   std::lock_guard lock(mu_);
   auto it = entries_.find(n.id);

@@ -685,8 +685,9 @@ Status WriteBack::FlushBatch(bool* held) {
       // on record before the cache takes them for committed (a read then
       // finds the record, not a node with nothing local and nothing known).
       std::vector<LocalState::CachedFile> staged_files;
+      // (One opened since has its bitmap saved from the entry, below.)
       for (const auto& s : sent)
-        if (auto it = by_id.find(s.id); s.staged && it != by_id.end() && !it->second->deleted)
+        if (auto it = by_id.find(s.id); s.staged && it != by_id.end() && !it->second->deleted && !cache_->Holds(s.id))
           staged_files.push_back({s.id, it->second->version, s.m, std::vector<bool>(s.m.blocks.size(), true)});
       if (!staged_files.empty())
         if (Status f = state_->SaveFiles(staged_files); !f.ok())
