@@ -30,12 +30,12 @@ constexpr auto kWriterBurstGather = std::chrono::milliseconds(50);
 constexpr uint64_t kMaxStagedBytes = 64 << 20;  // staged bytes kept in memory (and the log) at most, in a burst
 constexpr auto kPlaceAfter = std::chrono::milliseconds(100);  // a pause this long ends a burst for the writer
 // A burst (changes at most kBurstGap apart, kBurstMin of them or more) is
-// committed once it pauses for kBurstPause, or kMaxDefer after it began if
-// it goes on: on two cores its commits (and the server's work for them)
-// would otherwise slow the copy making it by half. (A copy on a busy
+// committed once it pauses for kBurstPause, or from kMaxDefer after it
+// began if it goes on: on two cores its commits (and the server's work for
+// them) would otherwise slow the copy making it by half. (A copy on a busy
 // machine has gaps of a few ms now and then: once begun, a burst goes on
-// through them.) A single change, an editor's save or a few files still
-// go at once.
+// through them, held only once.) A single change, an editor's save or a
+// few files still go at once.
 constexpr auto kBurstGap = std::chrono::milliseconds(5);
 constexpr auto kBurstPause = std::chrono::milliseconds(50);
 constexpr size_t kBurstMin = 64;
@@ -129,14 +129,18 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
       if (auto f = cache_->FileRecord(id)) c.files.push_back(std::move(*f));
     c.ticket = queued_ticket_ + 1;
     const auto now = std::chrono::steady_clock::now();
-    // (A burst held for kMaxDefer already ends at the next short gap: a
-    // trickle after a spike must not be taken for one for good.)
-    const bool held = burst_len_ >= kBurstMin && now - burst_since_ < kMaxDefer;
-    if (now - last_change_ > (held ? kBurstPause : kBurstGap)) {
-      burst_since_ = now;
-      burst_len_ = 0;
+    // A dense run (gaps up to kBurstGap) of kBurstMin or more makes a
+    // burst, which then goes on through gaps up to kBurstPause (one
+    // stream: its commits are held for its first kMaxDefer only); the
+    // writer gathers longer only while the run is dense (a trickle after
+    // a spike is not a burst for it).
+    const auto gap = now - last_change_;
+    if (gap > kBurstGap) dense_len_ = 0;
+    if (gap > kBurstPause || (!stream_dense_ && gap > kBurstGap)) {
+      stream_since_ = now;
+      stream_dense_ = false;
     }
-    ++burst_len_;
+    if (++dense_len_ >= kBurstMin) stream_dense_ = true;
     last_change_ = now;
     if (Status st = state_->LogChange(c); !st.ok()) {
       CountPending(c.entries, c.rows, -1);
@@ -291,7 +295,7 @@ void WriteBack::WriterLoop() {
       // x): let a few more gather, one transaction for all.
       // (Longer in a burst: a transaction writes each page it touches once,
       // and the rows of random node ids touch a page each.)
-      const auto gather = burst_len_ >= kBurstMin ? kWriterBurstGather : kWriterGather;
+      const auto gather = dense_len_ >= kBurstMin ? kWriterBurstGather : kWriterGather;
       q_cv_.wait_for(lock, gather, [this] { return writer_stopping_ || waiters_ > 0; });
     }
     // Elements of a deque stay put while others are pushed at its back.
@@ -428,7 +432,7 @@ void WriteBack::LetBurstFinish() {
     {
       std::lock_guard lock(q_mu_);
       const auto now = std::chrono::steady_clock::now();
-      if (burst_len_ < kBurstMin || now - last_change_ > kBurstPause || now - burst_since_ > kMaxDefer) return;
+      if (!stream_dense_ || now - last_change_ > kBurstPause || now - stream_since_ > kMaxDefer) return;
     }
     std::unique_lock lock(mu_);
     if (cv_.wait_for(lock, kBurstGap, [this] { return stopping_; })) return;

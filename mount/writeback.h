@@ -155,11 +155,14 @@ class WriteBack {
   std::condition_variable written_cv_;  // WaitWritten waits for the writer
   std::deque<LocalState::Change> queue_;  // guarded by q_mu_; in the intent log; popped by the writer once saved
   uint64_t queued_ticket_ = 0;          // guarded by q_mu_: the last ticket handed out
-  // guarded by q_mu_: the run of changes that came close together (a
-  // burst: cp -r, tar x, a build) and when it began
+  // guarded by q_mu_: the changes that came close together (a burst:
+  // cp -r, tar x, a build): the last one, the current dense run's length,
+  // and the stream it is part of (when it began, whether it had a dense
+  // run long enough to count)
   std::chrono::steady_clock::time_point last_change_{};
-  std::chrono::steady_clock::time_point burst_since_{};
-  size_t burst_len_ = 0;
+  size_t dense_len_ = 0;
+  std::chrono::steady_clock::time_point stream_since_{};
+  bool stream_dense_ = false;
   // Waits while a burst of changes is under way (for a while at most):
   // its commits then do not take the CPU from the program making it.
   void LetBurstFinish();
