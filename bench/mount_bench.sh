@@ -10,6 +10,9 @@
 #   ANCHORS="native sshfs rclone" (default) which anchors to run; "none" for
 #   tidefs alone (then the data must exist from an earlier run).
 #   MILLION=0 skips the 1,000,000-node mount figures.
+# Each run also measures "floor": build/tidefs_fuse_floor, a FUSE file system
+# that keeps everything in memory and does nothing else, with the mount's
+# session settings: what any FUSE design pays on this machine.
 # Needs root, /dev/fuse and a built tree (build/). Data in BENCH_DIR
 # (default /tmp/tidefs-anchors, shared with anchors.sh).
 set -u
@@ -22,11 +25,16 @@ M=$T/mnt
 C=$T/cache
 BIN=$ROOT/build/tidefs
 BENCH=$ROOT/build/tidefs_bench
+FLOOR=$ROOT/build/tidefs_fuse_floor
+FM=$T/floor-mnt
+FPID=
 ANCHORS=${ANCHORS:-native sshfs rclone}
 PID=
 mkdir -p "$T"
 cleanup() {
   mountpoint -q "$M" 2>/dev/null && { fusermount3 -u "$M" 2>/dev/null || fusermount3 -uz "$M"; }
+  mountpoint -q "$FM" 2>/dev/null && { fusermount3 -u "$FM" 2>/dev/null || fusermount3 -uz "$FM"; }
+  [ -n "$FPID" ] && wait "$FPID" 2>/dev/null
   [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
   true
 }
@@ -61,6 +69,12 @@ mnt() {  # project token cache-dir
   "$BIN" mount --server "$URL" --project "$1" --token "$2" --cache-dir "$3" "$M"
 }
 umnt() { "$BIN" unmount "$M"; for _ in $(seq 100); do mountpoint -q "$M" || return; sleep 0.05; done; }
+floor_up() {  # a fresh floor file system at $FM (its "big" is 1 GiB)
+  mkdir -p "$FM"; "$FLOOR" "$FM" & FPID=$!
+  for _ in $(seq 100); do mountpoint -q "$FM" && return; sleep 0.05; done
+  echo "tidefs_fuse_floor did not mount at $FM" >&2; exit 1
+}
+floor_down() { fusermount3 -u "$FM"; wait "$FPID"; FPID=; }
 
 s=tidefs
 drop; t0=$(now); mnt anchors "$TOK" "$C"; ls "$M/tree100k" >/dev/null; t1=$(now)
@@ -70,6 +84,9 @@ t0=$(now); ls -l "$M/flat10k" >/dev/null; t1=$(now); say $s ls_l_10k_warm "$(ms 
 t0=$(now); find "$M/tree100k" -ls >/dev/null; t1=$(now); say $s find_ls_100k "$(ms "$t0" "$t1")" ms
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_warm "$(mbs "$t0" "$t1")" MB/s
+floor_up; drop
+t0=$(now); dd if="$FM/big" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say floor seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
+floor_down
 
 # Random 4 KiB reads of cached data (fio, 2 jobs), the local folder in the same run.
 fio_iops() {  # file
@@ -107,6 +124,9 @@ WT=$(token small); mnt small "$WT" "$T/cache-small"
 t0=$(now); cp -r "$B/small-src" "$M/small"; t1=$(now); committed; t2=$(now)
 say $s small_10k_cp "$(ms "$t0" "$t1")" ms
 say $s small_10k_on_remote_after_cp "$(ms "$t1" "$t2")" ms
+floor_up
+t0=$(now); cp -r "$B/small-src" "$FM/small"; t1=$(now); say floor small_10k_cp "$(ms "$t0" "$t1")" ms
+floor_down
 umnt; rm -rf "$T/cache-small" "$T/small-local"
 
 # A new 1 GiB file: cp into the mount until it is committed (the local

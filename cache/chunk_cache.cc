@@ -15,6 +15,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/logging.h"
+
 namespace tidefs {
 namespace {
 
@@ -153,6 +155,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
   }
   for (int i = 0; i < kWriters; ++i)
     writers_.emplace_back([this] {
+      NameThread("tidefs-cachewr");
       for (;;) {
         WriteJob job;
         {
@@ -168,6 +171,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
     });
   for (int i = 0; i < threads; ++i)
     pool_.emplace_back([this] {
+      NameThread("tidefs-fetch");
       for (;;) {
         std::function<void()> task;
         {

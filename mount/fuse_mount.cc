@@ -36,6 +36,7 @@
 #include "cache/chunk_cache.h"
 #include "client/local_state.h"
 #include "core/hash.h"
+#include "core/logging.h"
 #include "core/memory.h"
 #include "client/importer.h"
 #include "core/names.h"
@@ -953,6 +954,7 @@ class StatusServer {
       return;
     }
     thread_ = std::thread([this] {
+      NameThread("tidefs-status");
       for (;;) {
         int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (c < 0) {

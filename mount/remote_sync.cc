@@ -5,6 +5,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/logging.h"
+
 namespace tidefs {
 namespace {
 
@@ -36,7 +38,10 @@ RemoteSync::~RemoteSync() { Stop(); }
 
 void RemoteSync::Start() {
   if (thread_.joinable()) return;
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    NameThread("tidefs-sync");
+    Loop();
+  });
   stream_.Start();
 }
 

@@ -10,6 +10,7 @@
 
 #include "client/importer.h"
 #include "client/uploader.h"
+#include "core/logging.h"
 #include "core/names.h"
 
 namespace tidefs {
@@ -67,8 +68,14 @@ WriteBack::WriteBack(ApiClient* client, LocalState* state, Tree* tree, ChunkCach
       spdlog::error("reading the journal failed: {}", pending.status().ToString());
   }
   queued_ticket_ = written_ticket_ = state_->last_ticket();
-  writer_ = std::thread([this] { WriterLoop(); });
-  thread_ = std::thread([this] { Loop(); });
+  writer_ = std::thread([this] {
+    NameThread("tidefs-writer");
+    WriterLoop();
+  });
+  thread_ = std::thread([this] {
+    NameThread("tidefs-flush");
+    Loop();
+  });
 }
 
 WriteBack::~WriteBack() {

@@ -11,6 +11,8 @@
 #include <boost/beast/websocket.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/logging.h"
+
 namespace tidefs {
 
 namespace net = boost::asio;
@@ -182,7 +184,10 @@ EventStream::~EventStream() { Stop(); }
 void EventStream::Start() {
   if (impl_->thread.joinable()) return;
   net::co_spawn(impl_->ioc, impl_->Run(), net::detached);
-  impl_->thread = std::thread([this] { impl_->ioc.run(); });
+  impl_->thread = std::thread([this] {
+    NameThread("tidefs-events");
+    impl_->ioc.run();
+  });
 }
 
 void EventStream::Stop() {

@@ -1,5 +1,6 @@
 #include "core/logging.h"
 
+#include <pthread.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -16,5 +17,7 @@ void SetupLogging(int verbosity) {
     default: spdlog::set_level(spdlog::level::trace); break;
   }
 }
+
+void NameThread(const char* name) { pthread_setname_np(pthread_self(), name); }
 
 }  // namespace tidefs

@@ -4,4 +4,7 @@
 
 namespace tidefs {
 void SetupLogging(int verbosity);
+// Names the calling thread (at most 15 characters shown) for top -H, perf
+// and gdb.
+void NameThread(const char* name);
 }
