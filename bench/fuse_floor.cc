@@ -29,7 +29,7 @@
 namespace {
 
 constexpr double kTimeout = 3600.0;
-constexpr size_t kPattern = 1u << 20;
+size_t kPattern = 1u << 20;  // FLOOR_PATTERN_MB: bytes served cycle through this much memory
 
 struct Node {
   mode_t mode = 0;
@@ -42,7 +42,7 @@ struct Node {
 struct Floor {
   std::mutex mu;
   std::vector<Node> nodes;  // index = inode; 0 unused
-  std::vector<char> pattern = std::vector<char>(kPattern);
+  std::vector<char> pattern;
 };
 
 Floor* Self(fuse_req_t req) { return static_cast<Floor*>(fuse_req_userdata(req)); }
@@ -177,7 +177,7 @@ void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_in
   uint64_t o = static_cast<uint64_t>(off);
   if (o >= file_size) return (void)fuse_reply_buf(req, nullptr, 0);
   size_t n = static_cast<size_t>(std::min<uint64_t>(size, file_size - o));
-  n = std::min(n, kPattern);  // max_read is 1 MiB, the pattern's size
+  n = std::min(n, kPattern);  // max_read is 1 MiB, at most the pattern's size
   size_t start = static_cast<size_t>(o % kPattern);
   if (start + n <= kPattern) return (void)fuse_reply_buf(req, f->pattern.data() + start, n);
   iovec iov[2] = {{f->pattern.data() + start, kPattern - start},
@@ -251,6 +251,8 @@ int main(int argc, char** argv) {
   }
   Floor floor;
   uint64_t x = 0x9e3779b97f4a7c15ull;
+  if (const char* mb = getenv("FLOOR_PATTERN_MB")) kPattern = std::max<size_t>(1, std::strtoull(mb, nullptr, 10)) << 20;
+  floor.pattern.resize(kPattern);
   for (size_t i = 0; i < kPattern; i += 8) {  // xorshift: incompressible, fixed
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     std::memcpy(floor.pattern.data() + i, &x, 8);

@@ -71,8 +71,10 @@ mnt() {  # project token cache-dir
 umnt() { "$BIN" unmount "$M"; for _ in $(seq 100); do mountpoint -q "$M" || return; sleep 0.05; done; }
 floor_up() {  # a fresh floor file system at $FM (its "big" is 1 GiB)
   mkdir -p "$FM"; "$FLOOR" "$FM" & FPID=$!
-  for _ in $(seq 100); do mountpoint -q "$FM" && return; sleep 0.05; done
-  echo "tidefs_fuse_floor did not mount at $FM" >&2; exit 1
+  for _ in $(seq 100); do mountpoint -q "$FM" && break; sleep 0.05; done
+  mountpoint -q "$FM" || { echo "tidefs_fuse_floor did not mount at $FM" >&2; exit 1; }
+  # The read-ahead tidefs sets for itself (1 MiB instead of the kernel's 128 KiB).
+  echo 1024 >"/sys/class/bdi/$(awk -v m="$FM" '$5 == m {print $3}' /proc/self/mountinfo | tail -1)/read_ahead_kb"
 }
 floor_down() { fusermount3 -u "$FM"; wait "$FPID"; FPID=; }
 
