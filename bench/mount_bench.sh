@@ -86,9 +86,6 @@ t0=$(now); ls -l "$M/flat10k" >/dev/null; t1=$(now); say $s ls_l_10k_warm "$(ms 
 t0=$(now); find "$M/tree100k" -ls >/dev/null; t1=$(now); say $s find_ls_100k "$(ms "$t0" "$t1")" ms
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_warm "$(mbs "$t0" "$t1")" MB/s
-floor_up; drop
-t0=$(now); dd if="$FM/big" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say floor seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
-floor_down
 
 # Random 4 KiB reads of cached data (fio, 2 jobs), the local folder in the same run.
 fio_iops() {  # file
@@ -100,6 +97,9 @@ cat "$R/big1g" >/dev/null
 say native fio_randread_4k_cached "$(fio_iops "$R/big1g")" IOPS
 say $s fio_randread_4k_cached "$(fio_iops "$M/big1g")" IOPS
 umnt
+floor_up; drop
+t0=$(now); dd if="$FM/big" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say floor seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
+floor_down
 
 # cp of 1 GiB out of a cold mount (read-ahead at work), the local disk in the same run.
 rm -f "$T/copy"; drop
