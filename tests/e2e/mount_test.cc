@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -1338,6 +1339,53 @@ TEST_F(MountTest, RefusesBadMountArguments) {
   EXPECT_NE(out.find("in use by another tidefs mount"), std::string::npos) << out;
   EXPECT_FALSE(IsMounted(dir_ + "/mnt"));
   EXPECT_EQ(ReadAll(first.path() + "/a.txt"), "first\n");
+}
+
+TEST_F(MountTest, AMountpointThroughASymlinkWithQuotesInItsNameMountsAndUnmounts) {
+  Write("a.txt", "through the link\n");
+  Import();
+  const std::string target = dir_ + "/it's a \"mount\" dir";
+  const std::string link = dir_ + "/link";
+  fs::create_directories(target);
+  fs::create_directory_symlink(target, link);
+  auto quoted = [](const std::string& s) {  // for the shell RunCommand uses
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+  };
+  // The device of the tidefs mount at `target` ("" when there is none);
+  // mountinfo writes a space as \040.
+  auto mounted_dev = [&] {
+    std::string escaped;
+    for (char c : target) escaped += c == ' ' ? std::string("\\040") : std::string(1, c);
+    std::ifstream info("/proc/self/mountinfo");
+    std::string line, dev;
+    while (std::getline(info, line)) {
+      std::istringstream fields(line);
+      std::string id, parent, majmin, root, point;
+      fields >> id >> parent >> majmin >> root >> point;
+      if (point == escaped && line.find(" - fuse.tidefs ") != std::string::npos) dev = majmin;
+    }
+    return dev;
+  };
+  std::string out;
+  ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " mount --server " + server_.url() + " --project demo --token " +
+                           server_.rw_token + " --cache-dir " + dir_ + "/cache " + quoted(link) + " 2>&1",
+                       &out),
+            0)
+      << out;
+  const std::string dev = mounted_dev();
+  ASSERT_NE(dev, "");
+  EXPECT_EQ(ReadAll(link + "/a.txt"), "through the link\n");
+  // Known by either name (the pid file is the target's)...
+  EXPECT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " status --json " + quoted(target) + " 2>&1", &out), 0) << out;
+  EXPECT_NE(out.find("\"pid\""), std::string::npos) << out;
+  // ...and the kernel reads ahead 1 MiB there too.
+  EXPECT_EQ(ReadAll("/sys/class/bdi/" + dev + "/read_ahead_kb"), "1024\n") << dev;
+  // Unmounted through the link (no shell in between to trip on the quotes).
+  EXPECT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + quoted(link) + " 2>&1", &out), 0) << out;
+  EXPECT_EQ(mounted_dev(), "");
+  if (!mounted_dev().empty()) RunCommand("fusermount3 -uz " + quoted(target), &out);
 }
 
 }  // namespace
