@@ -881,7 +881,9 @@ Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<s
 // name too while it is a symlink (the kernel mounts on its target). The
 // mount itself is never asked (it may not be serving yet, or any more):
 // readlink() of a directory fails without calling the file system.
-std::string CanonicalMountpoint(const std::string& mountpoint) {
+// (`follow_links` false: the last name as given, how pid files were named
+// before, for mounts an older binary started.)
+std::string CanonicalMountpoint(const std::string& mountpoint, bool follow_links = true) {
   std::error_code ec;
   std::filesystem::path p = std::filesystem::absolute(mountpoint, ec).lexically_normal();
   for (int links = 0;; ++links) {
@@ -889,15 +891,15 @@ std::string CanonicalMountpoint(const std::string& mountpoint) {
     auto parent = std::filesystem::weakly_canonical(p.parent_path(), ec);
     if (!ec) p = parent / p.filename();
     char target[PATH_MAX];
-    const ssize_t n = ::readlink(p.c_str(), target, sizeof target);
+    const ssize_t n = follow_links ? ::readlink(p.c_str(), target, sizeof target) : -1;
     if (n <= 0 || static_cast<size_t>(n) >= sizeof target || links == 40) return p.string();
     std::filesystem::path t(std::string(target, static_cast<size_t>(n)));
     p = (t.is_absolute() ? t : p.parent_path() / t).lexically_normal();
   }
 }
 
-std::string PidFile(const std::string& mountpoint) {
-  const std::string canon = CanonicalMountpoint(mountpoint);
+std::string PidFile(const std::string& mountpoint, bool follow_links = true) {
+  const std::string canon = CanonicalMountpoint(mountpoint, follow_links);
   std::error_code ec;
   const char* run = getenv("XDG_RUNTIME_DIR");
   std::string dir = run && *run ? std::string(run) + "/tidefs" : "/tmp/tidefs-" + std::to_string(getuid());
@@ -911,8 +913,8 @@ std::string PidFile(const std::string& mountpoint) {
 // eight times as many round trips as 1 MiB ones (FUSE threads' CPU for a
 // cold 1 GiB read: 1.2-1.6 s -> 0.7-0.8 s). The device is found in
 // /proc/self/mountinfo: asking the mount itself would wait for a loop that
-// has not started.
-// `canon`: the mountpoint as the kernel names it, resolved before mounting.
+// has not started. `canon`: the mountpoint as the kernel names it
+// (CanonicalMountpoint, which never asks the mount either).
 void RaiseReadAhead(const std::string& canon) {
   constexpr const char* kReadAheadKb = "1024";  // one max_read request
   std::ifstream in("/proc/self/mountinfo");
@@ -934,15 +936,25 @@ void RaiseReadAhead(const std::string& canon) {
     std::string id, parent, majmin, root, point;
     fields >> id >> parent >> majmin >> root >> point;
     const size_t dash = line.find(" - ");
-    if (dash == std::string::npos || line.compare(dash + 3, 4, "fuse") != 0) continue;
+    if (dash == std::string::npos || line.compare(dash + 3, 12, "fuse.tidefs ") != 0) continue;
     if (unescape(point) == canon) dev = majmin;  // the last one: a mount over an older one
   }
-  if (dev.empty()) return spdlog::debug("read-ahead: {} not found in /proc/self/mountinfo", canon);
+  if (dev.empty())
+    return spdlog::warn("{} is not in /proc/self/mountinfo: the kernel's read-ahead stays at 128 KiB (sequential "
+                        "reads take 8 times as many requests)",
+                        canon);
   const std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
+  errno = 0;
   std::ofstream out(path);
   out << kReadAheadKb;
   out.flush();
-  if (!out) return spdlog::debug("read-ahead stays at the kernel's 128 KiB: cannot write {} (needs root)", path);
+  if (!out) {
+    const std::string why = errno ? std::strerror(errno) : "write failed";
+    // Only root may; for anyone else this is expected.
+    if (geteuid() == 0)
+      return spdlog::warn("cannot write {} ({}): the kernel's read-ahead for {} stays at 128 KiB", path, why, canon);
+    return spdlog::debug("read-ahead stays at the kernel's 128 KiB: cannot write {} ({}; needs root)", path, why);
+  }
   spdlog::debug("read-ahead of {}: {} KiB", canon, kReadAheadKb);
 }
 
@@ -1052,12 +1064,19 @@ bool ReadPidFile(const std::string& path, pid_t* pid, std::string* cache_dir) {
   return true;
 }
 
+// The running mount's pid file (or that of a mount an older binary started
+// through a symlink, named after the link).
+bool ReadMountPid(const std::string& mountpoint, pid_t* pid, std::string* cache_dir) {
+  return ReadPidFile(PidFile(mountpoint), pid, cache_dir) ||
+         ReadPidFile(PidFile(mountpoint, /*follow_links=*/false), pid, cache_dir);
+}
+
 }  // namespace
 
 Result<std::string> MountStatus(const std::string& mountpoint) {
   pid_t pid = 0;
   std::string cache_dir;
-  if (!ReadPidFile(PidFile(mountpoint), &pid, &cache_dir) || kill(pid, 0) != 0)
+  if (!ReadMountPid(mountpoint, &pid, &cache_dir) || kill(pid, 0) != 0)
     return Status::NotFound("no tidefs mount at " + mountpoint);
   std::string path = cache_dir + "/control.sock";
   sockaddr_un addr{};
@@ -1102,19 +1121,24 @@ uint64_t ChangesLeft(const std::string& cache_dir) {
 }
 
 Status Unmount(const std::string& mountpoint) {
-  std::string pid_file = PidFile(mountpoint);
   pid_t pid = 0;
   std::string cache_dir;
-  ReadPidFile(pid_file, &pid, &cache_dir);
+  if (!ReadMountPid(mountpoint, &pid, &cache_dir))
+    spdlog::info("no tidefs mount process is known for {}: unmounting without waiting for one", mountpoint);
   // (No shell: a quote or a space in the path is just part of it.)
   const std::string target = CanonicalMountpoint(mountpoint);
   const char* argv[] = {"fusermount3", "-u", target.c_str(), nullptr};
   pid_t child = 0;
-  int rc = -1;
-  if (posix_spawnp(&child, "fusermount3", nullptr, nullptr, const_cast<char* const*>(argv), environ) == 0)
-    while (waitpid(child, &rc, 0) < 0 && errno == EINTR) {
-    }
-  if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != 0)
+  if (int err = posix_spawnp(&child, "fusermount3", nullptr, nullptr, const_cast<char* const*>(argv), environ))
+    return Status::IoError("cannot run fusermount3 to unmount " + mountpoint + ": " + std::strerror(err) +
+                           " (is the fuse3 package installed?)");
+  int rc = 0;
+  while (waitpid(child, &rc, 0) < 0) {
+    if (errno != EINTR) return Status::IoError(std::string("cannot wait for fusermount3: ") + std::strerror(errno));
+  }
+  if (!WIFEXITED(rc))
+    return Status::IoError("fusermount3 died (signal " + std::to_string(WTERMSIG(rc)) + ") unmounting " + mountpoint);
+  if (WEXITSTATUS(rc) != 0)
     return Status::IoError("cannot unmount " + mountpoint + " (is it mounted, and is no program using it?)");
   // Wait for the mount's process to send what is left and save its state.
   auto alive = [pid] {
@@ -1472,10 +1496,11 @@ Status RunMount(const MountOptions& opts) {
   // Named before mounting: resolving the path afterwards would ask this
   // very mount, which is not serving yet.
   std::string pid_file = PidFile(opts.mountpoint);
+  const std::string kernel_name = CanonicalMountpoint(opts.mountpoint);
   if (fuse_session_mount(se, opts.mountpoint.c_str()) != 0)
     return Status::IoError("cannot mount at " + opts.mountpoint + " (is it an empty directory, and is /dev/fuse there?)");
   guard.mounted = true;
-  RaiseReadAhead(CanonicalMountpoint(opts.mountpoint));
+  RaiseReadAhead(kernel_name);
   fs.se = se;
   fs.sync->Start();
   struct SyncStopper {

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -1374,6 +1375,13 @@ TEST_F(MountTest, AMountpointThroughASymlinkWithQuotesInItsNameMountsAndUnmounts
                        &out),
             0)
       << out;
+  struct Guard {  // a failed assertion below must not leave the mount behind
+    std::function<void()> f;
+    ~Guard() { f(); }
+  } guard{[&] {
+    std::string ignored;
+    if (!mounted_dev().empty()) RunCommand("fusermount3 -uz " + quoted(target), &ignored);
+  }};
   const std::string dev = mounted_dev();
   ASSERT_NE(dev, "");
   EXPECT_EQ(ReadAll(link + "/a.txt"), "through the link\n");
@@ -1385,7 +1393,6 @@ TEST_F(MountTest, AMountpointThroughASymlinkWithQuotesInItsNameMountsAndUnmounts
   // Unmounted through the link (no shell in between to trip on the quotes).
   EXPECT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + quoted(link) + " 2>&1", &out), 0) << out;
   EXPECT_EQ(mounted_dev(), "");
-  if (!mounted_dev().empty()) RunCommand("fusermount3 -uz " + quoted(target), &out);
 }
 
 }  // namespace
