@@ -13,6 +13,8 @@
 //   foreground until unmounted (fusermount3 -u MOUNTPOINT).
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
+
+#include "mount/fuse_settings.h"
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -77,15 +79,7 @@ void ReplyEntry(fuse_req_t req, Floor* f, fuse_ino_t ino) {
 }
 
 void OpInit(void*, fuse_conn_info* conn) {
-  conn->max_read = 1u << 20;
-  conn->max_write = 1u << 20;
-  conn->max_readahead = 4u << 20;
-  conn->max_background = 64;
-  conn->congestion_threshold = 48;
-  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
-  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
-  if (conn->capable & FUSE_CAP_SPLICE_WRITE)
-    conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
+  tidefs::TuneFuseConnection(conn);
   if (getenv("FLOOR_WBC")) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 }
 
@@ -280,7 +274,7 @@ int main(int argc, char** argv) {
   ops.statfs = OpStatfs;
 
   std::vector<const char*> args_v = {"tidefs_fuse_floor", "-o", "fsname=floor", "-o",
-                                     "max_read=1048576"};
+                                     tidefs::kFuseMaxReadOption};
   if (!getenv("FLOOR_NO_DP")) {
     args_v.push_back("-o");
     args_v.push_back("default_permissions");
@@ -298,9 +292,7 @@ int main(int argc, char** argv) {
     fuse_session_destroy(se);
     return 1;
   }
-  fuse_loop_config cfg{};
-  cfg.clone_fd = 0;
-  cfg.max_idle_threads = 16;
+  fuse_loop_config cfg = tidefs::FuseLoopConfig();
   int rc = getenv("FLOOR_ST") ? fuse_session_loop(se) : fuse_session_loop_mt(se, &cfg);
   fuse_remove_signal_handlers(se);
   fuse_session_unmount(se);

@@ -45,6 +45,7 @@
 #include "core/memory.h"
 #include "client/importer.h"
 #include "core/names.h"
+#include "mount/fuse_settings.h"
 #include "mount/remote_sync.h"
 #include "mount/tree.h"
 #include "mount/writeback.h"
@@ -134,20 +135,7 @@ void FillEntry(const Fs& fs, const NodeRecord& n, fuse_entry_param* e) {
   FillStat(fs, n, &e->attr);
 }
 
-void OpInit(void*, fuse_conn_info* conn) {
-  // Large requests and kernel read-ahead: sequential reads arrive as 1 MiB
-  // requests and keep several in flight while chunks stream in.
-  conn->max_read = 1u << 20;  // matches -o max_read
-  conn->max_write = 1u << 20;  // writes of 1 MiB, not 128 KiB
-  conn->max_readahead = 4u << 20;
-  conn->max_background = 64;
-  conn->congestion_threshold = 48;
-  if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
-  // Cached pages stay valid until the mount says otherwise (precise
-  // invalidation), so reads of cached data need no attribute check.
-  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
-  if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want |= FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE;
-}
+void OpInit(void*, fuse_conn_info* conn) { TuneFuseConnection(conn); }
 
 void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   Fs* fs = Self(req);
@@ -1469,7 +1457,7 @@ Status RunMount(const MountOptions& opts) {
 
   std::string fsname = "fsname=tidefs:" + opts.client.project;
   std::vector<const char*> argv = {"tidefs", "-o", fsname.c_str(), "-o", "subtype=tidefs", "-o", "default_permissions",
-                                   "-o", "max_read=1048576"};
+                                   "-o", kFuseMaxReadOption};
   // A read-only token gives a read-only mount: the kernel answers EROFS
   // rather than the journal keeping changes the server will refuse.
   if (caller.ok() && caller->read_only) {
@@ -1518,9 +1506,7 @@ Status RunMount(const MountOptions& opts) {
     ~PidFileGuard() { ::unlink(path.c_str()); }
   } pid_guard{pid_file};
   StatusServer status_server(&fs, cache_dir + "/control.sock");
-  fuse_loop_config cfg{};
-  cfg.clone_fd = 0;
-  cfg.max_idle_threads = 16;
+  fuse_loop_config cfg = FuseLoopConfig();
   int rc = fuse_session_loop_mt(se, &cfg);
   // No more kernel notifications: nobody answers requests now, and an
   // invalidation waiting on a lock one of them holds would never return.

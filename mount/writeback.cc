@@ -53,6 +53,11 @@ bool NeedsBase(OpType t) {
 }
 bool Creates(OpType t) { return t == OpType::kCreate || t == OpType::kMkdir || t == OpType::kSymlink; }
 
+// The record of a file sent from its staged bytes: every block here.
+LocalState::CachedFile AllHere(uint64_t id, uint64_t version, const Manifest& m) {
+  return {id, version, m, std::vector<bool>(m.blocks.size(), true)};
+}
+
 }  // namespace
 
 WriteBack::WriteBack(ApiClient* client, LocalState* state, Tree* tree, ChunkCache* cache, std::string device,
@@ -699,7 +704,7 @@ Status WriteBack::FlushBatch(bool* held) {
       // (One opened since has its bitmap saved from the entry, below.)
       for (const auto& s : sent)
         if (auto it = by_id.find(s.id); s.staged && it != by_id.end() && !it->second->deleted && !cache_->Holds(s.id))
-          staged_files.push_back({s.id, it->second->version, s.m, std::vector<bool>(s.m.blocks.size(), true)});
+          staged_files.push_back(AllHere(s.id, it->second->version, s.m));
       if (!staged_files.empty())
         if (Status f = state_->SaveFiles(staged_files); !f.ok())
           spdlog::warn("{} (the new files are fetched again when read)", f.ToString());
@@ -976,10 +981,12 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     // otherwise the cache keeps its content local, on the server's version
     // (a later flush sends it).
     auto m = client_->GetManifest(s.id, it->second->version);
-    if (m.ok() && *m == s.m && s.staged)
-      (void)state_->SaveFile({s.id, it->second->version, s.m, std::vector<bool>(s.m.blocks.size(), true)});
-    if (m.ok() && *m == s.m) cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
-    else if (m.ok()) cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
+    if (m.ok() && *m == s.m) {
+      if (s.staged) (void)state_->SaveFile(AllHere(s.id, it->second->version, s.m));
+      cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
+    } else if (m.ok()) {
+      cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
+    }
     (void)Record({}, {}, {s.id});
   }
   // Attributes or a move committed on a base: the cached bytes are those of

@@ -51,12 +51,20 @@ class LocalStateTest : public ::testing::Test {
     c.files.push_back(f);
     return c;
   }
+  // The same with `bytes` as the new file's staged first write.
+  static LocalChange StagedChange(uint64_t ticket, uint64_t id, const std::string& name, const std::string& bytes) {
+    LocalChange c = Change(ticket, id, name);
+    c.staged.push_back({id, bytes});
+    return c;
+  }
+  static std::string FileText(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
 
   // The changes the intent log holds (it is preallocated: its size says nothing).
   size_t Logged() {
-    std::ifstream in(dir_ + "/intent.log", std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return DecodeLocalLog(bytes).changes.size();
+    return DecodeLocalLog(FileText(dir_ + "/intent.log")).changes.size();
   }
 
   std::string dir_;
@@ -117,8 +125,7 @@ TEST_F(LocalStateTest, ATornOrDamagedEndIsKeptAsideAndTheRestReplayed) {
   for (const auto& e : std::filesystem::directory_iterator(dir_)) {
     if (e.path().filename().string().rfind("intent.log.damaged-", 0) != 0) continue;
     ++aside;
-    std::ifstream in(e.path(), std::ios::binary);
-    std::string kept((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string kept = FileText(e.path());
     EXPECT_EQ(kept.size(), 2 * good.size() + 7) << "every byte not replayed is kept";
   }
   EXPECT_EQ(aside, 1);
@@ -161,12 +168,9 @@ TEST_F(LocalStateTest, StagedBytesOfAKilledMountGoToTheirCacheFilesUnlessThereAl
   std::filesystem::create_directories(dir_ + "/data");
   {
     auto s = Open();
-    LocalChange a = Change(1, 200, "a.txt");
-    a.staged.push_back({200, "staged a"});
-    LocalChange b = Change(2, 201, "b.txt");
-    b.staged.push_back({201, "staged b"});
-    LocalChange c = Change(3, 202, "c.txt");
-    c.staged.push_back({202, "staged c"});
+    LocalChange a = StagedChange(1, 200, "a.txt", "staged a");
+    LocalChange b = StagedChange(2, 201, "b.txt", "staged b");
+    LocalChange c = StagedChange(3, 202, "c.txt", "staged c");
     NodeRecord gone;  // c is deleted later in the log: no file for it
     gone.id = 202;
     gone.deleted = true;
@@ -178,9 +182,8 @@ TEST_F(LocalStateTest, StagedBytesOfAKilledMountGoToTheirCacheFilesUnlessThereAl
     std::ofstream(dir_ + "/data/201") << "newer b";
   }
   auto s = Open();
-  std::ifstream a(dir_ + "/data/200"), b(dir_ + "/data/201");
-  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}), "staged a");
-  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(b), {}), "newer b") << "an older logged write came back";
+  EXPECT_EQ(FileText(dir_ + "/data/200"), "staged a");
+  EXPECT_EQ(FileText(dir_ + "/data/201"), "newer b") << "an older logged write came back";
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/data/202"));
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/data/200.staged"));
 }
@@ -192,10 +195,8 @@ TEST_F(LocalStateTest, StagedBytesOfSavedChangesComeBackWhileTheLogKeepsThem) {
   std::filesystem::create_directories(dir_ + "/data");
   {
     auto s = Open();
-    LocalChange a = Change(1, 300, "a.txt");
-    a.staged.push_back({300, "saved a"});
-    LocalChange b = Change(2, 301, "b.txt");
-    b.staged.push_back({301, "saved b"});
+    LocalChange a = StagedChange(1, 300, "a.txt", "saved a");
+    LocalChange b = StagedChange(2, 301, "b.txt", "saved b");
     for (const auto* x : {&a, &b}) ASSERT_TRUE(s->LogChange(*x).ok());
     ASSERT_TRUE(s->SaveChanges({&a, &b}).ok());
     // b was deleted elsewhere since (the remote change left the mirror).
@@ -209,8 +210,7 @@ TEST_F(LocalStateTest, StagedBytesOfSavedChangesComeBackWhileTheLogKeepsThem) {
                     .ok());
   }
   auto s = Open();
-  std::ifstream a(dir_ + "/data/300");
-  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(a), {}), "saved a");
+  EXPECT_EQ(FileText(dir_ + "/data/300"), "saved a");
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/data/301")) << "bytes of a node deleted since came back";
   EXPECT_TRUE(*s->GetNode(300));
 }
