@@ -1037,12 +1037,16 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
   if (int err = WriteFile(e->fd, -1, data, len, off))
     return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
                   std::string("cannot write to the cache file of node ") + std::to_string(n.id) + ": " + std::strerror(err));
+  std::optional<WriteBehind::Work> behind;
   {
     // Again once the bytes are in: a flush that began between the claim
     // and the pwrite must not count these blocks as sent.
     std::lock_guard lock(e->mu);
     e->write_gen++;
+    behind = e->write_behind.Wrote(off, end);
   }
+  // A large copy in goes on to the disk as it comes (core/write_behind.h).
+  if (behind) WriteBehind::Run(e->fd, *behind);
   return Status::Ok();
 }
 

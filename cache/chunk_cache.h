@@ -28,6 +28,7 @@
 #include "client/local_state.h"
 #include "core/manifest_codec.h"
 #include "core/node.h"
+#include "core/write_behind.h"
 
 namespace tidefs {
 
@@ -198,6 +199,7 @@ class ChunkCache {
     std::vector<bool> verified;  // guarded by mu, per chunk: fetched or re-hashed by this mount
     std::vector<bool> dirty;     // guarded by mu, per block: written since the last flush began
     uint64_t write_gen = 0;      // guarded by mu, bumped by every local write
+    WriteBehind write_behind;    // guarded by mu: of local writes to the file
     bool tracked = true;         // guarded by mu; false: local writes of an earlier mount, unmarked
     // Requires mu. Room for `size` bytes in the per-block/chunk vectors.
     void Grow(uint64_t size);

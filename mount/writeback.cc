@@ -559,6 +559,7 @@ Status WriteBack::FlushBatch(bool* held) {
       if (n && n->kind == NodeKind::kFile) {
         ASSIGN_OR_RETURN(auto view, cache_->BeginFlush(*n));
         UploadStats up;
+        up.drop_behind = true;
         std::string path;
         // Big uploads are shown while they run (`tidefs status`, other devices).
         ProgressFn progress;

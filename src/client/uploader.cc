@@ -1,5 +1,6 @@
 #include "client/uploader.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -81,6 +82,13 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
   std::vector<Hash128> out(nblocks);
   std::vector<std::pair<Hash128, std::string>> batch, in_flight;
   size_t batch_bytes = 0;
+  uint64_t read_from = UINT64_MAX, read_to = 0;  // what the batch read of the file
+  auto drop_read = [&] {
+    if (stats->drop_behind && read_to > read_from)
+      (void)::posix_fadvise(fd, static_cast<off_t>(read_from), static_cast<off_t>(read_to - read_from), POSIX_FADV_DONTNEED);
+    read_from = UINT64_MAX;
+    read_to = 0;
+  };
   UploadStats sent_stats;  // written by the sender only (joined before it is read)
   std::future<Status> sending;
   // An early return must not leave the sender running on our locals.
@@ -113,6 +121,10 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
       if (n == 0) return Status::IoError("the file to upload is shorter than " + std::to_string(size) + " bytes");
       got += static_cast<size_t>(n);
     }
+    if (!mem) {
+      read_from = std::min(read_from, b * kBlockSize);
+      read_to = b * kBlockSize + len;
+    }
     out[b] = HashBlock(data);
     stats->blocks_hashed++;
     if (small) {
@@ -123,6 +135,7 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     batch_bytes += len;
     batch.emplace_back(out[b], std::move(data));
     if (batch_bytes >= kFileBatchBytes) {
+      drop_read();
       // The batch goes up while the next one is read and hashed.
       if (sending.valid()) RETURN_IF_ERROR(sending.get());
       if (stats->on_progress && b > 0) stats->on_progress(std::min<uint64_t>(size, (b + 1) * kBlockSize - batch_bytes));
@@ -132,6 +145,7 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
       batch_bytes = 0;
     }
   }
+  drop_read();
   if (sending.valid()) RETURN_IF_ERROR(sending.get());
   RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, &sent_stats));
   if (small && shared->bytes >= kFileBatchBytes) {

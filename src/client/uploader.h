@@ -26,6 +26,9 @@ struct UploadStats {
   // UploadFileBlocks: told how far into the file the upload has got (bytes
   // hashed and sent), after each batch.
   std::function<void(uint64_t done)> on_progress;
+  // UploadFileBlocks: the file's pages leave the page cache once read (a
+  // mount's cache file: the kernel's page cache of the mount has them).
+  bool drop_behind = false;
 };
 
 inline constexpr size_t kUploadRequestBytes = 4 << 20;  // per /blocks request

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cstring>
 #include <memory>
+#include <span>
 #include <unordered_set>
 
 #include <nlohmann/json.hpp>
@@ -365,7 +366,7 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   };
   // Chunk-sized ranges are the common case; a whole large file streams on
   // the kernel's own read-ahead after its first 16 MiB.
-  blocks_->Prefetch(locs->size() <= 256 ? *locs : std::vector<BlockLocation>(locs->begin(), locs->begin() + 256));
+  blocks_->Prefetch(std::span<const BlockLocation>(*locs).first(std::min<size_t>(locs->size(), 256)));
   auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, range.first, range.last, first_block,
                                           std::unique_ptr<char[]>(new char[kPieceBlocks * kBlockSize])});
   r.stream_length = range.length();
@@ -374,6 +375,7 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   r.stream = [st, store, metrics]() -> Result<std::string_view> {
     char* const out = st->buf.get();
     size_t used = 0;
+    const size_t piece_first = st->next;
     for (size_t k = 0; k < kPieceBlocks && st->next < st->locs.size(); ++k, ++st->next) {
       const BlockLocation& loc = st->locs[st->next];
       uint64_t block_start = (st->first_block + st->next) * kBlockSize;
@@ -390,6 +392,9 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
       st->pos += to - from;
       metrics->AddContentBytes(to - from);
     }
+    // The client caches what it asked for: the server's copy of the
+    // pages need not stay.
+    store->Release(std::span<const BlockLocation>(st->locs).subspan(piece_first, st->next - piece_first));
     return std::string_view(out, used);
   };
   return r;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,7 +32,12 @@ class BlockStore {
   // Asks the kernel to start reading these blocks from disk now (a
   // download reads them one by one, and several downloads sharing a pack
   // would defeat its read-ahead). Best effort.
-  virtual void Prefetch(const std::vector<BlockLocation>& locs) = 0;
+  virtual void Prefetch(std::span<const BlockLocation> locs) = 0;
+  // Says these blocks were just sent to a client that keeps its own copy:
+  // their pages may leave the server's page cache (drop-behind), so a
+  // large download neither pushes out what is hot nor takes fresh memory
+  // for every byte it streams. Best effort.
+  virtual void Release(std::span<const BlockLocation> locs) = 0;
 };
 
 // Packs of about `pack_bytes` each under `dir` (created if missing).

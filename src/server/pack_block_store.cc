@@ -12,12 +12,15 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
-#include <set>
 #include <mutex>
+#include <optional>
+#include <set>
+#include <span>
 
 #define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
+#include "core/write_behind.h"
 #include "server/block_store.h"
 
 namespace tidefs {
@@ -160,6 +163,7 @@ class PackBlockStore final : public BlockStore {
         }
       }
     }
+    NoteAppend(pack, fd, offset + total);
     at = offset;
     for (auto& l : locs) {
       l.pack = pack;
@@ -219,20 +223,33 @@ class PackBlockStore final : public BlockStore {
     return Status::Ok();
   }
 
-  void Prefetch(const std::vector<BlockLocation>& locs) override {
-    // Contiguous runs within a pack become one hint each.
+  void Prefetch(std::span<const BlockLocation> locs) override {
+    ForEachRun(locs, [](int fd, uint64_t start, uint64_t len) {
+      (void)::posix_fadvise(fd, static_cast<off_t>(start), static_cast<off_t>(len), POSIX_FADV_WILLNEED);
+    });
+  }
+
+  void Release(std::span<const BlockLocation> locs) override {
+    ForEachRun(locs, [](int fd, uint64_t start, uint64_t len) {
+      (void)::posix_fadvise(fd, static_cast<off_t>(start), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
+    });
+  }
+
+ private:
+  // Calls fn(fd, start, length) once per run of blocks stored back to back in one pack.
+  template <typename Fn>
+  void ForEachRun(std::span<const BlockLocation> locs, Fn fn) {
     size_t i = 0;
     while (i < locs.size()) {
       uint64_t pack = locs[i].pack, start = locs[i].offset, end = start + locs[i].stored_length;
       size_t j = i + 1;
       while (j < locs.size() && locs[j].pack == pack && locs[j].offset == end) end += locs[j++].stored_length;
       auto fd = ReadFd(pack);
-      if (fd.ok()) (void)::posix_fadvise(*fd, static_cast<off_t>(start), static_cast<off_t>(end - start), POSIX_FADV_WILLNEED);
+      if (fd.ok()) fn(*fd, start, end - start);
       i = j;
     }
   }
 
- private:
   std::string PackPath(uint64_t pack) const {
     char name[32];
     std::snprintf(name, sizeof name, "%06llu.pack", static_cast<unsigned long long>(pack));
@@ -244,8 +261,22 @@ class PackBlockStore final : public BlockStore {
     uint64_t size = 0;
     int fd = -1;
     int busy = 0;  // appends in progress
+    WriteBehind write_behind;  // of the appends
   };
   static constexpr size_t kMaxLanes = 4;
+
+  // Packs are appended to and read back by other devices, rarely soon:
+  // their bytes go to disk as they come and leave the page cache behind
+  // (core/write_behind.h). Durability is still Sync's.
+  void NoteAppend(uint64_t pack, int fd, uint64_t to) {
+    std::optional<WriteBehind::Work> work;
+    {
+      std::lock_guard lock(mu_);
+      for (Lane& l : lanes_)
+        if (l.pack == pack) work = l.write_behind.Appended(to);
+    }
+    if (work) WriteBehind::Run(fd, *work);
+  }
 
   // Requires mu_ held (or single-threaded init). The fd stays open in fds_.
   Result<Lane> OpenLane(uint64_t pack) {
@@ -253,7 +284,8 @@ class PackBlockStore final : public BlockStore {
     if (fd.get() < 0) return Status::IoError(Errno("cannot open pack " + PackPath(pack)));
     struct stat st;
     if (::fstat(fd.get(), &st) != 0) return Status::IoError(Errno("cannot stat pack " + PackPath(pack)));
-    Lane lane{pack, static_cast<uint64_t>(st.st_size), fd.get(), 0};
+    const auto size = static_cast<uint64_t>(st.st_size);
+    Lane lane{pack, size, fd.get(), 0, WriteBehind(size)};
     fds_[pack] = std::move(fd);
     return lane;
   }

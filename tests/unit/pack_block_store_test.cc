@@ -1,7 +1,11 @@
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "server/block_store.h"
 
@@ -66,6 +70,68 @@ TEST_F(PackBlockStoreTest, RollsToANewPackAndReopens) {
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     EXPECT_EQ(*r, data[i]);
   }
+}
+
+// Pages of the file at `path` that are in the page cache.
+size_t ResidentPages(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  EXPECT_GE(fd, 0) << path;
+  const off_t size = ::lseek(fd, 0, SEEK_END);
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  EXPECT_NE(p, MAP_FAILED);
+  std::vector<unsigned char> vec((size + 4095) / 4096);
+  EXPECT_EQ(::mincore(p, size, vec.data()), 0);
+  ::munmap(p, size);
+  ::close(fd);
+  size_t n = 0;
+  for (unsigned char v : vec) n += v & 1;
+  return n;
+}
+
+std::string RandomBlock(uint64_t seed) {
+  std::string d(kBlockSize, '\0');
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < d.size(); i += 8) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    std::memcpy(&d[i], &x, 8);
+  }
+  return d;
+}
+
+// Uploads go to disk as they come, and a download's pages leave the
+// server's page cache once sent (drop-behind): a pack does not stay in
+// memory, and the bytes still read back right.
+TEST(PackBlockStorePageCache, AppendsAndReleasedReadsLeaveThePageCache) {
+  char tmpl[] = "/var/tmp/tidefs-packs-XXXXXX";  // a disk, not a tmpfs
+  const std::string dir = mkdtemp(tmpl);
+  auto store = OpenPackBlockStore(dir);
+  ASSERT_TRUE(store.ok());
+  std::vector<BlockLocation> locs;
+  std::vector<std::string> blocks;
+  for (int request = 0; request < 8; ++request) {  // 32 MiB in 4 MiB uploads
+    std::vector<std::string_view> views;
+    for (int i = 0; i < 64; ++i) blocks.push_back(RandomBlock(blocks.size()));
+    for (size_t i = blocks.size() - 64; i < blocks.size(); ++i) views.push_back(blocks[i]);
+    auto l = (*store)->Append(views);
+    ASSERT_TRUE(l.ok());
+    locs.insert(locs.end(), l->begin(), l->end());
+  }
+  ASSERT_TRUE((*store)->Sync().ok());
+  const std::string pack = dir + "/000001.pack";
+  ASSERT_EQ(locs.front().pack, 1u);
+  ASSERT_EQ(locs.back().pack, 1u);
+  const size_t total = 32u << 20 >> 12;
+  EXPECT_LE(ResidentPages(pack), total / 2) << "appended windows stayed in the page cache";
+
+  std::string out(kBlockSize, '\0');
+  for (size_t i = 0; i < locs.size(); ++i) {
+    ASSERT_TRUE((*store)->ReadInto(locs[i], HashBlock(blocks[i]), out.data()).ok());
+    ASSERT_EQ(out, blocks[i]);
+  }
+  EXPECT_GT(ResidentPages(pack), 0u);  // read through the page cache
+  (*store)->Release(locs);
+  EXPECT_EQ(ResidentPages(pack), 0u) << "released blocks stayed in the page cache";
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace tidefs

@@ -1,0 +1,35 @@
+#include "core/write_behind.h"
+
+#include <fcntl.h>
+
+namespace tidefs {
+
+std::optional<WriteBehind::Work> WriteBehind::Wrote(uint64_t from, uint64_t to) {
+  if (from > end_ || to < dropped_) end_ = behind_ = dropped_ = from;  // a new run
+  if (to > end_) end_ = to;
+  return Advance();
+}
+
+std::optional<WriteBehind::Work> WriteBehind::Appended(uint64_t to) {
+  if (to > end_) end_ = to;
+  return Advance();
+}
+
+std::optional<WriteBehind::Work> WriteBehind::Advance() {
+  if (end_ < behind_ + kWindow) return std::nullopt;
+  Work w{behind_, end_, dropped_, behind_};
+  dropped_ = behind_;
+  behind_ = end_;
+  return w;
+}
+
+void WriteBehind::Run(int fd, const Work& w) {
+  (void)::sync_file_range(fd, static_cast<off_t>(w.write_from), static_cast<off_t>(w.write_to - w.write_from),
+                          SYNC_FILE_RANGE_WRITE);
+  if (w.drop_to <= w.drop_from) return;
+  const auto from = static_cast<off_t>(w.drop_from), len = static_cast<off_t>(w.drop_to - w.drop_from);
+  (void)::sync_file_range(fd, from, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+  (void)::posix_fadvise(fd, from, len, POSIX_FADV_DONTNEED);
+}
+
+}  // namespace tidefs
