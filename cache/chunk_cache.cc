@@ -20,10 +20,10 @@
 namespace tidefs {
 namespace {
 
-constexpr size_t kPage = 4096;     // O_DIRECT alignment of offsets, lengths and buffers
-constexpr size_t kHotChunks = 16;  // fetched chunks kept in memory (64 MiB): read-ahead's window twice
-constexpr size_t kSpareBuffers = 40;  // about what hot chunks, the backlog and fetches hold
-constexpr size_t kWriteBacklog = 16;  // chunks fetched and not yet on disk (64 MiB)
+constexpr size_t kPage = 4096;        // O_DIRECT alignment of offsets, lengths and buffers
+constexpr size_t kHotChunks = 8;      // fetched chunks kept in memory (32 MiB): read-ahead's window twice
+constexpr size_t kSpareBuffers = 20;  // about what hot chunks, the backlog and fetches hold
+constexpr size_t kWriteBacklog = 8;   // chunks fetched and not yet on disk (32 MiB)
 constexpr int kWriters = 2;
 constexpr size_t kStageMax = 64 * 1024;  // a first write this small may wait in memory (Stage)
 

@@ -46,7 +46,7 @@ inline constexpr uint64_t kDefaultCacheBytes = 10ull << 30;
 
 struct ChunkCacheOptions {
   uint64_t max_bytes = kDefaultCacheBytes;
-  int readahead_chunks = 8;  // chunks fetched ahead of a sequential reader
+  int readahead_chunks = 4;  // chunks fetched ahead of a sequential reader
   int threads = 8;           // read-ahead fetches in flight
   // Fetched chunks go to the cache file with O_DIRECT (no copy into the
   // page cache; the disk is written by DMA) where the file system allows,
