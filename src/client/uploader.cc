@@ -1,13 +1,16 @@
 #include "client/uploader.h"
 
 #include <fcntl.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <cerrno>
 #include <cstring>
 #include <functional>
-#include <future>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -17,7 +20,194 @@
 namespace tidefs {
 namespace {
 
-constexpr size_t kFileBatchBytes = 32 << 20;  // read, hashed and sent before the next
+constexpr size_t kSharedSendBytes = 32 << 20;  // small files' blocks gathered before they go
+constexpr size_t kLargeBatchBytes = 16 << 20;  // large path: asked about in one /blocks/missing
+constexpr int kLargeSenders = 4;               // large path: requests in flight (more only queue on the server)
+
+// The request bodies of one large file, uploaded on a few threads as they
+// come, while the next batch is read: no wait for a batch's slowest
+// request. At most as many bodies wait as there are threads, and sent
+// bodies go back to a pool (their memory is reused, not faulted in anew).
+class BodySender {
+ public:
+  BodySender(ApiClient* client, int n) : client_(client), max_waiting_(static_cast<size_t>(n)) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { Work(); });
+  }
+  ~BodySender() { (void)Finish(); }
+
+  // An empty body with room for a request.
+  std::string Take() {
+    std::lock_guard lock(mu_);
+    if (pool_.empty()) {
+      std::string b;
+      b.reserve(kUploadRequestBytes);
+      return b;
+    }
+    std::string b = std::move(pool_.back());
+    pool_.pop_back();
+    return b;
+  }
+  // An unused body back to the pool.
+  void Give(std::string body) {
+    body.clear();
+    std::lock_guard lock(mu_);
+    pool_.push_back(std::move(body));
+  }
+
+  // Queues a body, waiting while the queue is full. After a failed
+  // request, nothing more is sent: Finish tells the error.
+  void Send(std::string body) {
+    std::unique_lock lock(mu_);
+    room_.wait(lock, [this] { return waiting_.size() < max_waiting_ || !error_.ok(); });
+    if (!error_.ok()) return;
+    waiting_.push_back(std::move(body));
+    work_.notify_one();
+  }
+
+  // Waits for every queued body to be sent; the first error.
+  Status Finish() {
+    {
+      std::lock_guard lock(mu_);
+      done_ = true;
+    }
+    work_.notify_all();
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    std::lock_guard lock(mu_);
+    return error_;
+  }
+
+ private:
+  void Work() {
+    for (;;) {
+      std::string body;
+      {
+        std::unique_lock lock(mu_);
+        work_.wait(lock, [this] { return !waiting_.empty() || done_; });
+        if (waiting_.empty() || !error_.ok()) return;
+        body = std::move(waiting_.front());
+        waiting_.pop_front();
+      }
+      room_.notify_one();
+      Status st = client_->UploadBlocks(body);
+      std::lock_guard lock(mu_);
+      if (!st.ok() && error_.ok()) {
+        error_ = st;
+        waiting_.clear();
+        room_.notify_all();
+      }
+      body.clear();
+      pool_.push_back(std::move(body));
+    }
+  }
+
+  ApiClient* const client_;
+  const size_t max_waiting_;
+  std::mutex mu_;
+  std::condition_variable work_, room_;
+  std::deque<std::string> waiting_;  // guarded by mu_
+  std::vector<std::string> pool_;    // guarded by mu_
+  bool done_ = false;                // guarded by mu_
+  Status error_;                     // guarded by mu_
+  std::vector<std::thread> threads_;
+};
+
+// Reads `len` bytes at `at` of the file (or of `mem`) into `out`.
+Status ReadBlock(int fd, const std::string* mem, uint64_t size, uint64_t at, size_t len, char* out) {
+  if (mem) {
+    mem->copy(out, len, at);
+    return Status::Ok();
+  }
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = ::pread(fd, out + got, len - got, static_cast<off_t>(at + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::IoError(std::string("cannot read the file to upload: ") + std::strerror(errno));
+    if (n == 0) return Status::IoError("the file to upload is shorter than " + std::to_string(size) + " bytes");
+    got += static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+// A large file's blocks `todo`: read straight into request bodies (no
+// string or copy per block), asked about a batch at a time, and those the
+// server lacks sent on a few threads while the next batch is read.
+Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64_t size,
+                       const std::vector<uint64_t>& todo, std::vector<Hash128>* out, UploadStats* stats) {
+  struct Body {
+    std::string bytes;
+    std::vector<std::pair<Hash128, size_t>> frames;  // hash, offset in bytes
+  };
+  BodySender sender(client, kLargeSenders);
+  std::vector<Body> batch;
+  size_t batch_bytes = 0;
+  uint64_t read_from = UINT64_MAX, read_to = 0;  // what the batch read of the file
+  std::unordered_set<Hash128, Hash128Hasher> sent;  // hashes already in a request
+  auto send_batch = [&]() -> Status {
+    if (stats->drop_behind && read_to > read_from)
+      (void)::posix_fadvise(fd, static_cast<off_t>(read_from), static_cast<off_t>(read_to - read_from), POSIX_FADV_DONTNEED);
+    read_from = UINT64_MAX;
+    read_to = 0;
+    std::vector<Hash128> hashes;
+    for (const Body& b : batch)
+      for (const auto& f : b.frames) hashes.push_back(f.first);
+    std::unordered_set<Hash128, Hash128Hasher> want;
+    for (size_t i = 0; i < hashes.size(); i += kMissingQuery) {
+      std::vector<Hash128> q(hashes.begin() + i, hashes.begin() + std::min(hashes.size(), i + kMissingQuery));
+      ASSIGN_OR_RETURN(auto m, client->MissingBlocks(q));
+      want.insert(m.begin(), m.end());
+    }
+    for (Body& b : batch) {
+      // Frames the server has, or that an earlier request carries, leave the body.
+      size_t kept = 0;
+      for (size_t i = 0; i < b.frames.size(); ++i) {
+        const auto [h, at] = b.frames[i];
+        const size_t end = i + 1 < b.frames.size() ? b.frames[i + 1].second : b.bytes.size();
+        if (!want.count(h) || !sent.insert(h).second) continue;
+        if (kept != at) std::memmove(b.bytes.data() + kept, b.bytes.data() + at, end - at);
+        kept += end - at;
+        stats->blocks_sent++;
+        stats->bytes_sent += end - at - kFrameHeaderSize;
+      }
+      b.bytes.resize(kept);
+      if (kept == 0) {
+        sender.Give(std::move(b.bytes));
+        continue;
+      }
+      stats->requests++;
+      sender.Send(std::move(b.bytes));
+    }
+    batch.clear();
+    batch_bytes = 0;
+    return Status::Ok();
+  };
+  for (uint64_t b : todo) {
+    const size_t len = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - b * kBlockSize));
+    if (batch.empty() || batch.back().bytes.size() + kFrameHeaderSize + len > kUploadRequestBytes) {
+      if (batch_bytes >= kLargeBatchBytes) {
+        RETURN_IF_ERROR(send_batch());
+        if (stats->on_progress) stats->on_progress(b * kBlockSize);
+      }
+      batch.push_back({sender.Take(), {}});
+    }
+    Body& body = batch.back();
+    const size_t at = body.bytes.size();
+    body.bytes.resize(at + kFrameHeaderSize + len);
+    char* data = body.bytes.data() + at + kFrameHeaderSize;
+    RETURN_IF_ERROR(ReadBlock(fd, mem, size, b * kBlockSize, len, data));
+    if (!mem) {
+      read_from = std::min(read_from, b * kBlockSize);
+      read_to = b * kBlockSize + len;
+    }
+    (*out)[b] = HashBlock(data, len);
+    WriteBlockFrameHeader(body.bytes.data() + at, (*out)[b], static_cast<uint32_t>(len));
+    body.frames.emplace_back((*out)[b], at);
+    batch_bytes += len;
+    stats->blocks_hashed++;
+  }
+  RETURN_IF_ERROR(send_batch());
+  return sender.Finish();
+}
 
 }  // namespace
 
@@ -80,47 +270,44 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
   const bool small = shared && size <= kSharedBatchFileBytes;
   const uint64_t nblocks = (size + kBlockSize - 1) / kBlockSize;
   std::vector<Hash128> out(nblocks);
-  std::vector<std::pair<Hash128, std::string>> batch, in_flight;
-  size_t batch_bytes = 0;
-  uint64_t read_from = UINT64_MAX, read_to = 0;  // what the batch read of the file
-  auto drop_read = [&] {
-    if (stats->drop_behind && read_to > read_from)
-      (void)::posix_fadvise(fd, static_cast<off_t>(read_from), static_cast<off_t>(read_to - read_from), POSIX_FADV_DONTNEED);
-    read_from = UINT64_MAX;
-    read_to = 0;
+  // A clean block of the same length keeps its hash (a last block that
+  // grew or shrank is read again).
+  auto reuse = [&](uint64_t b) {
+    const size_t len = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - b * kBlockSize));
+    const bool same_len = b < base.blocks.size() && std::min<uint64_t>(kBlockSize, base.size - b * kBlockSize) == len;
+    return same_len && !(b < dirty.size() && dirty[b]);
   };
-  UploadStats sent_stats;  // written by the sender only (joined before it is read)
-  std::future<Status> sending;
-  // An early return must not leave the sender running on our locals.
-  struct Join {
-    std::future<Status>* f;
-    ~Join() {
-      if (f->valid()) f->wait();
+  if (!small) {
+    std::vector<uint64_t> todo;
+    for (uint64_t b = 0; b < nblocks; ++b) {
+      if (reuse(b)) out[b] = base.blocks[b];
+      else todo.push_back(b);
     }
-  } join{&sending};
+    if (todo.size() * kBlockSize > kLargeBatchBytes) {
+      UploadStats sent;
+      sent.drop_behind = stats->drop_behind;
+      sent.on_progress = stats->on_progress;
+      RETURN_IF_ERROR(UploadLargeFile(client, fd, mem, size, todo, &out, &sent));
+      if (stats->on_progress) stats->on_progress(size);
+      stats->blocks_hashed += sent.blocks_hashed;
+      stats->blocks_sent += sent.blocks_sent;
+      stats->bytes_sent += sent.bytes_sent;
+      stats->requests += sent.requests;
+      return out;
+    }
+  }
+  // A small file, or few changed blocks: read, asked about and sent at once.
+  std::vector<std::pair<Hash128, std::string>> batch;
+  uint64_t read_from = UINT64_MAX, read_to = 0;  // what was read of the file
+  UploadStats sent_stats;
   for (uint64_t b = 0; b < nblocks; ++b) {
     const size_t len = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - b * kBlockSize));
-    // A clean block of the same length keeps its hash (a last block that
-    // grew or shrank is read again).
-    const bool same_len = b < base.blocks.size() && std::min<uint64_t>(kBlockSize, base.size - b * kBlockSize) == len;
-    const bool reuse = same_len && !(b < dirty.size() && dirty[b]);
-    if (reuse) {
+    if (reuse(b)) {
       out[b] = base.blocks[b];
       continue;
     }
     std::string data(len, '\0');
-    size_t got = 0;
-    if (mem) {
-      mem->copy(data.data(), len, b * kBlockSize);
-      got = len;
-    }
-    while (got < len) {
-      ssize_t n = ::pread(fd, data.data() + got, len - got, static_cast<off_t>(b * kBlockSize + got));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return Status::IoError(std::string("cannot read the file to upload: ") + std::strerror(errno));
-      if (n == 0) return Status::IoError("the file to upload is shorter than " + std::to_string(size) + " bytes");
-      got += static_cast<size_t>(n);
-    }
+    RETURN_IF_ERROR(ReadBlock(fd, mem, size, b * kBlockSize, len, data.data()));
     if (!mem) {
       read_from = std::min(read_from, b * kBlockSize);
       read_to = b * kBlockSize + len;
@@ -130,25 +317,14 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     if (small) {
       shared->bytes += len;
       shared->blocks.emplace_back(out[b], std::move(data));
-      continue;
-    }
-    batch_bytes += len;
-    batch.emplace_back(out[b], std::move(data));
-    if (batch_bytes >= kFileBatchBytes) {
-      drop_read();
-      // The batch goes up while the next one is read and hashed.
-      if (sending.valid()) RETURN_IF_ERROR(sending.get());
-      if (stats->on_progress && b > 0) stats->on_progress(std::min<uint64_t>(size, (b + 1) * kBlockSize - batch_bytes));
-      in_flight = std::move(batch);
-      batch.clear();
-      sending = std::async(std::launch::async, [&] { return SendMissingBlocks(client, &in_flight, parallel, &sent_stats); });
-      batch_bytes = 0;
+    } else {
+      batch.emplace_back(out[b], std::move(data));
     }
   }
-  drop_read();
-  if (sending.valid()) RETURN_IF_ERROR(sending.get());
+  if (stats->drop_behind && read_to > read_from)
+    (void)::posix_fadvise(fd, static_cast<off_t>(read_from), static_cast<off_t>(read_to - read_from), POSIX_FADV_DONTNEED);
   RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, &sent_stats));
-  if (small && shared->bytes >= kFileBatchBytes) {
+  if (small && shared->bytes >= kSharedSendBytes) {
     RETURN_IF_ERROR(SendMissingBlocks(client, &shared->blocks, parallel, &sent_stats));
     shared->bytes = 0;
   }

@@ -1,5 +1,7 @@
 #include "core/block_frame.h"
 
+#include <cstring>
+
 #include "core/bytes.h"
 
 namespace tidefs {
@@ -9,6 +11,11 @@ void AppendBlockFrame(std::string* out, const Hash128& hash, std::string_view da
   w.Bytes(std::string_view(reinterpret_cast<const char*>(hash.bytes.data()), 16));
   w.U32(static_cast<uint32_t>(data.size()));
   w.Bytes(data);
+}
+
+void WriteBlockFrameHeader(char* at, const Hash128& hash, uint32_t len) {
+  std::memcpy(at, hash.bytes.data(), 16);
+  for (int i = 0; i < 4; ++i) at[16 + i] = static_cast<char>((len >> (8 * i)) & 0xff);
 }
 
 Result<std::vector<BlockFrame>> DecodeBlockFrames(std::string_view body) {

@@ -21,6 +21,9 @@ struct BlockFrame {
 };
 
 void AppendBlockFrame(std::string* out, const Hash128& hash, std::string_view data);
+// Writes a frame's header (kFrameHeaderSize bytes) at `at`, for a block
+// whose `len` bytes follow it (read there in place).
+void WriteBlockFrameHeader(char* at, const Hash128& hash, uint32_t len);
 Result<std::vector<BlockFrame>> DecodeBlockFrames(std::string_view body);
 // Re-hashes every frame; names the first whose bytes do not match.
 Status VerifyBlockFrames(const std::vector<BlockFrame>& frames);

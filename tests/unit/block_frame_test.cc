@@ -36,4 +36,18 @@ TEST(BlockFrame, RejectsBadFrames) {
   EXPECT_FALSE(VerifyBlockFrames(*frames).ok());
 }
 
+TEST(BlockFrame, AHeaderWrittenInPlaceMakesTheSameFrame) {
+  const std::string data(1000, 'q');
+  std::string appended;
+  AppendBlockFrame(&appended, HashBlock(data), data);
+  std::string in_place(kFrameHeaderSize, '\0');
+  WriteBlockFrameHeader(in_place.data(), HashBlock(data), static_cast<uint32_t>(data.size()));
+  in_place += data;
+  EXPECT_EQ(in_place, appended);
+  auto frames = DecodeBlockFrames(in_place);
+  ASSERT_TRUE(frames.ok());
+  ASSERT_EQ(frames->size(), 1u);
+  EXPECT_EQ((*frames)[0].data, data);
+}
+
 }  // namespace tidefs
