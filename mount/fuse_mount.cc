@@ -1089,6 +1089,34 @@ Result<std::string> MountStatus(const std::string& mountpoint) {
   return out;
 }
 
+Status WaitSynced(const std::string& mountpoint, double timeout_seconds, bool show) {
+  const auto start = std::chrono::steady_clock::now();
+  auto next_report = start + std::chrono::seconds(1);
+  long long shown = -1;
+  for (;;) {
+    // Asked in this process every few ms: cheap for the mount, and no
+    // program started per look (a poll loop of `tidefs status` costs the
+    // machine more CPU than the upload it waits for).
+    ASSIGN_OR_RETURN(std::string text, MountStatus(mountpoint));
+    auto j = nlohmann::json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("journal_pending"))
+      return Status::Internal("the mount at " + mountpoint + " answered its status with no journal_pending");
+    const long long left = j.value("journal_pending", 0ll);
+    if (left == 0) return Status::Ok();
+    const auto now = std::chrono::steady_clock::now();
+    if (timeout_seconds > 0 && now - start > std::chrono::duration<double>(timeout_seconds))
+      return Status::Unavailable(std::to_string(left) + " changes in " + mountpoint + " are still not on the server after " +
+                                 std::to_string(static_cast<long long>(timeout_seconds)) +
+                                 " s; `tidefs status " + mountpoint + "` shows whether the server is reachable");
+    if (show && now >= next_report) {
+      if (left != shown) fprintf(stderr, "sync: %lld changes still to send from %s...\n", left, mountpoint.c_str());
+      shown = left;
+      next_report = now + std::chrono::seconds(1);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 // Changes a mount that has exited left in its cache dir for the next one:
 // journal entries, and intent-log records not saved in the databases.
 uint64_t ChangesLeft(const std::string& cache_dir) {

@@ -38,6 +38,11 @@ Status Unmount(const std::string& mountpoint);
 
 // The running mount's counters (requests, cache, fetches) as JSON.
 Result<std::string> MountStatus(const std::string& mountpoint);
+// Returns once the mount's journal is empty: every change recorded before
+// the call (files closed or fsynced, namespace changes) is on the server.
+// Gives up after `timeout_seconds` (0: never) with kUnavailable; with
+// `show`, says on stderr what is left, once a second.
+Status WaitSynced(const std::string& mountpoint, double timeout_seconds, bool show);
 
 // The status JSON as a few lines for people: the connection, cursor and
 // head, pending journal entries, and each transfer with a progress bar.

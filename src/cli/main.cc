@@ -130,6 +130,12 @@ int main(int argc, char** argv) {
   status->add_option("mountpoint", status_point)->required();
   bool status_json = false;
   status->add_flag("--json", status_json, "Print every counter as JSON");
+  auto* sync = app.add_subcommand("sync", "Wait until every change made in a mount is on the server");
+  std::string sync_point;
+  double sync_timeout = 0;
+  sync->add_option("mountpoint", sync_point)->required();
+  sync->add_option("--timeout", sync_timeout, "Give up after this many seconds (exit status 1; default: wait)")
+      ->check(CLI::Range(0.0, 31536000.0));
   auto* unmount = app.add_subcommand("unmount", "Unmount a tidefs folder");
   std::string unmount_point;
   unmount->add_option("mountpoint", unmount_point)->required();
@@ -236,6 +242,10 @@ int main(int argc, char** argv) {
     auto out = MountStatus(status_point);
     if (!out.ok()) return Fail(out.status());
     fputs(status_json ? out->c_str() : FormatStatus(*out).c_str(), stdout);
+    return 0;
+  }
+  if (*sync) {
+    if (Status st = WaitSynced(sync_point, sync_timeout, isatty(STDERR_FILENO)); !st.ok()) return Fail(st);
     return 0;
   }
   if (*unmount) {

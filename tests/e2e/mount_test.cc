@@ -1319,6 +1319,39 @@ TEST_F(MountTest, AnUnmountWithTheServerDownKeepsTheChangesAndSaysSo) {
   EXPECT_EQ(ReadAll(fresh.path() + "/offline.txt"), "made offline\n") << ReadAll(dir_ + "/cache/mount.log");
 }
 
+TEST_F(MountTest, SyncReturnsOnceEveryChangeIsOnTheServer) {
+  Import();
+  const std::string sync = std::string(TIDEFS_BINARY) + " sync ";
+  std::string out;
+  TestMount m(server_, server_.rw_token, dir_);
+  const std::string big = RandomBytes(9 << 20, 77);
+  { std::ofstream(m.path() + "/synced.bin", std::ios::binary) << big; }
+  fs::create_directories(m.path() + "/new-dir");
+  { std::ofstream(m.path() + "/new-dir/small.txt") << "small\n"; }
+  ASSERT_EQ(RunCommand(sync + m.path() + " 2>&1", &out), 0) << out;
+  // No waiting here: a mount of its own (own cache) sees it all at once.
+  {
+    TestMount other(server_, server_.ro_token, dir_ + "/other");
+    EXPECT_EQ(ReadAll(other.path() + "/synced.bin"), big);
+    EXPECT_EQ(ReadAll(other.path() + "/new-dir/small.txt"), "small\n");
+  }
+  // Not a mount: a clear error.
+  fs::create_directories(dir_ + "/plain");
+  EXPECT_NE(RunCommand(sync + dir_ + "/plain 2>&1", &out), 0);
+  EXPECT_NE(out.find("no tidefs mount at"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(sync + m.path() + " --timeout -1 2>&1", &out), 0);
+  // The server down: it gives up after its timeout and says what is left;
+  // once the server is back, a sync sees everything arrive.
+  server_.Stop();
+  { std::ofstream(m.path() + "/offline.txt") << "made offline\n"; }
+  EXPECT_NE(RunCommand(sync + "--timeout 1 " + m.path() + " 2>&1", &out), 0);
+  EXPECT_NE(out.find("still not on the server after 1 s"), std::string::npos) << out;
+  server_.Start();
+  ASSERT_EQ(RunCommand(sync + "--timeout 60 " + m.path() + " 2>&1", &out), 0) << out;
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  EXPECT_EQ(ReadAll(fresh.path() + "/offline.txt"), "made offline\n");
+}
+
 TEST_F(MountTest, RefusesBadMountArguments) {
   std::string out;
   fs::create_directories(dir_ + "/mnt");
