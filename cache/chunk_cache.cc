@@ -1025,6 +1025,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
           for (uint64_t b = b0; b <= b1; ++b) {
             if (fresh && b < e->manifest.blocks.size() && !e->present[b]) *fresh = true;
             e->present[b] = e->dirty[b] = true;
+            if (!e->ahead.empty()) e->ahead.erase(b);
           }
           e->hot.erase(c);
           e->write_gen++;
@@ -1044,6 +1045,9 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     std::lock_guard lock(e->mu);
     e->write_gen++;
     behind = e->write_behind.Wrote(off, end);
+    e->write_front = std::max(e->write_front, end);
+    if (!e->ahead.empty())  // a send ahead may have read the blocks half written
+      for (uint64_t b = off / kBlockSize; b <= (end - 1) / kBlockSize; ++b) e->ahead.erase(b);
   }
   // A large copy in goes on to the disk as it comes (core/write_behind.h).
   if (behind) WriteBehind::Run(e->fd, *behind);
@@ -1096,6 +1100,8 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
     if (cut % kBlockSize) e->present[cut / kBlockSize] = e->dirty[cut / kBlockSize] = true;
     for (uint64_t b = cut / kBlockSize; b < keep; ++b) e->present[b] = e->dirty[b] = true;
     e->write_gen++;
+    e->ahead.clear();
+    e->write_front = std::min(e->write_front, size);
     m = e->manifest;
     present = e->present;
   }
@@ -1126,6 +1132,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   // The new blocks are local zeros (and the one the old end fell in).
   for (uint64_t b = old / kBlockSize; b < (size + kBlockSize - 1) / kBlockSize; ++b) e->present[b] = e->dirty[b] = true;
   e->write_gen++;
+  e->ahead.clear();
   return Status::Ok();
 }
 
@@ -1162,8 +1169,54 @@ Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
         v.dirty[b] = true;
       }
   v.write_gen = e->write_gen;
+  for (const auto& [b, h] : e->ahead)
+    if (h && b < v.dirty.size() && v.dirty[b]) v.known.emplace(b, *h);
   v.pin = e;
   return v;
+}
+
+Result<std::optional<ChunkCache::AheadView>> ChunkCache::BeginAhead(const NodeRecord& n, uint64_t min_bytes,
+                                                                     uint64_t max_bytes) {
+  {
+    std::lock_guard lock(mu_);
+    if (staged_.count(n.id) && !entries_.count(n.id)) return std::optional<AheadView>();  // in memory: small
+  }
+  ASSIGN_OR_RETURN(auto e, Open(n));
+  struct stat st;
+  if (::fstat(e->fd, &st) != 0)
+    return Status::IoError("cannot stat the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
+  AheadView v;
+  v.size = static_cast<uint64_t>(st.st_size);
+  std::lock_guard lock(e->mu);
+  // Whole blocks a chunk or more behind the furthest write: a program
+  // writing front to back is done with them.
+  const uint64_t settled = e->write_front > kChunkSize ? std::min(e->write_front - kChunkSize, v.size) / kBlockSize : 0;
+  for (uint64_t b = 0; b < std::min<uint64_t>(settled, e->dirty.size()) && v.blocks.size() * kBlockSize < max_bytes; ++b)
+    if (e->dirty[b] && !e->ahead.count(b)) v.blocks.push_back(b);
+  if (v.blocks.empty() || v.blocks.size() * kBlockSize < min_bytes) return std::optional<AheadView>();
+  for (uint64_t b : v.blocks) e->ahead.emplace(b, std::nullopt);
+  v.fd = e->fd;
+  v.pin = e;
+  return std::optional<AheadView>(std::move(v));
+}
+
+void ChunkCache::EndAhead(uint64_t id, const std::vector<uint64_t>& blocks, const std::vector<Hash128>& hashes, bool ok) {
+  auto e = FindEntry(id);
+  if (!e) return;
+  std::lock_guard lock(e->mu);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    auto it = e->ahead.find(blocks[i]);
+    if (it == e->ahead.end() || it->second) continue;  // written since (or not ours)
+    if (ok) it->second = hashes[i];
+    else e->ahead.erase(it);
+  }
+}
+
+void ChunkCache::ForgetAhead(uint64_t id) {
+  if (auto e = FindEntry(id)) {
+    std::lock_guard lock(e->mu);
+    e->ahead.clear();
+  }
 }
 
 void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged) {
@@ -1182,6 +1235,7 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         e->tracked = true;
         if (e->write_gen == write_gen) {
           std::fill(e->dirty.begin(), e->dirty.end(), false);
+          e->ahead.clear();
           local_.erase(id);
           // Sent from its staged bytes, and the entry opened since holds
           // just those: all of it is here.

@@ -142,8 +142,27 @@ class ChunkCache {
     // A new file's staged bytes (no cache file, no entry yet): fd is -1
     // and these are the file.
     std::optional<std::string> staged;
+    // Dirty blocks already on the server (sent ahead) and untouched since.
+    std::unordered_map<uint64_t, Hash128> known;
   };
   Result<FlushView> BeginFlush(const NodeRecord& n);
+  // Sending ahead: a file still being written has its dirty blocks that
+  // the writing has left behind (a chunk short of its furthest write)
+  // sent before the flush, so a large copy in is on the server soon after
+  // it ends. BeginAhead picks up to `max_bytes` of them (none unless at
+  // least `min_bytes`); EndAhead records the hashes of those sent (`ok`)
+  // that no write has touched since.
+  struct AheadView {
+    int fd = -1;
+    uint64_t size = 0;  // the cache file's, when picked
+    std::vector<uint64_t> blocks;
+    std::shared_ptr<void> pin;
+  };
+  Result<std::optional<AheadView>> BeginAhead(const NodeRecord& n, uint64_t min_bytes, uint64_t max_bytes);
+  void EndAhead(uint64_t id, const std::vector<uint64_t>& blocks, const std::vector<Hash128>& hashes, bool ok);
+  // The server lacks blocks it was sent ahead (a commit said so): they
+  // are read and sent again with the flush.
+  void ForgetAhead(uint64_t id);
   // The flush of `id` was committed as `version` with `blocks`: the cache
   // now holds that version. Local content written meanwhile stays local.
   // (The caller saves FileRecord.)
@@ -200,6 +219,12 @@ class ChunkCache {
     std::vector<bool> dirty;     // guarded by mu, per block: written since the last flush began
     uint64_t write_gen = 0;      // guarded by mu, bumped by every local write
     WriteBehind write_behind;    // guarded by mu: of local writes to the file
+    uint64_t write_front = 0;    // guarded by mu: the furthest end of a local write
+    // guarded by mu: dirty blocks sent to the server ahead of the file's
+    // flush, with their hash (nullopt: being sent). A local write to a
+    // block, before and after its bytes land, or a resize, takes it out:
+    // a hash here is always that of the bytes in the file.
+    std::unordered_map<uint64_t, std::optional<Hash128>> ahead;
     bool tracked = true;         // guarded by mu; false: local writes of an earlier mount, unmarked
     // Requires mu. Room for `size` bytes in the per-block/chunk vectors.
     void Grow(uint64_t size);

@@ -947,7 +947,22 @@ void RaiseReadAhead(const std::string& canon) {
 }
 
 // What `tidefs status` prints, as JSON.
-std::string StatusJson(const Fs& fs) {
+// The size the tree gives the file at `path` ("/dir/name"), or 0.
+uint64_t LocalSizeOf(Tree& tree, const std::string& path) {
+  uint64_t id = kRootId, size = 0;
+  size_t at = 1;
+  while (at <= path.size()) {
+    const size_t slash = std::min(path.find('/', at), path.size());
+    auto n = tree.Lookup(id, path.substr(at, slash - at));
+    if (!n.ok() || !*n) return 0;
+    id = (*n)->id;
+    size = (*n)->size;
+    at = slash + 1;
+  }
+  return size;
+}
+
+std::string StatusJson(Fs& fs) {
   ChunkCacheStats c = fs.cache->stats();
   nlohmann::json j = {
       {"project", fs.project},
@@ -986,6 +1001,10 @@ std::string StatusJson(const Fs& fs) {
     j["sync"] = {{"connected", r.connected},   {"cursor", r.cursor},   {"head", r.head},
                  {"checkpoint", r.checkpoint}, {"events", r.events},   {"changes_applied", r.commits_applied},
                  {"polls", r.polls},           {"deferred", r.deferred}};
+    // A file sent while it is still written grows after its upload began:
+    // the total is what it holds now.
+    for (Transfer& t : r.ours)
+      if (t.upload) t.total = std::max(t.total, LocalSizeOf(fs.tree, t.path));
     j["transfers"] = transfers(r.ours);
     j["other_devices"] = std::move(others);
   }
@@ -996,7 +1015,7 @@ std::string StatusJson(const Fs& fs) {
 // connection gets the status JSON and is closed.
 class StatusServer {
  public:
-  StatusServer(const Fs* fs, std::string path) : fs_(fs), path_(std::move(path)) {
+  StatusServer(Fs* fs, std::string path) : fs_(fs), path_(std::move(path)) {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path_.size() >= sizeof addr.sun_path) {
@@ -1035,7 +1054,7 @@ class StatusServer {
   }
 
  private:
-  const Fs* fs_;
+  Fs* fs_;
   std::string path_;
   int fd_ = -1;
   std::thread thread_;
@@ -1398,6 +1417,7 @@ Status RunMount(const MountOptions& opts) {
     return fs.open_count.count(id) > 0;
   };
   fs.wb->set_is_open(is_open);
+  fs.wb->set_send_ahead(opts.send_ahead);
   fs.wb->set_hold([&fs](uint64_t id, bool may_hold) {
     std::lock_guard lock(fs.meta_mu);
     auto it = fs.unsent.find(id);

@@ -22,6 +22,9 @@ struct MountOptions {
   // Unmount gives up sending after this long without progress (the server
   // unreachable): what is left stays for the next mount.
   double send_patience_seconds = 15;
+  // A large file still being written sends what the writing has left
+  // behind before it is closed (false: only once closed or idle).
+  bool send_ahead = true;
   std::string mountpoint;
   bool foreground = false;
   // Called once the tree is visible (a background start detaches here).

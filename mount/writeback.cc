@@ -45,6 +45,13 @@ constexpr auto kHeldLook = std::chrono::milliseconds(250);  // a file held back 
 constexpr size_t kMaxUnsaved = 100000;  // changes logged but not in the databases, while those fail
 constexpr uint64_t kLogCatchUp = 64 << 20;  // intent log bytes after which new changes wait for the writer
 constexpr uint64_t kShowUploadsFrom = 1 << 20;  // smaller files come and go too fast to show
+// A file held back while it is written sends its settled blocks ahead, at
+// least kAheadMin (less waits for the flush) and at most kAheadRound a round
+// (then the write-back looks whether the file was closed meanwhile).
+constexpr uint64_t kAheadMin = 16 << 20;
+constexpr uint64_t kAheadRound = 128 << 20;
+constexpr auto kAheadLook = std::chrono::milliseconds(20);      // less than kAheadMin settled: look again after
+constexpr auto kAheadPatience = std::chrono::milliseconds(500);  // nothing to send for this long: the writing paused
 
 // Ops that name the node's version (a rename too: a rename must not make a
 // remote change to the file look like ours).
@@ -422,10 +429,26 @@ void WriteBack::Loop() {
     if (was_kicked) std::this_thread::sleep_for(kIdle);  // let a burst of changes gather
     Status st;
     held = false;
+    uint64_t held_id = 0;
     for (int i = 0; i < 1000 && st.ok() && !held && Persisted() > 0; ++i) {
       if (i > 0) std::this_thread::sleep_for(kBurstGather);
       LetBurstFinish();
-      st = FlushBatch(&held);
+      st = FlushBatch(&held, &held_id);
+    }
+    // Nothing can go while a file is held back: its blocks can, a round at
+    // a time, as the writing leaves them behind, until it is closed (a
+    // kick) or the writing pauses.
+    if (st.ok() && held && send_ahead_) {
+      auto last_sent = std::chrono::steady_clock::now();
+      while (!KickedOrStopping()) {
+        if (SendAhead(held_id)) {
+          last_sent = std::chrono::steady_clock::now();
+          continue;
+        }
+        if (std::chrono::steady_clock::now() - last_sent > kAheadPatience) break;
+        std::unique_lock wait(mu_);
+        cv_.wait_for(wait, kAheadLook, [this] { return stopping_ || kicked_; });
+      }
     }
     if (!st.ok()) {
       backoff = std::min<std::chrono::milliseconds>(std::max(backoff * 2, std::chrono::milliseconds(250)),
@@ -508,7 +531,55 @@ void WriteBack::Kick() {
   cv_.notify_all();
 }
 
-Status WriteBack::FlushBatch(bool* held) {
+bool WriteBack::KickedOrStopping() {
+  std::lock_guard lock(mu_);
+  return kicked_ || stopping_;
+}
+
+bool WriteBack::SendAhead(uint64_t id) {
+  auto n = tree_->Get(id);
+  if (!n.ok() || !*n || (*n)->kind != NodeKind::kFile) return false;
+  auto view = cache_->BeginAhead(**n, kAheadMin, kAheadRound);
+  if (!view.ok()) {
+    spdlog::debug("write-back: node {} cannot be sent ahead: {}", id, view.status().ToString());
+    return false;
+  }
+  if (!*view) return false;
+  ChunkCache::AheadView& v = **view;
+  UploadStats up;
+  up.drop_behind = true;
+  // Shown as the file's upload (`tidefs status`, other devices): how far
+  // into the file it has got.
+  ProgressFn progress;
+  {
+    std::lock_guard plock(progress_mu_);
+    progress = progress_;
+  }
+  if (progress) {
+    const std::string path = tree_->PathOf(id);
+    const auto t0 = std::chrono::steady_clock::now();
+    const uint64_t first = v.blocks.front() * kBlockSize;
+    up.on_progress = [this, id, progress, path, t0, size = v.size, first](uint64_t done) {
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      auto now = tree_->Get(id);  // out of what the file holds now: it is still being written
+      const uint64_t total = now.ok() && *now ? std::max(size, (*now)->size) : size;
+      progress(path, done, total, secs > 0 && done > first ? (done - first) / secs : 0, false);
+    };
+    up.on_progress(first);  // shown from the start (a server that stalls now leaves it there)
+  }
+  auto hashes = UploadBlocksAhead(client_, v.fd, v.size, v.blocks, &up);
+  if (up.on_progress && hashes.ok()) up.on_progress((v.blocks.back() + 1) * kBlockSize);
+  cache_->EndAhead(id, v.blocks, hashes.ok() ? *hashes : std::vector<Hash128>{}, hashes.ok());
+  if (!hashes.ok()) {
+    spdlog::debug("write-back: sending node {} ahead: {}", id, hashes.status().ToString());
+    return false;
+  }
+  spdlog::debug("write-back: node {}: {} blocks sent ahead of its flush ({} were on the server)", id, v.blocks.size(),
+                v.blocks.size() - up.blocks_sent);
+  return true;
+}
+
+Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
   std::lock_guard flush_lock(flush_mu_);
   if (held) *held = false;
   ASSIGN_OR_RETURN(auto entries, state_->PendingJournal(kBatchEntries));
@@ -553,6 +624,7 @@ Status WriteBack::FlushBatch(bool* held) {
       // range, under the same key. The flush begins either way.)
       if (hold_ && hold_(op.id, /*may_hold=*/e.seq > inflight)) {
         if (held && last == 0) *held = true;
+        if (held_id) *held_id = op.id;
         break;
       }
       ASSIGN_OR_RETURN(std::optional<NodeRecord> n, tree_->Get(op.id));
@@ -579,7 +651,7 @@ Status WriteBack::FlushBatch(bool* held) {
           progress(path, 0, total, 0, false);
         }
         auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up, &small_files,
-                                         view.staged ? &*view.staged : nullptr);
+                                         view.staged ? &*view.staged : nullptr, &view.known);
         if (show) progress(path, view.size, view.size, 0, true);
         if (!uploaded.ok()) return uploaded.status();
         view.pin.reset();  // read: its cache file may be closed while the batch goes on
@@ -736,6 +808,13 @@ Status WriteBack::FlushBatch(bool* held) {
     CommitOp& op = ops[k];
     spdlog::info("write-back: the server refused {} of node {} ({}: {})", OpName(op.type), op.id, reply.reason,
                  reply.message);
+    if (reply.reason == "missing_blocks") {
+      // Blocks sent ahead that the server no longer has: read and sent
+      // again when the batch is tried again.
+      for (const CommitOp& o : ops) cache_->ForgetAhead(o.id);
+      return Status::Unavailable("the server lacks blocks sent ahead of node " + std::to_string(op.id) +
+                                 "; they are sent again");
+    }
     if ((op.type == OpType::kWrite) && (reply.reason == "stale_base" || reply.reason == "deleted")) {
       // Someone else changed (or deleted) the file since our base: ours
       // becomes a new file beside it, both kept.

@@ -66,6 +66,9 @@ class WriteBack {
   void set_hold(std::function<bool(uint64_t id, bool may_hold)> f) { hold_ = std::move(f); }
   // Something held back may go now.
   void Kick();
+  // Whether a file held back sends blocks ahead (SendAhead); set once,
+  // before changes flow.
+  void set_send_ahead(bool on) { send_ahead_ = on; }
   // Told of each file upload as it goes (done == total at the end, then
   // `end`); set once, before changes flow.
   using ProgressFn = std::function<void(const std::string& path, uint64_t done, uint64_t total, double rate, bool end)>;
@@ -94,8 +97,13 @@ class WriteBack {
   void WriterLoop();
 
   // Commits one batch. kUnavailable: the server could not be reached.
-  // `held`: the batch stopped, empty, at a file held back (set_hold).
-  Status FlushBatch(bool* held = nullptr);
+  // `held`: the batch stopped, empty, at a file held back (set_hold),
+  // whose id goes in `held_id`.
+  Status FlushBatch(bool* held = nullptr, uint64_t* held_id = nullptr);
+  bool KickedOrStopping();
+  // Sends ahead some of the blocks of file `id`, held back while it is
+  // written (ChunkCache::BeginAhead); false when there was nothing to send.
+  bool SendAhead(uint64_t id);
   // A directory deleted here that the server kept (someone put files in
   // it): its record and its entries come back into the tree (a failure
   // is logged: the directory is still on the server).
@@ -126,6 +134,7 @@ class WriteBack {
   std::shared_future<void> ready_;
   std::function<bool(uint64_t)> is_open_;
   std::function<bool(uint64_t, bool)> hold_;
+  bool send_ahead_ = true;
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
   std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_

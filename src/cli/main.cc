@@ -123,6 +123,10 @@ int main(int argc, char** argv) {
                     "At unmount, seconds without progress before giving up on an unreachable server (the rest "
                     "stays in the cache dir for the next mount; default 15)")
       ->check(CLI::Range(0.0, 86400.0));
+  bool no_send_ahead = false;
+  mount->add_flag("--no-send-ahead", no_send_ahead,
+                  "Send a file only once it is closed or idle, not what the writing of a large file has left behind "
+                  "while it is still open (a file rewritten in place then crosses the link once)");
   mount->add_flag("-f,--foreground", mo.foreground, "Stay in the foreground");
   mount->add_option("mountpoint", mo.mountpoint, "An empty directory")->required()->check(CLI::ExistingDirectory);
   auto* status = app.add_subcommand("status", "Show a mount's connection, journal, transfers and counters");
@@ -235,6 +239,7 @@ int main(int argc, char** argv) {
       rl.rlim_cur = rl.rlim_max;
       (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
+    mo.send_ahead = !no_send_ahead;
     if (Status st = RunMount(mo); !st.ok()) return Fail(st);
     return 0;
   }

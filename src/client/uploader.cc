@@ -264,7 +264,8 @@ Status SendMissingBlocks(ApiClient* client, std::vector<std::pair<Hash128, std::
 Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
                                               const Manifest& base, const std::vector<bool>& dirty,
                                               int parallel, UploadStats* stats, BlockBatch* shared,
-                                              const std::string* mem) {
+                                              const std::string* mem,
+                                              const std::unordered_map<uint64_t, Hash128>* known) {
   if (mem && mem->size() != size)
     return Status::Internal("upload of " + std::to_string(size) + " bytes given " + std::to_string(mem->size()));
   const bool small = shared && size <= kSharedBatchFileBytes;
@@ -277,11 +278,19 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     const bool same_len = b < base.blocks.size() && std::min<uint64_t>(kBlockSize, base.size - b * kBlockSize) == len;
     return same_len && !(b < dirty.size() && dirty[b]);
   };
+  // A block sent ahead keeps the hash it was sent with.
+  auto sent_ahead = [&](uint64_t b) {
+    if (!known) return false;
+    auto it = known->find(b);
+    if (it == known->end() || (b + 1) * kBlockSize > size) return false;  // (only whole blocks go ahead)
+    out[b] = it->second;
+    return true;
+  };
   if (!small) {
     std::vector<uint64_t> todo;
     for (uint64_t b = 0; b < nblocks; ++b) {
       if (reuse(b)) out[b] = base.blocks[b];
-      else todo.push_back(b);
+      else if (!sent_ahead(b)) todo.push_back(b);
     }
     if (todo.size() * kBlockSize > kLargeBatchBytes) {
       UploadStats sent;
@@ -306,6 +315,7 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
       out[b] = base.blocks[b];
       continue;
     }
+    if (sent_ahead(b)) continue;
     std::string data(len, '\0');
     RETURN_IF_ERROR(ReadBlock(fd, mem, size, b * kBlockSize, len, data.data()));
     if (!mem) {
@@ -332,6 +342,18 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
   stats->blocks_sent += sent_stats.blocks_sent;
   stats->bytes_sent += sent_stats.bytes_sent;
   stats->requests += sent_stats.requests;
+  return out;
+}
+
+Result<std::vector<Hash128>> UploadBlocksAhead(ApiClient* client, int fd, uint64_t size,
+                                               const std::vector<uint64_t>& blocks, UploadStats* stats) {
+  for (uint64_t b : blocks)
+    if ((b + 1) * kBlockSize > size) return Status::Internal("block " + std::to_string(b) + " is not whole; it cannot go ahead");
+  std::vector<Hash128> all(blocks.empty() ? 0 : blocks.back() + 1);
+  RETURN_IF_ERROR(UploadLargeFile(client, fd, nullptr, size, blocks, &all, stats));
+  std::vector<Hash128> out;
+  out.reserve(blocks.size());
+  for (uint64_t b : blocks) out.push_back(all[b]);
   return out;
 }
 

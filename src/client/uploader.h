@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -55,10 +56,18 @@ inline constexpr uint64_t kSharedBatchFileBytes = 1 << 20;  // files up to this 
 // there (sent once the batch is big); the caller sends the rest with
 // SendMissingBlocks before it names the hashes in a commit.
 // With `mem`, the file's bytes are those (`size` of them), not read from fd.
+// Dirty blocks in `known` are on the server already (sent ahead, untouched
+// since): they keep that hash and are neither read nor asked about.
 Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
                                               const Manifest& base, const std::vector<bool>& dirty,
                                               int parallel, UploadStats* stats, BlockBatch* shared = nullptr,
-                                              const std::string* mem = nullptr);
+                                              const std::string* mem = nullptr,
+                                              const std::unordered_map<uint64_t, Hash128>* known = nullptr);
+
+// Sends the whole blocks `blocks` of the file behind `fd` (`size` bytes)
+// that the server lacks; returns their hashes, in the same order.
+Result<std::vector<Hash128>> UploadBlocksAhead(ApiClient* client, int fd, uint64_t size,
+                                               const std::vector<uint64_t>& blocks, UploadStats* stats);
 
 // Runs tasks on up to n threads; returns the first error (and starts no
 // task after it).

@@ -1240,7 +1240,8 @@ TEST_F(MountTest, AMountKilledInTheMiddleOfA512MiBUploadFinishesItOnTheNextMount
   const size_t size = size_t{512} << 20;
   std::string big = RandomBytes(size, 71);
   {
-    TestMount m(server_, server_.rw_token, dir_);
+    // Sent after close, not while written (see ABigFileGoesAhead...).
+    TestMount m(server_, server_.rw_token, dir_, "--no-send-ahead");
     { std::ofstream(m.path() + "/big.bin", std::ios::binary) << big; }
     // Killed once a part of it is up, well before the end.
     uint64_t done = 0;
@@ -1262,6 +1263,39 @@ TEST_F(MountTest, AMountKilledInTheMiddleOfA512MiBUploadFinishesItOnTheNextMount
   EXPECT_LE(BytesReceived(admin) - received0, size + (8u << 20)) << "blocks were sent twice";
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
   EXPECT_TRUE(ReadAll(fresh.path() + "/big.bin") == big) << "the server's bytes are not the ones written";
+}
+
+TEST_F(MountTest, ABigFileGoesAheadWhileWrittenAndLaterRewritesStillWin) {
+  Import();
+  ApiClient admin(server_.Client(server_.rw_token));
+  const uint64_t received0 = BytesReceived(admin);
+  TestMount m(server_, server_.rw_token, dir_);
+  const std::string path = m.path() + "/ahead.bin";
+  std::string want = RandomBytes(40u << 20, 81);
+  int fd = open(path.c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  for (size_t off = 0; off < want.size(); off += 1u << 20)
+    ASSERT_EQ(pwrite(fd, want.data() + off, 1u << 20, static_cast<off_t>(off)), 1 << 20);
+  // Still open and being written (the last byte again and again: never
+  // idle, so never flushed): what the writing left behind goes up now.
+  EXPECT_TRUE(Within(std::chrono::seconds(8), [&] {
+    EXPECT_EQ(pwrite(fd, &want.back(), 1, static_cast<off_t>(want.size() - 1)), 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a writer's pace, not synchronisation
+    return BytesReceived(admin) - received0 >= (16u << 20);
+  })) << "nothing was sent while the file was open";
+  // Blocks rewritten after they went ahead: the server ends with the new bytes.
+  const std::string a = RandomBytes(kBlockSize, 82), b = RandomBytes(1000, 83);
+  ASSERT_EQ(pwrite(fd, a.data(), a.size(), 0), static_cast<ssize_t>(a.size()));
+  ASSERT_EQ(pwrite(fd, b.data(), b.size(), 100 * kBlockSize + 10), static_cast<ssize_t>(b.size()));
+  want.replace(0, a.size(), a);
+  want.replace(100 * kBlockSize + 10, b.size(), b);
+  ASSERT_EQ(close(fd), 0);
+  std::string out;
+  ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " sync " + m.path() + " 2>&1", &out), 0) << out;
+  // Blocks that went ahead are not sent again with the flush.
+  EXPECT_LE(BytesReceived(admin) - received0, want.size() + (4u << 20));
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/ahead.bin") == want) << "the server's bytes are not the ones written";
 }
 
 TEST_F(MountTest, RsyncMmapWritersAndAServerOutageDuringWrites) {
