@@ -366,13 +366,17 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   };
   // Chunk-sized ranges are the common case; a whole large file streams on
   // the kernel's own read-ahead after its first 16 MiB.
+  // Cold bytes, streamed to a client that caches them, leave the page
+  // cache once sent; bytes read lately (other devices fetching the same
+  // file) stay for the next reader.
+  const bool drop_behind = !locs->empty() && !blocks_->IsCached(locs->front());
   blocks_->Prefetch(std::span<const BlockLocation>(*locs).first(std::min<size_t>(locs->size(), 256)));
   auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, range.first, range.last, first_block,
                                           std::unique_ptr<char[]>(new char[kPieceBlocks * kBlockSize])});
   r.stream_length = range.length();
   BlockStore* store = blocks_;
   Metrics* metrics = metrics_;
-  r.stream = [st, store, metrics]() -> Result<std::string_view> {
+  r.stream = [st, store, metrics, drop_behind]() -> Result<std::string_view> {
     char* const out = st->buf.get();
     size_t used = 0;
     const size_t piece_first = st->next;
@@ -392,9 +396,8 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
       st->pos += to - from;
       metrics->AddContentBytes(to - from);
     }
-    // The client caches what it asked for: the server's copy of the
-    // pages need not stay.
-    store->Release(std::span<const BlockLocation>(st->locs).subspan(piece_first, st->next - piece_first));
+    if (drop_behind)
+      store->Release(std::span<const BlockLocation>(st->locs).subspan(piece_first, st->next - piece_first));
     return std::string_view(out, used);
   };
   return r;

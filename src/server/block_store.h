@@ -33,10 +33,12 @@ class BlockStore {
   // download reads them one by one, and several downloads sharing a pack
   // would defeat its read-ahead). Best effort.
   virtual void Prefetch(std::span<const BlockLocation> locs) = 0;
+  // Whether the block's first bytes are in the page cache (read lately).
+  virtual bool IsCached(const BlockLocation& loc) = 0;
   // Says these blocks were just sent to a client that keeps its own copy:
   // their pages may leave the server's page cache (drop-behind), so a
-  // large download neither pushes out what is hot nor takes fresh memory
-  // for every byte it streams. Best effort.
+  // large download of cold data neither pushes out what is hot nor takes
+  // fresh memory for every byte it streams. Best effort.
   virtual void Release(std::span<const BlockLocation> locs) = 0;
 };
 

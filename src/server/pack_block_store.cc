@@ -229,6 +229,14 @@ class PackBlockStore final : public BlockStore {
     });
   }
 
+  bool IsCached(const BlockLocation& loc) override {
+    auto fd = ReadFd(loc.pack);
+    if (!fd.ok()) return false;
+    char byte;
+    iovec v{&byte, 1};
+    return ::preadv2(*fd, &v, 1, static_cast<off_t>(loc.offset), RWF_NOWAIT) == 1;  // EAGAIN: not cached
+  }
+
   void Release(std::span<const BlockLocation> locs) override {
     ForEachRun(locs, [](int fd, uint64_t start, uint64_t len) {
       (void)::posix_fadvise(fd, static_cast<off_t>(start), static_cast<off_t>(len), POSIX_FADV_DONTNEED);

@@ -129,8 +129,11 @@ TEST(PackBlockStorePageCache, AppendsAndReleasedReadsLeaveThePageCache) {
     ASSERT_EQ(out, blocks[i]);
   }
   EXPECT_GT(ResidentPages(pack), 0u);  // read through the page cache
+  EXPECT_TRUE((*store)->IsCached(locs.back()));
   (*store)->Release(locs);
   EXPECT_EQ(ResidentPages(pack), 0u) << "released blocks stayed in the page cache";
+  EXPECT_FALSE((*store)->IsCached(locs.back()));
+  EXPECT_FALSE((*store)->IsCached(locs.front()));
   std::filesystem::remove_all(dir);
 }
 
