@@ -1027,6 +1027,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
             e->present[b] = e->dirty[b] = true;
             if (!e->ahead.empty()) e->ahead.erase(b);
           }
+          e->ahead_from = std::min(e->ahead_from, b0);
           e->hot.erase(c);
           e->write_gen++;
           break;
@@ -1035,20 +1036,23 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
       (void)wait.get();
     }
   }
-  if (int err = WriteFile(e->fd, -1, data, len, off))
-    return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
-                  std::string("cannot write to the cache file of node ") + std::to_string(n.id) + ": " + std::strerror(err));
+  const int err = WriteFile(e->fd, -1, data, len, off);
   std::optional<WriteBehind::Work> behind;
   {
-    // Again once the bytes are in: a flush that began between the claim
-    // and the pwrite must not count these blocks as sent.
+    // Again once the bytes are in (or some of them, on an error): a flush
+    // that began between the claim and the pwrite must not count these
+    // blocks as sent, nor a send ahead that read them half written.
     std::lock_guard lock(e->mu);
     e->write_gen++;
-    behind = e->write_behind.Wrote(off, end);
+    if (!err) behind = e->write_behind.Wrote(off, end);
     e->write_front = std::max(e->write_front, end);
-    if (!e->ahead.empty())  // a send ahead may have read the blocks half written
+    if (!e->ahead.empty())
       for (uint64_t b = off / kBlockSize; b <= (end - 1) / kBlockSize; ++b) e->ahead.erase(b);
+    e->ahead_from = std::min(e->ahead_from, off / kBlockSize);
   }
+  if (err)
+    return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
+                  std::string("cannot write to the cache file of node ") + std::to_string(n.id) + ": " + std::strerror(err));
   // A large copy in goes on to the disk as it comes (core/write_behind.h).
   if (behind) WriteBehind::Run(e->fd, *behind);
   return Status::Ok();
@@ -1101,6 +1105,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
     for (uint64_t b = cut / kBlockSize; b < keep; ++b) e->present[b] = e->dirty[b] = true;
     e->write_gen++;
     e->ahead.clear();
+    e->ahead_from = 0;
     e->write_front = std::min(e->write_front, size);
     m = e->manifest;
     present = e->present;
@@ -1133,6 +1138,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   for (uint64_t b = old / kBlockSize; b < (size + kBlockSize - 1) / kBlockSize; ++b) e->present[b] = e->dirty[b] = true;
   e->write_gen++;
   e->ahead.clear();
+  e->ahead_from = 0;
   return Status::Ok();
 }
 
@@ -1190,11 +1196,15 @@ Result<std::optional<ChunkCache::AheadView>> ChunkCache::BeginAhead(const NodeRe
   std::lock_guard lock(e->mu);
   // Whole blocks a chunk or more behind the furthest write: a program
   // writing front to back is done with them.
+  // Looked for from the cursor only: each look costs what was written
+  // since, not the file's size.
   const uint64_t settled = e->write_front > kChunkSize ? std::min(e->write_front - kChunkSize, v.size) / kBlockSize : 0;
-  for (uint64_t b = 0; b < std::min<uint64_t>(settled, e->dirty.size()) && v.blocks.size() * kBlockSize < max_bytes; ++b)
+  uint64_t b = e->ahead_from;
+  for (; b < std::min<uint64_t>(settled, e->dirty.size()) && v.blocks.size() * kBlockSize < max_bytes; ++b)
     if (e->dirty[b] && !e->ahead.count(b)) v.blocks.push_back(b);
   if (v.blocks.empty() || v.blocks.size() * kBlockSize < min_bytes) return std::optional<AheadView>();
-  for (uint64_t b : v.blocks) e->ahead.emplace(b, std::nullopt);
+  for (uint64_t picked : v.blocks) e->ahead.emplace(picked, std::nullopt);
+  e->ahead_from = b;
   v.fd = e->fd;
   v.pin = e;
   return std::optional<AheadView>(std::move(v));
@@ -1207,8 +1217,12 @@ void ChunkCache::EndAhead(uint64_t id, const std::vector<uint64_t>& blocks, cons
   for (size_t i = 0; i < blocks.size(); ++i) {
     auto it = e->ahead.find(blocks[i]);
     if (it == e->ahead.end() || it->second) continue;  // written since (or not ours)
-    if (ok) it->second = hashes[i];
-    else e->ahead.erase(it);
+    if (ok) {
+      it->second = hashes[i];
+    } else {
+      e->ahead.erase(it);
+      e->ahead_from = std::min(e->ahead_from, blocks[i]);
+    }
   }
 }
 
@@ -1216,6 +1230,7 @@ void ChunkCache::ForgetAhead(uint64_t id) {
   if (auto e = FindEntry(id)) {
     std::lock_guard lock(e->mu);
     e->ahead.clear();
+    e->ahead_from = 0;
   }
 }
 
@@ -1236,6 +1251,7 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         if (e->write_gen == write_gen) {
           std::fill(e->dirty.begin(), e->dirty.end(), false);
           e->ahead.clear();
+          e->ahead_from = 0;
           local_.erase(id);
           // Sent from its staged bytes, and the entry opened since holds
           // just those: all of it is here.

@@ -225,6 +225,9 @@ class ChunkCache {
     // block, before and after its bytes land, or a resize, takes it out:
     // a hash here is always that of the bytes in the file.
     std::unordered_map<uint64_t, std::optional<Hash128>> ahead;
+    // guarded by mu: every block before it is clean or in `ahead` (where
+    // BeginAhead looks from; a write, a resize or a failed send moves it back)
+    uint64_t ahead_from = 0;
     bool tracked = true;         // guarded by mu; false: local writes of an earlier mount, unmarked
     // Requires mu. Room for `size` bytes in the per-block/chunk vectors.
     void Grow(uint64_t size);

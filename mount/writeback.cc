@@ -52,6 +52,7 @@ constexpr uint64_t kAheadMin = 16 << 20;
 constexpr uint64_t kAheadRound = 128 << 20;
 constexpr auto kAheadLook = std::chrono::milliseconds(20);      // less than kAheadMin settled: look again after
 constexpr auto kAheadPatience = std::chrono::milliseconds(500);  // nothing to send for this long: the writing paused
+constexpr auto kAheadStint = std::chrono::seconds(2);            // then the journal is looked at again
 
 // Ops that name the node's version (a rename too: a rename must not make a
 // remote change to the file look like ours).
@@ -410,8 +411,15 @@ uint64_t WriteBack::Pending() {
 }
 
 uint64_t WriteBack::Persisted() {
+  // A local state that cannot be read keeps its last answer: never a 0
+  // that would tell `tidefs sync` everything is sent.
   auto n = state_->JournalSize();
-  return n.ok() ? *n : 0;
+  if (!n.ok()) {
+    spdlog::warn("write-back: cannot count the journal: {}", n.status().ToString());
+    return last_persisted_.load();
+  }
+  last_persisted_.store(*n);
+  return *n;
 }
 
 void WriteBack::Loop() {
@@ -439,9 +447,13 @@ void WriteBack::Loop() {
     // a time, as the writing leaves them behind, until it is closed (a
     // kick) or the writing pauses.
     if (st.ok() && held && send_ahead_) {
-      auto last_sent = std::chrono::steady_clock::now();
-      while (!KickedOrStopping()) {
-        if (SendAhead(held_id)) {
+      const auto start = std::chrono::steady_clock::now();
+      auto last_sent = start;
+      // (Back to the journal now and then: the hold has its own limit.)
+      while (!KickedOrStopping() && std::chrono::steady_clock::now() - start < kAheadStint) {
+        const Ahead a = SendAhead(held_id);
+        if (a == Ahead::kFailed) break;  // the server: the flush will say, with backoff
+        if (a == Ahead::kSent) {
           last_sent = std::chrono::steady_clock::now();
           continue;
         }
@@ -536,15 +548,29 @@ bool WriteBack::KickedOrStopping() {
   return kicked_ || stopping_;
 }
 
-bool WriteBack::SendAhead(uint64_t id) {
+void WriteBack::EndAheadShown(uint64_t id) {
+  ProgressFn progress;
+  std::string path;
+  {
+    std::lock_guard plock(progress_mu_);
+    auto it = ahead_shown_.find(id);
+    if (it == ahead_shown_.end()) return;
+    path = std::move(it->second);
+    ahead_shown_.erase(it);
+    progress = progress_;
+  }
+  if (progress) progress(path, 0, 0, 0, true);
+}
+
+WriteBack::Ahead WriteBack::SendAhead(uint64_t id) {
   auto n = tree_->Get(id);
-  if (!n.ok() || !*n || (*n)->kind != NodeKind::kFile) return false;
+  if (!n.ok() || !*n || (*n)->kind != NodeKind::kFile) return Ahead::kNothingYet;
   auto view = cache_->BeginAhead(**n, kAheadMin, kAheadRound);
   if (!view.ok()) {
     spdlog::debug("write-back: node {} cannot be sent ahead: {}", id, view.status().ToString());
-    return false;
+    return Ahead::kFailed;
   }
-  if (!*view) return false;
+  if (!*view) return Ahead::kNothingYet;
   ChunkCache::AheadView& v = **view;
   UploadStats up;
   up.drop_behind = true;
@@ -557,6 +583,15 @@ bool WriteBack::SendAhead(uint64_t id) {
   }
   if (progress) {
     const std::string path = tree_->PathOf(id);
+    {
+      // Ended when the file's flush begins, even under another name by then.
+      std::lock_guard plock(progress_mu_);
+      auto [it, fresh] = ahead_shown_.try_emplace(id, path);
+      if (!fresh && it->second != path) {
+        progress(it->second, 0, 0, 0, true);  // renamed between rounds
+        it->second = path;
+      }
+    }
     const auto t0 = std::chrono::steady_clock::now();
     const uint64_t first = v.blocks.front() * kBlockSize;
     up.on_progress = [this, id, progress, path, t0, size = v.size, first](uint64_t done) {
@@ -572,11 +607,11 @@ bool WriteBack::SendAhead(uint64_t id) {
   cache_->EndAhead(id, v.blocks, hashes.ok() ? *hashes : std::vector<Hash128>{}, hashes.ok());
   if (!hashes.ok()) {
     spdlog::debug("write-back: sending node {} ahead: {}", id, hashes.status().ToString());
-    return false;
+    return Ahead::kFailed;
   }
   spdlog::debug("write-back: node {}: {} blocks sent ahead of its flush ({} were on the server)", id, v.blocks.size(),
                 v.blocks.size() - up.blocks_sent);
-  return true;
+  return Ahead::kSent;
 }
 
 Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
@@ -628,6 +663,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         break;
       }
       ASSIGN_OR_RETURN(std::optional<NodeRecord> n, tree_->Get(op.id));
+      EndAheadShown(op.id);
       if (n && n->kind == NodeKind::kFile) {
         ASSIGN_OR_RETURN(auto view, cache_->BeginFlush(*n));
         UploadStats up;
@@ -653,7 +689,9 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up, &small_files,
                                          view.staged ? &*view.staged : nullptr, &view.known);
         if (show) progress(path, view.size, view.size, 0, true);
-        if (!uploaded.ok()) return uploaded.status();
+        if (!uploaded.ok())
+          return Status(uploaded.status().code(), "sending node " + std::to_string(n->id) + " (" + tree_->PathOf(n->id) +
+                                                      "): " + uploaded.status().message());
         view.pin.reset();  // read: its cache file may be closed while the batch goes on
         view.fd = -1;
         const bool from_staged = view.staged.has_value();
@@ -809,11 +847,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     spdlog::info("write-back: the server refused {} of node {} ({}: {})", OpName(op.type), op.id, reply.reason,
                  reply.message);
     if (reply.reason == "missing_blocks") {
-      // Blocks sent ahead that the server no longer has: read and sent
-      // again when the batch is tried again.
+      // The server lacks blocks the commit names: those sent ahead are
+      // read and sent again when the batch is tried again.
       for (const CommitOp& o : ops) cache_->ForgetAhead(o.id);
-      return Status::Unavailable("the server lacks blocks sent ahead of node " + std::to_string(op.id) +
-                                 "; they are sent again");
+      return Status::Unavailable("the server lacks " + std::to_string(reply.missing.size()) + " blocks of node " +
+                                 std::to_string(op.id) + " (" + tree_->PathOf(op.id) +
+                                 "); they are read and sent again");
     }
     if ((op.type == OpType::kWrite) && (reply.reason == "stale_base" || reply.reason == "deleted")) {
       // Someone else changed (or deleted) the file since our base: ours

@@ -8,6 +8,7 @@
 // leaves the journal before the server has it.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -102,8 +103,12 @@ class WriteBack {
   Status FlushBatch(bool* held = nullptr, uint64_t* held_id = nullptr);
   bool KickedOrStopping();
   // Sends ahead some of the blocks of file `id`, held back while it is
-  // written (ChunkCache::BeginAhead); false when there was nothing to send.
-  bool SendAhead(uint64_t id);
+  // written (ChunkCache::BeginAhead).
+  enum class Ahead { kSent, kNothingYet, kFailed };
+  Ahead SendAhead(uint64_t id);
+  // The flush of `id` begins: a transfer shown for its send ahead ends
+  // (it may have been under another name).
+  void EndAheadShown(uint64_t id);
   // A directory deleted here that the server kept (someone put files in
   // it): its record and its entries come back into the tree (a failure
   // is logged: the directory is still on the server).
@@ -135,6 +140,8 @@ class WriteBack {
   std::function<bool(uint64_t)> is_open_;
   std::function<bool(uint64_t, bool)> hold_;
   bool send_ahead_ = true;
+  std::unordered_map<uint64_t, std::string> ahead_shown_;  // guarded by progress_mu_: path shown per file sent ahead
+  std::atomic<uint64_t> last_persisted_{0};  // Persisted()'s last answer from the local state
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
   std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_

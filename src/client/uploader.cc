@@ -1,14 +1,13 @@
 #include "client/uploader.h"
 
 #include <fcntl.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -55,13 +54,14 @@ class BodySender {
   }
 
   // Queues a body, waiting while the queue is full. After a failed
-  // request, nothing more is sent: Finish tells the error.
-  void Send(std::string body) {
+  // request nothing more is sent: the error, here and from Finish.
+  Status Send(std::string body) {
     std::unique_lock lock(mu_);
     room_.wait(lock, [this] { return waiting_.size() < max_waiting_ || !error_.ok(); });
-    if (!error_.ok()) return;
+    if (!error_.ok()) return error_;
     waiting_.push_back(std::move(body));
     work_.notify_one();
+    return Status::Ok();
   }
 
   // Waits for every queued body to be sent; the first error.
@@ -175,7 +175,7 @@ Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64
         continue;
       }
       stats->requests++;
-      sender.Send(std::move(b.bytes));
+      RETURN_IF_ERROR(sender.Send(std::move(b.bytes)));  // a failed request: stop reading the file
     }
     batch.clear();
     batch_bytes = 0;
