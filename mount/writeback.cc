@@ -425,10 +425,14 @@ uint64_t WriteBack::Persisted() {
 void WriteBack::Loop() {
   ready_.wait();
   auto backoff = std::chrono::milliseconds(0);
-  bool held = false;  // the last look stopped at a file held back: look again soon
+  bool held = false;      // the last look stopped at a file held back: look again soon
+  bool look_now = false;  // a send ahead went on until its stint ended: back at once
+  auto ahead_backoff = std::chrono::milliseconds(0);
+  auto ahead_after = std::chrono::steady_clock::now();  // a failed send ahead waits until then
   std::unique_lock lock(mu_);
   for (;;) {
-    if (backoff.count() > 0) cv_.wait_for(lock, backoff, [this] { return stopping_; });
+    if (look_now) look_now = false;
+    else if (backoff.count() > 0) cv_.wait_for(lock, backoff, [this] { return stopping_; });
     else cv_.wait_for(lock, held ? kHeldLook : std::chrono::milliseconds(2000), [this] { return stopping_ || kicked_; });
     if (stopping_) return;
     bool was_kicked = kicked_;
@@ -446,14 +450,25 @@ void WriteBack::Loop() {
     // Nothing can go while a file is held back: its blocks can, a round at
     // a time, as the writing leaves them behind, until it is closed (a
     // kick) or the writing pauses.
-    if (st.ok() && held && send_ahead_) {
+    if (st.ok() && held && send_ahead_ && std::chrono::steady_clock::now() >= ahead_after) {
       const auto start = std::chrono::steady_clock::now();
       auto last_sent = start;
-      // (Back to the journal now and then: the hold has its own limit.)
-      while (!KickedOrStopping() && std::chrono::steady_clock::now() - start < kAheadStint) {
+      for (;;) {
+        if (KickedOrStopping()) break;
+        if (std::chrono::steady_clock::now() - start > kAheadStint) {
+          look_now = true;  // back to the journal (the hold has its own limit), then on
+          break;
+        }
         const Ahead a = SendAhead(held_id);
-        if (a == Ahead::kFailed) break;  // the server: the flush will say, with backoff
+        if (a == Ahead::kFailed) {
+          // The server, most likely: the flush will say; rounds wait longer each time.
+          ahead_backoff = std::min<std::chrono::milliseconds>(
+              std::max(ahead_backoff * 2, std::chrono::milliseconds(250)), std::chrono::milliseconds(10000));
+          ahead_after = std::chrono::steady_clock::now() + ahead_backoff;
+          break;
+        }
         if (a == Ahead::kSent) {
+          ahead_backoff = std::chrono::milliseconds(0);
           last_sent = std::chrono::steady_clock::now();
           continue;
         }
