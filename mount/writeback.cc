@@ -695,9 +695,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           path = tree_->PathOf(n->id);
           const auto t0 = std::chrono::steady_clock::now();
           const uint64_t total = view.size;
-          up.on_progress = [progress, path, t0, total](uint64_t done) {
+          // The rate counts from the first report: a file sent ahead
+          // starts far into it.
+          up.on_progress = [progress, path, t0, total, from = std::optional<uint64_t>()](uint64_t done) mutable {
+            if (!from) from = done;
             double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            progress(path, done, total, secs > 0 ? done / secs : 0, false);
+            progress(path, done, total, secs > 0 && done > *from ? (done - *from) / secs : 0, false);
           };
           progress(path, 0, total, 0, false);
         }

@@ -1265,6 +1265,20 @@ TEST_F(MountTest, AMountKilledInTheMiddleOfA512MiBUploadFinishesItOnTheNextMount
   EXPECT_TRUE(ReadAll(fresh.path() + "/big.bin") == big) << "the server's bytes are not the ones written";
 }
 
+// Writes `data` into the open `fd` 1 MiB at a time, then goes on writing
+// its last byte (never idle, so never flushed: held back while written)
+// until the server has received `bytes` more than `received0`; false if
+// that took over 8 s.
+bool WriteUntilSentAhead(int fd, const std::string& data, ApiClient& admin, uint64_t received0, uint64_t bytes) {
+  for (size_t off = 0; off < data.size(); off += 1u << 20)
+    if (pwrite(fd, data.data() + off, 1u << 20, static_cast<off_t>(off)) != 1 << 20) return false;
+  return Within(std::chrono::seconds(8), [&] {
+    EXPECT_EQ(pwrite(fd, &data.back(), 1, static_cast<off_t>(data.size() - 1)), 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a writer's pace, not synchronisation
+    return BytesReceived(admin) - received0 >= bytes;
+  });
+}
+
 TEST_F(MountTest, ABigFileGoesAheadWhileWrittenAndLaterRewritesStillWin) {
   Import();
   ApiClient admin(server_.Client(server_.rw_token));
@@ -1274,15 +1288,8 @@ TEST_F(MountTest, ABigFileGoesAheadWhileWrittenAndLaterRewritesStillWin) {
   std::string want = RandomBytes(40u << 20, 81);
   int fd = open(path.c_str(), O_CREAT | O_WRONLY, 0644);
   ASSERT_GE(fd, 0);
-  for (size_t off = 0; off < want.size(); off += 1u << 20)
-    ASSERT_EQ(pwrite(fd, want.data() + off, 1u << 20, static_cast<off_t>(off)), 1 << 20);
-  // Still open and being written (the last byte again and again: never
-  // idle, so never flushed): what the writing left behind goes up now.
-  EXPECT_TRUE(Within(std::chrono::seconds(8), [&] {
-    EXPECT_EQ(pwrite(fd, &want.back(), 1, static_cast<off_t>(want.size() - 1)), 1);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a writer's pace, not synchronisation
-    return BytesReceived(admin) - received0 >= (16u << 20);
-  })) << "nothing was sent while the file was open";
+  // Still open and being written: what the writing left behind goes up now.
+  EXPECT_TRUE(WriteUntilSentAhead(fd, want, admin, received0, 16u << 20)) << "nothing was sent while the file was open";
   // Blocks rewritten after they went ahead: the server ends with the new bytes.
   const std::string a = RandomBytes(kBlockSize, 82), b = RandomBytes(1000, 83);
   ASSERT_EQ(pwrite(fd, a.data(), a.size(), 0), static_cast<ssize_t>(a.size()));
@@ -1294,6 +1301,28 @@ TEST_F(MountTest, ABigFileGoesAheadWhileWrittenAndLaterRewritesStillWin) {
   ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " sync " + m.path() + " 2>&1", &out), 0) << out;
   // Blocks that went ahead are not sent again with the flush.
   EXPECT_LE(BytesReceived(admin) - received0, want.size() + (4u << 20));
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/ahead.bin") == want) << "the server's bytes are not the ones written";
+}
+
+TEST_F(MountTest, AMountKilledWhileAFileGoesAheadSendsTheRestOnTheNextMount) {
+  Import();
+  ApiClient admin(server_.Client(server_.rw_token));
+  const uint64_t received0 = BytesReceived(admin);
+  const std::string want = RandomBytes(48u << 20, 91);
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    int fd = open((m.path() + "/ahead.bin").c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    // Part of it has gone ahead; the file is still open and being written.
+    EXPECT_TRUE(WriteUntilSentAhead(fd, want, admin, received0, 16u << 20)) << "nothing went ahead";
+    KillMount(m.path());
+    close(fd);  // (the mount is gone)
+    if (HasFatalFailure()) return;
+  }
+  // The same cache dir: the rest goes up, and what went ahead not again.
+  { TestMount again(server_, server_.rw_token, dir_); }
+  EXPECT_LE(BytesReceived(admin) - received0, want.size() + (8u << 20)) << "blocks were sent twice";
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
   EXPECT_TRUE(ReadAll(fresh.path() + "/ahead.bin") == want) << "the server's bytes are not the ones written";
 }
