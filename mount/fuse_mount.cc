@@ -991,6 +991,13 @@ std::string StatusJson(Fs& fs) {
         {"hash_mismatches", c.verify_failures},
         {"failed_fetches", c.fetch_failures}}},
   };
+  if (fs.wb) {
+    const WriteBack::UploadCounters u = fs.wb->uploads();
+    j["uploads"] = {{"blocks_hashed", u.blocks_hashed},
+                    {"blocks_sent", u.blocks_sent},
+                    {"bytes_sent", u.bytes_sent},
+                    {"blocks_sent_ahead", u.blocks_sent_ahead}};
+  }
   if (fs.sync) {
     RemoteSync::Status_ r = fs.sync->Snapshot();
     auto transfers = [](const std::vector<Transfer>& list) {

@@ -624,9 +624,17 @@ WriteBack::Ahead WriteBack::SendAhead(uint64_t id) {
     spdlog::debug("write-back: sending node {} ahead: {}", id, hashes.status().ToString());
     return Ahead::kFailed;
   }
+  blocks_hashed_ += up.blocks_hashed;
+  blocks_sent_ += up.blocks_sent;
+  bytes_sent_ += up.bytes_sent;
+  blocks_sent_ahead_ += up.blocks_sent;
   spdlog::debug("write-back: node {}: {} blocks sent ahead of its flush ({} were on the server)", id, v.blocks.size(),
                 v.blocks.size() - up.blocks_sent);
   return Ahead::kSent;
+}
+
+WriteBack::UploadCounters WriteBack::uploads() const {
+  return {blocks_hashed_.load(), blocks_sent_.load(), bytes_sent_.load(), blocks_sent_ahead_.load()};
 }
 
 Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
@@ -750,6 +758,9 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         }
         sent.push_back({n->id, std::move(view), std::move(m), from_staged});
         flushed.insert(n->id);
+        blocks_hashed_ += up.blocks_hashed;
+        blocks_sent_ += up.blocks_sent;
+        bytes_sent_ += up.bytes_sent;
         spdlog::debug("write-back: node {} ({} bytes): {} blocks hashed, {} sent", n->id, n->size, up.blocks_hashed,
                       up.blocks_sent);
       }
@@ -761,6 +772,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     UploadStats up;
     const size_t n = small_files.blocks.size();
     RETURN_IF_ERROR(SendMissingBlocks(client_, &small_files.blocks, 8, &up));
+    blocks_sent_ += up.blocks_sent;
+    bytes_sent_ += up.bytes_sent;
     spdlog::debug("write-back: {} of the batch's {} small-file blocks sent", up.blocks_sent, n);
   }
   if (ops.empty()) return Finish(entries, last, {}, inflight != 0);

@@ -53,6 +53,12 @@ class WriteBack {
   Status Drain(std::chrono::seconds patience);
   // Journal entries not yet committed to the server (queued ones too).
   uint64_t Pending();
+  // File blocks read and hashed for uploads, and sent (those the server
+  // lacked), since the mount began; sent ahead of a flush among them.
+  struct UploadCounters {
+    uint64_t blocks_hashed = 0, blocks_sent = 0, bytes_sent = 0, blocks_sent_ahead = 0;
+  };
+  UploadCounters uploads() const;
   // Whether the journal holds an entry naming `id`, or a mirror row of it
   // is still queued (kept in memory: asked for every remote change).
   bool HasPending(uint64_t id);
@@ -140,6 +146,7 @@ class WriteBack {
   std::function<bool(uint64_t)> is_open_;
   std::function<bool(uint64_t, bool)> hold_;
   bool send_ahead_ = true;
+  std::atomic<uint64_t> blocks_hashed_{0}, blocks_sent_{0}, bytes_sent_{0}, blocks_sent_ahead_{0};
   std::unordered_map<uint64_t, std::string> ahead_shown_;  // guarded by progress_mu_: path shown per file sent ahead
   std::atomic<uint64_t> last_persisted_{0};  // Persisted()'s last answer from the local state
   std::mutex progress_mu_;

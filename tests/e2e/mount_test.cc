@@ -1299,8 +1299,14 @@ TEST_F(MountTest, ABigFileGoesAheadWhileWrittenAndLaterRewritesStillWin) {
   ASSERT_EQ(close(fd), 0);
   std::string out;
   ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " sync " + m.path() + " 2>&1", &out), 0) << out;
-  // Blocks that went ahead are not sent again with the flush.
+  // Blocks that went ahead are neither read nor sent again with the flush.
   EXPECT_LE(BytesReceived(admin) - received0, want.size() + (4u << 20));
+  auto status = nlohmann::json::parse(StatusOf(m.path()), nullptr, false);
+  ASSERT_TRUE(status.contains("uploads")) << status.dump();
+  const uint64_t blocks = want.size() / kBlockSize;
+  EXPECT_GE(status["uploads"].value("blocks_sent_ahead", uint64_t{0}), (16u << 20) / kBlockSize);
+  EXPECT_LE(status["uploads"].value("blocks_hashed", uint64_t{0}), blocks + 4) << "the flush read blocks sent ahead again";
+  EXPECT_GE(status["uploads"].value("blocks_sent", uint64_t{0}), blocks);
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
   EXPECT_TRUE(ReadAll(fresh.path() + "/ahead.bin") == want) << "the server's bytes are not the ones written";
 }
