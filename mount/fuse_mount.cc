@@ -1131,8 +1131,9 @@ Status WaitSynced(const std::string& mountpoint, double timeout_seconds, bool sh
     if (left == 0) return Status::Ok();
     const auto now = std::chrono::steady_clock::now();
     if (timeout_seconds > 0 && now - start > std::chrono::duration<double>(timeout_seconds))
-      return Status::Unavailable(fmt::format("{} changes in {} are still not on the server after {:g} s; `tidefs status "
-                                             "{}` shows whether the server is reachable and what is being sent",
+      return Status::Unavailable(fmt::format("{} changes in {} are still not on the server after {:g} s: the server "
+                                             "may be unreachable, or a program may still be writing a file there "
+                                             "(`tidefs status {}` shows the connection and what is being sent)",
                                              left, mountpoint, timeout_seconds, mountpoint));
     if (show && now >= next_report) {
       if (left != shown) fprintf(stderr, "sync: %lld changes still to send from %s...\n", left, mountpoint.c_str());
