@@ -61,6 +61,17 @@ struct ChunkCache::BufferPool {
   }
 };
 
+void ChunkCache::Entry::Rewrote(uint64_t b0, uint64_t b1) {
+  if (!ahead.empty())
+    for (uint64_t b = b0; b <= b1; ++b) ahead.erase(b);
+  ahead_from = std::min(ahead_from, b0);
+}
+
+void ChunkCache::Entry::ForgetAhead() {
+  ahead.clear();
+  ahead_from = 0;
+}
+
 ChunkCache::Entry::~Entry() {
   if (fd >= 0) ::close(fd);
   if (dfd >= 0) ::close(dfd);
@@ -1025,9 +1036,8 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
           for (uint64_t b = b0; b <= b1; ++b) {
             if (fresh && b < e->manifest.blocks.size() && !e->present[b]) *fresh = true;
             e->present[b] = e->dirty[b] = true;
-            if (!e->ahead.empty()) e->ahead.erase(b);
           }
-          e->ahead_from = std::min(e->ahead_from, b0);
+          e->Rewrote(b0, b1);
           e->hot.erase(c);
           e->write_gen++;
           break;
@@ -1046,9 +1056,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     e->write_gen++;
     if (!err) behind = e->write_behind.Wrote(off, end);
     e->write_front = std::max(e->write_front, end);
-    if (!e->ahead.empty())
-      for (uint64_t b = off / kBlockSize; b <= (end - 1) / kBlockSize; ++b) e->ahead.erase(b);
-    e->ahead_from = std::min(e->ahead_from, off / kBlockSize);
+    e->Rewrote(off / kBlockSize, (end - 1) / kBlockSize);
   }
   if (err)
     return Status(err == ENOSPC ? Code::kTooLarge : Code::kIoError,
@@ -1104,8 +1112,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
     if (cut % kBlockSize) e->present[cut / kBlockSize] = e->dirty[cut / kBlockSize] = true;
     for (uint64_t b = cut / kBlockSize; b < keep; ++b) e->present[b] = e->dirty[b] = true;
     e->write_gen++;
-    e->ahead.clear();
-    e->ahead_from = 0;
+    e->ForgetAhead();
     e->write_front = std::min(e->write_front, size);
     m = e->manifest;
     present = e->present;
@@ -1137,8 +1144,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   // The new blocks are local zeros (and the one the old end fell in).
   for (uint64_t b = old / kBlockSize; b < (size + kBlockSize - 1) / kBlockSize; ++b) e->present[b] = e->dirty[b] = true;
   e->write_gen++;
-  e->ahead.clear();
-  e->ahead_from = 0;
+  e->ForgetAhead();
   return Status::Ok();
 }
 
@@ -1229,8 +1235,7 @@ void ChunkCache::EndAhead(uint64_t id, const std::vector<uint64_t>& blocks, cons
 void ChunkCache::ForgetAhead(uint64_t id) {
   if (auto e = FindEntry(id)) {
     std::lock_guard lock(e->mu);
-    e->ahead.clear();
-    e->ahead_from = 0;
+    e->ForgetAhead();
   }
 }
 
@@ -1250,8 +1255,7 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         e->tracked = true;
         if (e->write_gen == write_gen) {
           std::fill(e->dirty.begin(), e->dirty.end(), false);
-          e->ahead.clear();
-          e->ahead_from = 0;
+          e->ForgetAhead();
           local_.erase(id);
           // Sent from its staged bytes, and the entry opened since holds
           // just those: all of it is here.

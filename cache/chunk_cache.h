@@ -231,6 +231,10 @@ class ChunkCache {
     bool tracked = true;         // guarded by mu; false: local writes of an earlier mount, unmarked
     // Requires mu. Room for `size` bytes in the per-block/chunk vectors.
     void Grow(uint64_t size);
+    // Requires mu. Blocks [b0, b1] were written: not sent ahead any more.
+    void Rewrote(uint64_t b0, uint64_t b1);
+    // Requires mu. The file was resized or committed: nothing is ahead.
+    void ForgetAhead();
     ~Entry();
   };
 

@@ -427,8 +427,6 @@ void WriteBack::Loop() {
   auto backoff = std::chrono::milliseconds(0);
   bool held = false;      // the last look stopped at a file held back: look again soon
   bool look_now = false;  // a send ahead went on until its stint ended: back at once
-  auto ahead_backoff = std::chrono::milliseconds(0);
-  auto ahead_after = std::chrono::steady_clock::now();  // a failed send ahead waits until then
   std::unique_lock lock(mu_);
   for (;;) {
     if (look_now) look_now = false;
@@ -447,36 +445,8 @@ void WriteBack::Loop() {
       LetBurstFinish();
       st = FlushBatch(&held, &held_id);
     }
-    // Nothing can go while a file is held back: its blocks can, a round at
-    // a time, as the writing leaves them behind, until it is closed (a
-    // kick) or the writing pauses.
-    if (st.ok() && held && send_ahead_ && std::chrono::steady_clock::now() >= ahead_after) {
-      const auto start = std::chrono::steady_clock::now();
-      auto last_sent = start;
-      for (;;) {
-        if (KickedOrStopping()) break;
-        if (std::chrono::steady_clock::now() - start > kAheadStint) {
-          look_now = true;  // back to the journal (the hold has its own limit), then on
-          break;
-        }
-        const Ahead a = SendAhead(held_id);
-        if (a == Ahead::kFailed) {
-          // The server, most likely: the flush will say; rounds wait longer each time.
-          ahead_backoff = std::min<std::chrono::milliseconds>(
-              std::max(ahead_backoff * 2, std::chrono::milliseconds(250)), std::chrono::milliseconds(10000));
-          ahead_after = std::chrono::steady_clock::now() + ahead_backoff;
-          break;
-        }
-        if (a == Ahead::kSent) {
-          ahead_backoff = std::chrono::milliseconds(0);
-          last_sent = std::chrono::steady_clock::now();
-          continue;
-        }
-        if (std::chrono::steady_clock::now() - last_sent > kAheadPatience) break;
-        std::unique_lock wait(mu_);
-        cv_.wait_for(wait, kAheadLook, [this] { return stopping_ || kicked_; });
-      }
-    }
+    // Nothing can go while a file is held back: its blocks can.
+    if (st.ok() && held && send_ahead_) look_now = SendAheadWhileHeld(held_id);
     if (!st.ok()) {
       backoff = std::min<std::chrono::milliseconds>(std::max(backoff * 2, std::chrono::milliseconds(250)),
                                                      std::chrono::milliseconds(10000));
@@ -577,6 +547,33 @@ void WriteBack::EndAheadShown(uint64_t id) {
   if (progress) progress(path, 0, 0, 0, true);
 }
 
+bool WriteBack::SendAheadWhileHeld(uint64_t id) {
+  const auto start = std::chrono::steady_clock::now();
+  if (start < ahead_after_) return false;
+  auto last_sent = start;
+  while (!KickedOrStopping()) {
+    if (std::chrono::steady_clock::now() - start > kAheadStint) return true;
+    switch (SendAhead(id)) {
+      case Ahead::kFailed:
+        // The server, most likely: the flush will say; rounds wait longer each time.
+        ahead_backoff_ = std::min<std::chrono::milliseconds>(std::max(ahead_backoff_ * 2, std::chrono::milliseconds(250)),
+                                                             std::chrono::milliseconds(10000));
+        ahead_after_ = std::chrono::steady_clock::now() + ahead_backoff_;
+        return false;
+      case Ahead::kSent:
+        ahead_backoff_ = std::chrono::milliseconds(0);
+        last_sent = std::chrono::steady_clock::now();
+        continue;
+      case Ahead::kNothingYet:
+        break;
+    }
+    if (std::chrono::steady_clock::now() - last_sent > kAheadPatience) return false;
+    std::unique_lock wait(mu_);
+    cv_.wait_for(wait, kAheadLook, [this] { return stopping_ || kicked_; });
+  }
+  return false;
+}
+
 WriteBack::Ahead WriteBack::SendAhead(uint64_t id) {
   auto n = tree_->Get(id);
   if (!n.ok() || !*n || (*n)->kind != NodeKind::kFile) return Ahead::kNothingYet;
@@ -591,11 +588,7 @@ WriteBack::Ahead WriteBack::SendAhead(uint64_t id) {
   up.drop_behind = true;
   // Shown as the file's upload (`tidefs status`, other devices): how far
   // into the file it has got.
-  ProgressFn progress;
-  {
-    std::lock_guard plock(progress_mu_);
-    progress = progress_;
-  }
+  const ProgressFn progress = CurrentProgress();
   if (progress) {
     const std::string path = tree_->PathOf(id);
     {
@@ -624,13 +617,22 @@ WriteBack::Ahead WriteBack::SendAhead(uint64_t id) {
     spdlog::debug("write-back: sending node {} ahead: {}", id, hashes.status().ToString());
     return Ahead::kFailed;
   }
-  blocks_hashed_ += up.blocks_hashed;
-  blocks_sent_ += up.blocks_sent;
-  bytes_sent_ += up.bytes_sent;
+  Count(up);
   blocks_sent_ahead_ += up.blocks_sent;
   spdlog::debug("write-back: node {}: {} blocks sent ahead of its flush ({} were on the server)", id, v.blocks.size(),
                 v.blocks.size() - up.blocks_sent);
   return Ahead::kSent;
+}
+
+void WriteBack::Count(const UploadStats& up) {
+  blocks_hashed_ += up.blocks_hashed;
+  blocks_sent_ += up.blocks_sent;
+  bytes_sent_ += up.bytes_sent;
+}
+
+WriteBack::ProgressFn WriteBack::CurrentProgress() {
+  std::lock_guard plock(progress_mu_);
+  return progress_;
 }
 
 WriteBack::UploadCounters WriteBack::uploads() const {
@@ -693,11 +695,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         up.drop_behind = true;
         std::string path;
         // Big uploads are shown while they run (`tidefs status`, other devices).
-        ProgressFn progress;
-        {
-          std::lock_guard plock(progress_mu_);
-          progress = progress_;
-        }
+        const ProgressFn progress = CurrentProgress();
         const bool show = progress && view.size >= kShowUploadsFrom;
         if (show) {
           path = tree_->PathOf(n->id);
@@ -758,9 +756,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         }
         sent.push_back({n->id, std::move(view), std::move(m), from_staged});
         flushed.insert(n->id);
-        blocks_hashed_ += up.blocks_hashed;
-        blocks_sent_ += up.blocks_sent;
-        bytes_sent_ += up.bytes_sent;
+        Count(up);
         spdlog::debug("write-back: node {} ({} bytes): {} blocks hashed, {} sent", n->id, n->size, up.blocks_hashed,
                       up.blocks_sent);
       }
@@ -772,8 +768,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     UploadStats up;
     const size_t n = small_files.blocks.size();
     RETURN_IF_ERROR(SendMissingBlocks(client_, &small_files.blocks, 8, &up));
-    blocks_sent_ += up.blocks_sent;
-    bytes_sent_ += up.bytes_sent;
+    Count(up);
     spdlog::debug("write-back: {} of the batch's {} small-file blocks sent", up.blocks_sent, n);
   }
   if (ops.empty()) return Finish(entries, last, {}, inflight != 0);

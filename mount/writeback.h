@@ -23,6 +23,7 @@
 #include "cache/chunk_cache.h"
 #include "client/api_client.h"
 #include "client/local_state.h"
+#include "client/uploader.h"
 #include "mount/tree.h"
 
 namespace tidefs {
@@ -112,6 +113,14 @@ class WriteBack {
   // written (ChunkCache::BeginAhead).
   enum class Ahead { kSent, kNothingYet, kFailed };
   Ahead SendAhead(uint64_t id);
+  // Rounds of SendAhead as the writing leaves blocks behind, until the
+  // file is closed (a kick), the writing pauses or a round fails; true
+  // when the stint's time ran out instead (the journal is looked at again
+  // at once: the hold has its own limit).
+  bool SendAheadWhileHeld(uint64_t id);
+  // Adds an upload to the counters `uploads()` reports.
+  void Count(const UploadStats& up);
+  ProgressFn CurrentProgress();
   // The flush of `id` begins: a transfer shown for its send ahead ends
   // (it may have been under another name).
   void EndAheadShown(uint64_t id);
@@ -146,6 +155,9 @@ class WriteBack {
   std::function<bool(uint64_t)> is_open_;
   std::function<bool(uint64_t, bool)> hold_;
   bool send_ahead_ = true;
+  // The write-back thread's: a failed send ahead waits until ahead_after_.
+  std::chrono::milliseconds ahead_backoff_{0};
+  std::chrono::steady_clock::time_point ahead_after_{};
   std::atomic<uint64_t> blocks_hashed_{0}, blocks_sent_{0}, bytes_sent_{0}, blocks_sent_ahead_{0};
   std::unordered_map<uint64_t, std::string> ahead_shown_;  // guarded by progress_mu_: path shown per file sent ahead
   std::atomic<uint64_t> last_persisted_{0};  // Persisted()'s last answer from the local state

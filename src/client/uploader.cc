@@ -129,6 +129,21 @@ Status ReadBlock(int fd, const std::string* mem, uint64_t size, uint64_t at, siz
   return Status::Ok();
 }
 
+// The range of a file that reads covered, for dropping its pages after
+// (UploadStats::drop_behind).
+struct ReadSpan {
+  uint64_t from = UINT64_MAX, to = 0;
+  void Add(uint64_t at, size_t len) {
+    from = std::min(from, at);
+    to = std::max<uint64_t>(to, at + len);
+  }
+  void Drop(int fd, bool drop_behind) {
+    if (drop_behind && to > from)
+      (void)::posix_fadvise(fd, static_cast<off_t>(from), static_cast<off_t>(to - from), POSIX_FADV_DONTNEED);
+    *this = {};
+  }
+};
+
 // A large file's blocks `todo`: read straight into request bodies (no
 // string or copy per block), asked about a batch at a time, and those the
 // server lacks sent on a few threads while the next batch is read.
@@ -141,13 +156,10 @@ Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64
   BodySender sender(client, kLargeSenders);
   std::vector<Body> batch;
   size_t batch_bytes = 0;
-  uint64_t read_from = UINT64_MAX, read_to = 0;  // what the batch read of the file
+  ReadSpan read;  // what the batch read of the file
   std::unordered_set<Hash128, Hash128Hasher> sent;  // hashes already in a request
   auto send_batch = [&]() -> Status {
-    if (stats->drop_behind && read_to > read_from)
-      (void)::posix_fadvise(fd, static_cast<off_t>(read_from), static_cast<off_t>(read_to - read_from), POSIX_FADV_DONTNEED);
-    read_from = UINT64_MAX;
-    read_to = 0;
+    read.Drop(fd, stats->drop_behind);
     std::vector<Hash128> hashes;
     for (const Body& b : batch)
       for (const auto& f : b.frames) hashes.push_back(f.first);
@@ -195,10 +207,7 @@ Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64
     body.bytes.resize(at + kFrameHeaderSize + len);
     char* data = body.bytes.data() + at + kFrameHeaderSize;
     RETURN_IF_ERROR(ReadBlock(fd, mem, size, b * kBlockSize, len, data));
-    if (!mem) {
-      read_from = std::min(read_from, b * kBlockSize);
-      read_to = b * kBlockSize + len;
-    }
+    if (!mem) read.Add(b * kBlockSize, len);
     (*out)[b] = HashBlock(data, len);
     WriteBlockFrameHeader(body.bytes.data() + at, (*out)[b], static_cast<uint32_t>(len));
     body.frames.emplace_back((*out)[b], at);
@@ -293,21 +302,14 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
       else if (!sent_ahead(b)) todo.push_back(b);
     }
     if (todo.size() * kBlockSize > kLargeBatchBytes) {
-      UploadStats sent;
-      sent.drop_behind = stats->drop_behind;
-      sent.on_progress = stats->on_progress;
-      RETURN_IF_ERROR(UploadLargeFile(client, fd, mem, size, todo, &out, &sent));
+      RETURN_IF_ERROR(UploadLargeFile(client, fd, mem, size, todo, &out, stats));
       if (stats->on_progress) stats->on_progress(size);
-      stats->blocks_hashed += sent.blocks_hashed;
-      stats->blocks_sent += sent.blocks_sent;
-      stats->bytes_sent += sent.bytes_sent;
-      stats->requests += sent.requests;
       return out;
     }
   }
   // A small file, or few changed blocks: read, asked about and sent at once.
   std::vector<std::pair<Hash128, std::string>> batch;
-  uint64_t read_from = UINT64_MAX, read_to = 0;  // what was read of the file
+  ReadSpan read;
   UploadStats sent_stats;
   for (uint64_t b = 0; b < nblocks; ++b) {
     const size_t len = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - b * kBlockSize));
@@ -318,10 +320,7 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     if (sent_ahead(b)) continue;
     std::string data(len, '\0');
     RETURN_IF_ERROR(ReadBlock(fd, mem, size, b * kBlockSize, len, data.data()));
-    if (!mem) {
-      read_from = std::min(read_from, b * kBlockSize);
-      read_to = b * kBlockSize + len;
-    }
+    if (!mem) read.Add(b * kBlockSize, len);
     out[b] = HashBlock(data);
     stats->blocks_hashed++;
     if (small) {
@@ -331,8 +330,7 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
       batch.emplace_back(out[b], std::move(data));
     }
   }
-  if (stats->drop_behind && read_to > read_from)
-    (void)::posix_fadvise(fd, static_cast<off_t>(read_from), static_cast<off_t>(read_to - read_from), POSIX_FADV_DONTNEED);
+  read.Drop(fd, stats->drop_behind);
   RETURN_IF_ERROR(SendMissingBlocks(client, &batch, parallel, &sent_stats));
   if (small && shared->bytes >= kSharedSendBytes) {
     RETURN_IF_ERROR(SendMissingBlocks(client, &shared->blocks, parallel, &sent_stats));
