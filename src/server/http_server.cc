@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -68,7 +69,15 @@ bool IsClientGone(const beast::error_code& ec) {
 struct HttpServer::Impl {
   Api* api;
   Metrics* metrics;
-  net::io_context ioc;
+  // One io_context per thread, each run by that thread alone; a connection
+  // stays on the one it was accepted onto. A shared context handed every
+  // completion to whichever thread was free: a futex wake and a context
+  // switch per 64 KiB sent, 15 % of the server's CPU on a download.
+  net::io_context ioc{1};  // accepts, and serves its share of connections
+  std::vector<std::unique_ptr<net::io_context>> more;  // the other threads'
+  std::mutex contexts_mu;  // `more` and `stopped`: Stop may come from any thread
+  bool stopped = false;
+  size_t next_context = 0;  // round robin, on the accepting thread only
   tcp::acceptor acceptor{ioc};
 
   Impl(Api* a, Metrics* m) : api(a), metrics(m) {}
@@ -364,7 +373,9 @@ struct HttpServer::Impl {
     for (;;) {
       beast::error_code ec;
       // A strand per connection: a WebSocket reads and writes at once.
-      tcp::socket socket = co_await acceptor.async_accept(net::make_strand(ioc), net::redirect_error(net::use_awaitable, ec));
+      net::io_context& ctx = next_context % (more.size() + 1) == 0 ? ioc : *more[next_context % (more.size() + 1) - 1];
+      ++next_context;
+      tcp::socket socket = co_await acceptor.async_accept(net::make_strand(ctx), net::redirect_error(net::use_awaitable, ec));
       if (ec == net::error::operation_aborted) co_return;
       if (ec) {
         // Out of file descriptors, most likely: wait a little instead of spinning.
@@ -407,13 +418,28 @@ void HttpServer::Run(int threads) {
       Stop();
     }
   });
-  net::co_spawn(impl_->ioc, impl_->AcceptLoop(), net::detached);
   std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i) pool.emplace_back([this] { impl_->ioc.run(); });
+  {
+    std::lock_guard lock(impl_->contexts_mu);
+    for (int i = 1; i < threads && !impl_->stopped; ++i) {
+      auto& ctx = *impl_->more.emplace_back(std::make_unique<net::io_context>(1));
+      pool.emplace_back([&ctx] {
+        auto idle = net::make_work_guard(ctx);  // runs until Stop, with or without connections
+        ctx.run();
+      });
+    }
+  }
+  net::co_spawn(impl_->ioc, impl_->AcceptLoop(), net::detached);
   impl_->ioc.run();
+  Stop();  // the accepting context ended: so do the others
   for (auto& t : pool) t.join();
 }
 
-void HttpServer::Stop() { impl_->ioc.stop(); }
+void HttpServer::Stop() {
+  std::lock_guard lock(impl_->contexts_mu);
+  impl_->stopped = true;
+  impl_->ioc.stop();
+  for (auto& ctx : impl_->more) ctx->stop();
+}
 
 }  // namespace tidefs
