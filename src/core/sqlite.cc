@@ -1,5 +1,7 @@
 #include "core/sqlite.h"
 
+#include <spdlog/spdlog.h>
+
 namespace tidefs {
 namespace {
 constexpr size_t kMaxCachedStatements = 256;
@@ -119,6 +121,63 @@ Status Transaction::Commit() {
   Status st = Run(db_, "COMMIT");
   if (!st.ok()) (void)Run(db_, "ROLLBACK");
   return st;
+}
+
+Result<std::unique_ptr<WalCheckpointer>> WalCheckpointer::Start(Db* writer) {
+  ASSIGN_OR_RETURN(auto own, Db::Open(writer->path()));
+  return std::unique_ptr<WalCheckpointer>(new WalCheckpointer(writer, std::move(own)));
+}
+
+WalCheckpointer::WalCheckpointer(Db* writer, std::unique_ptr<Db> own) : writer_(writer), own_(std::move(own)) {
+  thread_ = std::thread([this] { Loop(); });
+  sqlite3_wal_hook(writer_->raw(), &WalCheckpointer::OnCommit, this);
+}
+
+WalCheckpointer::~WalCheckpointer() {
+  sqlite3_wal_autocheckpoint(writer_->raw(), kStartFrames);  // (replaces the hook)
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+uint64_t WalCheckpointer::checkpoints() const {
+  std::lock_guard lock(mu_);
+  return done_;
+}
+
+int WalCheckpointer::OnCommit(void* self, sqlite3* db, const char* name, int frames) {
+  auto* c = static_cast<WalCheckpointer*>(self);
+  if (frames >= kInlineFrames) {
+    // The thread is behind (or a reader kept it from finishing): as SQLite would.
+    (void)sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+  } else if (frames >= kStartFrames) {
+    {
+      std::lock_guard lock(c->mu_);
+      c->wanted_ = true;
+    }
+    c->cv_.notify_one();
+  }
+  return SQLITE_OK;
+}
+
+void WalCheckpointer::Loop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return wanted_ || stop_; });
+    if (stop_) return;
+    wanted_ = false;
+    lock.unlock();
+    int log = 0, copied = 0;
+    const int rc = sqlite3_wal_checkpoint_v2(own_->raw(), "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+    // SQLITE_BUSY: another checkpoint is running; the next commit asks again.
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+      spdlog::warn("checkpointing {} failed: {} (the next commit tries again)", own_->path(), sqlite3_errmsg(own_->raw()));
+    lock.lock();
+    ++done_;
+  }
 }
 
 }  // namespace tidefs

@@ -111,6 +111,7 @@ class SqliteMetadataStore final : public MetadataStore {
     ASSIGN_OR_RETURN(auto db, Db::Open(path_));
     writer_.db = std::move(db);
     RETURN_IF_ERROR(Migrate(writer_.db.get()));
+    ASSIGN_OR_RETURN(checkpointer_, WalCheckpointer::Start(writer_.db.get()));
     return Status::Ok();
   }
 
@@ -863,6 +864,7 @@ class SqliteMetadataStore final : public MetadataStore {
   const std::string path_;
   std::mutex write_mu_;
   Conn writer_;  // guarded by write_mu_
+  std::unique_ptr<WalCheckpointer> checkpointer_;  // of writer_'s commits; goes first
   std::mutex pool_mu_;
   std::vector<std::unique_ptr<Conn>> pool_;  // guarded by pool_mu_
 };
