@@ -42,6 +42,7 @@ struct ChunkCacheStats {
   uint64_t cached_bytes = 0;
 };
 
+inline constexpr uint64_t kKeepWritten = 256ull << 20;  // see Entry::write_behind
 inline constexpr uint64_t kDefaultCacheBytes = 10ull << 30;
 
 struct ChunkCacheOptions {
@@ -218,7 +219,12 @@ class ChunkCache {
     std::vector<bool> verified;  // guarded by mu, per chunk: fetched or re-hashed by this mount
     std::vector<bool> dirty;     // guarded by mu, per block: written since the last flush began
     uint64_t write_gen = 0;      // guarded by mu, bumped by every local write
-    WriteBehind write_behind;    // guarded by mu: of local writes to the file
+    // guarded by mu: of local writes to the file. What the send-ahead will
+    // read soon stays in the page cache: it reads blocks 4 MiB and more
+    // behind the writer, in rounds of 16 to 128 MiB (read once it is
+    // dropped, a 1 GiB copy in read 1 GiB back from the disk), and drops
+    // them itself once read.
+    WriteBehind write_behind{0, kKeepWritten};
     uint64_t write_front = 0;    // guarded by mu: the furthest end of a local write
     // guarded by mu: dirty blocks sent to the server ahead of the file's
     // flush, with their hash (nullopt: being sent). A local write to a

@@ -17,8 +17,9 @@ std::optional<WriteBehind::Work> WriteBehind::Appended(uint64_t to) {
 
 std::optional<WriteBehind::Work> WriteBehind::Advance() {
   if (end_ < behind_ + kWindow) return std::nullopt;
-  Work w{behind_, end_, dropped_, behind_};
-  dropped_ = behind_;
+  const uint64_t drop_to = behind_ > dropped_ + keep_ ? behind_ - keep_ : dropped_;
+  Work w{behind_, end_, dropped_, drop_to};
+  dropped_ = drop_to;
   behind_ = end_;
   return w;
 }

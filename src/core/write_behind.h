@@ -31,8 +31,11 @@ class WriteBehind {
     uint64_t drop_from, drop_to;    // wait for these, then drop them
   };
 
-  // A file whose run starts at `start` (an append-only file's size).
-  explicit WriteBehind(uint64_t start = 0) : end_(start), behind_(start), dropped_(start) {}
+  // A file whose run starts at `start` (an append-only file's size). The
+  // `keep` bytes before the window being written stay in the page cache
+  // too: a reader close behind the writer finds them there.
+  explicit WriteBehind(uint64_t start = 0, uint64_t keep = 0)
+      : keep_(keep), end_(start), behind_(start), dropped_(start) {}
 
   // Notes a write of [from, to). A write that continues (or overlaps) the
   // run extends it; one elsewhere starts a new run there. Not thread-safe:
@@ -48,9 +51,10 @@ class WriteBehind {
  private:
   std::optional<Work> Advance();
 
+  uint64_t keep_;
   uint64_t end_;      // where the run of writes has reached
   uint64_t behind_;   // the disk was told to write every byte of the run before this
-  uint64_t dropped_;  // and bytes of the run before this have left the page cache
+  uint64_t dropped_;  // and bytes of the run before this have left the page cache (keep_ before behind_ or more)
 };
 
 }  // namespace tidefs

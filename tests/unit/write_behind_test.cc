@@ -57,6 +57,24 @@ TEST(WriteBehind, AppendsFinishingOutOfOrderStayOneRun) {
   EXPECT_EQ(w2->drop_to, 4 * W);
 }
 
+TEST(WriteBehind, KeptBytesLeaveOnlyOnceTheRunIsFurtherOn) {
+  WriteBehind wb(0, 2 * W);  // two windows kept before the one being written
+  for (uint64_t i = 1; i <= 3; ++i) {
+    auto w = wb.Wrote((i - 1) * W, i * W);
+    ASSERT_TRUE(w);
+    EXPECT_EQ(w->drop_to, w->drop_from) << "window " << i;  // nothing yet beyond the kept two
+  }
+  auto w = wb.Wrote(3 * W, 4 * W);
+  ASSERT_TRUE(w);
+  EXPECT_EQ(w->write_from, 3 * W);
+  EXPECT_EQ(w->drop_from, 0u);
+  EXPECT_EQ(w->drop_to, W);  // [W, 3W) kept; [3W, 4W) being written
+  auto next = wb.Wrote(4 * W, 5 * W + W / 2);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->drop_from, W);
+  EXPECT_EQ(next->drop_to, 2 * W);
+}
+
 // Pages of `fd` in [from, to) that are in the page cache.
 size_t Resident(int fd, uint64_t from, uint64_t to) {
   void* p = ::mmap(nullptr, to - from, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(from));
