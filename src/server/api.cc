@@ -355,24 +355,30 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   // About 1 MiB per piece, read straight into a buffer the response owns
   // (allocated once, never zero-filled).
   constexpr size_t kPieceBlocks = 16;
+  static constexpr size_t kPrefetchBlocks = 128;  // 8 MiB
   struct State {
     std::vector<Hash128> hashes;
     std::vector<BlockLocation> locs;
     size_t next = 0;
+    size_t prefetched;  // blocks before this were asked for
     uint64_t pos;   // absolute offset of the next byte to send
     uint64_t last;  // inclusive
     uint64_t first_block;
     std::unique_ptr<char[]> buf;
   };
-  // Chunk-sized ranges are the common case; a whole large file streams on
-  // the kernel's own read-ahead after its first 16 MiB.
+  // Chunk-sized ranges are the common case; a whole large file streams
+  // with its blocks asked for 8 to 16 MiB ahead.
   // Cold bytes, streamed to a client that caches them, leave the page
   // cache once sent; bytes read lately (other devices fetching the same
   // file) stay for the next reader.
+  // The packs have no read-ahead of the kernel's (PackBlockStore): the
+  // response asks for its blocks itself, kPrefetchBlocks ahead of the
+  // piece it reads.
   const bool drop_behind = !locs->empty() && !blocks_->IsCached(locs->front());
-  blocks_->Prefetch(std::span<const BlockLocation>(*locs).first(std::min<size_t>(locs->size(), 256)));
-  auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, range.first, range.last, first_block,
-                                          std::unique_ptr<char[]>(new char[kPieceBlocks * kBlockSize])});
+  const size_t prefetched = std::min<size_t>(locs->size(), 2 * kPrefetchBlocks);
+  blocks_->Prefetch(std::span<const BlockLocation>(*locs).first(prefetched));
+  auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, prefetched, range.first, range.last,
+                                          first_block, std::unique_ptr<char[]>(new char[kPieceBlocks * kBlockSize])});
   r.stream_length = range.length();
   BlockStore* store = blocks_;
   Metrics* metrics = metrics_;
@@ -380,6 +386,11 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
     char* const out = st->buf.get();
     size_t used = 0;
     const size_t piece_first = st->next;
+    if (st->prefetched < st->locs.size() && st->prefetched - st->next < kPrefetchBlocks) {
+      const size_t n = std::min(kPrefetchBlocks, st->locs.size() - st->prefetched);
+      store->Prefetch(std::span<const BlockLocation>(st->locs).subspan(st->prefetched, n));
+      st->prefetched += n;
+    }
     for (size_t k = 0; k < kPieceBlocks && st->next < st->locs.size(); ++k, ++st->next) {
       const BlockLocation& loc = st->locs[st->next];
       uint64_t block_start = (st->first_block + st->next) * kBlockSize;

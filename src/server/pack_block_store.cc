@@ -294,6 +294,7 @@ class PackBlockStore final : public BlockStore {
     if (::fstat(fd.get(), &st) != 0) return Status::IoError(Errno("cannot stat pack " + PackPath(pack)));
     const auto size = static_cast<uint64_t>(st.st_size);
     Lane lane{pack, size, fd.get(), 0, WriteBehind(size)};
+    (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_RANDOM);  // downloads read through it too (ReadFd)
     fds_[pack] = std::move(fd);
     return lane;
   }
@@ -305,6 +306,11 @@ class PackBlockStore final : public BlockStore {
     Fd fd(::open(PackPath(pack).c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) return Status::Corruption(Errno("cannot open pack " + PackPath(pack)));
     int raw = fd.get();
+    // No read-ahead of the kernel's own: what a download reads is asked for
+    // (Prefetch), and only that. Pages it read ahead of a request were
+    // found cached by the next one, which then kept its bytes in memory
+    // too (IsCached): after a cold 1 GiB download 447 MiB of it stayed.
+    (void)::posix_fadvise(raw, 0, 0, POSIX_FADV_RANDOM);
     fds_[pack] = std::move(fd);
     return raw;
   }

@@ -134,6 +134,14 @@ TEST(PackBlockStorePageCache, AppendsAndReleasedReadsLeaveThePageCache) {
   EXPECT_EQ(ResidentPages(pack), 0u) << "released blocks stayed in the page cache";
   // (One probe: a probe of uncached bytes starts the kernel's read-ahead there.)
   EXPECT_FALSE((*store)->IsCached(locs.front()));
+  // A read brings in its block and no more (the kernel's read-ahead is
+  // off): else the next download's IsCached takes it for hot bytes.
+  (*store)->Release(locs);
+  for (size_t i = 8; i < 16; ++i) ASSERT_TRUE((*store)->ReadInto(locs[i], HashBlock(blocks[i]), out.data()).ok());
+  // (Their pages, and the ends of large folios; the kernel's read-ahead
+  // of a sequential reader adds 128 KiB at least, 8 MiB on our VM's disk.)
+  EXPECT_LE(ResidentPages(pack), 8 * kBlockSize / 4096 + 24) << "the reads pulled in more than their blocks";
+  EXPECT_FALSE((*store)->IsCached(locs[40]));
   std::filesystem::remove_all(dir);
 }
 
