@@ -5,7 +5,16 @@
 namespace tidefs {
 
 std::optional<WriteBehind::Work> WriteBehind::Wrote(uint64_t from, uint64_t to) {
-  if (from > end_ || to < dropped_) end_ = behind_ = dropped_ = from;  // a new run
+  if (from > end_ || to < dropped_) {
+    // A new run. What the old one wrote back and kept leaves now (its
+    // last, partial window stays, as the last of any run does).
+    const std::optional<Work> old =
+        behind_ > dropped_ ? std::optional<Work>(Work{from, from, dropped_, behind_}) : std::nullopt;
+    end_ = behind_ = dropped_ = from;
+    if (to > end_) end_ = to;
+    if (old) return old;  // (this write's window, if it is one, goes with the next)
+    return Advance();
+  }
   if (to > end_) end_ = to;
   return Advance();
 }
@@ -25,8 +34,9 @@ std::optional<WriteBehind::Work> WriteBehind::Advance() {
 }
 
 void WriteBehind::Run(int fd, const Work& w) {
-  (void)::sync_file_range(fd, static_cast<off_t>(w.write_from), static_cast<off_t>(w.write_to - w.write_from),
-                          SYNC_FILE_RANGE_WRITE);
+  if (w.write_to > w.write_from)  // (a length of 0 would mean "to the end of the file")
+    (void)::sync_file_range(fd, static_cast<off_t>(w.write_from), static_cast<off_t>(w.write_to - w.write_from),
+                            SYNC_FILE_RANGE_WRITE);
   if (w.drop_to <= w.drop_from) return;
   const auto from = static_cast<off_t>(w.drop_from), len = static_cast<off_t>(w.drop_to - w.drop_from);
   (void)::sync_file_range(fd, from, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);

@@ -360,11 +360,18 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
     std::vector<Hash128> hashes;
     std::vector<BlockLocation> locs;
     size_t next = 0;
-    size_t prefetched;  // blocks before this were asked for
-    uint64_t pos;   // absolute offset of the next byte to send
-    uint64_t last;  // inclusive
-    uint64_t first_block;
+    size_t prefetched = 0;  // blocks before this were asked for
+    uint64_t pos = 0;       // absolute offset of the next byte to send
+    uint64_t last = 0;      // inclusive
+    uint64_t first_block = 0;
     std::unique_ptr<char[]> buf;
+    BlockStore* store = nullptr;
+    bool drop_behind = false;
+    // A response cut short (the client went): what was asked for and not
+    // sent leaves too, or the next download would take it for hot bytes.
+    ~State() {
+      if (drop_behind && prefetched > next) store->Release(std::span<const BlockLocation>(locs).subspan(next, prefetched - next));
+    }
   };
   // Chunk-sized ranges are the common case; a whole large file streams
   // with its blocks asked for 8 to 16 MiB ahead.
@@ -377,8 +384,16 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   const bool drop_behind = !locs->empty() && !blocks_->IsCached(locs->front());
   const size_t prefetched = std::min<size_t>(locs->size(), 2 * kPrefetchBlocks);
   blocks_->Prefetch(std::span<const BlockLocation>(*locs).first(prefetched));
-  auto st = std::make_shared<State>(State{std::move(hashes), std::move(*locs), 0, prefetched, range.first, range.last,
-                                          first_block, std::unique_ptr<char[]>(new char[kPieceBlocks * kBlockSize])});
+  auto st = std::make_shared<State>();
+  st->hashes = std::move(hashes);
+  st->locs = std::move(*locs);
+  st->prefetched = prefetched;
+  st->pos = range.first;
+  st->last = range.last;
+  st->first_block = first_block;
+  st->buf.reset(new char[kPieceBlocks * kBlockSize]);
+  st->store = blocks_;
+  st->drop_behind = drop_behind;
   r.stream_length = range.length();
   BlockStore* store = blocks_;
   Metrics* metrics = metrics_;

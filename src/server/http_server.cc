@@ -70,14 +70,19 @@ struct HttpServer::Impl {
   Api* api;
   Metrics* metrics;
   // One io_context per thread, each run by that thread alone; a connection
-  // stays on the one it was accepted onto. A shared context handed every
+  // stays on the one it was dealt at accept. A shared context handed every
   // completion to whichever thread was free: a futex wake and a context
-  // switch per 64 KiB sent, 15 % of the server's CPU on a download.
-  net::io_context ioc{1};  // accepts, and serves its share of connections
-  std::vector<std::unique_ptr<net::io_context>> more;  // the other threads'
+  // switch per 64 KiB sent, 15 % of the server's CPU on a download. The
+  // price: a handler that blocks (a commit's fdatasync) holds up the other
+  // connections of its thread, so the accepting thread serves none (unless
+  // it is the only one) and keeps taking new ones.
+  // (`more` first: it is destroyed last. An accept still waiting when
+  // `ioc` is destroyed holds a socket of the context it was meant for.)
+  std::vector<std::unique_ptr<net::io_context>> more;  // the serving threads'
   std::mutex contexts_mu;  // `more` and `stopped`: Stop may come from any thread
   bool stopped = false;
   size_t next_context = 0;  // round robin, on the accepting thread only
+  net::io_context ioc{1};   // accepts (and serves, without `more`)
   tcp::acceptor acceptor{ioc};
 
   Impl(Api* a, Metrics* m) : api(a), metrics(m) {}
@@ -373,8 +378,7 @@ struct HttpServer::Impl {
     for (;;) {
       beast::error_code ec;
       // A strand per connection: a WebSocket reads and writes at once.
-      net::io_context& ctx = next_context % (more.size() + 1) == 0 ? ioc : *more[next_context % (more.size() + 1) - 1];
-      ++next_context;
+      net::io_context& ctx = more.empty() ? ioc : *more[next_context++ % more.size()];
       tcp::socket socket = co_await acceptor.async_accept(net::make_strand(ctx), net::redirect_error(net::use_awaitable, ec));
       if (ec == net::error::operation_aborted) co_return;
       if (ec) {

@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -224,8 +225,14 @@ class PackBlockStore final : public BlockStore {
   }
 
   void Prefetch(std::span<const BlockLocation> locs) override {
+    // In pieces: the kernel reads at most a device's read-ahead size (128 KiB
+    // by default) of each call, and these files have no read-ahead of
+    // their own to make up the rest.
+    static constexpr uint64_t kPiece = 128 << 10;
     ForEachRun(locs, [](int fd, uint64_t start, uint64_t len) {
-      (void)::posix_fadvise(fd, static_cast<off_t>(start), static_cast<off_t>(len), POSIX_FADV_WILLNEED);
+      for (uint64_t at = start; at < start + len; at += kPiece)
+        (void)::posix_fadvise(fd, static_cast<off_t>(at), static_cast<off_t>(std::min(kPiece, start + len - at)),
+                              POSIX_FADV_WILLNEED);
     });
   }
 

@@ -3,8 +3,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <thread>
 #include <vector>
 
 #include "server/block_store.h"
@@ -142,6 +144,14 @@ TEST(PackBlockStorePageCache, AppendsAndReleasedReadsLeaveThePageCache) {
   // of a sequential reader adds 128 KiB at least, 8 MiB on our VM's disk.)
   EXPECT_LE(ResidentPages(pack), 8 * kBlockSize / 4096 + 24) << "the reads pulled in more than their blocks";
   EXPECT_FALSE((*store)->IsCached(locs[40]));
+  // So a download asks for all it will read: 32 MiB come in (the kernel
+  // reads at most a device's read-ahead size of each request).
+  (*store)->Release(locs);
+  (*store)->Prefetch(locs);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (ResidentPages(pack) < total && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(ResidentPages(pack), total) << "a prefetch did not bring in every block";
   std::filesystem::remove_all(dir);
 }
 

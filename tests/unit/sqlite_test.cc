@@ -18,7 +18,8 @@ class WalCheckpointerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     char tmpl[] = "/tmp/tidefs-sqlite-XXXXXX";
-    dir_ = mkdtemp(tmpl);
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
     path_ = dir_ + "/t.db";
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }

@@ -35,13 +35,22 @@ TEST(WriteBehind, AFrontToBackRunWritesEachWindowAndDropsTheOneBefore) {
 TEST(WriteBehind, AWriteElsewhereStartsANewRunThere) {
   WriteBehind wb;
   EXPECT_TRUE(wb.Wrote(0, W));
-  EXPECT_FALSE(wb.Wrote(100 * W, 100 * W + W / 2));  // a jump: not a window of the old run
+  // A jump: not a window of the old run, whose written-back bytes leave.
+  auto jump = wb.Wrote(100 * W, 100 * W + W / 2);
+  ASSERT_TRUE(jump);
+  EXPECT_EQ(jump->write_to, jump->write_from);  // nothing to write
+  EXPECT_EQ(jump->drop_from, 0u);
+  EXPECT_EQ(jump->drop_to, W);
   auto w = wb.Wrote(100 * W + W / 2, 101 * W);
   ASSERT_TRUE(w);
   EXPECT_EQ(w->write_from, 100 * W);
   EXPECT_EQ(w->drop_to, w->drop_from);
-  EXPECT_FALSE(wb.Wrote(0, 4096));  // random small writes never add up to a window
-  EXPECT_FALSE(wb.Wrote(50 * W, 50 * W + 4096));
+  auto back = wb.Wrote(0, 4096);  // a jump back: the run before leaves
+  ASSERT_TRUE(back);
+  EXPECT_EQ(back->drop_from, 100 * W);
+  EXPECT_EQ(back->drop_to, 101 * W);
+  EXPECT_FALSE(wb.Wrote(50 * W, 50 * W + 4096));  // random small writes never add up to a window
+  EXPECT_FALSE(wb.Wrote(0, 4096));
 }
 
 TEST(WriteBehind, AppendsFinishingOutOfOrderStayOneRun) {
