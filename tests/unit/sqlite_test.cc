@@ -68,5 +68,18 @@ TEST_F(WalCheckpointerTest, CommitsPastTheThresholdAreCheckpointedByItsThread) {
   EXPECT_EQ(s->Int(0), 6100);
 }
 
+TEST_F(WalCheckpointerTest, ACommitFarPastTheLimitCheckpointsInline) {
+  auto db = Db::Open(path_);
+  ASSERT_TRUE(db.ok());
+  ASSERT_TRUE((*db)->Exec("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)").ok());
+  auto c = WalCheckpointer::Start(db->get());
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  // One transaction of ~80 MiB: over 16,000 WAL pages at its commit, so
+  // the commit itself checkpoints (the thread is not even woken).
+  Insert(db->get(), 80000, 0);
+  EXPECT_GT(SizeOf(path_), 64u << 20) << "the commit returned before its rows reached the database file";
+  EXPECT_EQ((*c)->checkpoints(), 0u);
+}
+
 }  // namespace
 }  // namespace tidefs
