@@ -111,6 +111,13 @@ t0=$(now); cp "$R/big1g" "$T/copy"; sync "$T/copy"; t1=$(now); say native cp_1g_
 rm -rf "$T/copy" "$C"; drop; mnt anchors "$TOK" "$C"
 t0=$(now); cp "$M/big1g" "$T/copy"; sync "$T/copy"; t1=$(now); say $s cp_1g_cold "$(mbs "$t0" "$t1")" MB/s
 rm -f "$T/copy"; umnt
+# The same into tmpfs: the read path alone (on one disk, the copy's own
+# write competes with the server's read and the mount's cache write).
+SHM=$(mktemp -d /dev/shm/tidefs-bench-XXXXXX); drop
+t0=$(now); cp "$R/big1g" "$SHM/copy"; t1=$(now); say native cp_1g_cold_to_tmpfs "$(mbs "$t0" "$t1")" MB/s
+rm -f "$SHM/copy"; rm -rf "$C"; drop; mnt anchors "$TOK" "$C"
+t0=$(now); cp "$M/big1g" "$SHM/copy"; t1=$(now); say $s cp_1g_cold_to_tmpfs "$(mbs "$t0" "$t1")" MB/s
+rm -rf "$SHM"; umnt
 
 # Writes (issue: writes), into a fresh project each.
 # Waits until the mount has sent everything: `tidefs sync` asks the mount
