@@ -170,8 +170,7 @@ void WalCheckpointer::Loop() {
     if (stop_) return;
     wanted_ = false;
     lock.unlock();
-    int log = 0, copied = 0;
-    const int rc = sqlite3_wal_checkpoint_v2(own_->raw(), "main", SQLITE_CHECKPOINT_PASSIVE, &log, &copied);
+    const int rc = sqlite3_wal_checkpoint_v2(own_->raw(), "main", SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
     // SQLITE_BUSY: another checkpoint is running; the next commit asks again.
     if (rc != SQLITE_OK && rc != SQLITE_BUSY)
       spdlog::warn("checkpointing {} failed: {} (the next commit tries again)", own_->path(), sqlite3_errmsg(own_->raw()));

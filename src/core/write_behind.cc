@@ -5,18 +5,15 @@
 namespace tidefs {
 
 std::optional<WriteBehind::Work> WriteBehind::Wrote(uint64_t from, uint64_t to) {
+  std::optional<Work> old;
   if (from > end_ || to < dropped_) {
     // A new run. What the old one wrote back and kept leaves now (its
     // last, partial window stays, as the last of any run does).
-    const std::optional<Work> old =
-        behind_ > dropped_ ? std::optional<Work>(Work{from, from, dropped_, behind_}) : std::nullopt;
+    if (behind_ > dropped_) old = Work{from, from, dropped_, behind_};
     end_ = behind_ = dropped_ = from;
-    if (to > end_) end_ = to;
-    if (old) return old;  // (this write's window, if it is one, goes with the next)
-    return Advance();
   }
   if (to > end_) end_ = to;
-  return Advance();
+  return old ? old : Advance();  // (this write's window, if it is one, goes with the next)
 }
 
 std::optional<WriteBehind::Work> WriteBehind::Appended(uint64_t to) {

@@ -360,13 +360,20 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
     std::vector<Hash128> hashes;
     std::vector<BlockLocation> locs;
     size_t next = 0;
-    size_t prefetched = 0;  // blocks before this were asked for
+    size_t prefetched = 0;  // blocks before this were asked for (Prefetch)
     uint64_t pos = 0;       // absolute offset of the next byte to send
     uint64_t last = 0;      // inclusive
     uint64_t first_block = 0;
     std::unique_ptr<char[]> buf;
     BlockStore* store = nullptr;
     bool drop_behind = false;
+    // Keeps kPrefetchBlocks to twice that asked for ahead of `next`.
+    void AskAhead() {
+      if (prefetched >= locs.size() || prefetched - next >= kPrefetchBlocks) return;
+      const size_t n = std::min(next + 2 * kPrefetchBlocks, locs.size()) - prefetched;
+      store->Prefetch(std::span<const BlockLocation>(locs).subspan(prefetched, n));
+      prefetched += n;
+    }
     // A response cut short (the client went): what was asked for and not
     // sent leaves too, or the next download would take it for hot bytes.
     ~State() {
@@ -381,31 +388,24 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   // The packs have no read-ahead of the kernel's (PackBlockStore): the
   // response asks for its blocks itself, kPrefetchBlocks ahead of the
   // piece it reads.
-  const bool drop_behind = !locs->empty() && !blocks_->IsCached(locs->front());
-  const size_t prefetched = std::min<size_t>(locs->size(), 2 * kPrefetchBlocks);
-  blocks_->Prefetch(std::span<const BlockLocation>(*locs).first(prefetched));
   auto st = std::make_shared<State>();
+  st->drop_behind = !locs->empty() && !blocks_->IsCached(locs->front());  // (before any Prefetch)
   st->hashes = std::move(hashes);
   st->locs = std::move(*locs);
-  st->prefetched = prefetched;
   st->pos = range.first;
   st->last = range.last;
   st->first_block = first_block;
   st->buf.reset(new char[kPieceBlocks * kBlockSize]);
   st->store = blocks_;
-  st->drop_behind = drop_behind;
+  st->AskAhead();
   r.stream_length = range.length();
-  BlockStore* store = blocks_;
   Metrics* metrics = metrics_;
-  r.stream = [st, store, metrics, drop_behind]() -> Result<std::string_view> {
+  r.stream = [st, metrics]() -> Result<std::string_view> {
+    BlockStore* const store = st->store;
     char* const out = st->buf.get();
     size_t used = 0;
     const size_t piece_first = st->next;
-    if (st->prefetched < st->locs.size() && st->prefetched - st->next < kPrefetchBlocks) {
-      const size_t n = std::min(kPrefetchBlocks, st->locs.size() - st->prefetched);
-      store->Prefetch(std::span<const BlockLocation>(st->locs).subspan(st->prefetched, n));
-      st->prefetched += n;
-    }
+    st->AskAhead();
     for (size_t k = 0; k < kPieceBlocks && st->next < st->locs.size(); ++k, ++st->next) {
       const BlockLocation& loc = st->locs[st->next];
       uint64_t block_start = (st->first_block + st->next) * kBlockSize;
@@ -422,7 +422,7 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
       st->pos += to - from;
       metrics->AddContentBytes(to - from);
     }
-    if (drop_behind)
+    if (st->drop_behind)
       store->Release(std::span<const BlockLocation>(st->locs).subspan(piece_first, st->next - piece_first));
     return std::string_view(out, used);
   };

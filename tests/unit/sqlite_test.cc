@@ -21,8 +21,19 @@ class WalCheckpointerTest : public ::testing::Test {
     ASSERT_NE(mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
     path_ = dir_ + "/t.db";
+    auto db = Db::Open(path_);
+    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    db_ = std::move(*db);
+    ASSERT_TRUE(db_->Exec("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)").ok());
+    auto c = WalCheckpointer::Start(db_.get());
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    checkpointer_ = std::move(*c);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
+  void TearDown() override {
+    checkpointer_.reset();
+    db_.reset();
+    std::filesystem::remove_all(dir_);
+  }
 
   static uint64_t SizeOf(const std::string& path) {
     struct stat st{};
@@ -42,43 +53,35 @@ class WalCheckpointerTest : public ::testing::Test {
   }
 
   std::string dir_, path_;
+  std::unique_ptr<Db> db_;
+  std::unique_ptr<WalCheckpointer> checkpointer_;
 };
 
 TEST_F(WalCheckpointerTest, CommitsPastTheThresholdAreCheckpointedByItsThread) {
-  auto db = Db::Open(path_);
-  ASSERT_TRUE(db.ok());
-  ASSERT_TRUE((*db)->Exec("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)").ok());
-  auto c = WalCheckpointer::Start(db->get());
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
   const uint64_t before = SizeOf(path_);
   // Well past 1,000 pages, in commits that each stay below the inline limit.
-  for (int round = 0; round < 6; ++round) Insert(db->get(), 1000, round * 1000);
+  for (int round = 0; round < 6; ++round) Insert(db_.get(), 1000, round * 1000);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while ((*c)->checkpoints() == 0 && std::chrono::steady_clock::now() < deadline)
+  while (checkpointer_->checkpoints() == 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  ASSERT_GT((*c)->checkpoints(), 0u) << "no checkpoint ran on the thread";
+  ASSERT_GT(checkpointer_->checkpoints(), 0u) << "no checkpoint ran on the thread";
   // The rows reached the database file itself.
   EXPECT_GT(SizeOf(path_), before + (1u << 20));
-  c->reset();
-  // SQLite's own checkpoint is back: the database still takes writes.
-  Insert(db->get(), 100, 100000);
-  auto s = (*db)->Prepare("SELECT count(*) FROM t");
+  checkpointer_.reset();
+  // Without it the database still takes writes, and keeps every row.
+  Insert(db_.get(), 100, 100000);
+  auto s = db_->Prepare("SELECT count(*) FROM t");
   ASSERT_TRUE(s.ok());
   ASSERT_TRUE(s->Step());
   EXPECT_EQ(s->Int(0), 6100);
 }
 
 TEST_F(WalCheckpointerTest, ACommitFarPastTheLimitCheckpointsInline) {
-  auto db = Db::Open(path_);
-  ASSERT_TRUE(db.ok());
-  ASSERT_TRUE((*db)->Exec("CREATE TABLE t(k INTEGER PRIMARY KEY, v TEXT)").ok());
-  auto c = WalCheckpointer::Start(db->get());
-  ASSERT_TRUE(c.ok()) << c.status().ToString();
   // One transaction of ~80 MiB: over 16,000 WAL pages at its commit, so
   // the commit itself checkpoints (the thread is not even woken).
-  Insert(db->get(), 80000, 0);
+  Insert(db_.get(), 80000, 0);
   EXPECT_GT(SizeOf(path_), 64u << 20) << "the commit returned before its rows reached the database file";
-  EXPECT_EQ((*c)->checkpoints(), 0u);
+  EXPECT_EQ(checkpointer_->checkpoints(), 0u);
 }
 
 }  // namespace
