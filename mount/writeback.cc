@@ -548,17 +548,38 @@ void WriteBack::EndAheadShown(uint64_t id) {
 }
 
 bool WriteBack::SendAheadWhileHeld(uint64_t id) {
+  if (std::chrono::steady_clock::now() < ahead_after_) return false;
+  std::lock_guard flush_lock(flush_mu_);
+  std::optional<BlockSender> sender;
+  const bool again = SendAheadRounds(id, &sender);
+  if (sender) {
+    if (Status st = sender->Finish(); !st.ok()) {
+      // Rounds took their blocks for sent as they were queued: some are
+      // not on the server. The flush reads and asks about them again.
+      spdlog::debug("write-back: sending node {} ahead: {}", id, st.ToString());
+      cache_->ForgetAhead(id);
+      AheadFailed();
+      return false;
+    }
+  }
+  return again;
+}
+
+void WriteBack::AheadFailed() {
+  // The server, most likely: the flush will say; stints wait longer each time.
+  ahead_backoff_ = std::min<std::chrono::milliseconds>(std::max(ahead_backoff_ * 2, std::chrono::milliseconds(250)),
+                                                       std::chrono::milliseconds(10000));
+  ahead_after_ = std::chrono::steady_clock::now() + ahead_backoff_;
+}
+
+bool WriteBack::SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender) {
   const auto start = std::chrono::steady_clock::now();
-  if (start < ahead_after_) return false;
   auto last_sent = start;
   while (!KickedOrStopping()) {
     if (std::chrono::steady_clock::now() - start > kAheadStint) return true;
-    switch (SendAhead(id)) {
+    switch (SendAhead(id, sender)) {
       case Ahead::kFailed:
-        // The server, most likely: the flush will say; rounds wait longer each time.
-        ahead_backoff_ = std::min<std::chrono::milliseconds>(std::max(ahead_backoff_ * 2, std::chrono::milliseconds(250)),
-                                                             std::chrono::milliseconds(10000));
-        ahead_after_ = std::chrono::steady_clock::now() + ahead_backoff_;
+        AheadFailed();
         return false;
       case Ahead::kSent:
         ahead_backoff_ = std::chrono::milliseconds(0);
@@ -574,7 +595,7 @@ bool WriteBack::SendAheadWhileHeld(uint64_t id) {
   return false;
 }
 
-WriteBack::Ahead WriteBack::SendAhead(uint64_t id) {
+WriteBack::Ahead WriteBack::SendAhead(uint64_t id, std::optional<BlockSender>* sender) {
   auto n = tree_->Get(id);
   if (!n.ok() || !*n || (*n)->kind != NodeKind::kFile) return Ahead::kNothingYet;
   auto view = cache_->BeginAhead(**n, kAheadMin, kAheadRound);
@@ -610,7 +631,8 @@ WriteBack::Ahead WriteBack::SendAhead(uint64_t id) {
     };
     up.on_progress(first);  // shown from the start (a server that stalls now leaves it there)
   }
-  auto hashes = UploadBlocksAhead(client_, v.fd, v.size, v.blocks, &up);
+  if (!*sender) sender->emplace(client_, kUploadSenders);
+  auto hashes = UploadBlocksAhead(client_, v.fd, v.size, v.blocks, &up, &**sender);
   if (up.on_progress && hashes.ok()) up.on_progress((v.blocks.back() + 1) * kBlockSize);
   cache_->EndAhead(id, v.blocks, hashes.ok() ? *hashes : std::vector<Hash128>{}, hashes.ok());
   if (!hashes.ok()) {

@@ -15,6 +15,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -111,13 +112,19 @@ class WriteBack {
   bool KickedOrStopping();
   // Sends ahead some of the blocks of file `id`, held back while it is
   // written (ChunkCache::BeginAhead).
+  // The requests go through `sender` (made at the first round that sends).
   enum class Ahead { kSent, kNothingYet, kFailed };
-  Ahead SendAhead(uint64_t id);
+  Ahead SendAhead(uint64_t id, std::optional<BlockSender>* sender);
   // Rounds of SendAhead as the writing leaves blocks behind, until the
   // file is closed (a kick), the writing pauses or a round fails; true
   // when the stint's time ran out instead (the journal is looked at again
-  // at once: the hold has its own limit).
+  // at once: the hold has its own limit). The stint's requests stay in
+  // flight from one round to the next, and are all answered before it
+  // ends; it holds flush_mu_ till then, so no batch (an unmount's drain)
+  // names a block still on its way.
   bool SendAheadWhileHeld(uint64_t id);
+  bool SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender);
+  void AheadFailed();
   // Adds an upload to the counters `uploads()` reports.
   void Count(const UploadStats& up);
   ProgressFn CurrentProgress();
@@ -172,7 +179,7 @@ class WriteBack {
   std::condition_variable cv_;
   bool stopping_ = false;  // guarded by mu_
   bool kicked_ = false;    // guarded by mu_
-  std::mutex flush_mu_;    // one batch at a time
+  std::mutex flush_mu_;    // one batch (or send-ahead stint) at a time
   std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
   std::mutex ids_mu_;
   std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node

@@ -151,12 +151,12 @@ std::string ApiClient::UrlEncode(std::string_view s) {
   return out;
 }
 
-Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& path, const std::string& body,
+Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& path, std::string_view body,
                                   const std::vector<std::string>& headers, bool idempotent) {
   return Exchange(method, path, body, headers, idempotent, nullptr, 0);
 }
 
-Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::string& path, const std::string& body,
+Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::string& path, std::string_view body,
                                        const std::vector<std::string>& headers, bool idempotent, char* into,
                                        size_t into_cap, size_t* into_got) {
   std::string url = path.rfind("//", 0) == 0 ? opts_.server + path.substr(1)
@@ -191,7 +191,7 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
     curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
     curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 2L * 1024 * 1024);
     if (method != "GET" && method != "HEAD") {
-      curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.data());
+      curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.empty() ? "" : body.data());  // (never NULL: that reads stdin)
       curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
     }
     CURLcode rc = curl_easy_perform(c);
@@ -342,7 +342,7 @@ Result<std::vector<Hash128>> ApiClient::MissingBlocks(const std::vector<Hash128>
   });
 }
 
-Status ApiClient::UploadBlocks(const std::string& body) {
+Status ApiClient::UploadBlocks(std::string_view body) {
   ASSIGN_OR_RETURN(HttpAnswer a, Raw("POST", "/blocks", body, {"Content-Type: application/octet-stream"}));
   if (a.status != 200) return StatusFromAnswer(a, "uploading blocks");
   return Status::Ok();

@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/manifest_codec.h"
@@ -50,7 +51,7 @@ class ApiClient {
   // One HTTP exchange. `path` is relative to /v1/projects/{project} unless
   // it starts with "//" (then it is taken from the server root, minus one
   // slash). Any status is returned; only transport failures are errors.
-  Result<HttpAnswer> Raw(const std::string& method, const std::string& path, const std::string& body = "",
+  Result<HttpAnswer> Raw(const std::string& method, const std::string& path, std::string_view body = {},
                          const std::vector<std::string>& headers = {}, bool idempotent = true);
 
   Result<NodePage> ListNodes(uint64_t parent, const std::string& after = "", int limit = kMaxPageSize);
@@ -76,7 +77,7 @@ class ApiClient {
   Status ReadContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest, size_t* received);
   Result<std::vector<Hash128>> MissingBlocks(const std::vector<Hash128>& hashes);
   // `body` is a sequence of block frames (core/block_frame.h).
-  Status UploadBlocks(const std::string& body);
+  Status UploadBlocks(std::string_view body);
   // `key` (1..128 of [A-Za-z0-9_-]) names what the commit carries: a
   // retry with the same key gets the first answer (`replayed`), whatever
   // its body. The mount names its journal range, so a commit whose refused
@@ -88,7 +89,7 @@ class ApiClient {
   static std::string UrlEncode(std::string_view s);
 
  private:
-  Result<HttpAnswer> Exchange(const std::string& method, const std::string& path, const std::string& body,
+  Result<HttpAnswer> Exchange(const std::string& method, const std::string& path, std::string_view body,
                               const std::vector<std::string>& headers, bool idempotent, char* into, size_t into_cap,
                               size_t* into_got = nullptr);
   struct Pool;

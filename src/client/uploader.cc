@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_set>
 
@@ -21,96 +22,6 @@ namespace {
 
 constexpr size_t kSharedSendBytes = 32 << 20;  // small files' blocks gathered before they go
 constexpr size_t kLargeBatchBytes = 16 << 20;  // large path: asked about in one /blocks/missing
-constexpr int kLargeSenders = 4;               // large path: requests in flight (more only queue on the server)
-
-// The request bodies of one large file, uploaded on a few threads as they
-// come, while the next batch is read: no wait for a batch's slowest
-// request. At most as many bodies wait as there are threads, and sent
-// bodies go back to a pool (their memory is reused, not faulted in anew).
-class BodySender {
- public:
-  BodySender(ApiClient* client, int n) : client_(client), max_waiting_(static_cast<size_t>(n)) {
-    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { Work(); });
-  }
-  ~BodySender() { (void)Finish(); }
-
-  // An empty body with room for a request.
-  std::string Take() {
-    std::lock_guard lock(mu_);
-    if (pool_.empty()) {
-      std::string b;
-      b.reserve(kUploadRequestBytes);
-      return b;
-    }
-    std::string b = std::move(pool_.back());
-    pool_.pop_back();
-    return b;
-  }
-  // An unused body back to the pool.
-  void Give(std::string body) {
-    body.clear();
-    std::lock_guard lock(mu_);
-    pool_.push_back(std::move(body));
-  }
-
-  // Queues a body, waiting while the queue is full. After a failed
-  // request nothing more is sent: the error, here and from Finish.
-  Status Send(std::string body) {
-    std::unique_lock lock(mu_);
-    room_.wait(lock, [this] { return waiting_.size() < max_waiting_ || !error_.ok(); });
-    if (!error_.ok()) return error_;
-    waiting_.push_back(std::move(body));
-    work_.notify_one();
-    return Status::Ok();
-  }
-
-  // Waits for every queued body to be sent; the first error.
-  Status Finish() {
-    {
-      std::lock_guard lock(mu_);
-      done_ = true;
-    }
-    work_.notify_all();
-    for (auto& t : threads_) t.join();
-    threads_.clear();
-    std::lock_guard lock(mu_);
-    return error_;
-  }
-
- private:
-  void Work() {
-    for (;;) {
-      std::string body;
-      {
-        std::unique_lock lock(mu_);
-        work_.wait(lock, [this] { return !waiting_.empty() || done_; });
-        if (waiting_.empty() || !error_.ok()) return;
-        body = std::move(waiting_.front());
-        waiting_.pop_front();
-      }
-      room_.notify_one();
-      Status st = client_->UploadBlocks(body);
-      std::lock_guard lock(mu_);
-      if (!st.ok() && error_.ok()) {
-        error_ = st;
-        waiting_.clear();
-        room_.notify_all();
-      }
-      body.clear();
-      pool_.push_back(std::move(body));
-    }
-  }
-
-  ApiClient* const client_;
-  const size_t max_waiting_;
-  std::mutex mu_;
-  std::condition_variable work_, room_;
-  std::deque<std::string> waiting_;  // guarded by mu_
-  std::vector<std::string> pool_;    // guarded by mu_
-  bool done_ = false;                // guarded by mu_
-  Status error_;                     // guarded by mu_
-  std::vector<std::thread> threads_;
-};
 
 // Reads `len` bytes at `at` of the file (or of `mem`) into `out`.
 Status ReadBlock(int fd, const std::string* mem, uint64_t size, uint64_t at, size_t len, char* out) {
@@ -146,14 +57,19 @@ struct ReadSpan {
 
 // A large file's blocks `todo`: read straight into request bodies (no
 // string or copy per block), asked about a batch at a time, and those the
-// server lacks sent on a few threads while the next batch is read.
+// server lacks sent on a few threads while the next batch is read. With
+// `shared`, the bodies go to it and may still be in flight on return.
 Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64_t size,
-                       const std::vector<uint64_t>& todo, std::vector<Hash128>* out, UploadStats* stats) {
+                       const std::vector<uint64_t>& todo, std::vector<Hash128>* out, UploadStats* stats,
+                       BlockSender* shared = nullptr) {
   struct Body {
-    std::string bytes;
+    std::string bytes;  // kUploadRequestBytes long; the first `used` count
+    size_t used = 0;
     std::vector<std::pair<Hash128, size_t>> frames;  // hash, offset in bytes
   };
-  BodySender sender(client, kLargeSenders);
+  std::optional<BlockSender> own;
+  if (!shared) own.emplace(client, kUploadSenders);
+  BlockSender& sender = shared ? *shared : *own;
   std::vector<Body> batch;
   size_t batch_bytes = 0;
   ReadSpan read;  // what the batch read of the file
@@ -174,51 +90,127 @@ Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64
       size_t kept = 0;
       for (size_t i = 0; i < b.frames.size(); ++i) {
         const auto [h, at] = b.frames[i];
-        const size_t end = i + 1 < b.frames.size() ? b.frames[i + 1].second : b.bytes.size();
+        const size_t end = i + 1 < b.frames.size() ? b.frames[i + 1].second : b.used;
         if (!want.count(h) || !sent.insert(h).second) continue;
         if (kept != at) std::memmove(b.bytes.data() + kept, b.bytes.data() + at, end - at);
         kept += end - at;
         stats->blocks_sent++;
         stats->bytes_sent += end - at - kFrameHeaderSize;
       }
-      b.bytes.resize(kept);
       if (kept == 0) {
         sender.Give(std::move(b.bytes));
         continue;
       }
       stats->requests++;
-      RETURN_IF_ERROR(sender.Send(std::move(b.bytes)));  // a failed request: stop reading the file
+      RETURN_IF_ERROR(sender.Send(std::move(b.bytes), kept));  // a failed request: stop reading the file
     }
     batch.clear();
     batch_bytes = 0;
     return Status::Ok();
   };
+  // Bodies taken and not handed on go back to the sender's pool.
+  struct GiveBack {
+    std::vector<Body>& batch;
+    BlockSender& sender;
+    ~GiveBack() {
+      for (Body& b : batch)
+        if (!b.bytes.empty()) sender.Give(std::move(b.bytes));
+    }
+  } give_back{batch, sender};
   for (uint64_t b : todo) {
     const size_t len = static_cast<size_t>(std::min<uint64_t>(kBlockSize, size - b * kBlockSize));
-    if (batch.empty() || batch.back().bytes.size() + kFrameHeaderSize + len > kUploadRequestBytes) {
+    if (batch.empty() || batch.back().used + kFrameHeaderSize + len > kUploadRequestBytes) {
       if (batch_bytes >= kLargeBatchBytes) {
         RETURN_IF_ERROR(send_batch());
         if (stats->on_progress) stats->on_progress(b * kBlockSize);
       }
-      batch.push_back({sender.Take(), {}});
+      batch.push_back({sender.Take(), 0, {}});
     }
     Body& body = batch.back();
-    const size_t at = body.bytes.size();
-    body.bytes.resize(at + kFrameHeaderSize + len);
+    const size_t at = body.used;
     char* data = body.bytes.data() + at + kFrameHeaderSize;
     RETURN_IF_ERROR(ReadBlock(fd, mem, size, b * kBlockSize, len, data));
     if (!mem) read.Add(b * kBlockSize, len);
     (*out)[b] = HashBlock(data, len);
     WriteBlockFrameHeader(body.bytes.data() + at, (*out)[b], static_cast<uint32_t>(len));
+    body.used = at + kFrameHeaderSize + len;
     body.frames.emplace_back((*out)[b], at);
     batch_bytes += len;
     stats->blocks_hashed++;
   }
   RETURN_IF_ERROR(send_batch());
-  return sender.Finish();
+  return shared ? sender.error() : sender.Finish();
 }
 
 }  // namespace
+
+BlockSender::BlockSender(ApiClient* client, int threads)
+    : client_(client), max_waiting_(static_cast<size_t>(threads)) {
+  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+}
+
+BlockSender::~BlockSender() { (void)Finish(); }
+
+std::string BlockSender::Take() {
+  std::lock_guard lock(mu_);
+  if (pool_.empty()) return std::string(kUploadRequestBytes, '\0');  // zeroed once, then reused
+  std::string b = std::move(pool_.back());
+  pool_.pop_back();
+  return b;
+}
+
+void BlockSender::Give(std::string body) {
+  std::lock_guard lock(mu_);
+  pool_.push_back(std::move(body));
+}
+
+Status BlockSender::Send(std::string body, size_t len) {
+  std::unique_lock lock(mu_);
+  room_.wait(lock, [this] { return waiting_.size() < max_waiting_ || !error_.ok(); });
+  if (!error_.ok()) return error_;
+  waiting_.emplace_back(std::move(body), len);
+  work_.notify_one();
+  return Status::Ok();
+}
+
+Status BlockSender::error() {
+  std::lock_guard lock(mu_);
+  return error_;
+}
+
+Status BlockSender::Finish() {
+  {
+    std::lock_guard lock(mu_);
+    done_ = true;
+  }
+  work_.notify_all();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  std::lock_guard lock(mu_);
+  return error_;
+}
+
+void BlockSender::Work() {
+  for (;;) {
+    std::pair<std::string, size_t> body;
+    {
+      std::unique_lock lock(mu_);
+      work_.wait(lock, [this] { return !waiting_.empty() || done_; });
+      if (waiting_.empty() || !error_.ok()) return;
+      body = std::move(waiting_.front());
+      waiting_.pop_front();
+    }
+    room_.notify_one();
+    Status st = client_->UploadBlocks(std::string_view(body.first.data(), body.second));
+    std::lock_guard lock(mu_);
+    if (!st.ok() && error_.ok()) {
+      error_ = st;
+      waiting_.clear();
+      room_.notify_all();
+    }
+    pool_.push_back(std::move(body.first));
+  }
+}
 
 Status RunParallel(std::vector<std::function<Status()>>& tasks, int n) {
   std::atomic<size_t> next{0};
@@ -344,11 +336,12 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
 }
 
 Result<std::vector<Hash128>> UploadBlocksAhead(ApiClient* client, int fd, uint64_t size,
-                                               const std::vector<uint64_t>& blocks, UploadStats* stats) {
+                                               const std::vector<uint64_t>& blocks, UploadStats* stats,
+                                               BlockSender* sender) {
   for (uint64_t b : blocks)
     if ((b + 1) * kBlockSize > size) return Status::Internal("block " + std::to_string(b) + " is not whole; it cannot go ahead");
   std::vector<Hash128> all(blocks.empty() ? 0 : blocks.back() + 1);
-  RETURN_IF_ERROR(UploadLargeFile(client, fd, nullptr, size, blocks, &all, stats));
+  RETURN_IF_ERROR(UploadLargeFile(client, fd, nullptr, size, blocks, &all, stats, sender));
   std::vector<Hash128> out;
   out.reserve(blocks.size());
   for (uint64_t b : blocks) out.push_back(all[b]);

@@ -5,9 +5,13 @@
 // with backoff on a broken connection or a 5xx.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -34,6 +38,7 @@ struct UploadStats {
 
 inline constexpr size_t kUploadRequestBytes = 4 << 20;  // per /blocks request
 inline constexpr size_t kMissingQuery = 10000;          // hashes per /blocks/missing
+inline constexpr int kUploadSenders = 4;                // a large file's requests in flight (more only queue on the server)
 
 // Sends the blocks the server lacks (each hash once) and clears `blocks`.
 Status SendMissingBlocks(ApiClient* client, std::vector<std::pair<Hash128, std::string>>* blocks, int parallel,
@@ -64,10 +69,49 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
                                               const std::string* mem = nullptr,
                                               const std::unordered_map<uint64_t, Hash128>* known = nullptr);
 
+// Request bodies of block frames, sent on a few threads as they come. At
+// most as many wait as there are threads; sent bodies go back to a pool (a
+// body's memory is reused, not faulted in and zeroed anew). Kept across
+// several UploadBlocksAhead calls, it keeps requests in flight between them.
+class BlockSender {
+ public:
+  BlockSender(ApiClient* client, int threads);
+  ~BlockSender();
+  BlockSender(const BlockSender&) = delete;
+  BlockSender& operator=(const BlockSender&) = delete;
+
+  // A body kUploadRequestBytes long to fill, and one given back unsent.
+  std::string Take();
+  void Give(std::string body);
+  // Queues the first `len` bytes of `body`, waiting while the queue is
+  // full. After a failed request nothing more is sent: the error, here,
+  // from error() and from Finish.
+  Status Send(std::string body, size_t len);
+  Status error();
+  // Waits for every queued body to be sent; the first error. Once only.
+  Status Finish();
+
+ private:
+  void Work();
+
+  ApiClient* const client_;
+  const size_t max_waiting_;
+  std::mutex mu_;
+  std::condition_variable work_, room_;
+  std::deque<std::pair<std::string, size_t>> waiting_;  // guarded by mu_
+  std::vector<std::string> pool_;                         // guarded by mu_
+  bool done_ = false;                                     // guarded by mu_
+  Status error_;                                          // guarded by mu_
+  std::vector<std::thread> threads_;
+};
+
 // Sends the whole blocks `blocks` of the file behind `fd` (`size` bytes)
-// that the server lacks; returns their hashes, in the same order.
+// that the server lacks; returns their hashes, in the same order. With
+// `sender`, the requests go through it and may still be in flight on
+// return: they are on the server only once its Finish() says so.
 Result<std::vector<Hash128>> UploadBlocksAhead(ApiClient* client, int fd, uint64_t size,
-                                               const std::vector<uint64_t>& blocks, UploadStats* stats);
+                                               const std::vector<uint64_t>& blocks, UploadStats* stats,
+                                               BlockSender* sender = nullptr);
 
 // Runs tasks on up to n threads; returns the first error (and starts no
 // task after it).

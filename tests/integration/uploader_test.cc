@@ -108,5 +108,56 @@ TEST_F(UploaderTest, AFileShorterThanClaimedIsAnErrorNotAGuess) {
   EXPECT_EQ(st.bytes_sent, 0u);
 }
 
+// The mount's send-ahead: rounds share one sender, so requests stay in
+// flight from one call to the next; Finish says when all have landed.
+TEST_F(UploaderTest, ASharedSenderCarriesSeveralCallsAndFinishWaitsForThem) {
+  std::string data = RandomBytes(48 << 20, 22);  // 768 blocks
+  int fd = OpenWith(data);
+  ASSERT_GE(fd, 0);
+  std::vector<uint64_t> front, back;
+  for (uint64_t b = 0; b < 768; ++b) (b < 384 ? front : back).push_back(b);
+  UploadStats st;
+  std::vector<Hash128> hashes;
+  {
+    BlockSender sender(&c_, kUploadSenders);
+    for (const auto* part : {&front, &back}) {
+      auto h = UploadBlocksAhead(&c_, fd, data.size(), *part, &st, &sender);
+      ASSERT_TRUE(h.ok()) << h.status().ToString();
+      hashes.insert(hashes.end(), h->begin(), h->end());
+    }
+    ASSERT_TRUE(sender.Finish().ok());
+  }
+  ::close(fd);
+  EXPECT_EQ(st.bytes_sent, data.size());
+  auto missing = c_.MissingBlocks(hashes);
+  ASSERT_TRUE(missing.ok()) << missing.status().ToString();
+  EXPECT_TRUE(missing->empty()) << missing->size() << " blocks not on the server after Finish";
+  EXPECT_EQ(hashes[5], HashBlock(data.data() + 5 * kBlockSize, kBlockSize));
+}
+
+// A request that fails after its call returned (here: refused, the token
+// can ask about blocks but not store them) is not lost: Finish reports it.
+TEST_F(UploaderTest, ASharedSenderReportsARequestThatFailedInFlight) {
+  std::string data = RandomBytes(8 << 20, 23);
+  int fd = OpenWith(data);
+  ASSERT_GE(fd, 0);
+  ApiClient reader = server_.Client(server_.ro_token);
+  std::vector<uint64_t> all;
+  for (uint64_t b = 0; b < 128; ++b) all.push_back(b);
+  UploadStats st;
+  BlockSender sender(&reader, 2);
+  auto h = UploadBlocksAhead(&reader, fd, data.size(), all, &st, &sender);
+  ::close(fd);
+  // The call may return before or after the refusal: either way, it is not ok at Finish.
+  Status done = sender.Finish();
+  EXPECT_FALSE(done.ok());
+  EXPECT_NE(done.message().find("read-only"), std::string::npos) << done.ToString();
+  if (h.ok()) {
+    auto missing = c_.MissingBlocks(*h);
+    ASSERT_TRUE(missing.ok());
+    EXPECT_EQ(missing->size(), h->size());
+  }
+}
+
 }  // namespace
 }  // namespace tidefs
