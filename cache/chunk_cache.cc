@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/logging.h"
+#include "core/memory.h"
 
 namespace tidefs {
 namespace {
@@ -57,7 +58,7 @@ struct ChunkCache::BufferPool {
   std::mutex mu;
   std::vector<char*> spare;  // guarded by mu
   ~BufferPool() {
-    for (char* p : spare) std::free(p);
+    for (char* p : spare) UnmapBig(p, kChunkSize);
   }
 };
 
@@ -86,7 +87,7 @@ std::shared_ptr<ChunkCache::ChunkBuf> ChunkCache::TakeBuffer() {
       buffers_->spare.pop_back();
     }
   }
-  if (!p) p = static_cast<char*>(std::aligned_alloc(kPage, kChunkSize));
+  if (!p) p = MapBig(kChunkSize);  // (aligned for O_DIRECT, core/memory.h)
   if (!p) throw std::bad_alloc();
   // Reused buffers keep their pages: no fresh memory to fault in per chunk.
   return std::shared_ptr<ChunkBuf>(new ChunkBuf{p, 0}, [pool = buffers_](ChunkBuf* b) {
@@ -97,7 +98,7 @@ std::shared_ptr<ChunkCache::ChunkBuf> ChunkCache::TakeBuffer() {
         b->data = nullptr;
       }
     }
-    std::free(b->data);
+    UnmapBig(b->data, kChunkSize);
     delete b;
   });
 }

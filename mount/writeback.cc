@@ -551,7 +551,7 @@ bool WriteBack::SendAheadWhileHeld(uint64_t id) {
   if (std::chrono::steady_clock::now() < ahead_after_) return false;
   std::lock_guard flush_lock(flush_mu_);
   std::optional<BlockSender> sender;
-  const bool again = SendAheadRounds(id, &sender);
+  bool again = SendAheadRounds(id, &sender);
   if (sender) {
     if (Status st = sender->Finish(); !st.ok()) {
       // Rounds took their blocks for sent as they were queued: some are
@@ -559,9 +559,10 @@ bool WriteBack::SendAheadWhileHeld(uint64_t id) {
       spdlog::debug("write-back: sending node {} ahead: {}", id, st.ToString());
       cache_->ForgetAhead(id);
       AheadFailed();
-      return false;
+      again = false;
     }
   }
+  if (!again) ahead_bodies_.clear();  // the writing ended or paused: memory back
   return again;
 }
 
@@ -631,7 +632,7 @@ WriteBack::Ahead WriteBack::SendAhead(uint64_t id, std::optional<BlockSender>* s
     };
     up.on_progress(first);  // shown from the start (a server that stalls now leaves it there)
   }
-  if (!*sender) sender->emplace(client_, kUploadSenders);
+  if (!*sender) sender->emplace(client_, kUploadSenders, &ahead_bodies_);
   auto hashes = UploadBlocksAhead(client_, v.fd, v.size, v.blocks, &up, &**sender);
   if (up.on_progress && hashes.ok()) up.on_progress((v.blocks.back() + 1) * kBlockSize);
   cache_->EndAhead(id, v.blocks, hashes.ok() ? *hashes : std::vector<Hash128>{}, hashes.ok());

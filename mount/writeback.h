@@ -124,6 +124,9 @@ class WriteBack {
   // names a block still on its way.
   bool SendAheadWhileHeld(uint64_t id);
   bool SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender);
+  // Request bodies of the stints (used by the loop's thread only): kept
+  // from one stint to the next while the file is still written.
+  std::vector<BigBuffer> ahead_bodies_;
   void AheadFailed();
   // Adds an upload to the counters `uploads()` reports.
   void Count(const UploadStats& up);

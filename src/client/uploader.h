@@ -18,6 +18,7 @@
 
 #include "client/api_client.h"
 #include "core/hash.h"
+#include "core/memory.h"
 #include "core/manifest_codec.h"
 #include "core/status.h"
 
@@ -75,18 +76,21 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
 // several UploadBlocksAhead calls, it keeps requests in flight between them.
 class BlockSender {
  public:
-  BlockSender(ApiClient* client, int threads);
+  // With `pool`, bodies are taken from it and go back to it, and it
+  // outlives the sender (bodies are fresh memory, core/memory.h, until
+  // reused). One sender at a time uses a pool.
+  BlockSender(ApiClient* client, int threads, std::vector<BigBuffer>* pool = nullptr);
   ~BlockSender();
   BlockSender(const BlockSender&) = delete;
   BlockSender& operator=(const BlockSender&) = delete;
 
   // A body kUploadRequestBytes long to fill, and one given back unsent.
-  std::string Take();
-  void Give(std::string body);
+  BigBuffer Take();
+  void Give(BigBuffer body);
   // Queues the first `len` bytes of `body`, waiting while the queue is
   // full. After a failed request nothing more is sent: the error, here,
   // from error() and from Finish.
-  Status Send(std::string body, size_t len);
+  Status Send(BigBuffer body, size_t len);
   Status error();
   // Waits for every queued body to be sent; the first error. Once only.
   Status Finish();
@@ -98,8 +102,9 @@ class BlockSender {
   const size_t max_waiting_;
   std::mutex mu_;
   std::condition_variable work_, room_;
-  std::deque<std::pair<std::string, size_t>> waiting_;  // guarded by mu_
-  std::vector<std::string> pool_;                         // guarded by mu_
+  std::deque<std::pair<BigBuffer, size_t>> waiting_;  // guarded by mu_
+  std::vector<BigBuffer> own_pool_;
+  std::vector<BigBuffer>* const pool_;                  // guarded by mu_ (its contents)
   bool done_ = false;                                     // guarded by mu_
   Status error_;                                          // guarded by mu_
   std::vector<std::thread> threads_;

@@ -1,12 +1,48 @@
 #include "core/memory.h"
 
 #include <malloc.h>
+#include <sys/mman.h>
+
+#include <cstdint>
+#include <new>
 
 namespace tidefs {
+namespace {
+
+constexpr size_t kHugePage = 2 << 20;
+
+size_t MappedLength(size_t size) { return (size + kHugePage - 1) / kHugePage * kHugePage; }
+
+}  // namespace
 
 void TuneMallocForLargeBuffers() {
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 512 << 20);
+}
+
+char* MapBig(size_t size) {
+  if (size == 0) return nullptr;
+  const size_t len = MappedLength(size);
+  // Over-map by a huge page, then trim to an aligned run of whole ones.
+  void* raw = ::mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kHugePage - 1) & ~(kHugePage - 1);
+  if (aligned > start) ::munmap(raw, aligned - start);
+  if (const size_t tail = kHugePage - (aligned - start); tail > 0)
+    ::munmap(reinterpret_cast<void*>(aligned + len), tail);
+  auto* p = reinterpret_cast<char*>(aligned);
+  (void)::madvise(p, len, MADV_HUGEPAGE);        // "madvise" mode (Debian's default): asked for
+  (void)::madvise(p, len, MADV_POPULATE_WRITE);  // (before Linux 5.14: EINVAL, touched on use)
+  return p;
+}
+
+void UnmapBig(char* p, size_t size) {
+  if (p) ::munmap(p, MappedLength(size));
+}
+
+BigBuffer::BigBuffer(size_t size) : p_(MapBig(size)), size_(size) {
+  if (!p_ && size > 0) throw std::bad_alloc();
 }
 
 }  // namespace tidefs
