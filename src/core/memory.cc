@@ -45,4 +45,23 @@ BigBuffer::BigBuffer(size_t size) : p_(MapBig(size)), size_(size) {
   if (!p_ && size > 0) throw std::bad_alloc();
 }
 
+BigBuffer BigBufferPool::Take(size_t size) {
+  {
+    std::lock_guard lock(mu_);
+    for (size_t i = 0; i < kept_.size(); ++i) {
+      if (kept_[i].size() < size) continue;
+      BigBuffer b = std::move(kept_[i]);
+      kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(i));
+      return b;
+    }
+  }
+  return BigBuffer(MappedLength(size));
+}
+
+void BigBufferPool::Give(BigBuffer b) {
+  if (b.empty()) return;
+  std::lock_guard lock(mu_);
+  if (kept_.size() < max_kept_) kept_.push_back(std::move(b));
+}
+
 }  // namespace tidefs

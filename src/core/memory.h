@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstddef>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 namespace tidefs {
 
@@ -43,6 +45,22 @@ class BigBuffer {
  private:
   char* p_ = nullptr;
   size_t size_ = 0;
+};
+
+// BigBuffers kept for reuse (a buffer reused keeps its pages). Thread-safe.
+class BigBufferPool {
+ public:
+  explicit BigBufferPool(size_t max_kept) : max_kept_(max_kept) {}
+  // A kept buffer of at least `size` bytes, or a new one of `size`
+  // rounded up to 2 MiB.
+  BigBuffer Take(size_t size);
+  // Kept if there is room (and not empty); freed otherwise.
+  void Give(BigBuffer b);
+
+ private:
+  const size_t max_kept_;
+  std::mutex mu_;
+  std::vector<BigBuffer> kept_;  // guarded by mu_
 };
 
 }  // namespace tidefs

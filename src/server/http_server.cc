@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include "core/event_codec.h"
+#include "core/memory.h"
 #include "core/url.h"
 
 #include <chrono>
@@ -23,6 +24,10 @@ namespace websocket = beast::websocket;
 using tcp = net::ip::tcp;
 
 namespace {
+
+// Request bodies of 1 MiB or more (uploads) go in buffers kept for reuse.
+constexpr size_t kBigBody = 1 << 20;
+BigBufferPool body_pool(16);
 
 template <class Body>
 HttpRequest Convert(http::request<Body>& req, std::string_view body) {
@@ -101,29 +106,42 @@ struct HttpServer::Impl {
   }
 
   // Reads the body into `body` (which keeps its size between requests, so
-  // its pages are reused, never re-zeroed). Returns the body's length.
-  net::awaitable<size_t> ReadBody(beast::tcp_stream& stream, beast::flat_buffer& buffer,
-                                  http::request_parser<http::buffer_body>& parser, std::string& body,
-                                  size_t limit, beast::error_code& ec) {
+  // its pages are reused, never re-zeroed), or one of 1 MiB or more into
+  // `big`, from a pool the connections share: an upload's first bodies on
+  // a new connection were fresh memory to fault in (core/memory.h), and
+  // each mount makes new connections. Returns the body's bytes.
+  net::awaitable<std::string_view> ReadBody(beast::tcp_stream& stream, beast::flat_buffer& buffer,
+                                            http::request_parser<http::buffer_body>& parser, std::string& body,
+                                            BigBuffer& big, size_t limit, beast::error_code& ec) {
     size_t used = 0;
     if (parser.content_length()) {
       // Known length: take what is buffered, then read the rest straight
       // from the socket into the body (no copy through Beast's buffer).
       size_t want = static_cast<size_t>(*parser.content_length());
-      if (body.size() < want) body.resize(want);
+      char* into;
+      if (want >= kBigBody) {
+        if (big.size() < want) {
+          body_pool.Give(std::move(big));
+          big = body_pool.Take(want);
+        }
+        into = big.data();
+      } else {
+        if (body.size() < want) body.resize(want);
+        into = body.data();
+      }
       size_t have = std::min(buffer.size(), want);
-      std::memcpy(body.data(), buffer.data().data(), have);
+      std::memcpy(into, buffer.data().data(), have);
       buffer.consume(have);
       if (want > have)
-        co_await net::async_read(stream, net::buffer(body.data() + have, want - have),
+        co_await net::async_read(stream, net::buffer(into + have, want - have),
                                  net::redirect_error(net::use_awaitable, ec));
-      co_return want;
+      co_return std::string_view(into, want);
     }
     while (!parser.is_done()) {
       if (used == body.size()) {
         if (body.size() >= limit) {
           ec = http::error::body_limit;
-          co_return used;
+          co_return std::string_view(body.data(), used);
         }
         body.resize(std::min(limit, std::max<size_t>(body.size() * 2, 64 * 1024)));
       }
@@ -132,10 +150,10 @@ struct HttpServer::Impl {
       b.size = body.size() - used;
       co_await http::async_read(stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
       if (ec == http::error::need_buffer) ec = {};
-      if (ec) co_return used;
+      if (ec) co_return std::string_view(body.data(), used);
       used = body.size() - b.size;
     }
-    co_return used;
+    co_return std::string_view(body.data(), used);
   }
 
   net::awaitable<void> Session(tcp::socket socket) {
@@ -146,6 +164,11 @@ struct HttpServer::Impl {
     // 4 MiB upload arrives in thousands of tiny reads.
     buffer.reserve(256 * 1024);
     std::string body;
+    BigBuffer big;
+    struct GiveBack {
+      BigBuffer& big;
+      ~GiveBack() { body_pool.Give(std::move(big)); }
+    } give_back{big};
     beast::error_code ec;
     for (;;) {
       http::request_parser<http::buffer_body> parser;
@@ -180,7 +203,7 @@ struct HttpServer::Impl {
           break;
         }
       }
-      size_t body_len = co_await ReadBody(stream, buffer, parser, body, limit, ec);
+      const std::string_view body_bytes = co_await ReadBody(stream, buffer, parser, body, big, limit, ec);
       if (ec) {
         if (!IsClientGone(ec)) {
           bool too_big = ec == http::error::body_limit;
@@ -209,8 +232,8 @@ struct HttpServer::Impl {
       }
       const bool keep = req.keep_alive();
       const unsigned version = req.version();
-      const uint64_t bytes_in = body_len;
-      HttpRequest r = Convert(req, std::string_view(body.data(), body_len));
+      const uint64_t bytes_in = body_bytes.size();
+      HttpRequest r = Convert(req, body_bytes);
       std::string route;
       HttpResponse resp = api->Handle(r, &route);
       uint64_t bytes_out = resp.body.size();

@@ -48,5 +48,23 @@ TEST(MemoryTest, AMovedBigBufferLeavesAnEmptyOneAndFreesOnce) {
   EXPECT_EQ(MapBig(0), nullptr);
 }
 
+TEST(MemoryTest, APoolHandsBackAKeptBufferBigEnoughAndKeepsNoMoreThanItsLimit) {
+  BigBufferPool pool(1);
+  BigBuffer a = pool.Take(3 << 20);
+  EXPECT_EQ(a.size(), 4u << 20) << "a new buffer is a whole number of huge pages";
+  char* p = a.data();
+  BigBuffer b = pool.Take(1 << 20);
+  pool.Give(std::move(a));
+  pool.Give(std::move(b));  // over the limit: freed
+  BigBuffer c = pool.Take(4 << 20);
+  EXPECT_EQ(c.data(), p) << "the kept buffer, not a new one";
+  BigBuffer d = pool.Take(1 << 20);
+  EXPECT_NE(d.data(), p);
+  EXPECT_EQ(d.size(), 2u << 20);
+  pool.Give(BigBuffer());  // an empty one is not kept
+  BigBuffer e = pool.Take(8 << 20);
+  EXPECT_EQ(e.size(), 8u << 20);
+}
+
 }  // namespace
 }  // namespace tidefs
