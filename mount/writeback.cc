@@ -447,6 +447,10 @@ void WriteBack::Loop() {
     }
     // Nothing can go while a file is held back: its blocks can.
     if (st.ok() && held && send_ahead_) look_now = SendAheadWhileHeld(held_id);
+    if (!look_now && !held) {
+      std::lock_guard flush_lock(flush_mu_);
+      bodies_.clear();  // nothing being written: the request bodies' memory goes back
+    }
     if (!st.ok()) {
       backoff = std::min<std::chrono::milliseconds>(std::max(backoff * 2, std::chrono::milliseconds(250)),
                                                      std::chrono::milliseconds(10000));
@@ -551,18 +555,18 @@ bool WriteBack::SendAheadWhileHeld(uint64_t id) {
   if (std::chrono::steady_clock::now() < ahead_after_) return false;
   std::lock_guard flush_lock(flush_mu_);
   std::optional<BlockSender> sender;
-  bool again = SendAheadRounds(id, &sender);
+  bool failed = false;
+  bool again = SendAheadRounds(id, &sender, &failed);
   if (sender) {
     if (Status st = sender->Finish(); !st.ok()) {
       // Rounds took their blocks for sent as they were queued: some are
       // not on the server. The flush reads and asks about them again.
       spdlog::debug("write-back: sending node {} ahead: {}", id, st.ToString());
       cache_->ForgetAhead(id);
-      AheadFailed();
+      if (!failed) AheadFailed();  // (once per failure: a round may have seen it too)
       again = false;
     }
   }
-  if (!again) ahead_bodies_.clear();  // the writing ended or paused: memory back
   return again;
 }
 
@@ -573,7 +577,7 @@ void WriteBack::AheadFailed() {
   ahead_after_ = std::chrono::steady_clock::now() + ahead_backoff_;
 }
 
-bool WriteBack::SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender) {
+bool WriteBack::SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender, bool* failed) {
   const auto start = std::chrono::steady_clock::now();
   auto last_sent = start;
   while (!KickedOrStopping()) {
@@ -581,6 +585,7 @@ bool WriteBack::SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender)
     switch (SendAhead(id, sender)) {
       case Ahead::kFailed:
         AheadFailed();
+        *failed = true;
         return false;
       case Ahead::kSent:
         ahead_backoff_ = std::chrono::milliseconds(0);
@@ -632,7 +637,7 @@ WriteBack::Ahead WriteBack::SendAhead(uint64_t id, std::optional<BlockSender>* s
     };
     up.on_progress(first);  // shown from the start (a server that stalls now leaves it there)
   }
-  if (!*sender) sender->emplace(client_, kUploadSenders, &ahead_bodies_);
+  if (!*sender) sender->emplace(client_, kUploadSenders, &bodies_);
   auto hashes = UploadBlocksAhead(client_, v.fd, v.size, v.blocks, &up, &**sender);
   if (up.on_progress && hashes.ok()) up.on_progress((v.blocks.back() + 1) * kBlockSize);
   cache_->EndAhead(id, v.blocks, hashes.ok() ? *hashes : std::vector<Hash128>{}, hashes.ok());
@@ -734,7 +739,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           progress(path, 0, total, 0, false);
         }
         auto uploaded = UploadFileBlocks(client_, view.fd, view.size, view.base, view.dirty, 8, &up, &small_files,
-                                         view.staged ? &*view.staged : nullptr, &view.known);
+                                         view.staged ? &*view.staged : nullptr, &view.known, &bodies_);
         if (show) progress(path, view.size, view.size, 0, true);
         if (!uploaded.ok())
           return Status(uploaded.status().code(), "sending node " + std::to_string(n->id) + " (" + tree_->PathOf(n->id) +

@@ -123,10 +123,8 @@ class WriteBack {
   // ends; it holds flush_mu_ till then, so no batch (an unmount's drain)
   // names a block still on its way.
   bool SendAheadWhileHeld(uint64_t id);
-  bool SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender);
-  // Request bodies of the stints (used by the loop's thread only): kept
-  // from one stint to the next while the file is still written.
-  std::vector<BigBuffer> ahead_bodies_;
+  // `failed`: a round failed (and backed off).
+  bool SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender, bool* failed);
   void AheadFailed();
   // Adds an upload to the counters `uploads()` reports.
   void Count(const UploadStats& up);
@@ -183,6 +181,10 @@ class WriteBack {
   bool stopping_ = false;  // guarded by mu_
   bool kicked_ = false;    // guarded by mu_
   std::mutex flush_mu_;    // one batch (or send-ahead stint) at a time
+  // guarded by flush_mu_ (and, while a BlockSender has it, by that
+  // sender's lock): request bodies of large uploads, kept from one stint
+  // or file to the next while files are written, freed once none is.
+  std::vector<BigBuffer> bodies_;
   std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
   std::mutex ids_mu_;
   std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node

@@ -266,7 +266,8 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
                                               const Manifest& base, const std::vector<bool>& dirty,
                                               int parallel, UploadStats* stats, BlockBatch* shared,
                                               const std::string* mem,
-                                              const std::unordered_map<uint64_t, Hash128>* known) {
+                                              const std::unordered_map<uint64_t, Hash128>* known,
+                                              std::vector<BigBuffer>* bodies) {
   if (mem && mem->size() != size)
     return Status::Internal("upload of " + std::to_string(size) + " bytes given " + std::to_string(mem->size()));
   const bool small = shared && size <= kSharedBatchFileBytes;
@@ -293,11 +294,15 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
       if (reuse(b)) out[b] = base.blocks[b];
       else if (!sent_ahead(b)) todo.push_back(b);
     }
-    // More than a small file's worth: read straight into request bodies,
-    // not a string per block and bodies grown by appending (fresh memory
-    // to fault in; 16 MiB left at a send-ahead's close cost 5,000 faults).
-    if (todo.size() * kBlockSize > kSharedBatchFileBytes) {
-      RETURN_IF_ERROR(UploadLargeFile(client, fd, mem, size, todo, &out, stats));
+    // More than a small file's worth, with a pool of bodies: read straight
+    // into them, not a string per block and bodies grown by appending
+    // (fresh memory to fault in: 16 MiB left at a send-ahead's close cost
+    // 5,000 faults). Without, only more than a batch goes that way.
+    if (todo.size() * kBlockSize > (bodies ? kSharedBatchFileBytes : kLargeBatchBytes)) {
+      std::optional<BlockSender> pooled;
+      if (bodies) pooled.emplace(client, kUploadSenders, bodies);
+      RETURN_IF_ERROR(UploadLargeFile(client, fd, mem, size, todo, &out, stats, pooled ? &*pooled : nullptr));
+      if (pooled) RETURN_IF_ERROR(pooled->Finish());
       if (stats->on_progress) stats->on_progress(size);
       return out;
     }

@@ -64,11 +64,14 @@ inline constexpr uint64_t kSharedBatchFileBytes = 1 << 20;  // files up to this 
 // With `mem`, the file's bytes are those (`size` of them), not read from fd.
 // Dirty blocks in `known` are on the server already (sent ahead, untouched
 // since): they keep that hash and are neither read nor asked about.
+// More than 1 MiB to send goes in request bodies taken from `bodies` (a
+// BlockSender pool) when given.
 Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_t size,
                                               const Manifest& base, const std::vector<bool>& dirty,
                                               int parallel, UploadStats* stats, BlockBatch* shared = nullptr,
                                               const std::string* mem = nullptr,
-                                              const std::unordered_map<uint64_t, Hash128>* known = nullptr);
+                                              const std::unordered_map<uint64_t, Hash128>* known = nullptr,
+                                              std::vector<BigBuffer>* bodies = nullptr);
 
 // Request bodies of block frames, sent on a few threads as they come. At
 // most as many wait as there are threads; sent bodies go back to a pool (a

@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <new>
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack it (older kernels answer EINVAL)
+#endif
+
 namespace tidefs {
 namespace {
 
@@ -48,10 +52,12 @@ BigBuffer::BigBuffer(size_t size) : p_(MapBig(size)), size_(size) {
 BigBuffer BigBufferPool::Take(size_t size) {
   {
     std::lock_guard lock(mu_);
-    for (size_t i = 0; i < kept_.size(); ++i) {
-      if (kept_[i].size() < size) continue;
-      BigBuffer b = std::move(kept_[i]);
-      kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(i));
+    size_t best = kept_.size();
+    for (size_t i = 0; i < kept_.size(); ++i)
+      if (kept_[i].size() >= size && (best == kept_.size() || kept_[i].size() < kept_[best].size())) best = i;
+    if (best < kept_.size()) {
+      BigBuffer b = std::move(kept_[best]);
+      kept_.erase(kept_.begin() + static_cast<std::ptrdiff_t>(best));
       return b;
     }
   }

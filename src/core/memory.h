@@ -8,8 +8,8 @@
 
 namespace tidefs {
 
-// Keeps multi-megabyte buffers (request bodies, chunks) on the heap for
-// reuse instead of an mmap/munmap, and fresh zeroed pages, per use.
+// Keeps multi-megabyte heap buffers (strings, the libraries' own) on the
+// heap for reuse instead of an mmap/munmap, and fresh zeroed pages, per use.
 void TuneMallocForLargeBuffers();
 
 // Memory for long-lived buffers of megabytes (request bodies, chunk
@@ -20,7 +20,9 @@ void TuneMallocForLargeBuffers();
 // a fresh mount filling its pools of 4 MiB buffers spent a third of its
 // upload thread's time in page faults. 256 MiB touched page by page took
 // 0.8-1.1 s there, in huge pages populated at once 30 ms.
-// MapBig returns nullptr when out of memory; UnmapBig takes the same size.
+// MapBig returns nullptr when out of address space (with overcommit, a
+// lack of memory shows later, as for any allocation); UnmapBig takes the
+// same size. On a kernel before 5.14 the pages come in on first use.
 char* MapBig(size_t size);
 void UnmapBig(char* p, size_t size);
 
@@ -34,8 +36,11 @@ class BigBuffer {
   }
   BigBuffer(BigBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), size_(std::exchange(o.size_, 0)) {}
   BigBuffer& operator=(BigBuffer&& o) noexcept {
-    std::swap(p_, o.p_);
-    std::swap(size_, o.size_);
+    if (this != &o) {
+      if (p_) UnmapBig(p_, size_);
+      p_ = std::exchange(o.p_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
     return *this;
   }
   char* data() const { return p_; }
@@ -51,8 +56,8 @@ class BigBuffer {
 class BigBufferPool {
  public:
   explicit BigBufferPool(size_t max_kept) : max_kept_(max_kept) {}
-  // A kept buffer of at least `size` bytes, or a new one of `size`
-  // rounded up to 2 MiB.
+  // The smallest kept buffer of at least `size` bytes, or a new one of
+  // `size` rounded up to 2 MiB.
   BigBuffer Take(size_t size);
   // Kept if there is room (and not empty); freed otherwise.
   void Give(BigBuffer b);

@@ -372,9 +372,10 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
     BigBuffer buf;
     BlockStore* store = nullptr;
     bool drop_behind = false;
+    bool direct = false;  // cold bytes read past the page cache (ReadRunDirect), while that works
     // Keeps kPrefetchBlocks to twice that asked for ahead of `next`.
     void AskAhead() {
-      if (prefetched >= locs.size() || prefetched - next >= kPrefetchBlocks) return;
+      if (direct || prefetched >= locs.size() || prefetched - next >= kPrefetchBlocks) return;
       const size_t n = std::min(next + 2 * kPrefetchBlocks, locs.size()) - prefetched;
       store->Prefetch(std::span<const BlockLocation>(locs).subspan(prefetched, n));
       prefetched += n;
@@ -401,8 +402,9 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   st->pos = range.first;
   st->last = range.last;
   st->first_block = first_block;
-  st->buf = piece_pool.Take(kPieceBlocks * kBlockSize);
+  st->buf = piece_pool.Take(kPieceBlocks * kBlockSize + 8192);  // (+ room to align a direct read)
   st->store = blocks_;
+  st->direct = st->drop_behind;
   st->AskAhead();
   r.stream_length = range.length();
   Metrics* metrics = metrics_;
@@ -411,6 +413,32 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
     char* const out = st->buf.data();
     size_t used = 0;
     const size_t piece_first = st->next;
+    if (st->direct) {
+      // Cold: whole blocks of the piece straight from the disk into the
+      // piece buffer, no page cache (fresh pages to fill, then to drop).
+      size_t n = 0;
+      uint64_t bytes = 0;
+      while (n < kPieceBlocks && st->next + n < st->locs.size()) {
+        const uint64_t block_start = (st->first_block + st->next + n) * kBlockSize;
+        const BlockLocation& loc = st->locs[st->next + n];
+        if (st->pos + bytes != block_start || block_start + loc.raw_length - 1 > st->last) break;  // not whole
+        bytes += loc.raw_length;
+        ++n;
+      }
+      if (n > 0) {
+        ASSIGN_OR_RETURN(auto run, store->ReadRunDirect(std::span<const BlockLocation>(st->locs).subspan(st->next, n),
+                                                        std::span<const Hash128>(st->hashes).subspan(st->next, n),
+                                                        st->buf.data(), st->buf.size()));
+        if (run) {
+          st->next += n;
+          st->pos += run->size();
+          metrics->AddContentBytes(run->size());
+          return *run;
+        }
+      }
+      st->direct = false;  // this way no more: one by one, through the page cache
+      st->prefetched = st->next;
+    }
     st->AskAhead();
     for (size_t k = 0; k < kPieceBlocks && st->next < st->locs.size(); ++k, ++st->next) {
       const BlockLocation& loc = st->locs[st->next];

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -40,6 +41,16 @@ class BlockStore {
   // large download of cold data neither pushes out what is hot nor takes
   // fresh memory for every byte it streams. Best effort.
   virtual void Release(std::span<const BlockLocation> locs) = 0;
+  // Reads whole raw blocks stored back to back in one pack, past the page
+  // cache, into `staging` (at least their length plus 8 KiB), and checks
+  // them against `hashes`: the blocks' bytes, in order, inside `staging`.
+  // nullopt where that cannot be done (compressed or scattered blocks, a
+  // file system without O_DIRECT): the caller reads them one by one.
+  virtual Result<std::optional<std::string_view>> ReadRunDirect(std::span<const BlockLocation> locs,
+                                                                std::span<const Hash128> hashes, char* staging,
+                                                                size_t staging_size) {
+    return std::optional<std::string_view>();
+  }
 };
 
 // Packs of about `pack_bytes` each under `dir` (created if missing).

@@ -1,5 +1,6 @@
 #include "server/http_server.h"
 
+#include "core/block_frame.h"
 #include "core/event_codec.h"
 #include "core/memory.h"
 #include "core/url.h"
@@ -25,8 +26,11 @@ using tcp = net::ip::tcp;
 
 namespace {
 
-// Request bodies of 1 MiB or more (uploads) go in buffers kept for reuse.
+// Request bodies from 1 MiB up to an upload's limit go in buffers kept for
+// reuse (16 at most, 10 MiB each at most); larger ones (a commit of a
+// huge tree) in a string freed with the connection.
 constexpr size_t kBigBody = 1 << 20;
+constexpr size_t kMaxPooledBody = kMaxUploadBody + 4096;
 BigBufferPool body_pool(16);
 
 template <class Body>
@@ -119,7 +123,7 @@ struct HttpServer::Impl {
       // from the socket into the body (no copy through Beast's buffer).
       size_t want = static_cast<size_t>(*parser.content_length());
       char* into;
-      if (want >= kBigBody) {
+      if (want >= kBigBody && want <= kMaxPooledBody) {
         if (big.size() < want) {
           body_pool.Give(std::move(big));
           big = body_pool.Take(want);

@@ -859,6 +859,9 @@ class SqliteMetadataStore final : public MetadataStore {
       if (out.ok()) RETURN_IF_ERROR(tx.Commit());
       return out;
     }();
+    // A connection still in a transaction (a ROLLBACK that failed) would
+    // refuse every later BEGIN: it is not kept.
+    if (!sqlite3_get_autocommit(c->db->raw())) return r;
     Release(std::move(c));
     return r;
   }
