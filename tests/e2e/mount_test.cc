@@ -866,6 +866,39 @@ TEST_F(MountTest, SigtermSendsEveryChangeBeforeTheMountExits) {
   EXPECT_TRUE(ReadAll(fresh.path() + "/big.bin") == big);
 }
 
+// A new file opened write-only is written past the kernel's page cache
+// (direct_io): a reader with its own handle, reading as it grows, still
+// sees every byte written, the tail of a page it read before too.
+TEST_F(MountTest, ADirectWriteOfANewFileIsSeenByAReaderAtOnce) {
+  Import();
+  TestMount m(server_, server_.rw_token, dir_ + "/m");
+  const std::string path = m.path() + "/growing.bin";
+  const std::string bytes = RandomBytes(3 << 20, 64);
+  int w = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+  ASSERT_GE(w, 0);
+  ASSERT_EQ(write(w, bytes.data(), 1000), 1000);  // ends inside a page
+  int r = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(r, 0);
+  std::string seen(bytes.size(), '\0');
+  ASSERT_EQ(pread(r, seen.data(), 4096, 0), 1000);  // the reader caches the first page
+  ASSERT_EQ(pwrite(w, bytes.data() + 1000, (1 << 20) - 1000, 1000), (1 << 20) - 1000);
+  ASSERT_EQ(pwrite(w, bytes.data() + (1 << 20), bytes.size() - (1 << 20), 1 << 20),
+            static_cast<ssize_t>(bytes.size() - (1 << 20)));
+  ASSERT_EQ(pread(r, seen.data(), seen.size(), 0), static_cast<ssize_t>(seen.size()));
+  EXPECT_TRUE(seen == bytes) << "the reader saw stale bytes of the page it had cached";
+  // A rewrite in the middle, after the reader read it all.
+  const std::string patch = RandomBytes(5000, 65);
+  ASSERT_EQ(pwrite(w, patch.data(), patch.size(), 777777), static_cast<ssize_t>(patch.size()));
+  std::string again(patch.size(), '\0');
+  ASSERT_EQ(pread(r, again.data(), again.size(), 777777), static_cast<ssize_t>(again.size()));
+  EXPECT_TRUE(again == patch) << "a rewritten range read back stale";
+  close(w);
+  close(r);
+  std::string expect = bytes;
+  expect.replace(777777, patch.size(), patch);
+  EXPECT_TRUE(ReadAll(path) == expect);
+}
+
 TEST_F(MountTest, AFullCacheDiskGivesEnospcAndNoDamage) {
   Import();
   // The cache dir on a 24 MiB filesystem of its own.

@@ -187,8 +187,9 @@ TEST(PackBlockStorePageCache, AppendsAndReleasedReadsLeaveThePageCache) {
   EXPECT_TRUE((*store)->IsCached(locs.back()));
   (*store)->Release(locs);
   EXPECT_EQ(ResidentPages(pack), 0u) << "released blocks stayed in the page cache";
-  // (One probe: a probe of uncached bytes starts the kernel's read-ahead there.)
-  EXPECT_FALSE((*store)->IsCached(locs.front()));
+  // (No IsCached probe here: a probe of uncached bytes starts the kernel's
+  // read-ahead there, and on a loaded machine that read can finish before
+  // the probe looks again, which then finds the page: a flaky check.)
   // A read brings in its block and no more (the kernel's read-ahead is
   // off): else the next download's IsCached takes it for hot bytes.
   (*store)->Release(locs);
