@@ -22,7 +22,8 @@ void TuneMallocForLargeBuffers();
 // 0.8-1.1 s there, in huge pages populated at once 30 ms.
 // MapBig returns nullptr when out of address space (with overcommit, a
 // lack of memory shows later, as for any allocation); UnmapBig takes the
-// same size. On a kernel before 5.14 the pages come in on first use.
+// same size. On a kernel before 5.14 the pages come in on first use (and
+// tests/unit/memory_test.cc fails).
 char* MapBig(size_t size);
 void UnmapBig(char* p, size_t size);
 
