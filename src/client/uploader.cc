@@ -11,7 +11,6 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <thread>
 #include <unordered_set>
 
@@ -57,19 +56,17 @@ struct ReadSpan {
 
 // A large file's blocks `todo`: read straight into request bodies (no
 // string or copy per block), asked about a batch at a time, and those the
-// server lacks sent on a few threads while the next batch is read. With
-// `shared`, the bodies go to it and may still be in flight on return.
+// server lacks sent through `sender` while the next batch is read. The
+// bodies may still be in flight on return: `sender.Finish()` says when
+// they have landed.
 Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64_t size,
                        const std::vector<uint64_t>& todo, std::vector<Hash128>* out, UploadStats* stats,
-                       BlockSender* shared = nullptr) {
+                       BlockSender& sender) {
   struct Body {
     BigBuffer bytes;  // kUploadRequestBytes long; the first `used` count
     size_t used = 0;
     std::vector<std::pair<Hash128, size_t>> frames;  // hash, offset in bytes
   };
-  std::optional<BlockSender> own;
-  if (!shared) own.emplace(client, kUploadSenders);
-  BlockSender& sender = shared ? *shared : *own;
   std::vector<Body> batch;
   size_t batch_bytes = 0;
   ReadSpan read;  // what the batch read of the file
@@ -139,7 +136,7 @@ Status UploadLargeFile(ApiClient* client, int fd, const std::string* mem, uint64
     stats->blocks_hashed++;
   }
   RETURN_IF_ERROR(send_batch());
-  return shared ? sender.error() : sender.Finish();
+  return sender.error();
 }
 
 }  // namespace
@@ -299,10 +296,9 @@ Result<std::vector<Hash128>> UploadFileBlocks(ApiClient* client, int fd, uint64_
     // (fresh memory to fault in: 16 MiB left at a send-ahead's close cost
     // 5,000 faults). Without, only more than a batch goes that way.
     if (todo.size() * kBlockSize > (bodies ? kSharedBatchFileBytes : kLargeBatchBytes)) {
-      std::optional<BlockSender> pooled;
-      if (bodies) pooled.emplace(client, kUploadSenders, bodies);
-      RETURN_IF_ERROR(UploadLargeFile(client, fd, mem, size, todo, &out, stats, pooled ? &*pooled : nullptr));
-      if (pooled) RETURN_IF_ERROR(pooled->Finish());
+      BlockSender sender(client, kUploadSenders, bodies);
+      RETURN_IF_ERROR(UploadLargeFile(client, fd, mem, size, todo, &out, stats, sender));
+      RETURN_IF_ERROR(sender.Finish());
       if (stats->on_progress) stats->on_progress(size);
       return out;
     }
@@ -349,7 +345,13 @@ Result<std::vector<Hash128>> UploadBlocksAhead(ApiClient* client, int fd, uint64
   for (uint64_t b : blocks)
     if ((b + 1) * kBlockSize > size) return Status::Internal("block " + std::to_string(b) + " is not whole; it cannot go ahead");
   std::vector<Hash128> all(blocks.empty() ? 0 : blocks.back() + 1);
-  RETURN_IF_ERROR(UploadLargeFile(client, fd, nullptr, size, blocks, &all, stats, sender));
+  if (sender) {
+    RETURN_IF_ERROR(UploadLargeFile(client, fd, nullptr, size, blocks, &all, stats, *sender));
+  } else {
+    BlockSender own(client, kUploadSenders);
+    RETURN_IF_ERROR(UploadLargeFile(client, fd, nullptr, size, blocks, &all, stats, own));
+    RETURN_IF_ERROR(own.Finish());
+  }
   std::vector<Hash128> out;
   out.reserve(blocks.size());
   for (uint64_t b : blocks) out.push_back(all[b]);
