@@ -21,6 +21,11 @@ if [ ! -s "$TOKEN_FILE" ]; then
 fi
 TOKEN=$(cat "$TOKEN_FILE")
 URL="http://$LISTEN"
+# The mount and import read the server and token from here, so the token
+# stays off the command line (and out of `ps`).
+CONFIG=$PWD/.demo/config
+(umask 077; printf '[demo]\nserver = %s\ntoken = %s\n' "$URL" "$TOKEN" >"$CONFIG")
+chmod 600 "$CONFIG"
 
 "$BIN" serve --data "$DATA" --listen "$LISTEN" &
 SERVER=$!
@@ -32,26 +37,26 @@ if [ -z "$(curl -fs -H "Authorization: Bearer $TOKEN" "$URL/v1/projects/demo/nod
   mkdir -p "$SEED/docs"
   printf 'Welcome to tidefs.\nThis project lives on the server at %s.\n' "$URL" >"$SEED/README.txt"
   printf 'a file inside a folder\n' >"$SEED/docs/notes.txt"
-  "$BIN" import --server "$URL" --project demo --token "$TOKEN" "$SEED" >/dev/null
+  "$BIN" import --config "$CONFIG" --project demo "$SEED" >/dev/null
   rm -rf "$SEED"
 fi
 
 MNT=$PWD/mnt
 mkdir -p "$MNT"
 mountpoint -q "$MNT" && fusermount3 -u "$MNT"
-"$BIN" mount --server "$URL" --project demo --token "$TOKEN" --cache-dir "$PWD/.demo/cache" "$MNT"
+"$BIN" mount --config "$CONFIG" --project demo --cache-dir "$PWD/.demo/cache" "$MNT"
 trap 'fusermount3 -u "$MNT" 2>/dev/null; kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT INT TERM
 
 cat <<TXT
 
 tidefs server running at $URL  (data in $DATA)
-project demo mounted at $MNT  (read-only for now; cache in .demo/cache)
-token: $TOKEN_FILE
+project demo mounted at $MNT  (cache in .demo/cache)
+token: $TOKEN_FILE; server and token for tidefs commands: $CONFIG
 
 Try:
-  ls -l $MNT; cat $MNT/README.txt
+  ls -l $MNT; cat $MNT/README.txt; echo hello > $MNT/hello.txt
+  $BIN import --config $CONFIG --project demo ~/some/folder some/folder
   export TIDEFS_TOKEN=\$(cat $TOKEN_FILE)
-  $BIN import --server $URL --project demo ~/some/folder some/folder
   curl -H "Authorization: Bearer \$TIDEFS_TOKEN" '$URL/v1/projects/demo/nodes'
 
 Ctrl-C unmounts and stops the server.

@@ -13,6 +13,7 @@
 
 #include "client/api_client.h"
 #include "client/importer.h"
+#include "core/config_file.h"
 #include "core/logging.h"
 #include "mount/fuse_mount.h"
 #include "server/admin.h"
@@ -39,10 +40,34 @@ Status ParseListen(const std::string& listen, std::string* host, uint16_t* port)
   return Status::Ok();
 }
 
-std::string TokenFrom(const std::string& flag) {
-  if (!flag.empty()) return flag;
-  if (const char* env = std::getenv("TIDEFS_TOKEN")) return env;
-  return "";
+// Fills what the command line left out of the server, token and device:
+// the token from $TIDEFS_TOKEN, then all three from the project's section
+// of the config file. A section's token only goes to the server it names.
+Status ResolveClient(ClientOptions* co, std::string* device, const std::string& token_flag,
+                     const std::string& config_flag) {
+  const std::string path = config_flag.empty() ? DefaultConfigPath() : config_flag;
+  ASSIGN_OR_RETURN(Config config, LoadConfig(path, !config_flag.empty()));
+  const auto it = config.find(co->project);
+  const ProjectConfig* p = it == config.end() ? nullptr : &it->second;
+  const std::string where = p ? "[" + co->project + "] in " + path : "";
+  if (co->server.empty() && p) co->server = p->server;
+  if (co->server.empty())
+    return Status::Invalid("no server: pass --server URL" +
+                           (path.empty() ? std::string() : ", or set server = URL under [" + co->project + "] in " + path));
+  if (device && device->empty() && p) *device = p->device;
+  co->token = token_flag;
+  if (co->token.empty())
+    if (const char* env = std::getenv("TIDEFS_TOKEN")) co->token = env;
+  if (co->token.empty() && p && !p->token.empty()) {
+    if (!p->server.empty() && !SameServer(p->server, co->server))
+      return Status::Invalid("no token for " + co->server + ": the token under " + where + " is for " + p->server +
+                             "; pass --token or set TIDEFS_TOKEN");
+    co->token = p->token;
+  }
+  if (co->token.empty())
+    return Status::Invalid("no token: pass --token, set TIDEFS_TOKEN" +
+                           (path.empty() ? std::string() : ", or set token = T under [" + co->project + "] in " + path));
+  return Status::Ok();
 }
 
 }  // namespace
@@ -98,9 +123,11 @@ int main(int argc, char** argv) {
   ClientOptions co;
   ImportOptions io;
   std::string import_token;
-  import->add_option("--server", co.server, "Server URL, e.g. http://127.0.0.1:7750")->required();
+  std::string import_config;
+  import->add_option("--server", co.server, "Server URL, e.g. http://127.0.0.1:7750 (default: from the config file)");
   import->add_option("--project", co.project, "Project name")->required();
-  import->add_option("--token", import_token, "Token (default: $TIDEFS_TOKEN)");
+  import->add_option("--token", import_token, "Token (default: $TIDEFS_TOKEN, then the config file)");
+  import->add_option("--config", import_config, "Config file (default ~/.config/tidefs/config)");
   import->add_option("--parallel", io.parallel, "Uploads in flight")->check(CLI::Range(1, 64));
   import->add_option("src", io.src_dir, "Local directory to upload")->required();
   import->add_option("dest", io.dest, "Path inside the project (default /)");
@@ -109,10 +136,12 @@ int main(int argc, char** argv) {
   auto* mount = app.add_subcommand("mount", "Mount a project as a folder");
   MountOptions mo;
   std::string mount_token;
-  mount->add_option("--server", mo.client.server, "Server URL")->required();
+  std::string mount_config;
+  mount->add_option("--server", mo.client.server, "Server URL (default: from the config file)");
   mount->add_option("--project", mo.client.project, "Project name")->required();
-  mount->add_option("--token", mount_token, "Token (default: $TIDEFS_TOKEN)");
-  mount->add_option("--device", mo.device, "This device's name");
+  mount->add_option("--token", mount_token, "Token (default: $TIDEFS_TOKEN, then the config file)");
+  mount->add_option("--device", mo.device, "This device's name (default: from the config file, else the host name)");
+  mount->add_option("--config", mount_config, "Config file (default ~/.config/tidefs/config)");
   mount->add_option("--cache-dir", mo.cache_dir, "Cache directory (default ~/.cache/tidefs/PROJECT)");
   std::string cache_size = "10G";
   mount->add_option("--cache-size", cache_size, "Cache limit, e.g. 10G, 512M (default 10G)");
@@ -196,8 +225,7 @@ int main(int argc, char** argv) {
     auto size = ParseSize(cache_size);
     if (!size.ok()) return Fail(Status::Invalid("--cache-size: " + size.status().message()));
     mo.cache_bytes = *size;
-    mo.client.token = TokenFrom(mount_token);
-    if (mo.client.token.empty()) return Fail(Status::Invalid("no token: pass --token or set TIDEFS_TOKEN"));
+    if (Status st = ResolveClient(&mo.client, &mo.device, mount_token, mount_config); !st.ok()) return Fail(st);
     if (!mo.foreground) {
       // Return once the tree is visible; the child serves in the background.
       int fds[2];
@@ -258,8 +286,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*import) {
-    co.token = TokenFrom(import_token);
-    if (co.token.empty()) return Fail(Status::Invalid("no token: pass --token or set TIDEFS_TOKEN"));
+    if (Status st = ResolveClient(&co, nullptr, import_token, import_config); !st.ok()) return Fail(st);
     io.progress = isatty(STDERR_FILENO);
     ApiClient client(co);
     ImportStats stats;

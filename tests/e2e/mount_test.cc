@@ -1477,6 +1477,57 @@ TEST_F(MountTest, RefusesBadMountArguments) {
   EXPECT_EQ(ReadAll(first.path() + "/a.txt"), "first\n");
 }
 
+TEST_F(MountTest, TheConfigFileGivesTheServerAndTokenOnlyToItsOwnServer) {
+  Write("a.txt", "from the config\n");
+  Import();
+  const std::string xdg = dir_ + "/xdg", config = xdg + "/tidefs/config", mnt = dir_ + "/mnt";
+  fs::create_directories(xdg + "/tidefs");
+  fs::create_directories(mnt);
+  auto write_config = [&](const std::string& server, mode_t mode) {
+    std::ofstream(config) << "# this user's projects\n[demo]\nserver = " << server << "\ntoken = " << server_.rw_token
+                          << "\n";
+    ASSERT_EQ(chmod(config.c_str(), mode), 0);
+  };
+  // No --server, no --token, no TIDEFS_TOKEN: all from the config file.
+  const std::string env = "env -u TIDEFS_TOKEN XDG_CONFIG_HOME=" + xdg + " ";
+  const std::string mount = env + TIDEFS_BINARY + " mount --project demo --cache-dir " + dir_ + "/cache ";
+  std::string out;
+  write_config(server_.url() + "/", 0600);
+  ASSERT_EQ(RunCommand(mount + mnt + " 2>&1", &out), 0) << out;
+  ASSERT_TRUE(IsMounted(mnt));
+  EXPECT_EQ(ReadAll(mnt + "/a.txt"), "from the config\n");
+  ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + mnt + " 2>&1", &out), 0) << out;
+  ASSERT_FALSE(IsMounted(mnt));
+
+  // A token others may read is refused, saying how to fix it.
+  write_config(server_.url(), 0644);
+  EXPECT_NE(RunCommand(mount + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find("chmod 600 " + config), std::string::npos) << out;
+  EXPECT_FALSE(IsMounted(mnt));
+
+  // The section's token is for another server: it is not sent to this one.
+  write_config("http://127.0.0.1:1", 0600);
+  EXPECT_NE(RunCommand(mount + "--server " + server_.url() + " " + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find("is for http://127.0.0.1:1"), std::string::npos) << out;
+  EXPECT_FALSE(IsMounted(mnt));
+
+  // The command line and the environment come first.
+  write_config(server_.url(), 0600);
+  EXPECT_NE(RunCommand(mount + "--token wrong " + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find("unknown or revoked token"), std::string::npos) << out;
+  EXPECT_NE(RunCommand("TIDEFS_TOKEN=wrong " + mount.substr(std::string("env -u TIDEFS_TOKEN ").size()) + mnt + " 2>&1",
+                       &out),
+            0);
+  EXPECT_NE(out.find("unknown or revoked token"), std::string::npos) << out;
+  // A config file named on the command line must exist; a bad line is named.
+  EXPECT_NE(RunCommand(mount + "--config " + dir_ + "/none " + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find(dir_ + "/none"), std::string::npos) << out;
+  std::ofstream(config) << "[demo]\nsever = " << server_.url() << "\n";
+  EXPECT_NE(RunCommand(mount + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find(config + " line 2: unknown key \"sever\""), std::string::npos) << out;
+  EXPECT_FALSE(IsMounted(mnt));
+}
+
 TEST_F(MountTest, AMountpointThroughASymlinkWithQuotesInItsNameMountsAndUnmounts) {
   Write("a.txt", "through the link\n");
   Import();
