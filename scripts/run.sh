@@ -24,15 +24,15 @@ URL="http://$LISTEN"
 # The mount and import read the server and token from here, so the token
 # stays off the command line (and out of `ps`).
 CONFIG=$PWD/.demo/config
+rm -f "$CONFIG"
 (umask 077; printf '[demo]\nserver = %s\ntoken = %s\n' "$URL" "$TOKEN" >"$CONFIG")
-chmod 600 "$CONFIG"
 
 "$BIN" serve --data "$DATA" --listen "$LISTEN" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null' EXIT INT TERM
 for _ in $(seq 100); do curl -fs "$URL/healthz" >/dev/null && break; sleep 0.1; done
 
-if [ -z "$(curl -fs -H "Authorization: Bearer $TOKEN" "$URL/v1/projects/demo/nodes?limit=1" | grep -o '"id"')" ]; then
+if [ -z "$(curl -fs -H @<(printf 'Authorization: Bearer %s\n' "$TOKEN") "$URL/v1/projects/demo/nodes?limit=1" | grep -o '"id"')" ]; then
   SEED=$(mktemp -d)
   mkdir -p "$SEED/docs"
   printf 'Welcome to tidefs.\nThis project lives on the server at %s.\n' "$URL" >"$SEED/README.txt"

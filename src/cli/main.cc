@@ -40,34 +40,52 @@ Status ParseListen(const std::string& listen, std::string* host, uint16_t* port)
   return Status::Ok();
 }
 
-// Fills what the command line left out of the server, token and device:
-// the token from $TIDEFS_TOKEN, then all three from the project's section
-// of the config file. A section's token only goes to the server it names.
+// Fills what the command line left out of the server, token and device
+// from the project's section of the config file and $TIDEFS_TOKEN. A
+// section's token belongs to its server: it is used (before the
+// environment's) when that is the server in use, and never sent to
+// another. `token_source` says where the token came from, for errors.
 Status ResolveClient(ClientOptions* co, std::string* device, const std::string& token_flag,
-                     const std::string& config_flag) {
-  const std::string path = config_flag.empty() ? DefaultConfigPath() : config_flag;
+                     const std::string& config_flag, std::string* token_source) {
+  co->token = token_flag;
+  *token_source = "--token";
+  // With both on the command line, a default config file is not read (its
+  // mistakes cannot stop a command that does not need it).
+  const bool need = !config_flag.empty() || co->server.empty() || co->token.empty();
+  const std::string path = !need ? "" : config_flag.empty() ? DefaultConfigPath() : config_flag;
   ASSIGN_OR_RETURN(Config config, LoadConfig(path, !config_flag.empty()));
   const auto it = config.find(co->project);
   const ProjectConfig* p = it == config.end() ? nullptr : &it->second;
-  const std::string where = p ? "[" + co->project + "] in " + path : "";
+  const std::string where = "[" + co->project + "] in " + path;
   if (co->server.empty() && p) co->server = p->server;
   if (co->server.empty())
     return Status::Invalid("no server: pass --server URL" +
-                           (path.empty() ? std::string() : ", or set server = URL under [" + co->project + "] in " + path));
-  if (device && device->empty() && p) *device = p->device;
-  co->token = token_flag;
-  if (co->token.empty())
-    if (const char* env = std::getenv("TIDEFS_TOKEN")) co->token = env;
-  if (co->token.empty() && p && !p->token.empty()) {
-    if (!p->server.empty() && !SameServer(p->server, co->server))
-      return Status::Invalid("no token for " + co->server + ": the token under " + where + " is for " + p->server +
-                             "; pass --token or set TIDEFS_TOKEN");
+                           (path.empty() ? std::string() : ", or set server = URL under " + where));
+  const bool section_server = p && !p->server.empty() && SameServer(p->server, co->server);
+  if (device && device->empty() && section_server) *device = p->device;
+  if (co->token.empty() && section_server && !p->token.empty()) {
     co->token = p->token;
+    *token_source = "token under " + where;
   }
   if (co->token.empty())
+    if (const char* env = std::getenv("TIDEFS_TOKEN"); env && *env) {
+      co->token = env;
+      *token_source = "$TIDEFS_TOKEN";
+    }
+  if (co->token.empty()) {
+    if (p && !p->token.empty())
+      return Status::Invalid("no token for " + co->server + ": the token under " + where + " is for " + p->server +
+                             "; pass --token or set TIDEFS_TOKEN");
     return Status::Invalid("no token: pass --token, set TIDEFS_TOKEN" +
-                           (path.empty() ? std::string() : ", or set token = T under [" + co->project + "] in " + path));
+                           (path.empty() ? std::string() : ", or set token = T under " + where));
+  }
   return Status::Ok();
+}
+
+// An answer the server refused names where the token came from.
+Status WithTokenSource(Status st, const std::string& source) {
+  if (st.code() != Code::kUnauthenticated) return st;
+  return Status(st.code(), st.message() + " (the token came from " + source + ")");
 }
 
 }  // namespace
@@ -225,7 +243,9 @@ int main(int argc, char** argv) {
     auto size = ParseSize(cache_size);
     if (!size.ok()) return Fail(Status::Invalid("--cache-size: " + size.status().message()));
     mo.cache_bytes = *size;
-    if (Status st = ResolveClient(&mo.client, &mo.device, mount_token, mount_config); !st.ok()) return Fail(st);
+    std::string token_source;
+    if (Status st = ResolveClient(&mo.client, &mo.device, mount_token, mount_config, &token_source); !st.ok())
+      return Fail(st);
     if (!mo.foreground) {
       // Return once the tree is visible; the child serves in the background.
       int fds[2];
@@ -268,7 +288,7 @@ int main(int argc, char** argv) {
       (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
     mo.send_ahead = !no_send_ahead;
-    if (Status st = RunMount(mo); !st.ok()) return Fail(st);
+    if (Status st = RunMount(mo); !st.ok()) return Fail(WithTokenSource(st, token_source));
     return 0;
   }
   if (*status) {
@@ -286,11 +306,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (*import) {
-    if (Status st = ResolveClient(&co, nullptr, import_token, import_config); !st.ok()) return Fail(st);
+    std::string token_source;
+    if (Status st = ResolveClient(&co, nullptr, import_token, import_config, &token_source); !st.ok()) return Fail(st);
     io.progress = isatty(STDERR_FILENO);
     ApiClient client(co);
     ImportStats stats;
-    if (Status st = Import(&client, io, &stats); !st.ok()) return Fail(st);
+    if (Status st = Import(&client, io, &stats); !st.ok()) return Fail(WithTokenSource(st, token_source));
     printf("imported %llu files, %llu dirs, %llu symlinks (%llu unchanged); %.1f MB read, %llu blocks (%.1f MB) sent in %llu commits\n",
            (unsigned long long)stats.files, (unsigned long long)stats.dirs, (unsigned long long)stats.symlinks,
            (unsigned long long)stats.unchanged, stats.bytes / 1e6, (unsigned long long)stats.blocks_sent,

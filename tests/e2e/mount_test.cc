@@ -1488,44 +1488,61 @@ TEST_F(MountTest, TheConfigFileGivesTheServerAndTokenOnlyToItsOwnServer) {
                           << "\n";
     ASSERT_EQ(chmod(config.c_str(), mode), 0);
   };
-  // No --server, no --token, no TIDEFS_TOKEN: all from the config file.
-  const std::string env = "env -u TIDEFS_TOKEN XDG_CONFIG_HOME=" + xdg + " ";
-  const std::string mount = env + TIDEFS_BINARY + " mount --project demo --cache-dir " + dir_ + "/cache ";
+  // `env_token`: TIDEFS_TOKEN's value, or none.
+  auto tidefs = [&](const std::string& env_token) {
+    return (env_token.empty() ? std::string("env -u TIDEFS_TOKEN ") : "env TIDEFS_TOKEN=" + env_token + " ") +
+           "XDG_CONFIG_HOME=" + xdg + " " + TIDEFS_BINARY;
+  };
+  const std::string mount_args = " mount --project demo --cache-dir " + dir_ + "/cache ";
+  auto unmount = [&] {
+    std::string out;
+    ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + mnt + " 2>&1", &out), 0) << out;
+    ASSERT_FALSE(IsMounted(mnt));
+  };
   std::string out;
+  // No --server, no --token, no TIDEFS_TOKEN: both from the config file.
   write_config(server_.url() + "/", 0600);
-  ASSERT_EQ(RunCommand(mount + mnt + " 2>&1", &out), 0) << out;
+  ASSERT_EQ(RunCommand(tidefs("") + mount_args + mnt + " 2>&1", &out), 0) << out;
   ASSERT_TRUE(IsMounted(mnt));
   EXPECT_EQ(ReadAll(mnt + "/a.txt"), "from the config\n");
-  ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + mnt + " 2>&1", &out), 0) << out;
-  ASSERT_FALSE(IsMounted(mnt));
-
+  // import reads it too.
+  fs::create_directories(dir_ + "/more");
+  std::ofstream(dir_ + "/more/b.txt") << "imported with the config\n";
+  ASSERT_EQ(RunCommand(tidefs("") + " import --project demo " + dir_ + "/more more 2>&1", &out), 0) << out;
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(mnt + "/more/b.txt") == "imported with the config\n"; }));
+  unmount();
+  // The section's token is for its server: ahead of TIDEFS_TOKEN there...
+  ASSERT_EQ(RunCommand(tidefs("wrong") + mount_args + mnt + " 2>&1", &out), 0) << out;
+  unmount();
+  // ...and never sent to another: TIDEFS_TOKEN (or nothing) is used then.
+  write_config("http://127.0.0.1:1", 0600);
+  EXPECT_NE(RunCommand(tidefs("") + mount_args + "--server " + server_.url() + " " + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find("the token under [demo] in " + config + " is for http://127.0.0.1:1"), std::string::npos) << out;
+  EXPECT_NE(RunCommand(tidefs("wrong") + mount_args + "--server " + server_.url() + " " + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find("unknown or revoked token (the token came from $TIDEFS_TOKEN)"), std::string::npos) << out;
+  EXPECT_FALSE(IsMounted(mnt));
+  // --token comes first.
+  write_config(server_.url(), 0600);
+  EXPECT_NE(RunCommand(tidefs("") + mount_args + "--token wrong " + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(out.find("unknown or revoked token (the token came from --token)"), std::string::npos) << out;
   // A token others may read is refused, saying how to fix it.
   write_config(server_.url(), 0644);
-  EXPECT_NE(RunCommand(mount + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(RunCommand(tidefs("") + mount_args + mnt + " 2>&1", &out), 0);
   EXPECT_NE(out.find("chmod 600 " + config), std::string::npos) << out;
-  EXPECT_FALSE(IsMounted(mnt));
-
-  // The section's token is for another server: it is not sent to this one.
-  write_config("http://127.0.0.1:1", 0600);
-  EXPECT_NE(RunCommand(mount + "--server " + server_.url() + " " + mnt + " 2>&1", &out), 0);
-  EXPECT_NE(out.find("is for http://127.0.0.1:1"), std::string::npos) << out;
-  EXPECT_FALSE(IsMounted(mnt));
-
-  // The command line and the environment come first.
-  write_config(server_.url(), 0600);
-  EXPECT_NE(RunCommand(mount + "--token wrong " + mnt + " 2>&1", &out), 0);
-  EXPECT_NE(out.find("unknown or revoked token"), std::string::npos) << out;
-  EXPECT_NE(RunCommand("TIDEFS_TOKEN=wrong " + mount.substr(std::string("env -u TIDEFS_TOKEN ").size()) + mnt + " 2>&1",
-                       &out),
-            0);
-  EXPECT_NE(out.find("unknown or revoked token"), std::string::npos) << out;
   // A config file named on the command line must exist; a bad line is named.
-  EXPECT_NE(RunCommand(mount + "--config " + dir_ + "/none " + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(RunCommand(tidefs("") + mount_args + "--config " + dir_ + "/none " + mnt + " 2>&1", &out), 0);
   EXPECT_NE(out.find(dir_ + "/none"), std::string::npos) << out;
   std::ofstream(config) << "[demo]\nsever = " << server_.url() << "\n";
-  EXPECT_NE(RunCommand(mount + mnt + " 2>&1", &out), 0);
+  EXPECT_NE(RunCommand(tidefs("") + mount_args + mnt + " 2>&1", &out), 0);
   EXPECT_NE(out.find(config + " line 2: unknown key \"sever\""), std::string::npos) << out;
   EXPECT_FALSE(IsMounted(mnt));
+  // With --server and --token given, the default file is not read at all.
+  ASSERT_EQ(RunCommand(tidefs("") + mount_args + "--server " + server_.url() + " --token " + server_.ro_token + " " +
+                           mnt + " 2>&1",
+                       &out),
+            0)
+      << out;
+  unmount();
 }
 
 TEST_F(MountTest, AMountpointThroughASymlinkWithQuotesInItsNameMountsAndUnmounts) {
