@@ -2,9 +2,11 @@
 // and had not saved in its databases yet, and the next Open replays it
 // exactly once; a torn or damaged end is set aside, never dropped.
 #include "client/local_state.h"
+#include "core/sqlite.h"
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -69,6 +71,64 @@ class LocalStateTest : public ::testing::Test {
 
   std::string dir_;
 };
+
+// A directory's entries come from one covering index (a cold listing
+// reads a few pages, not one per entry); a cache made before it gets it
+// on its next open, and the listing is the same.
+TEST_F(LocalStateTest, ListingsComeFromTheCoveringIndexAlsoForAnOlderCache) {
+  Snapshot snap;
+  snap.seq = 7;
+  for (uint64_t i = 0; i < 50; ++i) {
+    NodeRecord n;
+    n.id = 1000 + (i * 7919) % 50;  // ids out of name order, as random ids are
+    n.parent = i < 40 ? kRootId : 1000;
+    n.name = "n" + std::to_string(i);
+    n.kind = i == 0 ? NodeKind::kDir : NodeKind::kFile;
+    n.size = i;
+    snap.nodes.push_back(n);
+  }
+  auto names = [](const std::vector<NodeRecord>& v) {
+    std::vector<std::string> out;
+    for (const auto& n : v) out.push_back(n.name + "/" + std::to_string(n.id) + "/" + std::to_string(n.size));
+    return out;
+  };
+  std::vector<std::string> root, sub;
+  {
+    auto s = Open();
+    ASSERT_TRUE(s->SaveSnapshot(snap).ok());
+    auto r = s->Children(kRootId), d = s->Children(1000);
+    ASSERT_TRUE(r.ok() && d.ok());
+    root = names(*r);
+    sub = names(*d);
+    EXPECT_EQ(root.size(), 40u);
+    EXPECT_EQ(sub.size(), 10u);
+    EXPECT_TRUE(std::is_sorted(root.begin(), root.end()));
+  }
+  auto indexes = [&] {
+    auto db = Db::Open(dir_ + "/state.db", false);
+    EXPECT_TRUE(db.ok());
+    std::string out;
+    auto q = (*db)->Prepare("SELECT name FROM sqlite_schema WHERE type='index' AND tbl_name='nodes' ORDER BY name");
+    EXPECT_TRUE(q.ok());
+    while (q->Step()) out += q->Text(0) + " ";
+    return out;
+  };
+  EXPECT_EQ(indexes(), "nodes_listing ");
+  {  // The schema of an older cache: (parent, name) only.
+    auto db = Db::Open(dir_ + "/state.db", false);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("DROP INDEX nodes_listing; CREATE INDEX nodes_parent ON nodes(parent, name)").ok());
+  }
+  EXPECT_EQ(indexes(), "nodes_parent ");
+  {
+    auto s = Open();  // (exclusive: the schema is looked at once it is closed)
+    auto r = s->Children(kRootId), d = s->Children(1000);
+    ASSERT_TRUE(r.ok() && d.ok());
+    EXPECT_EQ(names(*r), root);
+    EXPECT_EQ(names(*d), sub);
+  }
+  EXPECT_EQ(indexes(), "nodes_listing ");
+}
 
 TEST_F(LocalStateTest, AKilledMountsLoggedChangesAreReplayedOnce) {
   {
