@@ -2,6 +2,10 @@
 
 #include <zstd.h>
 
+#include <algorithm>
+#include <iterator>
+#include <memory>
+
 #include "core/bytes.h"
 #include "core/names.h"
 
@@ -15,47 +19,77 @@ constexpr uint64_t kMaxRecordBytes = 8 + 8 + 1 + 10 * 6 + 3 + kMaxNameBytes + 3 
 
 }  // namespace
 
-std::string EncodeSnapshot(uint64_t seq, const std::vector<NodeRecord>& nodes, int zstd_level) {
-  std::string raw;
-  raw.reserve(nodes.size() * 40);
-  ByteWriter w(&raw);
-  for (const auto& n : nodes) w.U64(n.parent);
-  for (const auto& n : nodes) w.U64(n.id);
-  for (const auto& n : nodes) w.U8(static_cast<uint8_t>(n.kind));
-  for (const auto& n : nodes) w.Varint(n.mode);
-  for (const auto& n : nodes) w.Varint(n.size);
-  int64_t prev_mtime = 0;
-  for (const auto& n : nodes) {
-    w.ZigZag(static_cast<int64_t>(static_cast<uint64_t>(n.mtime_ns) - static_cast<uint64_t>(prev_mtime)));
-    prev_mtime = n.mtime_ns;
-  }
-  for (const auto& n : nodes) w.Varint(n.version);
-  uint64_t prev_seq = 0;
-  for (const auto& n : nodes) {
-    w.ZigZag(static_cast<int64_t>(n.seq - prev_seq));
-    prev_seq = n.seq;
-  }
-  for (const auto& n : nodes) w.LengthPrefixed(n.name);
-  for (const auto& n : nodes)
-    if (n.kind == NodeKind::kSymlink) w.LengthPrefixed(n.target);
+void SnapshotEncoder::Reserve(uint64_t nodes) {
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(nodes, kMaxSnapshotNodes));
+  parent_.reserve(8 * n);
+  id_.reserve(8 * n);
+  kind_.reserve(n);
+  mode_.reserve(3 * n);
+  size_.reserve(3 * n);
+  mtime_.reserve(2 * n);
+  version_.reserve(n);
+  seq_.reserve(2 * n);
+  name_.reserve(12 * n);
+}
 
+void SnapshotEncoder::Add(const NodeRecord& n) {
+  ByteWriter(&parent_).U64(n.parent);
+  ByteWriter(&id_).U64(n.id);
+  ByteWriter(&kind_).U8(static_cast<uint8_t>(n.kind));
+  ByteWriter(&mode_).Varint(n.mode);
+  ByteWriter(&size_).Varint(n.size);
+  ByteWriter(&mtime_).ZigZag(static_cast<int64_t>(static_cast<uint64_t>(n.mtime_ns) - static_cast<uint64_t>(prev_mtime_)));
+  prev_mtime_ = n.mtime_ns;
+  ByteWriter(&version_).Varint(n.version);
+  ByteWriter(&seq_).ZigZag(static_cast<int64_t>(n.seq - prev_seq_));
+  prev_seq_ = n.seq;
+  ByteWriter(&name_).LengthPrefixed(n.name);
+  if (n.kind == NodeKind::kSymlink) ByteWriter(&target_).LengthPrefixed(n.target);
+  ++count_;
+}
+
+std::string SnapshotEncoder::Finish(uint64_t seq, int zstd_level) const {
   std::string out;
   ByteWriter h(&out);
   h.Bytes(std::string_view(kMagic, 8));
   h.U32(kSnapshotFormat);
   h.U32(0);
   h.U64(seq);
-  h.U64(nodes.size());
-  size_t bound = ZSTD_compressBound(raw.size());
-  out.resize(kSnapshotHeaderSize + bound);
-  // The frame checksum makes any flipped bit a decode error.
+  h.U64(count_);
+  const std::string* columns[] = {&parent_, &id_, &kind_, &mode_, &size_, &mtime_, &version_, &seq_, &name_, &target_};
+  size_t raw = 0;
+  for (const std::string* c : columns) raw += c->size();
+  // One frame fed column by column: the columns are never copied together,
+  // and the room for the worst case is not zero-filled first.
+  const size_t bound = ZSTD_compressBound(raw);
+  std::unique_ptr<char[]> frame = std::make_unique_for_overwrite<char[]>(bound);
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, zstd_level);
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
-  size_t n = ZSTD_compress2(cctx, out.data() + kSnapshotHeaderSize, bound, raw.data(), raw.size());
+  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);  // any flipped bit is a decode error
+  ZSTD_CCtx_setPledgedSrcSize(cctx, raw);                 // (and the frame says its size)
+  ZSTD_outBuffer dst{frame.get(), bound, 0};
+  bool ok = true;
+  for (size_t i = 0; ok && i < std::size(columns); ++i) {
+    ZSTD_inBuffer src{columns[i]->data(), columns[i]->size(), 0};
+    const bool last = i + 1 == std::size(columns);
+    for (;;) {
+      const size_t left = ZSTD_compressStream2(cctx, &dst, &src, last ? ZSTD_e_end : ZSTD_e_continue);
+      if (ZSTD_isError(left) || (dst.pos == dst.size && left != 0)) {  // (the bound makes room for all)
+        ok = false;
+        break;
+      }
+      if (last ? left == 0 : src.pos == src.size) break;
+    }
+  }
   ZSTD_freeCCtx(cctx);
-  out.resize(kSnapshotHeaderSize + (ZSTD_isError(n) ? 0 : n));
+  if (ok) out.append(frame.get(), dst.pos);
   return out;
+}
+
+std::string EncodeSnapshot(uint64_t seq, const std::vector<NodeRecord>& nodes, int zstd_level) {
+  SnapshotEncoder e;
+  for (const auto& n : nodes) e.Add(n);
+  return e.Finish(seq, zstd_level);
 }
 
 Result<Snapshot> DecodeSnapshot(std::string_view bytes) {

@@ -26,6 +26,25 @@ struct Snapshot {
   std::vector<NodeRecord> nodes;
 };
 
+// Builds a snapshot one node at a time, column by column, without holding
+// the nodes themselves (a server lists a million of them for one).
+class SnapshotEncoder {
+ public:
+  // Room for about `nodes` nodes (a guess: the last snapshot's count).
+  void Reserve(uint64_t nodes);
+  void Add(const NodeRecord& n);
+  uint64_t count() const { return count_; }
+  // The snapshot of the nodes added, in the order added.
+  std::string Finish(uint64_t seq, int zstd_level = 3) const;
+
+ private:
+  // The columns, in snapshot order.
+  std::string parent_, id_, kind_, mode_, size_, mtime_, version_, seq_, name_, target_;
+  uint64_t count_ = 0;
+  int64_t prev_mtime_ = 0;
+  uint64_t prev_seq_ = 0;
+};
+
 // Encodes `nodes` in the order given (sorting by parent, name compresses best).
 std::string EncodeSnapshot(uint64_t seq, const std::vector<NodeRecord>& nodes, int zstd_level = 3);
 

@@ -76,6 +76,11 @@ class Stmt {
     auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
     return p ? std::string(p, sqlite3_column_bytes(s_, col)) : std::string();
   }
+  // Valid until the next Step, Reset or column call on this statement.
+  std::string_view TextView(int col) const {
+    auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
+    return p ? std::string_view(p, sqlite3_column_bytes(s_, col)) : std::string_view();
+  }
   std::string_view Blob(int col) const {
     auto* p = static_cast<const char*>(sqlite3_column_blob(s_, col));
     return p ? std::string_view(p, sqlite3_column_bytes(s_, col)) : std::string_view();

@@ -94,8 +94,9 @@ class MetadataStore {
   // Live children of `parent` with name > after, by name; at most `limit`.
   virtual Result<NodePage> ListChildren(int64_t project, uint64_t parent, std::string_view after, int limit) = 0;
   virtual Result<ChangesPage> Changes(int64_t project, uint64_t since, int limit) = 0;
-  // Every live node at one consistent seq, sorted by (parent, name).
-  virtual Result<Snapshot> ReadSnapshot(int64_t project) = 0;
+  // Every live node at one consistent seq, sorted by (parent, name), to
+  // `each` one by one (the record is reused: copy what you keep); the seq.
+  virtual Result<uint64_t> ForEachLiveNode(int64_t project, const std::function<void(const NodeRecord&)>& each) = 0;
   virtual Result<NodeRecord> GetNode(int64_t project, uint64_t id) = 0;
   // version 0 means the current one.
   virtual Result<Manifest> GetManifest(int64_t project, uint64_t id, uint64_t version, uint64_t* version_out) = 0;

@@ -73,13 +73,18 @@ Result<std::shared_ptr<const EncodedSnapshot>> SnapshotCache::Get(int64_t projec
     if (e->current && e->current->seq >= head) return e->current;
   }
   auto t0 = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(Snapshot snap, store_->ReadSnapshot(project));
+  SnapshotEncoder encoder;
+  {
+    std::lock_guard lock(mu_);
+    if (e->current) encoder.Reserve(e->current->nodes);
+  }
+  ASSIGN_OR_RETURN(uint64_t seq, store_->ForEachLiveNode(project, [&](const NodeRecord& n) { encoder.Add(n); }));
   auto out = std::make_shared<EncodedSnapshot>();
-  out->seq = snap.seq;
-  out->nodes = snap.nodes.size();
-  out->bytes = EncodeSnapshot(snap.seq, snap.nodes);
-  spdlog::info("built snapshot of project {} at seq {}: {} nodes, {} bytes in {} ms", project, snap.seq,
-               snap.nodes.size(), out->bytes.size(),
+  out->seq = seq;
+  out->nodes = encoder.count();
+  out->bytes = encoder.Finish(seq);
+  spdlog::info("built snapshot of project {} at seq {}: {} nodes, {} bytes in {} ms", project, seq,
+               encoder.count(), out->bytes.size(),
                std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
   std::lock_guard lock(mu_);
   e->current = out;

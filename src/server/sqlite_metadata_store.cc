@@ -25,19 +25,24 @@ int64_t NowNs() {
 constexpr const char* kNodeCols =
     "id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target";
 
+void ReadNodeInto(const Stmt& s, NodeRecord* n, int c = 0) {
+  n->id = s.U64(c);
+  n->parent = s.U64(c + 1);
+  n->name = s.TextView(c + 2);
+  n->kind = static_cast<NodeKind>(s.Int(c + 3));
+  n->mode = static_cast<uint32_t>(s.Int(c + 4));
+  n->size = s.U64(c + 5);
+  n->mtime_ns = s.Int(c + 6);
+  n->version = s.U64(c + 7);
+  n->seq = s.U64(c + 8);
+  n->deleted = s.Int(c + 9) != 0;
+  if (s.IsNull(c + 10)) n->target.clear();
+  else n->target = s.TextView(c + 10);
+}
+
 NodeRecord ReadNode(const Stmt& s, int c = 0) {
   NodeRecord n;
-  n.id = s.U64(c);
-  n.parent = s.U64(c + 1);
-  n.name = s.Text(c + 2);
-  n.kind = static_cast<NodeKind>(s.Int(c + 3));
-  n.mode = static_cast<uint32_t>(s.Int(c + 4));
-  n.size = s.U64(c + 5);
-  n.mtime_ns = s.Int(c + 6);
-  n.version = s.U64(c + 7);
-  n.seq = s.U64(c + 8);
-  n.deleted = s.Int(c + 9) != 0;
-  if (!s.IsNull(c + 10)) n.target = s.Text(c + 10);
+  ReadNodeInto(s, &n, c);
   return n;
 }
 
@@ -249,15 +254,18 @@ class SqliteMetadataStore final : public MetadataStore {
     });
   }
 
-  Result<Snapshot> ReadSnapshot(int64_t project) override {
-    return WithReader<Snapshot>([&](Conn& c) -> Result<Snapshot> {
-      Snapshot snap;
-      ASSIGN_OR_RETURN(snap.seq, SeqOn(c, project));
+  Result<uint64_t> ForEachLiveNode(int64_t project, const std::function<void(const NodeRecord&)>& each) override {
+    return WithReader<uint64_t>([&](Conn& c) -> Result<uint64_t> {
+      ASSIGN_OR_RETURN(uint64_t seq, SeqOn(c, project));
       ASSIGN_OR_RETURN(Stmt * s, c.Get(kAllLive));
       s->Bind(1, project);
-      while (s->Step()) snap.nodes.push_back(ReadNode(*s));
+      NodeRecord n;  // one record, its strings' room reused row after row
+      while (s->Step()) {
+        ReadNodeInto(*s, &n);
+        each(n);
+      }
       RETURN_IF_ERROR(s->status());
-      return snap;
+      return seq;
     });
   }
 
