@@ -41,6 +41,14 @@ char* MapBig(size_t size) {
   return p;
 }
 
+void PopulateBig(void* p, size_t len) {
+  const auto start = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t from = (start + kHugePage - 1) & ~(kHugePage - 1), to = (start + len) & ~(kHugePage - 1);
+  if (to <= from) return;
+  (void)::madvise(reinterpret_cast<void*>(from), to - from, MADV_HUGEPAGE);
+  (void)::madvise(reinterpret_cast<void*>(from), to - from, MADV_POPULATE_WRITE);
+}
+
 void UnmapBig(char* p, size_t size) {
   if (p) ::munmap(p, MappedLength(size));
 }

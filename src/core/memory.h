@@ -27,6 +27,11 @@ void TuneMallocForLargeBuffers();
 char* MapBig(size_t size);
 void UnmapBig(char* p, size_t size);
 
+// The same for memory already allocated and not yet touched (a vector
+// reserved for a million records): the whole huge pages inside
+// [p, p + len) are asked for as such and populated at once.
+void PopulateBig(void* p, size_t len);
+
 // A MapBig buffer that owns its memory (move-only).
 class BigBuffer {
  public:
