@@ -27,7 +27,8 @@ constexpr char kNodeColumns[] = "id, parent, name, kind, mode, size, mtime_ns, v
 // a few pages, not a page per entry scattered over the table (node ids are
 // random; a cold listing of 1,000 entries read 1,000 pages from the disk).
 constexpr char kCreateListingIndex[] =
-    "CREATE INDEX IF NOT EXISTS nodes_listing ON nodes(parent, name, id, kind, mode, size, mtime_ns, version, seq, target)";
+    "CREATE INDEX IF NOT EXISTS nodes_listing ON nodes(parent, name, kind, mode, size, mtime_ns, version, seq, target)";
+// (id, the rowid, is in every index entry already.)
 
 NodeRecord ReadNode(const Stmt& s) {
   NodeRecord n;
@@ -68,8 +69,6 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
       " version INTEGER NOT NULL, seq INTEGER NOT NULL, target TEXT);"
       "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, flush INTEGER NOT NULL,"
       " op TEXT NOT NULL);"));
-  // (Replaces nodes_parent: built once on the first open of an older cache.)
-  RETURN_IF_ERROR(db->Exec(std::string(kCreateListingIndex) + "; DROP INDEX IF EXISTS nodes_parent"));
   {
     // (Statements done before the replay writes.)
     ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT value FROM meta WHERE key='project'"));
@@ -83,6 +82,24 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
       ASSIGN_OR_RETURN(Stmt ins, db->Prepare("INSERT INTO meta(key, value) VALUES('project', ?1)"));
       ins.Bind(1, project);
       RETURN_IF_ERROR(ins.Run());
+    }
+  }
+  // The listing index replaces nodes_parent (parent, name): an older cache
+  // builds it once here. If it cannot (a full disk), the old one serves,
+  // for the mount must start, if only so that files can be deleted.
+  {
+    ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT 1 FROM sqlite_schema WHERE type='index' AND name='nodes_listing'"));
+    const bool have = q.Step();
+    RETURN_IF_ERROR(q.status());
+    if (!have) {
+      spdlog::debug("building the listing index of {}", path);
+      Status st = db->Exec(kCreateListingIndex);
+      if (st.ok()) st = db->Exec("DROP INDEX IF EXISTS nodes_parent");
+      if (!st.ok()) {
+        spdlog::warn("{}: cannot build the listing index ({}); listings use the older one until it can be built",
+                     path, st.ToString());
+        RETURN_IF_ERROR(db->Exec("CREATE INDEX IF NOT EXISTS nodes_parent ON nodes(parent, name)"));
+      }
     }
   }
   std::string files_path = path;
@@ -369,7 +386,7 @@ Result<std::optional<NodeRecord>> LocalState::GetNode(uint64_t id) {
 Result<std::vector<NodeRecord>> LocalState::Children(uint64_t parent) {
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare(std::string("SELECT ") + kNodeColumns +
-                                        " FROM nodes INDEXED BY nodes_listing WHERE parent=?1 ORDER BY name"));
+                                        " FROM nodes WHERE parent=?1 ORDER BY name"));
   s.Bind(1, parent);
   std::vector<NodeRecord> out;
   while (s.Step()) {
@@ -390,7 +407,8 @@ Status LocalState::SaveSnapshot(const Snapshot& snap) {
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
   // Rows first, index after: one sorted build instead of a million inserts into it.
-  RETURN_IF_ERROR(db_->Exec("DELETE FROM meta WHERE key='cursor'; DELETE FROM nodes; DROP INDEX IF EXISTS nodes_listing"));
+  RETURN_IF_ERROR(db_->Exec("DELETE FROM meta WHERE key='cursor'; DELETE FROM nodes;"
+                            " DROP INDEX IF EXISTS nodes_listing; DROP INDEX IF EXISTS nodes_parent"));
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare(kUpsertNode));
   for (const auto& n : snap.nodes) {
     BindNode(s, n);

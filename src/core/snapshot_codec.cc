@@ -49,7 +49,7 @@ void SnapshotEncoder::Add(const NodeRecord& n) {
   ++count_;
 }
 
-std::string SnapshotEncoder::Finish(uint64_t seq, int zstd_level) const {
+Result<std::string> SnapshotEncoder::Finish(uint64_t seq, int zstd_level) const {
   std::string out;
   ByteWriter h(&out);
   h.Bytes(std::string_view(kMagic, 8));
@@ -65,11 +65,13 @@ std::string SnapshotEncoder::Finish(uint64_t seq, int zstd_level) const {
   const size_t bound = ZSTD_compressBound(raw);
   std::unique_ptr<char[]> frame = std::make_unique_for_overwrite<char[]>(bound);
   ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  if (!cctx) return Status::Internal("snapshot: no memory for a zstd context");
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, zstd_level);
   ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);  // any flipped bit is a decode error
   ZSTD_CCtx_setPledgedSrcSize(cctx, raw);                 // (and the frame says its size)
   ZSTD_outBuffer dst{frame.get(), bound, 0};
   bool ok = true;
+  size_t err = 0;
   for (size_t i = 0; ok && i < std::size(columns); ++i) {
     ZSTD_inBuffer src{columns[i]->data(), columns[i]->size(), 0};
     const bool last = i + 1 == std::size(columns);
@@ -77,20 +79,25 @@ std::string SnapshotEncoder::Finish(uint64_t seq, int zstd_level) const {
       const size_t left = ZSTD_compressStream2(cctx, &dst, &src, last ? ZSTD_e_end : ZSTD_e_continue);
       if (ZSTD_isError(left) || (dst.pos == dst.size && left != 0)) {  // (the bound makes room for all)
         ok = false;
+        err = left;
         break;
       }
       if (last ? left == 0 : src.pos == src.size) break;
     }
   }
   ZSTD_freeCCtx(cctx);
-  if (ok) out.append(frame.get(), dst.pos);
+  if (!ok)
+    return Status::Internal(std::string("snapshot: zstd failed: ") +
+                            (ZSTD_isError(err) ? ZSTD_getErrorName(err) : "the output did not fit its bound"));
+  out.append(frame.get(), dst.pos);
   return out;
 }
 
 std::string EncodeSnapshot(uint64_t seq, const std::vector<NodeRecord>& nodes, int zstd_level) {
   SnapshotEncoder e;
   for (const auto& n : nodes) e.Add(n);
-  return e.Finish(seq, zstd_level);
+  auto out = e.Finish(seq, zstd_level);
+  return out.ok() ? std::move(*out) : std::string();  // (only without memory: an empty blob no decoder takes)
 }
 
 Result<Snapshot> DecodeSnapshot(std::string_view bytes) {

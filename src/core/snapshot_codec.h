@@ -35,7 +35,7 @@ class SnapshotEncoder {
   void Add(const NodeRecord& n);
   uint64_t count() const { return count_; }
   // The snapshot of the nodes added, in the order added.
-  std::string Finish(uint64_t seq, int zstd_level = 3) const;
+  Result<std::string> Finish(uint64_t seq, int zstd_level = 3) const;
 
  private:
   // The columns, in snapshot order.

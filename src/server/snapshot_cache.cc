@@ -74,15 +74,17 @@ Result<std::shared_ptr<const EncodedSnapshot>> SnapshotCache::Get(int64_t projec
   }
   auto t0 = std::chrono::steady_clock::now();
   SnapshotEncoder encoder;
+  uint64_t last = 0;
   {
     std::lock_guard lock(mu_);
-    if (e->current) encoder.Reserve(e->current->nodes);
+    if (e->current) last = e->current->nodes;
   }
+  encoder.Reserve(last);
   ASSIGN_OR_RETURN(uint64_t seq, store_->ForEachLiveNode(project, [&](const NodeRecord& n) { encoder.Add(n); }));
   auto out = std::make_shared<EncodedSnapshot>();
   out->seq = seq;
   out->nodes = encoder.count();
-  out->bytes = encoder.Finish(seq);
+  ASSIGN_OR_RETURN(out->bytes, encoder.Finish(seq));  // (a failure is not kept: the next request tries again)
   spdlog::info("built snapshot of project {} at seq {}: {} nodes, {} bytes in {} ms", project, seq,
                encoder.count(), out->bytes.size(),
                std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());

@@ -95,6 +95,7 @@ TEST_F(LocalStateTest, ListingsComeFromTheCoveringIndexAlsoForAnOlderCache) {
   std::vector<std::string> root, sub;
   {
     auto s = Open();
+    ASSERT_NE(s, nullptr);
     ASSERT_TRUE(s->SaveSnapshot(snap).ok());
     auto r = s->Children(kRootId), d = s->Children(1000);
     ASSERT_TRUE(r.ok() && d.ok());
@@ -114,6 +115,18 @@ TEST_F(LocalStateTest, ListingsComeFromTheCoveringIndexAlsoForAnOlderCache) {
     return out;
   };
   EXPECT_EQ(indexes(), "nodes_listing ");
+  {  // The listing reads the index alone, never the table.
+    auto db = Db::Open(dir_ + "/state.db", false);
+    ASSERT_TRUE(db.ok());
+    auto q = (*db)->Prepare(
+        "EXPLAIN QUERY PLAN SELECT id, parent, name, kind, mode, size, mtime_ns, version, seq, target FROM nodes "
+        "WHERE parent=1 ORDER BY name");
+    ASSERT_TRUE(q.ok());
+    std::string plan;
+    while (q->Step()) plan += q->Text(3) + "\n";
+    EXPECT_NE(plan.find("USING COVERING INDEX nodes_listing"), std::string::npos) << plan;
+    EXPECT_EQ(plan.find("TEMP B-TREE"), std::string::npos) << plan;
+  }
   {  // The schema of an older cache: (parent, name) only.
     auto db = Db::Open(dir_ + "/state.db", false);
     ASSERT_TRUE(db.ok());
@@ -122,6 +135,7 @@ TEST_F(LocalStateTest, ListingsComeFromTheCoveringIndexAlsoForAnOlderCache) {
   EXPECT_EQ(indexes(), "nodes_parent ");
   {
     auto s = Open();  // (exclusive: the schema is looked at once it is closed)
+    ASSERT_NE(s, nullptr);
     auto r = s->Children(kRootId), d = s->Children(1000);
     ASSERT_TRUE(r.ok() && d.ok());
     EXPECT_EQ(names(*r), root);
