@@ -40,6 +40,7 @@
 
 #include "cache/chunk_cache.h"
 #include "client/local_state.h"
+#include "core/fd.h"
 #include "core/hash.h"
 #include "core/logging.h"
 #include "core/memory.h"
@@ -1362,10 +1363,7 @@ Status RunMount(const MountOptions& opts) {
   std::filesystem::create_directories(cache_dir, ec);
   if (ec) return Status::IoError("cannot create cache dir " + cache_dir + ": " + ec.message());
   ASSIGN_OR_RETURN(int lock_fd, LockCacheDir(cache_dir));
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } close_lock{lock_fd};
+  const Fd close_lock(lock_fd);
   ASSIGN_OR_RETURN(auto state, LocalState::Open(cache_dir + "/state.db", opts.client.project));
   Fs fs(&client, state.get());
   fs.state = state.get();

@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/fd.h"
+
 namespace tidefs {
 namespace {
 
@@ -99,17 +101,13 @@ std::string DefaultConfigPath() {
 Result<Config> LoadConfig(const std::string& path, bool must_exist) {
   if (path.empty() || path == "/dev/null") return Config{};  // (as ssh -F /dev/null: no config)
   // O_NONBLOCK: a FIFO in its place must not hang the command.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
+  const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  if (fd.get() < 0) {
     if (errno == ENOENT && !must_exist) return Config{};
     return Status::Invalid("cannot read the config file " + path + ": " + std::strerror(errno));
   }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
   struct stat st{};
-  if (::fstat(fd, &st) != 0) return Status::Invalid("cannot stat the config file " + path + ": " + std::strerror(errno));
+  if (::fstat(fd.get(), &st) != 0) return Status::Invalid("cannot stat the config file " + path + ": " + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) return Status::Invalid("the config file " + path + " is not a regular file");
   // It says where tokens go: only its owner (or root) may write it, as ssh
   // requires of its own config.
@@ -123,7 +121,7 @@ Result<Config> LoadConfig(const std::string& path, bool must_exist) {
   std::string text(static_cast<size_t>(st.st_size), '\0');
   size_t got = 0;
   while (got < text.size()) {
-    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    const ssize_t n = ::read(fd.get(), text.data() + got, text.size() - got);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return Status::Invalid("cannot read the config file " + path + ": " + std::strerror(errno));
     if (n == 0) break;

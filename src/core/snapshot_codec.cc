@@ -64,31 +64,22 @@ Result<std::string> SnapshotEncoder::Finish(uint64_t seq, int zstd_level) const 
   // and the room for the worst case is not zero-filled first.
   const size_t bound = ZSTD_compressBound(raw);
   std::unique_ptr<char[]> frame = std::make_unique_for_overwrite<char[]>(bound);
-  ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  const std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(), &ZSTD_freeCCtx);
   if (!cctx) return Status::Internal("snapshot: no memory for a zstd context");
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, zstd_level);
-  ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);  // any flipped bit is a decode error
-  ZSTD_CCtx_setPledgedSrcSize(cctx, raw);                 // (and the frame says its size)
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_compressionLevel, zstd_level);
+  ZSTD_CCtx_setParameter(cctx.get(), ZSTD_c_checksumFlag, 1);  // any flipped bit is a decode error
+  ZSTD_CCtx_setPledgedSrcSize(cctx.get(), raw);                 // (and the frame says its size)
   ZSTD_outBuffer dst{frame.get(), bound, 0};
-  bool ok = true;
-  size_t err = 0;
-  for (size_t i = 0; ok && i < std::size(columns); ++i) {
+  for (size_t i = 0; i < std::size(columns); ++i) {
     ZSTD_inBuffer src{columns[i]->data(), columns[i]->size(), 0};
     const bool last = i + 1 == std::size(columns);
     for (;;) {
-      const size_t left = ZSTD_compressStream2(cctx, &dst, &src, last ? ZSTD_e_end : ZSTD_e_continue);
-      if (ZSTD_isError(left) || (dst.pos == dst.size && left != 0)) {  // (the bound makes room for all)
-        ok = false;
-        err = left;
-        break;
-      }
+      const size_t left = ZSTD_compressStream2(cctx.get(), &dst, &src, last ? ZSTD_e_end : ZSTD_e_continue);
+      if (ZSTD_isError(left)) return Status::Internal(std::string("snapshot: zstd failed: ") + ZSTD_getErrorName(left));
       if (last ? left == 0 : src.pos == src.size) break;
+      if (dst.pos == dst.size) return Status::Internal("snapshot: zstd output over its bound");
     }
   }
-  ZSTD_freeCCtx(cctx);
-  if (!ok)
-    return Status::Internal(std::string("snapshot: zstd failed: ") +
-                            (ZSTD_isError(err) ? ZSTD_getErrorName(err) : "the output did not fit its bound"));
   out.append(frame.get(), dst.pos);
   return out;
 }

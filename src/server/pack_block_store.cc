@@ -22,22 +22,11 @@
 #include <zstd.h>
 
 #include "core/write_behind.h"
+#include "core/fd.h"
 #include "server/block_store.h"
 
 namespace tidefs {
 namespace {
-
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  Fd& operator=(Fd&& o) noexcept { std::swap(fd_, o.fd_); return *this; }
-  ~Fd() { if (fd_ >= 0) ::close(fd_); }
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 std::string Errno(const std::string& what) { return what + ": " + std::strerror(errno); }
 
