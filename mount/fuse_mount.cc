@@ -23,6 +23,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -61,6 +63,99 @@ constexpr double kAttrTimeout = 3600;
 // 1 MiB at a time, one FUSE request each (max_write and max_read match).
 constexpr blksize_t kIoSize = 1 << 20;
 
+// What the kernel caches (listings with cache_readdir, pages with
+// keep_cache) is dropped when it changes under it; but a reply built
+// before the change and taken in by the kernel just after the drop would
+// stay cached, stale, for good. So every drop is made again a moment later
+// (once the replies in flight have landed), and a directory handle opened
+// before a change reads the directory again when read from the start.
+class KernelDrops {
+ public:
+  static constexpr auto kAgainAfter = std::chrono::milliseconds(300);
+  explicit KernelDrops(std::atomic<fuse_session*>* se) : se_(se) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~KernelDrops() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  // off < 0: attributes only; len 0: to the end.
+  void Inode(uint64_t ino, int64_t off, int64_t len) {
+    Notify(ino, off, len);
+    // (Attributes need no second drop: the kernel orders those replies.)
+    if (off >= 0) Again(Key{ino, off, len});
+  }
+  void Listing(uint64_t dir) {
+    ++listing_gen;
+    Inode(dir, 0, 0);
+  }
+  void Entry(uint64_t parent, const std::string& name) {
+    if (fuse_session* se = se_->load()) (void)fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size());
+  }
+  // Moves on with every dropped listing.
+  std::atomic<uint64_t> listing_gen{0};
+
+ private:
+  struct Key {
+    uint64_t ino;
+    int64_t off, len;
+    bool operator==(const Key& o) const { return ino == o.ino && off == o.off && len == o.len; }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.ino ^ (static_cast<uint64_t>(k.off) << 20) ^ static_cast<uint64_t>(k.len)); }
+  };
+  void Notify(uint64_t ino, int64_t off, int64_t len) {
+    fuse_session* se = se_->load();
+    if (!se) return;
+    int rc = fuse_lowlevel_notify_inval_inode(se, ino, off, len);
+    if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating inode {} [{}, +{}): {}", ino, off, len, strerror(-rc));
+  }
+  void Again(Key k) {
+    const auto due = std::chrono::steady_clock::now() + kAgainAfter;
+    std::lock_guard lock(mu_);
+    // Once per key, after its last drop: each drop covers the replies
+    // before it.
+    due_[k] = due;
+    queue_.push_back({due, std::move(k)});
+    if (queue_.size() == 1) cv_.notify_one();
+  }
+  void Run() {
+    NameThread("tidefs-drops");
+    std::unique_lock lock(mu_);
+    for (;;) {
+      if (stop_) return;
+      if (queue_.empty()) {
+        cv_.wait(lock);
+        continue;
+      }
+      const auto due = queue_.front().first;
+      if (std::chrono::steady_clock::now() < due) {
+        cv_.wait_until(lock, due);
+        continue;
+      }
+      Key k = std::move(queue_.front().second);
+      queue_.pop_front();
+      auto it = due_.find(k);
+      if (it == due_.end() || it->second != due) continue;  // dropped again since: its own turn comes
+      due_.erase(it);
+      lock.unlock();  // the kernel may wait on a request that waits on Again
+      Notify(k.ino, k.off, k.len);
+      lock.lock();
+    }
+  }
+  std::atomic<fuse_session*>* se_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<std::chrono::steady_clock::time_point, Key>> queue_;
+  std::unordered_map<Key, std::chrono::steady_clock::time_point, KeyHash> due_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 struct Fs {
   Fs(ApiClient* c, LocalState* state) : client(c), tree(state) {}
   ApiClient* client;
@@ -89,6 +184,7 @@ struct Fs {
   std::string project, server, cache_dir, device;
   std::unique_ptr<WriteBack> wb;
   std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
+  KernelDrops drops{&se};
   LocalState* state = nullptr;
   // Requests answered, by kind (`tidefs status`).
   std::atomic<uint64_t> n_lookup{0}, n_getattr{0}, n_readdir{0}, n_open{0}, n_read{0}, read_bytes{0}, n_errors{0};
@@ -181,6 +277,7 @@ void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
 struct DirHandle {
   std::vector<NodeRecord> entries;
   uint64_t parent = 0;  // for ".."
+  uint64_t gen = 0;     // Fs::drops.listing_gen when taken
 };
 
 void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -188,12 +285,13 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto n = NodeOrReply(req, ino);
   if (!n) return;
   if (n->kind != NodeKind::kDir) return (void)fuse_reply_err(req, ENOTDIR);
+  const uint64_t gen = fs->drops.listing_gen;
   auto kids = fs->tree.Children(ino);
   if (!kids.ok()) {
     spdlog::error("listing directory {} failed: {}", ino, kids.status().ToString());
     return (void)fuse_reply_err(req, EIO);
   }
-  auto* h = new DirHandle{std::move(*kids), n->parent ? n->parent : ino};
+  auto* h = new DirHandle{std::move(*kids), n->parent ? n->parent : ino, gen};
   fi->fh = reinterpret_cast<uint64_t>(h);
   fi->cache_readdir = 1;
   fi->keep_cache = 1;
@@ -204,6 +302,20 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   Fs* fs = Self(req);
   fs->n_readdir++;
   auto* h = reinterpret_cast<DirHandle*>(fi->fh);
+  if (off == 0) {
+    // A listing dropped since the handle took its own: the kernel keeps
+    // what this reply holds, so it must be today's.
+    const uint64_t gen = fs->drops.listing_gen;
+    if (gen != h->gen) {
+      auto kids = fs->tree.Children(ino);
+      if (!kids.ok()) {
+        spdlog::error("listing directory {} failed: {}", ino, kids.status().ToString());
+        return (void)fuse_reply_err(req, EIO);
+      }
+      h->entries = std::move(*kids);
+      h->gen = gen;
+    }
+  }
   std::vector<char> buf(size);
   size_t used = 0;
   // Offsets: 1 is ".", 2 is "..", 3+i is entry i.
@@ -1471,21 +1583,14 @@ Status RunMount(const MountOptions& opts) {
       int rc = fuse_lowlevel_notify_delete(se, parent, child, name.data(), name.size());
       if (rc != 0 && rc != -ENOENT) spdlog::debug("announcing the delete of {}/{}: {}", parent, name, strerror(-rc));
     };
-    d.kernel.inval_inode = [&fs](uint64_t ino, int64_t off, int64_t len) {
-      fuse_session* se = fs.se;
-      if (!se) return;
-      int rc = fuse_lowlevel_notify_inval_inode(se, ino, off, len);
-      if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating inode {} [{}, +{}): {}", ino, off, len, strerror(-rc));
-    };
+    d.kernel.inval_inode = [&fs](uint64_t ino, int64_t off, int64_t len) { fs.drops.Inode(ino, off, len); };
+    d.kernel.inval_listing = [&fs](uint64_t dir) { fs.drops.Listing(dir); };
     fs.sync = std::make_unique<RemoteSync>(std::move(d));
     fs.live_sync = fs.sync.get();
   }
-  fs.wb->set_invalidate([&fs](uint64_t id) {
-    if (fuse_session* se = fs.se) (void)fuse_lowlevel_notify_inval_inode(se, id, 0, 0);
-  });
-  fs.wb->set_invalidate_entry([&fs](uint64_t parent, const std::string& name) {
-    if (fuse_session* se = fs.se) (void)fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size());
-  });
+  fs.wb->set_invalidate([&fs](uint64_t id) { fs.drops.Inode(id, 0, 0); });
+  fs.wb->set_invalidate_listing([&fs](uint64_t dir) { fs.drops.Listing(dir); });
+  fs.wb->set_invalidate_entry([&fs](uint64_t parent, const std::string& name) { fs.drops.Entry(parent, name); });
   fs.wb->set_progress([&fs](const std::string& path, uint64_t done, uint64_t total, double rate, bool end) {
     if (end) fs.sync->EndTransfer(true, path);
     else fs.sync->SetTransfer(Transfer{path, true, done, total, rate});

@@ -255,22 +255,22 @@ void RemoteSync::Notify(const std::vector<Change>& changes) {
     if (n.deleted) {
       if (!c.old) continue;
       k.deleted(c.old->parent, n.id, c.old->name);
-      k.inval_inode(c.old->parent, 0, 0);  // its cached listing
+      k.inval_listing(c.old->parent);
       if (!(d_.is_open && d_.is_open(n.id))) d_.cache->Forget(n.id);
       continue;
     }
     if (!c.old) {
       // New here: a negative entry the kernel may hold, and the listing.
       k.inval_entry(n.parent, n.name);
-      k.inval_inode(n.parent, 0, 0);
+      k.inval_listing(n.parent);
       continue;
     }
     const NodeRecord& o = *c.old;
     if (o.parent != n.parent || o.name != n.name) {
       k.inval_entry(o.parent, o.name);
-      k.inval_inode(o.parent, 0, 0);
+      k.inval_listing(o.parent);
       k.inval_entry(n.parent, n.name);
-      if (n.parent != o.parent) k.inval_inode(n.parent, 0, 0);
+      if (n.parent != o.parent) k.inval_listing(n.parent);
     }
     if (n.kind == NodeKind::kFile && o.version != n.version) {
       auto ranges = o.version ? d_.cache->ChangedRanges(o, n) : std::nullopt;

@@ -40,6 +40,8 @@ class RemoteSync {
     std::function<void(uint64_t parent, uint64_t child, const std::string& name)> deleted;
     // off < 0: attributes only; len 0: to the end.
     std::function<void(uint64_t ino, int64_t off, int64_t len)> inval_inode;
+    // A directory's cached listing.
+    std::function<void(uint64_t dir)> inval_listing;
   };
   struct Deps {
     ApiClient* client = nullptr;

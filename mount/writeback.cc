@@ -202,7 +202,7 @@ void WriteBack::InvalidateEntry(uint64_t parent, const std::string& name) {
   {
     std::lock_guard lock(progress_mu_);
     f = invalidate_entry_;
-    listing = invalidate_;
+    listing = invalidate_listing_;
   }
   if (f) f(parent, name);
   if (listing) listing(parent);  // its cached listing too
@@ -522,6 +522,18 @@ std::string WriteBack::ConflictName(const std::string& name) const {
     if (!stem.empty() && (static_cast<unsigned char>(stem.back()) & 0xC0) == 0xC0) stem.pop_back();
   }
   return stem + tag;
+}
+
+void WriteBack::KeepOrForget(uint64_t id, uint64_t copy) {
+  // An open file keeps its bytes (they are in the copy now as well), and
+  // so does one written since the bytes sent: its next flush is refused
+  // the same way and goes to the copy.
+  if ((is_open_ && is_open_(id)) || HasPending(id)) {
+    kept_in_[id] = copy;
+  } else {
+    kept_in_.erase(id);
+    cache_->Forget(id);
+  }
 }
 
 void WriteBack::Kick() {
@@ -908,16 +920,71 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
                                  std::to_string(op.id) + " (" + tree_->PathOf(op.id) +
                                  "); they are read and sent again");
     }
-    if ((op.type == OpType::kWrite) && (reply.reason == "stale_base" || reply.reason == "deleted")) {
-      // Someone else changed (or deleted) the file since our base: ours
-      // becomes a new file beside it, both kept.
+    if (op.type == OpType::kWrite && (reply.reason == "deleted" || reply.reason == "no_such_node") &&
+        (reply.node == op.id || reply.node == 0)) {
+      // Deleted elsewhere since our base: the edit brings the file back,
+      // the same node (a create naming its id), so what is written to it
+      // later, or still open, follows it; if its directory is gone too,
+      // the create is moved to the top directory below.
+      auto n = tree_->Get(op.id);
+      if (!n.ok() || !*n) return Status::Internal("write-back: node " + std::to_string(op.id) + " vanished");
+      CommitOp c;
+      c.type = OpType::kCreate;
+      c.id = op.id;
+      c.parent = (*n)->parent;
+      c.name = (*n)->name;
+      c.has_mode = true;
+      c.mode = (*n)->mode;
+      c.has_mtime = true;
+      c.mtime_ns = (*n)->mtime_ns;
+      c.size = op.size;
+      c.blocks = std::move(op.blocks);
+      based.erase(op.id);
+      spdlog::warn("write-back: \"{}\" was deleted elsewhere; this device's edit brings it back", tree_->PathOf(op.id));
+      op = std::move(c);
+      continue;
+    }
+    if (op.type == OpType::kWrite && reply.reason == "stale_base" && kept_in_.count(op.id)) {
+      // Written on after its edit went to a conflict copy: the copy takes
+      // these bytes too (unless it is gone or changed elsewhere: then a
+      // copy of its own, below, on the next refusal).
+      const uint64_t old_id = op.id, kept = kept_in_[op.id];
+      auto k = tree_->Get(kept);
+      kept_in_.erase(old_id);
+      if (k.ok() && *k && (*k)->kind == NodeKind::kFile && (*k)->version != 0) {
+        op.id = kept;
+        op.base = (*k)->version;
+        based.erase(old_id);
+        based[kept] = op.base;
+        for (auto& s : sent)
+          if (s.id == old_id) s.id = 0;  // the original keeps the server's bytes
+        spdlog::info("write-back: node {} written again after its conflict copy; the copy {} takes the bytes", old_id,
+                     kept);
+        after.push_back([this, old_id, kept](const auto& made) {
+          if (auto it = made.find(kept); it != made.end() && !it->second->deleted) (void)Record({*it->second}, {});
+          KeepOrForget(old_id, kept);
+          if (!(is_open_ && is_open_(kept))) cache_->Forget(kept);
+          std::function<void(uint64_t)> inval;
+          {
+            std::lock_guard plock(progress_mu_);
+            inval = invalidate_;
+          }
+          if (inval) inval(kept);
+        });
+        continue;
+      }
+    }
+    if (op.type == OpType::kWrite && reply.reason == "stale_base") {
+      // Someone else changed the file since our base: ours becomes a new
+      // file beside it, both kept.
       auto n = tree_->Get(op.id);
       if (!n.ok() || !*n) return Status::Internal("write-back: node " + std::to_string(op.id) + " vanished");
       NodeRecord copy = **n;
       const uint64_t old_id = op.id;
       copy.id = NewNodeId();
-      copy.name = reply.reason == "deleted" ? copy.name : ConflictName(copy.name);
+      copy.name = ConflictName(copy.name);
       copy.version = 0;
+      copy.size = op.size;  // what was sent (the tree may show a later local size)
       CommitOp c;
       c.type = OpType::kCreate;
       c.id = copy.id;
@@ -934,9 +1001,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         if (s.id == old_id) s.id = 0;  // the original keeps the server's bytes
       based.erase(old_id);
       spdlog::warn("write-back: node {} changed elsewhere; keeping this device's version as \"{}\"", old_id, copy.name);
-      const bool deleted = reply.reason == "deleted";
       const uint64_t current = reply.current_version;
-      after.push_back([this, old_id, copy, deleted, current, &placed](const auto& made) mutable {
+      after.push_back([this, old_id, copy, current, &placed](const auto& made) mutable {
         // A later refusal may have placed the copy elsewhere.
         if (auto p = placed.find(copy.id); p != placed.end()) {
           copy.parent = p->second.rec.parent;
@@ -946,15 +1012,9 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           copy.version = it->second->version;
           copy.seq = it->second->seq;
         }
-        // An open file keeps its bytes (they are in the copy now as well).
-        if (!(is_open_ && is_open_(old_id))) cache_->Forget(old_id);
-        NodeRecord gone;
-        gone.id = old_id;
-        gone.deleted = true;
+        KeepOrForget(old_id, copy.id);
         std::vector<NodeRecord> rows{copy};
-        if (deleted) {
-          rows.push_back(gone);
-        } else if (auto m = client_->GetManifest(old_id, current); m.ok()) {
+        if (auto m = client_->GetManifest(old_id, current); m.ok()) {
           auto o = tree_->Get(old_id);
           if (o.ok() && *o) {
             NodeRecord theirs = **o;

@@ -91,6 +91,11 @@ class WriteBack {
     std::lock_guard lock(progress_mu_);
     invalidate_ = std::move(f);
   }
+  // Tells the kernel a directory's listing changed.
+  void set_invalidate_listing(std::function<void(uint64_t)> f) {
+    std::lock_guard lock(progress_mu_);
+    invalidate_listing_ = std::move(f);
+  }
   // Tells the kernel a name in a directory changed (a fix-up moved or
   // brought back a node).
   void set_invalidate_entry(std::function<void(uint64_t parent, const std::string& name)> f) {
@@ -100,6 +105,9 @@ class WriteBack {
 
  private:
   void Loop();
+  // After a conflict copy took file `id`'s edit: its cache is dropped, or
+  // kept (open, or more to send) with its later flushes sent to `copy`.
+  void KeepOrForget(uint64_t id, uint64_t copy);
   // Journal entries in the local state.
   uint64_t Persisted();
   // The writer thread: queued changes into the local state.
@@ -172,6 +180,7 @@ class WriteBack {
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
   std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_
+  std::function<void(uint64_t)> invalidate_listing_;  // guarded by progress_mu_
   std::function<void(uint64_t, const std::string&)> invalidate_entry_;  // guarded by progress_mu_
   void InvalidateEntry(uint64_t parent, const std::string& name);
 
@@ -186,6 +195,11 @@ class WriteBack {
   // or file to the next while files are written, freed once none is.
   std::vector<BigBuffer> bodies_;
   std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
+  // Guarded by flush_mu_: a file whose edit a conflict copy keeps, while
+  // it is still open or has later flushes in the journal -> that copy. Its
+  // later flushes (refused as stale the same way) go to the copy too,
+  // instead of making one copy per flush.
+  std::unordered_map<uint64_t, uint64_t> kept_in_;
   std::mutex ids_mu_;
   std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node
   std::unordered_map<uint64_t, uint64_t> deleted_parent_;  // guarded by ids_mu_: directories deleted here -> parent

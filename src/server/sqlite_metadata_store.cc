@@ -648,9 +648,19 @@ class SqliteMetadataStore final : public MetadataStore {
         case OpType::kSymlink: {
           ASSIGN_OR_RETURN(Stmt * used, store->writer_.Get(kIdUsed));
           used->Bind(1, project).Bind(2, op.id);
-          if (used->Step() || op.id == kRootId)
-            return std::optional(Refuse(Code::kAlreadyExists, "id_taken", "node id " + std::to_string(op.id) + " is already used; pick another", op.id));
+          const bool taken = used->Step();
           RETURN_IF_ERROR(used->status());
+          // A create naming a deleted file brings that file back (an edit
+          // made elsewhere against its delete keeps its node), at a version
+          // above its tombstone's; any other used id is refused.
+          std::optional<NodeRecord> back;
+          if (taken && op.type == OpType::kCreate) {
+            auto old = store->GetNodeOn(store->writer_, project, op.id);
+            if (!old.ok() && old.status().code() != Code::kNotFound) return old.status();
+            if (old.ok() && old->deleted && old->kind == NodeKind::kFile) back = std::move(*old);
+          }
+          if ((taken && !back) || op.id == kRootId)
+            return std::optional(Refuse(Code::kAlreadyExists, "id_taken", "node id " + std::to_string(op.id) + " is already used; pick another", op.id));
           ASSIGN_OR_RETURN(auto parent, LiveDir(op.parent, &refusal));
           if (!parent) return refusal;
           ASSIGN_OR_RETURN(auto existing, FindName(op.parent, op.name));
@@ -668,11 +678,12 @@ class SqliteMetadataStore final : public MetadataStore {
           n.mode = op.has_mode ? op.mode : (n.kind == NodeKind::kDir ? 0755 : n.kind == NodeKind::kSymlink ? 0777 : 0644);
           n.size = op.type == OpType::kCreate ? op.size : op.type == OpType::kSymlink ? op.target.size() : 0;
           n.mtime_ns = op.has_mtime ? op.mtime_ns : now;
-          n.version = 1;
+          n.version = back ? back->version + 1 : 1;
           n.seq = ++seq;
           n.target = op.target;
-          RETURN_IF_ERROR(store->InsertNode(project, n));
-          if (op.type == OpType::kCreate) RETURN_IF_ERROR(StoreVersion(n.id, 1, op));
+          if (back) RETURN_IF_ERROR(Save(n));
+          else RETURN_IF_ERROR(store->InsertNode(project, n));
+          if (op.type == OpType::kCreate) RETURN_IF_ERROR(StoreVersion(n.id, n.version, op));
           Touch(n.id);
           return refusal;
         }

@@ -50,6 +50,10 @@ class MountTest : public ::testing::Test {
     std::ofstream f(src_ + "/" + rel, std::ios::binary);
     f << data;
   }
+  // d/f.txt is deleted, and d, on a mount the other does not hear from;
+  // then `edit` runs on the other's mount folder; its edit ends at the
+  // top, as the one conflict copy, there and on a fresh mount.
+  void EditInADirectoryDeletedElsewhere(const std::function<void(const std::string& two)>& edit);
   TestServer server_;
   ApiClient c_ = server_.Client(server_.rw_token);
   std::string dir_, src_;
@@ -705,7 +709,7 @@ TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
   EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
 }
 
-TEST_F(MountTest, AnEditInADirectoryDeletedElsewhereEndsAtTheTopHereToo) {
+void MountTest::EditInADirectoryDeletedElsewhere(const std::function<void(const std::string& two)>& edit) {
   fs::create_directories(src_ + "/d");
   Write("d/f.txt", "base\n");
   Import();
@@ -715,15 +719,61 @@ TEST_F(MountTest, AnEditInADirectoryDeletedElsewhereEndsAtTheTopHereToo) {
   ASSERT_EQ(unlink((p.one->path() + "/d/f.txt").c_str()), 0);
   ASSERT_EQ(rmdir((p.one->path() + "/d").c_str()), 0);
   p.one.reset();
-  // Two's edit: its file and its directory are gone there; it is kept at the top.
-  { std::ofstream(p.two->path() + "/d/f.txt") << "edited by two\n"; }
-  Within(std::chrono::seconds(10), [&] { return !ConflictCopies(p.two->path(), "f (conflict from ", ".txt").empty(); });
-  EXPECT_EQ(ConflictCopies(p.two->path(), "f (conflict from ", ".txt"), std::vector<std::string>{"edited by two\n"})
-      << "this mount does not show its kept copy where the server has it";
+  edit(p.two->path());
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] {
+    return ConflictCopies(p.two->path(), "f (conflict from ", ".txt") == std::vector<std::string>{"edited by two\n"};
+  })) << "this mount does not show its kept copy where the server has it";
   p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_FALSE(fs::exists(fresh.path() + "/d"));
   EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{"edited by two\n"});
+}
+
+// Two's edit: its file and its directory are gone there; it is kept at the top.
+TEST_F(MountTest, AnEditInADirectoryDeletedElsewhereEndsAtTheTopHereToo) {
+  EditInADirectoryDeletedElsewhere([](const std::string& two) { std::ofstream(two + "/d/f.txt") << "edited by two\n"; });
+}
+
+// Truncates file `rel` of mount `mnt` through an open handle; once that
+// truncate alone is committed (a conflict copy "f (conflict from ...).txt"
+// shows it), writes `text`, closes, and expects that one copy to hold it.
+void TruncatePauseWrite(const std::string& mnt, const std::string& rel, const std::string& text) {
+  int fd = open((mnt + rel).c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 0), 0);
+  EXPECT_TRUE(Within(std::chrono::seconds(20), [&] { return !ConflictCopies(mnt, "f (conflict from ", ".txt").empty(); }))
+      << "the truncate was not sent while the file stayed open and idle";
+  EXPECT_TRUE(JournalEmptiesWithin(mnt, std::chrono::seconds(20))) << StatusOf(mnt);
+  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_TRUE(JournalEmptiesWithin(mnt, std::chrono::seconds(20))) << StatusOf(mnt);
+  EXPECT_EQ(ConflictCopies(mnt, "f (conflict from ", ".txt"), std::vector<std::string>{text});
+}
+
+// A program truncates, pauses (the truncate is sent alone, against a delete
+// elsewhere), then writes: the file it brought back takes the bytes; one
+// file, nothing lost. What std::ofstream does, with the pause made long.
+TEST_F(MountTest, BytesWrittenAfterAnEditKeptAgainstADeleteFollowIt) {
+  EditInADirectoryDeletedElsewhere([](const std::string& two) { TruncatePauseWrite(two, "/d/f.txt", "edited by two\n"); });
+}
+
+// The same against an edit elsewhere: theirs stays, and the conflict copy
+// that kept the truncate takes the bytes written after it.
+TEST_F(MountTest, BytesWrittenAfterAnEditKeptAsAConflictCopyFollowIt) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  ASSERT_EQ(ReadAll(p.two->path() + "/f.txt"), "base\n");
+  p.CutOff();
+  { std::ofstream(p.one->path() + "/f.txt") << "saved by one\n"; }
+  p.one.reset();
+  const std::string two = p.two->path();
+  const std::string text = "edited by two\n";
+  TruncatePauseWrite(two, "/f.txt", text);
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "saved by one\n");
+  EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{text});
 }
 
 TEST_F(MountTest, ADirectoryDeletedHereThatGotFilesElsewhereStays) {

@@ -203,6 +203,53 @@ TEST_F(ServerApiTest, CommitIsAtomic) {
   EXPECT_EQ(dup->reason, "id_taken");
 }
 
+// An edit made against a delete it had not seen keeps its file: a create
+// naming the deleted file's id brings it back, above its tombstone's
+// version, and its old versions stay. Only a deleted file comes back.
+TEST_F(ServerApiTest, ACreateNamingADeletedFileBringsItBack) {
+  CommitOp d = MkdirOp(kRootId, "d");
+  CommitOp f = CreateOp(c_, d.id, "f.txt", "base");
+  MustCommit(c_, {d, f});
+  CommitOp del;
+  del.type = OpType::kDelete;
+  del.id = f.id;
+  del.has_base = true;
+  del.base = 1;
+  CommitOp deldir;
+  deldir.type = OpType::kDelete;
+  deldir.id = d.id;
+  deldir.has_base = true;
+  deldir.base = 1;
+  MustCommit(c_, {del, deldir});
+  const uint64_t head = Head(c_);
+  // Into the deleted directory: refused, naming the directory.
+  CommitOp back = CreateOp(c_, d.id, "f.txt", "edited");
+  back.id = f.id;
+  auto r = c_.Commit({back});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->reason, "deleted");
+  EXPECT_EQ(r->node, d.id);
+  EXPECT_EQ(Head(c_), head);
+  // A directory is not brought back this way.
+  auto dir = c_.Commit({MkdirOp(kRootId, "d2", d.id)});
+  EXPECT_EQ(dir->reason, "id_taken");
+  back.parent = kRootId;
+  CommitReply ok = MustCommit(c_, {back});
+  ASSERT_EQ(ok.items.size(), 1u);
+  EXPECT_EQ(ok.items[0].id, f.id);
+  EXPECT_FALSE(ok.items[0].deleted);
+  EXPECT_EQ(ok.items[0].version, 3u);  // 1, its delete 2, back 3
+  EXPECT_EQ(*c_.GetContent(f.id, 0, 0, 5), "edited");
+  EXPECT_EQ(c_.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content?version=1")->body, "base");
+  auto list = c_.ListAll(kRootId);
+  ASSERT_EQ(list->size(), 1u);
+  EXPECT_EQ((*list)[0].name, "f.txt");
+  // A live file's id stays taken.
+  CommitOp again = CreateOp(c_, kRootId, "g.txt", "g");
+  again.id = f.id;
+  EXPECT_EQ(c_.Commit({again})->reason, "id_taken");
+}
+
 TEST_F(ServerApiTest, RenameRules) {
   CommitOp top = MkdirOp(kRootId, "top");
   CommitOp sub = MkdirOp(top.id, "sub");
