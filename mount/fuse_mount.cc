@@ -75,9 +75,12 @@ class KernelDrops {
   explicit KernelDrops(std::atomic<fuse_session*>* se) : se_(se) {
     thread_ = std::thread([this] { Run(); });
   }
-  ~KernelDrops() {
+  ~KernelDrops() { Stop(); }
+  // Once the session stops answering (se_ cleared first): no more drops.
+  void Stop() {
     {
       std::lock_guard lock(mu_);
+      if (stop_) return;
       stop_ = true;
     }
     cv_.notify_one();
@@ -85,38 +88,47 @@ class KernelDrops {
   }
   // off < 0: attributes only; len 0: to the end.
   void Inode(uint64_t ino, int64_t off, int64_t len) {
-    Notify(ino, off, len);
     // (Attributes need no second drop: the kernel orders those replies.)
-    if (off >= 0) Again(Key{ino, off, len});
+    if (Notify(Key{ino, off, len, {}}) && off >= 0) Again(Key{ino, off, len, {}});
   }
   void Listing(uint64_t dir) {
     ++listing_gen;
     Inode(dir, 0, 0);
   }
+  // A name in a directory (a lookup answered before, a negative one too).
   void Entry(uint64_t parent, const std::string& name) {
-    if (fuse_session* se = se_->load()) (void)fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size());
+    if (Notify(Key{parent, kEntry, 0, name})) Again(Key{parent, kEntry, 0, name});
   }
   // Moves on with every dropped listing.
   std::atomic<uint64_t> listing_gen{0};
 
  private:
+  static constexpr int64_t kEntry = std::numeric_limits<int64_t>::min();  // Key::off of a name
   struct Key {
     uint64_t ino;
     int64_t off, len;
-    bool operator==(const Key& o) const { return ino == o.ino && off == o.off && len == o.len; }
+    std::string name;
+    bool operator==(const Key& o) const = default;
   };
   struct KeyHash {
-    size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.ino ^ (static_cast<uint64_t>(k.off) << 20) ^ static_cast<uint64_t>(k.len)); }
+    size_t operator()(const Key& k) const {
+      return std::hash<uint64_t>()(k.ino ^ (static_cast<uint64_t>(k.off) << 20) ^ static_cast<uint64_t>(k.len)) ^
+             std::hash<std::string>()(k.name);
+    }
   };
-  void Notify(uint64_t ino, int64_t off, int64_t len) {
+  // false: no session (not mounted yet, or stopping).
+  bool Notify(const Key& k) {
     fuse_session* se = se_->load();
-    if (!se) return;
-    int rc = fuse_lowlevel_notify_inval_inode(se, ino, off, len);
-    if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating inode {} [{}, +{}): {}", ino, off, len, strerror(-rc));
+    if (!se) return false;
+    int rc = k.off == kEntry ? fuse_lowlevel_notify_inval_entry(se, k.ino, k.name.data(), k.name.size())
+                             : fuse_lowlevel_notify_inval_inode(se, k.ino, k.off, k.len);
+    if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating inode {} [{}, +{}) {}: {}", k.ino, k.off, k.len, k.name, strerror(-rc));
+    return true;
   }
   void Again(Key k) {
     const auto due = std::chrono::steady_clock::now() + kAgainAfter;
     std::lock_guard lock(mu_);
+    if (stop_) return;
     // Once per key, after its last drop: each drop covers the replies
     // before it.
     due_[k] = due;
@@ -143,7 +155,7 @@ class KernelDrops {
       if (it == due_.end() || it->second != due) continue;  // dropped again since: its own turn comes
       due_.erase(it);
       lock.unlock();  // the kernel may wait on a request that waits on Again
-      Notify(k.ino, k.off, k.len);
+      Notify(k);
       lock.lock();
     }
   }
@@ -175,6 +187,9 @@ struct Fs {
     bool queued = false;       // a flush entry the write-back has not begun
   };
   std::unordered_map<uint64_t, Unsent> unsent;
+  // Before sync, cache and wb: destroyed after them (their threads call it).
+  std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
+  KernelDrops drops{&se};
   // Before cache and wb: destroyed after them (their threads report to it).
   std::unique_ptr<RemoteSync> sync;
   std::atomic<RemoteSync*> live_sync{nullptr};  // set once sync exists (fetch threads report to it)
@@ -183,8 +198,6 @@ struct Fs {
   gid_t gid = getgid();
   std::string project, server, cache_dir, device;
   std::unique_ptr<WriteBack> wb;
-  std::atomic<fuse_session*> se{nullptr};  // set once mounted (kernel notifications)
-  KernelDrops drops{&se};
   LocalState* state = nullptr;
   // Requests answered, by kind (`tidefs status`).
   std::atomic<uint64_t> n_lookup{0}, n_getattr{0}, n_readdir{0}, n_open{0}, n_read{0}, read_bytes{0}, n_errors{0};
@@ -1681,6 +1694,7 @@ Status RunMount(const MountOptions& opts) {
   // No more kernel notifications: nobody answers requests now, and an
   // invalidation waiting on a lock one of them holds would never return.
   fs.se = nullptr;
+  fs.drops.Stop();  // before the session goes (SessionGuard)
   // Unmounted (or told to stop): every change goes to the server first.
   if (uint64_t left = fs.wb->Pending()) spdlog::info("unmount: sending {} changes to the server", left);
   Status drained = fs.wb->Drain(std::chrono::seconds(static_cast<int64_t>(std::ceil(opts.send_patience_seconds))));

@@ -263,6 +263,9 @@ void RemoteSync::Notify(const std::vector<Change>& changes) {
       // New here: a negative entry the kernel may hold, and the listing.
       k.inval_entry(n.parent, n.name);
       k.inval_listing(n.parent);
+      // A file brought back (an edit against its delete) has its old
+      // inode number: pages the kernel kept of it are stale.
+      if (n.kind == NodeKind::kFile && n.version > 1) k.inval_inode(n.id, 0, 0);
       continue;
     }
     const NodeRecord& o = *c.old;

@@ -450,6 +450,7 @@ void WriteBack::Loop() {
     if (!look_now && !held) {
       std::lock_guard flush_lock(flush_mu_);
       bodies_.clear();  // nothing being written: the request bodies' memory goes back
+      if (!kept_in_.empty()) ForgetKeptClosed();
     }
     if (!st.ok()) {
       backoff = std::min<std::chrono::milliseconds>(std::max(backoff * 2, std::chrono::milliseconds(250)),
@@ -524,16 +525,43 @@ std::string WriteBack::ConflictName(const std::string& name) const {
   return stem + tag;
 }
 
-void WriteBack::KeepOrForget(uint64_t id, uint64_t copy) {
+void WriteBack::KeepOrForget(uint64_t id, KeptIn copy) {
   // An open file keeps its bytes (they are in the copy now as well), and
   // so does one written since the bytes sent: its next flush is refused
   // the same way and goes to the copy.
   if ((is_open_ && is_open_(id)) || HasPending(id)) {
     kept_in_[id] = copy;
-  } else {
-    kept_in_.erase(id);
-    cache_->Forget(id);
+    return;
   }
+  kept_in_.erase(id);
+  ShowTheirs(id);
+}
+
+void WriteBack::ShowTheirs(uint64_t id) {
+  // The local record carries our size still (written here since theirs
+  // was recorded): the server's is the one now.
+  cache_->Forget(id);
+  if (auto r = client_->GetNode(id); r.ok()) (void)Record({*r}, {});
+  else spdlog::warn("write-back: reading node {} back failed ({}); it is read again at the next change", id, r.status().ToString());
+  std::function<void(uint64_t)> inval;
+  {
+    std::lock_guard plock(progress_mu_);
+    inval = invalidate_;
+  }
+  if (inval) inval(id);  // what the kernel kept of ours
+}
+
+void WriteBack::ForgetKeptClosed() {
+  std::vector<uint64_t> gone;
+  for (auto it = kept_in_.begin(); it != kept_in_.end();) {
+    if ((is_open_ && is_open_(it->first)) || HasPending(it->first)) {
+      ++it;
+      continue;
+    }
+    gone.push_back(it->first);
+    it = kept_in_.erase(it);
+  }
+  for (uint64_t id : gone) ShowTheirs(id);
 }
 
 void WriteBack::Kick() {
@@ -948,12 +976,11 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // Written on after its edit went to a conflict copy: the copy takes
       // these bytes too (unless it is gone or changed elsewhere: then a
       // copy of its own, below, on the next refusal).
-      const uint64_t old_id = op.id, kept = kept_in_[op.id];
+      const uint64_t old_id = op.id, kept = kept_in_[op.id].copy, kept_version = kept_in_[op.id].version;
       auto k = tree_->Get(kept);
-      kept_in_.erase(old_id);
-      if (k.ok() && *k && (*k)->kind == NodeKind::kFile && (*k)->version != 0) {
+      if (k.ok() && *k && (*k)->kind == NodeKind::kFile && kept_version != 0) {
         op.id = kept;
-        op.base = (*k)->version;
+        op.base = kept_version;  // ours: an edit made elsewhere since is a conflict
         based.erase(old_id);
         based[kept] = op.base;
         for (auto& s : sent)
@@ -961,8 +988,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         spdlog::info("write-back: node {} written again after its conflict copy; the copy {} takes the bytes", old_id,
                      kept);
         after.push_back([this, old_id, kept](const auto& made) {
-          if (auto it = made.find(kept); it != made.end() && !it->second->deleted) (void)Record({*it->second}, {});
-          KeepOrForget(old_id, kept);
+          uint64_t version = 0;
+          if (auto it = made.find(kept); it != made.end() && !it->second->deleted) {
+            (void)Record({*it->second}, {});
+            version = it->second->version;
+          }
+          KeepOrForget(old_id, {kept, version});
           if (!(is_open_ && is_open_(kept))) cache_->Forget(kept);
           std::function<void(uint64_t)> inval;
           {
@@ -1012,7 +1043,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           copy.version = it->second->version;
           copy.seq = it->second->seq;
         }
-        KeepOrForget(old_id, copy.id);
+        KeepOrForget(old_id, {copy.id, copy.version});
         std::vector<NodeRecord> rows{copy};
         if (auto m = client_->GetManifest(old_id, current); m.ok()) {
           auto o = tree_->Get(old_id);

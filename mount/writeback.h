@@ -104,10 +104,21 @@ class WriteBack {
   }
 
  private:
+  // A conflict copy that took a file's edit (kept_in_), at the version our
+  // commit gave it.
+  struct KeptIn {
+    uint64_t copy = 0, version = 0;
+  };
   void Loop();
   // After a conflict copy took file `id`'s edit: its cache is dropped, or
   // kept (open, or more to send) with its later flushes sent to `copy`.
-  void KeepOrForget(uint64_t id, uint64_t copy);
+  void KeepOrForget(uint64_t id, KeptIn copy);
+  // Files of kept_in_ closed since with nothing left to send: their cache
+  // (our bytes, in the copy now) goes, and the kernel's view of them.
+  void ForgetKeptClosed();
+  // Drops our bytes of file `id` (in a conflict copy now) and shows the
+  // server's version of it here.
+  void ShowTheirs(uint64_t id);
   // Journal entries in the local state.
   uint64_t Persisted();
   // The writer thread: queued changes into the local state.
@@ -196,10 +207,13 @@ class WriteBack {
   std::vector<BigBuffer> bodies_;
   std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
   // Guarded by flush_mu_: a file whose edit a conflict copy keeps, while
-  // it is still open or has later flushes in the journal -> that copy. Its
-  // later flushes (refused as stale the same way) go to the copy too,
-  // instead of making one copy per flush.
-  std::unordered_map<uint64_t, uint64_t> kept_in_;
+  // it is still open or has later flushes in the journal -> that copy, at
+  // the version our commit gave it. Its later flushes (refused as stale
+  // the same way) go to the copy too, based on that version (an edit of
+  // the copy elsewhere makes them a copy of their own), instead of making
+  // one copy per flush. In memory only: after a restart they make a
+  // second copy (nothing is lost).
+  std::unordered_map<uint64_t, KeptIn> kept_in_;
   std::mutex ids_mu_;
   std::unordered_map<uint64_t, int> pending_ids_;  // guarded by ids_mu_: journal entries per node
   std::unordered_map<uint64_t, uint64_t> deleted_parent_;  // guarded by ids_mu_: directories deleted here -> parent

@@ -91,6 +91,7 @@ const char* const kUpdateNode =
     "UPDATE nodes SET parent=?3, name=?4, mode=?5, size=?6, mtime_ns=?7, version=?8, seq=?9, deleted=?10 "
     "WHERE project=?1 AND id=?2";
 const char* const kIdUsed = "SELECT 1 FROM nodes WHERE project=?1 AND id=?2";
+const char* const kLastVersion = "SELECT max(version) FROM versions WHERE project=?1 AND node=?2";
 const char* const kInsertVersion =
     "INSERT OR REPLACE INTO versions(project, node, version, size, manifest, seq) VALUES(?1, ?2, ?3, ?4, ?5, ?6)";
 const char* const kGetVersion = "SELECT manifest FROM versions WHERE project=?1 AND node=?2 AND version=?3";
@@ -679,6 +680,14 @@ class SqliteMetadataStore final : public MetadataStore {
           n.size = op.type == OpType::kCreate ? op.size : op.type == OpType::kSymlink ? op.target.size() : 0;
           n.mtime_ns = op.has_mtime ? op.mtime_ns : now;
           n.version = back ? back->version + 1 : 1;
+          if (op.type == OpType::kCreate && !back) {
+            // A file whose tombstone was purged keeps its old versions:
+            // the new one comes after them.
+            ASSIGN_OR_RETURN(Stmt * last, store->writer_.Get(kLastVersion));
+            last->Bind(1, project).Bind(2, op.id);
+            if (last->Step() && !last->IsNull(0)) n.version = last->U64(0) + 1;
+            RETURN_IF_ERROR(last->status());
+          }
           n.seq = ++seq;
           n.target = op.target;
           if (back) RETURN_IF_ERROR(Save(n));

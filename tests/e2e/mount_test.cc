@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <filesystem>
@@ -612,6 +613,14 @@ struct CutOffPair {
     two = std::make_unique<TestMount>(proxy.url(), server.rw_token, dir + "/two");
   }
   void CutOff() { proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1"); }
+  // Two has read `rel` (`was`), then hears nothing while one saves `now`
+  // over it (and sends it).
+  void OneSavesUnheard(const std::string& rel, const std::string& was, const std::string& now) {
+    ASSERT_EQ(ReadAll(two->path() + "/" + rel), was);
+    CutOff();
+    { std::ofstream(one->path() + "/" + rel) << now; }
+    ASSERT_TRUE(JournalEmptiesWithin(one->path(), std::chrono::seconds(20))) << StatusOf(one->path());
+  }
   FaultProxy proxy;
   std::unique_ptr<TestMount> one, two;
 };
@@ -622,9 +631,7 @@ TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
   // Two hears nothing from the server (no events, no changes) while one
   // saves: it saves over the version it knows.
   CutOffPair p(server_, dir_);
-  ASSERT_EQ(ReadAll(p.two->path() + "/doc.txt"), "base\n");
-  p.CutOff();
-  { std::ofstream(p.one->path() + "/doc.txt") << "saved by one\n"; }
+  p.OneSavesUnheard("doc.txt", "base\n", "saved by one\n");
   p.one.reset();
   // Two saves the way editors do: a new file renamed over the old one.
   { std::ofstream(p.two->path() + "/.doc.txt.swp") << "saved by two\n"; }
@@ -763,17 +770,59 @@ TEST_F(MountTest, BytesWrittenAfterAnEditKeptAsAConflictCopyFollowIt) {
   Write("f.txt", "base\n");
   Import();
   CutOffPair p(server_, dir_);
-  ASSERT_EQ(ReadAll(p.two->path() + "/f.txt"), "base\n");
-  p.CutOff();
-  { std::ofstream(p.one->path() + "/f.txt") << "saved by one\n"; }
+  p.OneSavesUnheard("f.txt", "base\n", "saved by one\n");
   p.one.reset();
   const std::string two = p.two->path();
   const std::string text = "edited by two\n";
   TruncatePauseWrite(two, "/f.txt", text);
+  // Here the file is theirs again, once ours is all in the copy.
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two + "/f.txt") == "saved by one\n"; }))
+      << ReadAll(two + "/f.txt");
   p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "saved by one\n");
   EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{text});
+}
+
+// The conflict copy is edited elsewhere before this mount's next flush of
+// the file it came from: that flush does not overwrite their edit of the
+// copy; it is kept in a copy of its own.
+TEST_F(MountTest, AFlushAfterItsConflictCopyWasEditedElsewhereKeepsBoth) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  p.OneSavesUnheard("f.txt", "base\n", "saved by one\n");
+  const std::string two = p.two->path();
+  int fd = open((two + "/f.txt").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(ftruncate(fd, 0), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(20), [&] { return ConflictCopies(two, "f (conflict from ", ".txt").size() == 1; }));
+  ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << StatusOf(two);
+  // One (hearing the server) finds the copy and edits it.
+  std::string copy;
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] {
+    for (auto& e : fs::directory_iterator(p.one->path()))
+      if (e.path().filename().string().rfind("f (conflict from ", 0) == 0) copy = e.path().filename();
+    return !copy.empty();
+  }));
+  { std::ofstream(p.one->path() + "/" + copy) << "copy edited by one\n"; }
+  ASSERT_TRUE(JournalEmptiesWithin(p.one->path(), std::chrono::seconds(20))) << StatusOf(p.one->path());
+  // Two hears the server again, and of that edit (the file it came from
+  // waits: it is open here).
+  p.proxy.SetRule("pass");
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two + "/" + copy) == "copy edited by one\n"; }));
+  const std::string text = "edited by two\n";
+  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << StatusOf(two);
+  p.one.reset();
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "saved by one\n");
+  EXPECT_EQ(ReadAll(fresh.path() + "/" + copy), "copy edited by one\n");
+  auto copies = ConflictCopies(fresh.path(), "f (conflict from ", ".txt");
+  std::sort(copies.begin(), copies.end());
+  EXPECT_EQ(copies, (std::vector<std::string>{"copy edited by one\n", text}));
 }
 
 TEST_F(MountTest, ADirectoryDeletedHereThatGotFilesElsewhereStays) {

@@ -232,6 +232,7 @@ TEST_F(ServerApiTest, ACreateNamingADeletedFileBringsItBack) {
   EXPECT_EQ(Head(c_), head);
   // A directory is not brought back this way.
   auto dir = c_.Commit({MkdirOp(kRootId, "d2", d.id)});
+  ASSERT_TRUE(dir.ok()) << dir.status().ToString();
   EXPECT_EQ(dir->reason, "id_taken");
   back.parent = kRootId;
   CommitReply ok = MustCommit(c_, {back});
@@ -247,7 +248,9 @@ TEST_F(ServerApiTest, ACreateNamingADeletedFileBringsItBack) {
   // A live file's id stays taken.
   CommitOp again = CreateOp(c_, kRootId, "g.txt", "g");
   again.id = f.id;
-  EXPECT_EQ(c_.Commit({again})->reason, "id_taken");
+  auto taken = c_.Commit({again});
+  ASSERT_TRUE(taken.ok()) << taken.status().ToString();
+  EXPECT_EQ(taken->reason, "id_taken");
 }
 
 TEST_F(ServerApiTest, RenameRules) {
