@@ -17,6 +17,8 @@ namespace tidefs {
 namespace {
 
 constexpr size_t kBatchEntries = 4000;
+// Journal entries looked through after a replayed answer for later moves.
+constexpr size_t kReplayScan = 100000;
 // Group commit: a change goes out at once when nothing is being sent (after
 // a breath, for the rest of a burst: a close and the rename that follows);
 // changes made while a batch is in flight go together in the next one.
@@ -1184,8 +1186,17 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
   spdlog::warn("write-back: an earlier attempt of this commit was applied (its answer was lost); following its {} records",
                made.size());
   std::unordered_map<uint64_t, const CommitOp*> placing;  // our op naming a node's place
-  for (const auto& o : ops)
+  std::unordered_set<uint64_t> wrote;                     // our writes (a deleted file's comes back, maybe elsewhere)
+  for (const auto& o : ops) {
     if (Creates(o.type) || o.type == OpType::kRename) placing[o.id] = &o;
+    if (o.type == OpType::kWrite) wrote.insert(o.id);
+  }
+  // Of those, the ones moved or deleted here since (a later journal entry
+  // says where they go): left to that entry.
+  if (!wrote.empty())
+    if (auto later = state_->PendingJournal(kReplayScan); later.ok())
+      for (const auto& e : *later)
+        if (!e.flush && (e.op.type == OpType::kRename || e.op.type == OpType::kDelete)) wrote.erase(e.op.id);
   std::unordered_map<uint64_t, const NodeRecord*> by_id;
   std::function<void(uint64_t)> inval;
   {
@@ -1207,8 +1218,12 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     // op elsewhere than it says (a conflict name, the top directory), and
     // not moved or deleted here since: it goes where the server put it.
     const bool copy = !*n && p == placing.end();
-    const bool moved = *n && p != placing.end() && (p->second->parent != r.parent || p->second->name != r.name) &&
-                       (*n)->parent == p->second->parent && (*n)->name == p->second->name;
+    const bool moved = (*n && p != placing.end() && (p->second->parent != r.parent || p->second->name != r.name) &&
+                        (*n)->parent == p->second->parent && (*n)->name == p->second->name) ||
+                       // A write that brought the file back at the top (its
+                       // directory deleted too), not moved here since.
+                       (*n && p == placing.end() && wrote.count(r.id) &&
+                        ((*n)->parent != r.parent || (*n)->name != r.name));
     if (!copy && !moved) {
       if (*n) tree_->SetVersion(r.id, r.version, r.seq);
       continue;

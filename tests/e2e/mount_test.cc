@@ -29,6 +29,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
+struct CutOffPair;
+
 class MountTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -54,7 +56,7 @@ class MountTest : public ::testing::Test {
   // d/f.txt is deleted, and d, on a mount the other does not hear from;
   // then `edit` runs on the other's mount folder; its edit ends at the
   // top, as the one conflict copy, there and on a fresh mount.
-  void EditInADirectoryDeletedElsewhere(const std::function<void(const std::string& two)>& edit);
+  void EditInADirectoryDeletedElsewhere(const std::function<void(CutOffPair& p)>& edit);
   TestServer server_;
   ApiClient c_ = server_.Client(server_.rw_token);
   std::string dir_, src_;
@@ -716,7 +718,7 @@ TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
   EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
 }
 
-void MountTest::EditInADirectoryDeletedElsewhere(const std::function<void(const std::string& two)>& edit) {
+void MountTest::EditInADirectoryDeletedElsewhere(const std::function<void(CutOffPair& p)>& edit) {
   fs::create_directories(src_ + "/d");
   Write("d/f.txt", "base\n");
   Import();
@@ -726,7 +728,7 @@ void MountTest::EditInADirectoryDeletedElsewhere(const std::function<void(const 
   ASSERT_EQ(unlink((p.one->path() + "/d/f.txt").c_str()), 0);
   ASSERT_EQ(rmdir((p.one->path() + "/d").c_str()), 0);
   p.one.reset();
-  edit(p.two->path());
+  edit(p);
   EXPECT_TRUE(Within(std::chrono::seconds(10), [&] {
     return ConflictCopies(p.two->path(), "f (conflict from ", ".txt") == std::vector<std::string>{"edited by two\n"};
   })) << "this mount does not show its kept copy where the server has it";
@@ -738,7 +740,21 @@ void MountTest::EditInADirectoryDeletedElsewhere(const std::function<void(const 
 
 // Two's edit: its file and its directory are gone there; it is kept at the top.
 TEST_F(MountTest, AnEditInADirectoryDeletedElsewhereEndsAtTheTopHereToo) {
-  EditInADirectoryDeletedElsewhere([](const std::string& two) { std::ofstream(two + "/d/f.txt") << "edited by two\n"; });
+  EditInADirectoryDeletedElsewhere([](CutOffPair& p) { std::ofstream(p.two->path() + "/d/f.txt") << "edited by two\n"; });
+}
+
+// The same, the answer to the commit that kept it at the top lost: the
+// retry gets that answer, and this mount shows the file where it is.
+TEST_F(MountTest, ALostAnswerToAnEditBroughtBackAtTheTopIsFollowed) {
+  EditInADirectoryDeletedElsewhere([&](CutOffPair& p) {
+    // Refused twice (the file, then its directory, deleted); the third is
+    // applied and its answer cut.
+    p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 2");
+    { std::ofstream(p.two->path() + "/d/f.txt") << "edited by two\n"; }
+    EXPECT_TRUE(JournalEmptiesWithin(p.two->path(), std::chrono::seconds(20))) << StatusOf(p.two->path());
+    EXPECT_NE(ReadAll(dir_ + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"), std::string::npos)
+        << "the answer was not lost, or not replayed: " << ReadAll(dir_ + "/two/cache/mount.log");
+  });
 }
 
 // Truncates file `rel` of mount `mnt` through an open handle; once that
@@ -761,7 +777,7 @@ void TruncatePauseWrite(const std::string& mnt, const std::string& rel, const st
 // elsewhere), then writes: the file it brought back takes the bytes; one
 // file, nothing lost. What std::ofstream does, with the pause made long.
 TEST_F(MountTest, BytesWrittenAfterAnEditKeptAgainstADeleteFollowIt) {
-  EditInADirectoryDeletedElsewhere([](const std::string& two) { TruncatePauseWrite(two, "/d/f.txt", "edited by two\n"); });
+  EditInADirectoryDeletedElsewhere([](CutOffPair& p) { TruncatePauseWrite(p.two->path(), "/d/f.txt", "edited by two\n"); });
 }
 
 // The same against an edit elsewhere: theirs stays, and the conflict copy
