@@ -92,17 +92,26 @@ class KernelDrops {
     if (Notify(Key{ino, off, len, {}}) && off >= 0) Again(Key{ino, off, len, {}});
   }
   void Listing(uint64_t dir) {
-    ++listing_gen;
+    {
+      std::lock_guard lock(gen_mu_);
+      ++listing_gen_[dir];
+    }
     Inode(dir, 0, 0);
   }
   // A name in a directory (a lookup answered before, a negative one too).
   void Entry(uint64_t parent, const std::string& name) {
     if (Notify(Key{parent, kEntry, 0, name})) Again(Key{parent, kEntry, 0, name});
   }
-  // Moves on with every dropped listing.
-  std::atomic<uint64_t> listing_gen{0};
+  // Moves on with every drop of directory `dir`'s listing.
+  uint64_t ListingGen(uint64_t dir) {
+    std::lock_guard lock(gen_mu_);
+    auto it = listing_gen_.find(dir);
+    return it == listing_gen_.end() ? 0 : it->second;
+  }
 
  private:
+  std::mutex gen_mu_;
+  std::unordered_map<uint64_t, uint64_t> listing_gen_;  // guarded by gen_mu_; directories dropped at least once
   static constexpr int64_t kEntry = std::numeric_limits<int64_t>::min();  // Key::off of a name
   struct Key {
     uint64_t ino;
@@ -290,7 +299,7 @@ void OpReadlink(fuse_req_t req, fuse_ino_t ino) {
 struct DirHandle {
   std::vector<NodeRecord> entries;
   uint64_t parent = 0;  // for ".."
-  uint64_t gen = 0;     // Fs::drops.listing_gen when taken
+  uint64_t gen = 0;     // Fs::drops.ListingGen of the directory when taken
 };
 
 void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -298,7 +307,7 @@ void OpOpendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto n = NodeOrReply(req, ino);
   if (!n) return;
   if (n->kind != NodeKind::kDir) return (void)fuse_reply_err(req, ENOTDIR);
-  const uint64_t gen = fs->drops.listing_gen;
+  const uint64_t gen = fs->drops.ListingGen(ino);
   auto kids = fs->tree.Children(ino);
   if (!kids.ok()) {
     spdlog::error("listing directory {} failed: {}", ino, kids.status().ToString());
@@ -318,7 +327,7 @@ void ReadDir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_i
   if (off == 0) {
     // A listing dropped since the handle took its own: the kernel keeps
     // what this reply holds, so it must be today's.
-    const uint64_t gen = fs->drops.listing_gen;
+    const uint64_t gen = fs->drops.ListingGen(ino);
     if (gen != h->gen) {
       auto kids = fs->tree.Children(ino);
       if (!kids.ok()) {
