@@ -210,6 +210,15 @@ void WriteBack::InvalidateEntry(uint64_t parent, const std::string& name) {
   if (listing) listing(parent);  // its cached listing too
 }
 
+void WriteBack::InvalidateNode(uint64_t id) {
+  std::function<void(uint64_t)> f;
+  {
+    std::lock_guard lock(progress_mu_);
+    f = invalidate_;
+  }
+  if (f) f(id);
+}
+
 void WriteBack::RestoreDir(uint64_t id) {
   if (Status st = ReadBackDir(id); !st.ok())
     spdlog::warn("write-back: directory {} stays on the server, but reading it back failed: {}", id, st.ToString());
@@ -545,12 +554,7 @@ void WriteBack::ShowTheirs(uint64_t id) {
   cache_->Forget(id);
   if (auto r = client_->GetNode(id); r.ok()) (void)Record({*r}, {});
   else spdlog::warn("write-back: reading node {} back failed ({}); it is read again at the next change", id, r.status().ToString());
-  std::function<void(uint64_t)> inval;
-  {
-    std::lock_guard plock(progress_mu_);
-    inval = invalidate_;
-  }
-  if (inval) inval(id);  // what the kernel kept of ours
+  InvalidateNode(id);  // what the kernel kept of ours
 }
 
 void WriteBack::ForgetKeptClosed() {
@@ -997,12 +1001,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           }
           KeepOrForget(old_id, {kept, version});
           if (!(is_open_ && is_open_(kept))) cache_->Forget(kept);
-          std::function<void(uint64_t)> inval;
-          {
-            std::lock_guard plock(progress_mu_);
-            inval = invalidate_;
-          }
-          if (inval) inval(kept);
+          InvalidateNode(kept);
         });
         continue;
       }
@@ -1058,12 +1057,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         }
         (void)Record(rows, {});
         InvalidateEntry(copy.parent, copy.name);
-        std::function<void(uint64_t)> inval;
-        {
-          std::lock_guard plock(progress_mu_);
-          inval = invalidate_;
-        }
-        if (inval) inval(old_id);
+        InvalidateNode(old_id);
       });
       continue;
     }
@@ -1198,11 +1192,6 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       for (const auto& e : *later)
         if (!e.flush && (e.op.type == OpType::kRename || e.op.type == OpType::kDelete)) wrote.erase(e.op.id);
   std::unordered_map<uint64_t, const NodeRecord*> by_id;
-  std::function<void(uint64_t)> inval;
-  {
-    std::lock_guard plock(progress_mu_);
-    inval = invalidate_;
-  }
   for (const auto& r : made) {
     by_id[r.id] = &r;
     if (r.deleted) {
@@ -1253,7 +1242,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       // Our content went into a conflict copy: the original keeps theirs
       // (its record comes with the remote sync), and the kernel drops ours.
       if (!(is_open_ && is_open_(s.id))) cache_->Forget(s.id);
-      if (inval) inval(s.id);
+      InvalidateNode(s.id);
       continue;
     }
     // The bytes sent then are those held now only if the manifests agree;

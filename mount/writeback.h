@@ -194,6 +194,8 @@ class WriteBack {
   std::function<void(uint64_t)> invalidate_listing_;  // guarded by progress_mu_
   std::function<void(uint64_t, const std::string&)> invalidate_entry_;  // guarded by progress_mu_
   void InvalidateEntry(uint64_t parent, const std::string& name);
+  // Tells the kernel to drop what it holds of node `id` (invalidate_).
+  void InvalidateNode(uint64_t id);
 
 
   std::mutex mu_;
