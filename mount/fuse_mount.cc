@@ -102,6 +102,15 @@ class KernelDrops {
   void Entry(uint64_t parent, const std::string& name) {
     if (Notify(Key{parent, kEntry, 0, name})) Again(Key{parent, kEntry, 0, name});
   }
+  // A name deleted (the kernel forgets the entry, and tells whoever waits
+  // on it); a lookup answered before it is dropped again later.
+  void Deleted(uint64_t parent, uint64_t child, const std::string& name) {
+    fuse_session* se = se_->load();
+    if (!se) return;
+    int rc = fuse_lowlevel_notify_delete(se, parent, child, name.data(), name.size());
+    if (rc != 0 && rc != -ENOENT) spdlog::debug("announcing the delete of {}/{}: {}", parent, name, strerror(-rc));
+    Again(Key{parent, kEntry, 0, name});
+  }
   // Moves on with every drop of directory `dir`'s listing.
   uint64_t ListingGen(uint64_t dir) {
     std::lock_guard lock(gen_mu_);
@@ -1593,17 +1602,9 @@ Status RunMount(const MountOptions& opts) {
     d.device = fs.device;
     d.ready = state_ready;
     // From the subscriber thread, never under a lock a FUSE request needs.
-    d.kernel.inval_entry = [&fs](uint64_t parent, const std::string& name) {
-      fuse_session* se = fs.se;
-      if (!se) return;
-      int rc = fuse_lowlevel_notify_inval_entry(se, parent, name.data(), name.size());
-      if (rc != 0 && rc != -ENOENT) spdlog::debug("invalidating entry {}/{}: {}", parent, name, strerror(-rc));
-    };
+    d.kernel.inval_entry = [&fs](uint64_t parent, const std::string& name) { fs.drops.Entry(parent, name); };
     d.kernel.deleted = [&fs](uint64_t parent, uint64_t child, const std::string& name) {
-      fuse_session* se = fs.se;
-      if (!se) return;
-      int rc = fuse_lowlevel_notify_delete(se, parent, child, name.data(), name.size());
-      if (rc != 0 && rc != -ENOENT) spdlog::debug("announcing the delete of {}/{}: {}", parent, name, strerror(-rc));
+      fs.drops.Deleted(parent, child, name);
     };
     d.kernel.inval_inode = [&fs](uint64_t ino, int64_t off, int64_t len) { fs.drops.Inode(ino, off, len); };
     d.kernel.inval_listing = [&fs](uint64_t dir) { fs.drops.Listing(dir); };
