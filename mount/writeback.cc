@@ -126,6 +126,7 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   // Counted until saved (rows) or committed (entries): a remote change to
   // these nodes waits for them.
   CountPending(c.entries, c.rows, +1);
+  bool wake = false;
   {
     // Where a deleted node was (a directory refused deletion comes back there).
     std::lock_guard lock(ids_mu_);
@@ -173,8 +174,9 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
     for (auto& s : c.staged) s.bytes = std::string();  // logged; the cache holds them (the writer needs the ids)
     for (const auto& r : c.rows) tree_->Apply(r);
     queue_.push_back(std::move(c));
+    wake = writer_awaits_;
   }
-  q_cv_.notify_one();
+  if (wake) q_cv_.notify_one();
   return Status::Ok();
 }
 
@@ -305,8 +307,10 @@ void WriteBack::WriterLoop() {
     // (creating thousands of files took a third of the mount's CPU while
     // cp -r ran); until then the log and the cache's memory hold them.
     auto more = [this] { return writer_stopping_ || !queue_.empty(); };
+    writer_awaits_ = true;
     if (unplaced_.empty()) q_cv_.wait(lock, more);
     else q_cv_.wait_for(lock, kPlaceAfter, more);
+    writer_awaits_ = false;
     if (queue_.empty()) {
       lock.unlock();
       Status st = PlaceStaged();
@@ -318,7 +322,11 @@ void WriteBack::WriterLoop() {
       if (st.ok() && queue_.empty())
         if (Status r = state_->ResetLog(); !r.ok()) spdlog::warn("{} (it is replayed harmlessly)", r.ToString());
       if (writer_stopping_ && queue_.empty()) return;
-      if (!st.ok() && queue_.empty()) q_cv_.wait(lock, more);  // (nothing to retry for until then)
+      if (!st.ok() && queue_.empty()) {
+        writer_awaits_ = true;
+        q_cv_.wait(lock, more);  // (nothing to retry for until then)
+        writer_awaits_ = false;
+      }
       continue;
     }
     if (burst && !writer_stopping_ && waiters_ == 0) {
@@ -377,11 +385,7 @@ void WriteBack::WriterLoop() {
       written_cv_.notify_all();
       if (journal) {
         lock.unlock();
-        {
-          std::lock_guard wake(mu_);
-          kicked_ = true;
-        }
-        cv_.notify_all();
+        Kick();
         lock.lock();
       }
       continue;
@@ -442,7 +446,11 @@ void WriteBack::Loop() {
   for (;;) {
     if (look_now) look_now = false;
     else if (backoff.count() > 0) cv_.wait_for(lock, backoff, [this] { return stopping_; });
-    else cv_.wait_for(lock, held ? kHeldLook : std::chrono::milliseconds(2000), [this] { return stopping_ || kicked_; });
+    else {
+      awaits_kick_ = true;
+      cv_.wait_for(lock, held ? kHeldLook : std::chrono::milliseconds(2000), [this] { return stopping_ || kicked_; });
+      awaits_kick_ = false;
+    }
     if (stopping_) return;
     bool was_kicked = kicked_;
     kicked_ = false;
@@ -571,11 +579,13 @@ void WriteBack::ForgetKeptClosed() {
 }
 
 void WriteBack::Kick() {
+  bool wake;
   {
     std::lock_guard lock(mu_);
     kicked_ = true;
+    wake = awaits_kick_;
   }
-  cv_.notify_all();
+  if (wake) cv_.notify_all();
 }
 
 bool WriteBack::KickedOrStopping() {
@@ -642,7 +652,9 @@ bool WriteBack::SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender,
     }
     if (std::chrono::steady_clock::now() - last_sent > kAheadPatience) return false;
     std::unique_lock wait(mu_);
+    awaits_kick_ = true;
     cv_.wait_for(wait, kAheadLook, [this] { return stopping_ || kicked_; });
+    awaits_kick_ = false;
   }
   return false;
 }

@@ -202,6 +202,9 @@ class WriteBack {
   std::condition_variable cv_;
   bool stopping_ = false;  // guarded by mu_
   bool kicked_ = false;    // guarded by mu_
+  // Guarded by mu_: the flusher waits for a kick (a kick at other times is
+  // seen at its next look; waking it for nothing cost a switch per file).
+  bool awaits_kick_ = false;
   std::mutex flush_mu_;    // one batch (or send-ahead stint) at a time
   // guarded by flush_mu_ (and, while a BlockSender has it, by that
   // sender's lock): request bodies of large uploads, kept from one stint
@@ -247,6 +250,7 @@ class WriteBack {
   uint64_t queued_entries_ = 0;         // guarded by q_mu_: journal entries in queue_
   Status write_error_;                  // guarded by q_mu_: why the last write failed (ok once one works)
   bool writer_stopping_ = false;        // guarded by q_mu_
+  bool writer_awaits_ = false;          // guarded by q_mu_: the writer waits for changes (else no wake-up)
   int waiters_ = 0;                     // guarded by q_mu_: threads in WaitWritten
   uint64_t attempts_ = 0;               // guarded by q_mu_: saves tried, done or failed
   // The writer's only: staged bytes whose records are saved while the
