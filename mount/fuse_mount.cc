@@ -792,10 +792,48 @@ void Remove(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) {
 void OpUnlink(fuse_req_t req, fuse_ino_t parent, const char* name) { Remove(req, parent, name, false); }
 void OpRmdir(fuse_req_t req, fuse_ino_t parent, const char* name) { Remove(req, parent, name, true); }
 
+// Requires meta_mu. Whether directory `dir` is `ancestor` or inside it.
+bool Within(Fs* fs, uint64_t dir, uint64_t ancestor) {
+  for (uint64_t a = dir; a && a != kRootId;) {
+    if (a == ancestor) return true;
+    auto up = fs->tree.Get(a);
+    if (!up.ok() || !*up) break;
+    a = (*up)->parent;
+  }
+  return false;
+}
+
+// rename(2) with RENAME_EXCHANGE: both names stay, their nodes swap places
+// (one rename naming the other node: the server swaps them at once).
+void Exchange(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname) {
+  Fs* fs = Self(req);
+  std::lock_guard lock(fs->meta_mu);
+  auto a = fs->tree.Lookup(parent, name);
+  auto b = fs->tree.Lookup(newparent, newname);
+  if (!a.ok() || !b.ok()) return (void)fuse_reply_err(req, EIO);
+  if (!*a || !*b) return (void)fuse_reply_err(req, ENOENT);
+  if ((*a)->id == (*b)->id) return (void)fuse_reply_err(req, 0);
+  // (The kernel refuses an exchange of a directory with something inside it.)
+  if (((*a)->kind == NodeKind::kDir && Within(fs, newparent, (*a)->id)) ||
+      ((*b)->kind == NodeKind::kDir && Within(fs, parent, (*b)->id)))
+    return (void)fuse_reply_err(req, EINVAL);
+  NodeRecord ma = **a, mb = **b;
+  std::swap(ma.parent, mb.parent);
+  std::swap(ma.name, mb.name);
+  LocalState::JournalEntry e;
+  e.op.type = OpType::kRename;
+  e.op.id = ma.id;
+  e.op.parent = ma.parent;
+  e.op.name = ma.name;
+  e.op.exchange = mb.id;
+  if (Status st = fs->wb->Record({ma, mb}, {e}); !st.ok()) return (void)ReplyStatus(req, st, "rename", ma.id);
+  fuse_reply_err(req, 0);
+}
+
 void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname,
               unsigned int flags) {
   Fs* fs = Self(req);
-  if (flags & RENAME_EXCHANGE) return (void)fuse_reply_err(req, EINVAL);  // not supported (documented)
+  if (flags & RENAME_EXCHANGE) return Exchange(req, parent, name, newparent, newname);
   if (int err = CheckNewName(newname)) return (void)fuse_reply_err(req, err);
   std::lock_guard lock(fs->meta_mu);
   auto src = fs->tree.Lookup(parent, name);
@@ -818,14 +856,7 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
     }
   }
   // A directory may not move into itself.
-  if (s.kind == NodeKind::kDir) {
-    for (uint64_t a = newparent; a && a != kRootId;) {
-      if (a == s.id) return (void)fuse_reply_err(req, EINVAL);
-      auto up = fs->tree.Get(a);
-      if (!up.ok() || !*up) break;
-      a = (*up)->parent;
-    }
-  }
+  if (s.kind == NodeKind::kDir && Within(fs, newparent, s.id)) return (void)fuse_reply_err(req, EINVAL);
   NodeRecord moved = s;
   moved.parent = newparent;
   moved.name = newname;

@@ -186,7 +186,10 @@ void WriteBack::CountPending(const std::vector<LocalState::JournalEntry>& entrie
   auto add = [&](uint64_t id) {
     if ((pending_ids_[id] += d) <= 0) pending_ids_.erase(id);
   };
-  for (const auto& e : entries) add(e.op.id);
+  for (const auto& e : entries) {
+    add(e.op.id);
+    if (e.op.exchange) add(e.op.exchange);  // (a swap moves that node too)
+  }
   for (const auto& r : rows) add(r.id);
 }
 
@@ -1140,6 +1143,29 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       based.erase(op.id);
       continue;
     }
+    if (op.type == OpType::kRename && op.exchange != 0 && gone && (reply.node == op.id || reply.node == op.exchange)) {
+      // A swap of places with one side deleted elsewhere: that delete
+      // stands, and the other node still goes where it is here.
+      const uint64_t survivor = reply.node == op.id ? op.exchange : op.id;
+      auto n = tree_->Get(survivor);
+      if (!n.ok()) return n.status();
+      spdlog::warn("write-back: node {} was deleted elsewhere; node {} still moves to its place here", reply.node,
+                   survivor);
+      based.erase(reply.node);
+      if (!*n) {
+        if (drop_ours()) break;
+        continue;
+      }
+      if (survivor != op.id) {
+        placed.erase(op.id);
+        op.has_base = false;
+      }
+      op.id = survivor;
+      op.parent = (*n)->parent;
+      op.name = (*n)->name;
+      op.exchange = 0;
+      continue;
+    }
     const bool of_node = reply.node == op.id || reply.node == 0;
     if ((op.type == OpType::kDelete && (reply.reason == "stale_base" || gone)) ||
         ((op.type == OpType::kRename || op.type == OpType::kSetattr) && gone && of_node)) {
@@ -1156,6 +1182,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // (a move: no bytes are lost) and the node goes back where it is.
       based.erase(op.id);
       restore.push_back(op.id);
+      if (op.exchange) restore.push_back(op.exchange);  // (a swap: both go back)
       if (drop_ours()) break;
       continue;
     }

@@ -116,6 +116,10 @@ std::string EncodeCommit(const std::vector<CommitOp>& ops) {
       PutField(&out, "replace");
       out.append("true");
     }
+    if (op.type == OpType::kRename && op.exchange != 0) {
+      PutField(&out, "exchange");
+      out.append(std::to_string(op.exchange));
+    }
     out.push_back('}');
   }
   out.append("]}");
@@ -154,7 +158,7 @@ Result<CommitOp> DecodeOp(size_t i, const json& j) {
     case OpType::kMkdir: add({"parent", "name", "mode", "mtime_ns"}, {"parent", "name"}); break;
     case OpType::kSymlink: add({"parent", "name", "target", "mtime_ns"}, {"parent", "name", "target"}); break;
     case OpType::kWrite: add({"base", "size", "blocks", "mtime_ns"}, {"base", "size", "blocks"}); break;
-    case OpType::kRename: add({"base", "parent", "name", "replace"}, {"parent", "name"}); break;
+    case OpType::kRename: add({"base", "parent", "name", "replace", "exchange"}, {"parent", "name"}); break;
     case OpType::kDelete: add({"base"}, {"base"}); break;
     case OpType::kSetattr: add({"base", "mode", "mtime_ns"}, {"base"}); break;
   }
@@ -227,6 +231,12 @@ Result<CommitOp> DecodeOp(size_t i, const json& j) {
     const json& v = j.at("replace");
     if (!v.is_boolean()) return OpError(i, "\"replace\" must be true or false");
     op.replace = v.get<bool>();
+  }
+  if (j.contains("exchange")) {
+    RETURN_IF_ERROR(u64("exchange", &op.exchange));
+    if (op.exchange == 0 || op.exchange > kMaxNodeId) return OpError(i, "exchange must be a node id in 1..2^63-1");
+    if (op.exchange == op.id) return OpError(i, "a node cannot exchange places with itself");
+    if (op.replace) return OpError(i, "\"replace\" and \"exchange\" do not go together");
   }
   return op;
 }

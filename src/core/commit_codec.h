@@ -6,6 +6,8 @@
 //   symlink id parent name target [mtime_ns]
 //   write   id base size blocks [mtime_ns]        (new content, truncate)
 //   rename  id [base] parent name [replace]       (replace: overwrite target)
+//   rename  id [base] parent name exchange        (exchange: the node at parent/name,
+//                                                   which takes id's place: a swap)
 //   delete  id base
 //   setattr id base [mode] [mtime_ns]
 #pragma once
@@ -41,6 +43,7 @@ struct CommitOp {
   std::vector<Hash128> blocks;
   std::string target;
   bool replace = false;
+  uint64_t exchange = 0;  // rename: the node it swaps places with (RENAME_EXCHANGE); 0: none
 };
 
 std::string EncodeCommit(const std::vector<CommitOp>& ops);

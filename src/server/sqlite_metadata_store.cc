@@ -640,6 +640,47 @@ class SqliteMetadataStore final : public MetadataStore {
       return std::nullopt;
     }
 
+    // A rename naming `exchange`: that node takes n's place and n goes to
+    // op's parent and name (RENAME_EXCHANGE). n's checks are done. The
+    // name n goes to must be free or the other's, wherever the other is
+    // now (moved elsewhere meanwhile: the swap still puts both where this
+    // device has them).
+    Result<std::optional<CommitRefusal>> Exchange(const CommitOp& op, NodeRecord n) {
+      std::optional<CommitRefusal> refusal;
+      if (n.parent == op.parent && n.name == op.name) return refusal;  // done already (a journal replayed)
+      ASSIGN_OR_RETURN(auto other, Live(op.exchange, &refusal));
+      if (!other) return refusal;
+      if (other->id == kRootId) return std::optional(Refuse(Code::kInvalidArgument, "root", "the root cannot be renamed", other->id));
+      if (other->kind == NodeKind::kDir) {
+        for (uint64_t cur = n.parent; cur != 0;) {
+          if (cur == other->id)
+            return std::optional(Refuse(Code::kInvalidArgument, "into_own_subtree", "directory " + std::to_string(other->id) + " cannot move into its own subtree", other->id));
+          if (cur == kRootId) break;
+          ASSIGN_OR_RETURN(NodeRecord up, store->GetNodeOn(store->writer_, project, cur));
+          cur = up.parent;
+        }
+      }
+      ASSIGN_OR_RETURN(auto target, FindName(op.parent, op.name));
+      if (target && target->id != n.id && target->id != other->id)
+        return std::optional(Refuse(Code::kAlreadyExists, "name_taken", "\"" + op.name + "\" already exists in directory " + std::to_string(op.parent), target->id, target->version));
+      // Live names are unique: n steps out of the way (under no directory)
+      // while the other takes its place.
+      const uint64_t from_parent = n.parent;
+      const std::string from_name = n.name;
+      n.parent = 0;
+      n.name = "\x01exchange";
+      RETURN_IF_ERROR(Save(n));
+      other->parent = from_parent;
+      other->name = from_name;
+      other->seq = ++seq;
+      RETURN_IF_ERROR(Save(*other));
+      n.parent = op.parent;
+      n.name = op.name;
+      n.seq = ++seq;
+      RETURN_IF_ERROR(Save(n));
+      return refusal;
+    }
+
     Result<std::optional<CommitRefusal>> Apply(const CommitOp& op) {
       std::optional<CommitRefusal> refusal;
       const int64_t now = NowNs();
@@ -766,6 +807,7 @@ class SqliteMetadataStore final : public MetadataStore {
               cur = up.parent;
             }
           }
+          if (op.exchange) return Exchange(op, std::move(*n));
           ASSIGN_OR_RETURN(auto target, FindName(op.parent, op.name));
           if (target && target->id != n->id) {
             if (!op.replace)

@@ -701,6 +701,37 @@ TEST_F(MountTest, AnEditAgainstARemoteDeleteKeepsTheEditedFile) {
   EXPECT_EQ(ReadAll(fresh.path() + "/gone.txt"), "edited by two\n") << "the edit was dropped";
 }
 
+// A swap (RENAME_EXCHANGE) with a file deleted elsewhere meanwhile: that
+// delete stands, and the other file still ends where this mount put it.
+TEST_F(MountTest, ASwapWithAFileDeletedElsewhereKeepsTheOtherWhereItWent) {
+  Write("a.txt", "a bytes\n");
+  Write("b.txt", "b bytes\n");
+  Write("c.txt", "c bytes\n");
+  Write("d.txt", "d bytes\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  ASSERT_EQ(ReadAll(p.two->path() + "/b.txt"), "b bytes\n");
+  p.CutOff();
+  // The second name's node deleted (b), and the first's (c).
+  ASSERT_EQ(unlink((p.one->path() + "/b.txt").c_str()), 0);
+  ASSERT_EQ(unlink((p.one->path() + "/c.txt").c_str()), 0);
+  p.one.reset();
+  const std::string two = p.two->path();
+  for (const auto& [x, y] : {std::pair{"a.txt", "b.txt"}, std::pair{"c.txt", "d.txt"}})
+    ASSERT_EQ(renameat2(AT_FDCWD, (two + "/" + x).c_str(), AT_FDCWD, (two + "/" + y).c_str(), RENAME_EXCHANGE), 0)
+        << strerror(errno);
+  EXPECT_EQ(ReadAll(two + "/b.txt"), "a bytes\n");
+  EXPECT_EQ(ReadAll(two + "/c.txt"), "d bytes\n");
+  { std::ofstream(two + "/later.txt") << "later\n"; }  // the journal goes on
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/b.txt"), "a bytes\n");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/a.txt"));
+  EXPECT_EQ(ReadAll(fresh.path() + "/c.txt"), "d bytes\n");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/d.txt"));
+  EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
+}
+
 TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
   fs::create_directories(src_ + "/d");
   Import();

@@ -226,6 +226,44 @@ TEST_F(RealtimeTest, ARenameBackAndForthIsNeverTakenForARetry) {
   EXPECT_FALSE(Exists(fresh.path() + "/x"));
 }
 
+// renameat2 with RENAME_EXCHANGE: two names swap their nodes, here at once
+// and on the other mount within a blink; a reader keeps its file.
+TEST_F(RealtimeTest, ARenameExchangeSwapsTwoNamesHereAndOnTheOtherMount) {
+  TestMount a(server_, server_.rw_token, dir_ + "/a");
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  const std::string A = a.path(), B = b.path();
+  fs::create_directories(A + "/dir");
+  { std::ofstream(A + "/x.txt") << "x bytes"; }
+  { std::ofstream(A + "/dir/y.txt") << "y bytes"; }
+  ASSERT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/dir/y.txt") == "y bytes" && ReadAll(B + "/x.txt") == "x bytes"; }));
+  int fd = open((B + "/x.txt").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  // Swaps x and y on A: then `at_x` reads "y bytes" there and on B, `at_y` "x bytes".
+  auto swap = [&](const std::string& x, const std::string& y, const std::string& at_x, const std::string& at_y) {
+    ASSERT_EQ(renameat2(AT_FDCWD, (A + x).c_str(), AT_FDCWD, (A + y).c_str(), RENAME_EXCHANGE), 0) << strerror(errno);
+    EXPECT_EQ(ReadAll(A + at_x), "y bytes");  // here at once
+    EXPECT_EQ(ReadAll(A + at_y), "x bytes");
+    auto holds = [](const std::string& p, const char* want) { return fs::is_regular_file(p) && ReadAll(p) == want; };
+    EXPECT_TRUE(Within(kDeadline, [&] { return holds(B + at_x, "y bytes") && holds(B + at_y, "x bytes"); }))
+        << x << " <-> " << y;
+  };
+  swap("/x.txt", "/dir/y.txt", "/x.txt", "/dir/y.txt");
+  EXPECT_EQ(Pread(fd, 64, 0), "x bytes");  // the open file is the node, wherever it went
+  close(fd);
+  // A directory with a file: the names swap kinds.
+  swap("/dir", "/x.txt", "/dir", "/x.txt/y.txt");
+  // A missing side, or a directory swapped with something inside it: refused, nothing moves.
+  EXPECT_EQ(renameat2(AT_FDCWD, (A + "/dir").c_str(), AT_FDCWD, (A + "/none").c_str(), RENAME_EXCHANGE), -1);
+  EXPECT_EQ(errno, ENOENT);
+  EXPECT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/x.txt/y.txt").c_str(), RENAME_EXCHANGE), -1);
+  EXPECT_EQ(errno, EINVAL);
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
+  TestMount fresh(server_, server_.ro_token, dir_ + "/c");
+  EXPECT_EQ(ReadAll(fresh.path() + "/x.txt/y.txt"), "x bytes");
+  EXPECT_EQ(ReadAll(fresh.path() + "/dir"), "y bytes");
+  EXPECT_EQ(std::distance(fs::recursive_directory_iterator(fresh.path()), fs::recursive_directory_iterator()), 3);
+}
+
 TEST_F(RealtimeTest, AnUploadInProgressShowsInStatus) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
   std::string big = RandomBytes(48 << 20, 9);

@@ -49,6 +49,15 @@ inline CommitOp MkdirOp(uint64_t parent, const std::string& name, uint64_t id = 
   return op;
 }
 
+inline CommitOp DeleteOp(uint64_t id, uint64_t base) {
+  CommitOp op;
+  op.type = OpType::kDelete;
+  op.id = id;
+  op.has_base = true;
+  op.base = base;
+  return op;
+}
+
 inline CommitOp CreateOp(ApiClient& c, uint64_t parent, const std::string& name, const std::string& content) {
   CommitOp op;
   op.type = OpType::kCreate;

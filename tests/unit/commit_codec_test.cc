@@ -30,6 +30,13 @@ TEST(CommitCodec, RoundTrips) {
   EXPECT_EQ((*back)[1].blocks, ops[1].blocks);
   EXPECT_EQ((*back)[1].mode, 0600u);
   EXPECT_TRUE((*back)[2].replace);
+  EXPECT_EQ((*back)[2].exchange, 0u);
+  ops[2].replace = false;
+  ops[2].exchange = 42;
+  back = DecodeCommit(EncodeCommit(ops));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ((*back)[2].exchange, 42u);
+  EXPECT_FALSE((*back)[2].replace);
 }
 
 TEST(CommitCodec, NamesAndTargetsWithQuotesControlsAndUnicodeRoundTrip) {
@@ -75,6 +82,11 @@ TEST(CommitCodec, RejectsBadBodies) {
       "{\"ops\":[{\"op\":\"create\",\"id\":5,\"parent\":1,\"name\":\"a\",\"size\":1,\"blocks\":[\"zz\"]}]}",
       "{\"ops\":[{\"op\":\"write\",\"id\":5,\"size\":0,\"blocks\":[]}]}",           // no base
       "{\"ops\":[{\"op\":\"rename\",\"id\":5,\"parent\":1,\"name\":\"a\",\"replace\":\"yes\"}]}",
+      "{\"ops\":[{\"op\":\"rename\",\"id\":5,\"parent\":1,\"name\":\"a\",\"exchange\":0}]}",
+      "{\"ops\":[{\"op\":\"rename\",\"id\":5,\"parent\":1,\"name\":\"a\",\"exchange\":5}]}",       // itself
+      "{\"ops\":[{\"op\":\"rename\",\"id\":5,\"parent\":1,\"name\":\"a\",\"exchange\":\"6\"}]}",
+      "{\"ops\":[{\"op\":\"rename\",\"id\":5,\"parent\":1,\"name\":\"a\",\"exchange\":6,\"replace\":true}]}",
+      "{\"ops\":[{\"op\":\"mkdir\",\"id\":5,\"parent\":1,\"name\":\"a\",\"exchange\":6}]}",
       "{\"ops\":[{\"op\":\"symlink\",\"id\":5,\"parent\":1,\"name\":\"a\",\"target\":\"\"}]}",
       "{\"ops\":[],\"extra\":1}",
   };
