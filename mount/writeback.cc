@@ -756,6 +756,9 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // for the next one (the version comes from this commit).
       // So does a second op on one node (the first moves its version).
       if (NeedsBase(op.type) && (created.count(op.id) || based.count(op.id))) break;
+      // A swap with such a node too: where the node is follows that op's
+      // answer (a conflict name), so the swap waits for it.
+      if (op.exchange && (created.count(op.exchange) || based.count(op.exchange))) break;
       if (NeedsBase(op.type)) {
         // The version we last knew: the tree's, or (a node deleted here)
         // the one our own commits gave it.
@@ -1229,7 +1232,10 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
   if (!wrote.empty())
     if (auto later = state_->PendingJournal(kReplayScan); later.ok())
       for (const auto& e : *later)
-        if (!e.flush && (e.op.type == OpType::kRename || e.op.type == OpType::kDelete)) wrote.erase(e.op.id);
+        if (!e.flush && (e.op.type == OpType::kRename || e.op.type == OpType::kDelete)) {
+          wrote.erase(e.op.id);
+          if (e.op.exchange) wrote.erase(e.op.exchange);
+        }
   std::unordered_map<uint64_t, const NodeRecord*> by_id;
   for (const auto& r : made) {
     by_id[r.id] = &r;
