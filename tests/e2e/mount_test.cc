@@ -1174,6 +1174,7 @@ TEST_F(MountTest, RealProgramsWorkAndTheirResultsSurviveARemount) {
 TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   std::string old = RandomBytes(1 << 20, 41);
   Write("old.bin", old);
+  Write("swapped.txt", "imported\n");
   Import();
   FaultProxy proxy(server_, dir_);
   std::string big = RandomBytes(8 << 20, 40);
@@ -1185,6 +1186,9 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
     TestMount m(proxy.url(), server_.rw_token, dir_);
     proxy.SetRule("refuse /commit 0 -1");  // the server takes nothing
     { std::ofstream(m.path() + "/kept.txt") << "in the journal\n"; }
+    // A swap with the file just made (the create goes first, in a batch of its own).
+    ASSERT_EQ(renameat2(AT_FDCWD, (m.path() + "/kept.txt").c_str(), AT_FDCWD, (m.path() + "/swapped.txt").c_str(),
+                        RENAME_EXCHANGE), 0) << strerror(errno);
     int fd = open((m.path() + "/old.bin").c_str(), O_WRONLY);
     ASSERT_GE(fd, 0);
     ASSERT_EQ(pwrite(fd, block.data(), block.size(), 2 * kBlockSize), static_cast<ssize_t>(block.size()));
@@ -1198,7 +1202,8 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   proxy.SetRule("pass");
   { TestMount again(proxy.url(), server_.rw_token, dir_); }
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
-  EXPECT_EQ(ReadAll(fresh.path() + "/kept.txt"), "in the journal\n");
+  EXPECT_EQ(ReadAll(fresh.path() + "/swapped.txt"), "in the journal\n");
+  EXPECT_EQ(ReadAll(fresh.path() + "/kept.txt"), "imported\n");
   EXPECT_TRUE(ReadAll(fresh.path() + "/kept-dir/big.bin") == big);
   EXPECT_TRUE(ReadAll(fresh.path() + "/old.bin") == edited) << "a journaled block overwrite was lost";
 }
