@@ -732,6 +732,35 @@ TEST_F(MountTest, ASwapWithAFileDeletedElsewhereKeepsTheOtherWhereItWent) {
   EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
 }
 
+// Two mounts that did not hear of a delete both edit the file and send
+// at once: one edit brings the file back, the other is kept beside it as
+// a conflict copy, whichever order the server sees them in.
+TEST_F(MountTest, EditsOnTwoMountsOfAFileDeletedElsewhereAreBothKept) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  fs::create_directories(dir_ + "/p3");
+  FaultProxy proxy3(server_, dir_ + "/p3");
+  proxy3.SetRule("status500 /events 0 -1");
+  auto three = std::make_unique<TestMount>(proxy3.url(), server_.rw_token, dir_ + "/three");
+  ASSERT_EQ(ReadAll(p.two->path() + "/f.txt"), "base\n");
+  ASSERT_EQ(ReadAll(three->path() + "/f.txt"), "base\n");
+  p.CutOff();
+  proxy3.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
+  ASSERT_EQ(unlink((p.one->path() + "/f.txt").c_str()), 0);
+  p.one.reset();
+  { std::ofstream(p.two->path() + "/f.txt") << "edited on two\n"; }
+  { std::ofstream(three->path() + "/f.txt") << "edited on three\n"; }
+  std::thread t([&] { p.two.reset(); });
+  three.reset();
+  t.join();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/four");
+  std::vector<std::string> both{ReadAll(fresh.path() + "/f.txt")};
+  for (const auto& c : ConflictCopies(fresh.path(), "f (conflict from ", ".txt")) both.push_back(c);
+  std::sort(both.begin(), both.end());
+  EXPECT_EQ(both, (std::vector<std::string>{"edited on three\n", "edited on two\n"}));
+}
+
 TEST_F(MountTest, AFileMadeInADirectoryDeletedElsewhereIsKeptAtTheTop) {
   fs::create_directories(src_ + "/d");
   Import();
