@@ -1148,25 +1148,26 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     }
     if (op.type == OpType::kRename && op.exchange != 0 && gone && (reply.node == op.id || reply.node == op.exchange)) {
       // A swap of places with one side deleted elsewhere: that delete
-      // stands, and the other node still goes where it is here.
+      // stands, and the other node still goes where the swap put it: the
+      // op's place for `id`; for the other, the one it has here (the op
+      // does not say where `id` was).
       const uint64_t survivor = reply.node == op.id ? op.exchange : op.id;
-      auto n = tree_->Get(survivor);
-      if (!n.ok()) return n.status();
       spdlog::warn("write-back: node {} was deleted elsewhere; node {} still moves to its place here", reply.node,
                    survivor);
       based.erase(reply.node);
+      op.exchange = 0;
+      if (survivor == op.id) continue;
+      auto n = tree_->Get(survivor);
+      if (!n.ok()) return n.status();
       if (!*n) {
         if (drop_ours()) break;
         continue;
       }
-      if (survivor != op.id) {
-        placed.erase(op.id);
-        op.has_base = false;
-      }
+      placed.erase(op.id);
+      op.has_base = false;
       op.id = survivor;
       op.parent = (*n)->parent;
       op.name = (*n)->name;
-      op.exchange = 0;
       continue;
     }
     const bool of_node = reply.node == op.id || reply.node == 0;
