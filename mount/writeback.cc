@@ -310,10 +310,14 @@ void WriteBack::WriterLoop() {
     // (creating thousands of files took a third of the mount's CPU while
     // cp -r ran); until then the log and the cache's memory hold them.
     auto more = [this] { return writer_stopping_ || !queue_.empty(); };
-    writer_awaits_ = true;
-    if (unplaced_.empty()) q_cv_.wait(lock, more);
-    else q_cv_.wait_for(lock, kPlaceAfter, more);
-    writer_awaits_ = false;
+    // (Record wakes the writer only while it waits here.)
+    auto wait_more = [&](std::optional<std::chrono::milliseconds> limit) {
+      writer_awaits_ = true;
+      if (limit) q_cv_.wait_for(lock, *limit, more);
+      else q_cv_.wait(lock, more);
+      writer_awaits_ = false;
+    };
+    wait_more(unplaced_.empty() ? std::nullopt : std::optional(kPlaceAfter));
     if (queue_.empty()) {
       lock.unlock();
       Status st = PlaceStaged();
@@ -325,11 +329,7 @@ void WriteBack::WriterLoop() {
       if (st.ok() && queue_.empty())
         if (Status r = state_->ResetLog(); !r.ok()) spdlog::warn("{} (it is replayed harmlessly)", r.ToString());
       if (writer_stopping_ && queue_.empty()) return;
-      if (!st.ok() && queue_.empty()) {
-        writer_awaits_ = true;
-        q_cv_.wait(lock, more);  // (nothing to retry for until then)
-        writer_awaits_ = false;
-      }
+      if (!st.ok() && queue_.empty()) wait_more(std::nullopt);  // (nothing to retry for until then)
       continue;
     }
     if (burst && !writer_stopping_ && waiters_ == 0) {
@@ -449,11 +449,7 @@ void WriteBack::Loop() {
   for (;;) {
     if (look_now) look_now = false;
     else if (backoff.count() > 0) cv_.wait_for(lock, backoff, [this] { return stopping_; });
-    else {
-      awaits_kick_ = true;
-      cv_.wait_for(lock, held ? kHeldLook : std::chrono::milliseconds(2000), [this] { return stopping_ || kicked_; });
-      awaits_kick_ = false;
-    }
+    else WaitForKick(lock, held ? kHeldLook : std::chrono::milliseconds(2000));
     if (stopping_) return;
     bool was_kicked = kicked_;
     kicked_ = false;
@@ -591,6 +587,12 @@ void WriteBack::Kick() {
   if (wake) cv_.notify_all();
 }
 
+void WriteBack::WaitForKick(std::unique_lock<std::mutex>& lock, std::chrono::milliseconds limit) {
+  awaits_kick_ = true;
+  cv_.wait_for(lock, limit, [this] { return stopping_ || kicked_; });
+  awaits_kick_ = false;
+}
+
 bool WriteBack::KickedOrStopping() {
   std::lock_guard lock(mu_);
   return kicked_ || stopping_;
@@ -655,9 +657,7 @@ bool WriteBack::SendAheadRounds(uint64_t id, std::optional<BlockSender>* sender,
     }
     if (std::chrono::steady_clock::now() - last_sent > kAheadPatience) return false;
     std::unique_lock wait(mu_);
-    awaits_kick_ = true;
-    cv_.wait_for(wait, kAheadLook, [this] { return stopping_ || kicked_; });
-    awaits_kick_ = false;
+    WaitForKick(wait, kAheadLook);
   }
   return false;
 }

@@ -129,6 +129,9 @@ class WriteBack {
   // whose id goes in `held_id`.
   Status FlushBatch(bool* held = nullptr, uint64_t* held_id = nullptr);
   bool KickedOrStopping();
+  // Requires `lock` on mu_. Waits up to `limit` for a kick (Kick wakes the
+  // flusher only while it waits here) or for the stop.
+  void WaitForKick(std::unique_lock<std::mutex>& lock, std::chrono::milliseconds limit);
   // Sends ahead some of the blocks of file `id`, held back while it is
   // written (ChunkCache::BeginAhead).
   // The requests go through `sender` (made at the first round that sends).

@@ -640,6 +640,22 @@ class SqliteMetadataStore final : public MetadataStore {
       return std::nullopt;
     }
 
+    // Whether `n` may move into directory `to`: not the root, and not a
+    // directory into its own subtree.
+    Result<std::optional<CommitRefusal>> CheckMove(const NodeRecord& n, uint64_t to) {
+      if (n.id == kRootId) return std::optional(Refuse(Code::kInvalidArgument, "root", "the root cannot be renamed", n.id));
+      if (n.kind != NodeKind::kDir) return std::optional<CommitRefusal>();
+      uint64_t cur = to;
+      for (int depth = 0; cur != 0 && depth < 100000; ++depth) {
+        if (cur == n.id)
+          return std::optional(Refuse(Code::kInvalidArgument, "into_own_subtree", "directory " + std::to_string(n.id) + " cannot move into its own subtree", n.id));
+        if (cur == kRootId) break;
+        ASSIGN_OR_RETURN(NodeRecord up, store->GetNodeOn(store->writer_, project, cur));
+        cur = up.parent;
+      }
+      return std::optional<CommitRefusal>();
+    }
+
     // A rename naming `exchange`: that node takes n's place and n goes to
     // op's parent and name (RENAME_EXCHANGE). n's checks are done. The
     // name n goes to must be free or the other's, wherever the other is
@@ -650,16 +666,8 @@ class SqliteMetadataStore final : public MetadataStore {
       if (n.parent == op.parent && n.name == op.name) return refusal;  // done already (a journal replayed)
       ASSIGN_OR_RETURN(auto other, Live(op.exchange, &refusal));
       if (!other) return refusal;
-      if (other->id == kRootId) return std::optional(Refuse(Code::kInvalidArgument, "root", "the root cannot be renamed", other->id));
-      if (other->kind == NodeKind::kDir) {
-        for (uint64_t cur = n.parent; cur != 0;) {
-          if (cur == other->id)
-            return std::optional(Refuse(Code::kInvalidArgument, "into_own_subtree", "directory " + std::to_string(other->id) + " cannot move into its own subtree", other->id));
-          if (cur == kRootId) break;
-          ASSIGN_OR_RETURN(NodeRecord up, store->GetNodeOn(store->writer_, project, cur));
-          cur = up.parent;
-        }
-      }
+      ASSIGN_OR_RETURN(refusal, CheckMove(*other, n.parent));
+      if (refusal) return refusal;
       ASSIGN_OR_RETURN(auto target, FindName(op.parent, op.name));
       if (target && target->id != n.id && target->id != other->id)
         return std::optional(Refuse(Code::kAlreadyExists, "name_taken", "\"" + op.name + "\" already exists in directory " + std::to_string(op.parent), target->id, target->version));
@@ -796,17 +804,8 @@ class SqliteMetadataStore final : public MetadataStore {
           if ((refusal = StaleBase(op, *n))) return refusal;
           ASSIGN_OR_RETURN(auto parent, LiveDir(op.parent, &refusal));
           if (!parent) return refusal;
-          if (n->kind == NodeKind::kDir) {
-            // Refuse moving a directory into its own subtree.
-            uint64_t cur = op.parent;
-            for (int depth = 0; cur != 0 && depth < 100000; ++depth) {
-              if (cur == n->id)
-                return std::optional(Refuse(Code::kInvalidArgument, "into_own_subtree", "directory " + std::to_string(n->id) + " cannot move into its own subtree", n->id));
-              if (cur == kRootId) break;
-              ASSIGN_OR_RETURN(NodeRecord up, store->GetNodeOn(store->writer_, project, cur));
-              cur = up.parent;
-            }
-          }
+          ASSIGN_OR_RETURN(refusal, CheckMove(*n, op.parent));
+          if (refusal) return refusal;
           if (op.exchange) return Exchange(op, std::move(*n));
           ASSIGN_OR_RETURN(auto target, FindName(op.parent, op.name));
           if (target && target->id != n->id) {
