@@ -759,6 +759,20 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // A swap with such a node too: where the node is follows that op's
       // answer (a conflict name), so the swap waits for it.
       if (op.exchange && (created.count(op.exchange) || based.count(op.exchange))) break;
+      // A server older than swaps would refuse the batch: what comes
+      // before goes, the swap waits in the journal for a newer server.
+      if (op.exchange && client_->server_protocol() < kProtocolExchange) {
+        if (!ops.empty()) break;
+        // Not known (offline since the start) or older: ask again, the
+        // server may be a newer one by now. (No answer: the commit below
+        // meets the same.)
+        (void)client_->WhoAmI();
+        if (const int level = client_->server_protocol(); level != 0 && level < kProtocolExchange)
+          return Status::Unavailable("the swap of " + tree_->PathOf(op.id) + " with " + tree_->PathOf(op.exchange) +
+                                     " needs a tidefs server of protocol " + std::to_string(kProtocolExchange) +
+                                     " or later, and the server at " + client_->options().server + " speaks " +
+                                     std::to_string(level) + ": upgrade the server (the change waits in the journal)");
+      }
       if (NeedsBase(op.type)) {
         // The version we last knew: the tree's, or (a node deleted here)
         // the one our own commits gave it.

@@ -17,6 +17,9 @@ using nlohmann::json;
 
 namespace {
 
+// kProtocolHeader as the answer's header map has it (lowercase names).
+constexpr const char* kProtocolHeaderLower = "x-tidefs-protocol";
+
 struct CurlGlobal {
   CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
 };
@@ -151,6 +154,19 @@ std::string ApiClient::UrlEncode(std::string_view s) {
   return out;
 }
 
+void ApiClient::NoteProtocol(const HttpAnswer& a) {
+  int level = 1;  // (a server older than the header)
+  if (const std::string* h = a.Header(kProtocolHeaderLower)) {
+    auto [end, ec] = std::from_chars(h->data(), h->data() + h->size(), level);
+    if (ec != std::errc() || end != h->data() + h->size() || level < 1) {
+      spdlog::debug("the server sent a bad {} header: '{}'", kProtocolHeader, *h);
+      level = 1;
+    }
+  }
+  int was = server_protocol_.exchange(level, std::memory_order_relaxed);
+  if (was != level && was != 0) spdlog::info("the server at {} now speaks protocol {} (was {})", opts_.server, level, was);
+}
+
 Result<HttpAnswer> ApiClient::Raw(const std::string& method, const std::string& path, std::string_view body,
                                   const std::vector<std::string>& headers, bool idempotent) {
   return Exchange(method, path, body, headers, idempotent, nullptr, 0);
@@ -206,6 +222,7 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
       continue;
     }
     a.status = static_cast<int>(status);
+    if (a.status >= 200 && a.status < 300) NoteProtocol(a);
     if (a.status >= 500 && attempt + 1 < attempts) {
       last = StatusFromAnswer(a, method + " " + url);
       continue;

@@ -3,6 +3,7 @@
 // connections are kept alive and several calls may run at once.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -47,6 +48,9 @@ class ApiClient {
   explicit ApiClient(ClientOptions opts);
   ~ApiClient();
   const ClientOptions& options() const { return opts_; }
+  // The protocol level of the server's last successful answer (its
+  // kProtocolHeader; 1 without one), 0 until there was one.
+  int server_protocol() const { return server_protocol_.load(std::memory_order_relaxed); }
 
   // One HTTP exchange. `path` is relative to /v1/projects/{project} unless
   // it starts with "//" (then it is taken from the server root, minus one
@@ -92,9 +96,11 @@ class ApiClient {
   Result<HttpAnswer> Exchange(const std::string& method, const std::string& path, std::string_view body,
                               const std::vector<std::string>& headers, bool idempotent, char* into, size_t into_cap,
                               size_t* into_got = nullptr);
+  void NoteProtocol(const HttpAnswer& a);
   struct Pool;
   ClientOptions opts_;
   std::unique_ptr<Pool> pool_;
+  std::atomic<int> server_protocol_{0};
 };
 
 // The error an answer carries: its JSON message and the matching Code.

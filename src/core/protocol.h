@@ -13,6 +13,16 @@ namespace tidefs {
 
 inline constexpr int kMaxPageSize = 500;
 
+// The protocol level a server speaks, sent in every API answer's
+// X-Tidefs-Protocol header (docs/protocol.md). An answer without the header
+// comes from a level-1 server.
+//   1: the v1 API as first released.
+//   2: a rename may swap two nodes ("exchange").
+inline constexpr int kProtocolLevel = 2;
+inline constexpr const char* kProtocolHeader = "X-Tidefs-Protocol";
+// The level a mount needs for a swap (RENAME_EXCHANGE).
+inline constexpr int kProtocolExchange = 2;
+
 struct NodePage {
   std::vector<NodeRecord> items;
   std::optional<std::string> next;  // name to pass as `after`

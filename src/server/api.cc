@@ -149,6 +149,12 @@ void Api::TouchDevice(const TokenInfo& token) {
 }
 
 HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
+  HttpResponse r = Route(req, route);
+  r.headers.emplace_back(kProtocolHeader, std::to_string(kProtocolLevel));
+  return r;
+}
+
+HttpResponse Api::Route(const HttpRequest& req, std::string* route) {
   *route = "other";
   if (req.bad_target) return ErrorResponse(Status::Invalid("request target is not valid percent-encoding"));
   if (req.path == "/healthz") {

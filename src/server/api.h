@@ -21,7 +21,8 @@ class Api {
  public:
   Api(MetadataStore* meta, BlockStore* blocks, Metrics* metrics);
 
-  // `route` receives the route template for metrics ("GET /nodes").
+  // `route` receives the route template for metrics ("GET /nodes"). Every
+  // answer names the protocol level (kProtocolHeader).
   HttpResponse Handle(const HttpRequest& req, std::string* route);
 
   // The largest body a request to `path` may carry.
@@ -48,6 +49,7 @@ class Api {
     TokenInfo token;
   };
   Result<Caller> Authenticate(const HttpRequest& req, const std::string& project);
+  HttpResponse Route(const HttpRequest& req, std::string* route);
   void TouchDevice(const TokenInfo& token);
 
   HttpResponse ListNodes(const HttpRequest& req, const Caller& c);

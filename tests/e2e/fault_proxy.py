@@ -16,6 +16,8 @@ first that matches applies):
   status500 PATH 0 TIMES    answer 500 instead of the server's answer
   refuse PATH 0 TIMES       answer 503 without passing the request on
                             (the server never sees it)
+  old PATH 0 TIMES          drop the X-Tidefs-Protocol header: an answer
+                            as a server from before the header gives
   hold PATH 0 TIMES         pass the request on, then keep the server's
                             answer back for as long as a hold rule for
                             PATH stays in CONTROL_FILE (counted in "held")
@@ -144,6 +146,11 @@ async def handle(client_r, client_w):
             rule = rule_for(path)
             stats["requests"] += 1
             route = path.split("?")[0].rsplit("/", 1)[-1]
+            if rule and rule[0] == "old":
+                resp = b"\r\n".join(line for line in resp.split(b"\r\n")
+                                     if not line.lower().startswith(b"x-tidefs-protocol:"))
+                stats["faults"] += 1
+                rule = None
             if resp.startswith(b"HTTP/1.1 101") and not rule:
                 client_w.write(resp)  # a WebSocket from here on
                 await asyncio.gather(pipe(server_r, client_w), pipe(client_r, server_w))

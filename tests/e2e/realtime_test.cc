@@ -264,6 +264,63 @@ TEST_F(RealtimeTest, ARenameExchangeSwapsTwoNamesHereAndOnTheOtherMount) {
   EXPECT_EQ(std::distance(fs::recursive_directory_iterator(fresh.path()), fs::recursive_directory_iterator()), 3);
 }
 
+TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
+  // Answers without the protocol header: a server from before swaps.
+  FaultProxy proxy(server_, dir_);
+  proxy.SetRule("old / 0 -1");
+  TestMount a(proxy.url(), server_.rw_token, dir_ + "/a");
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  const std::string A = a.path(), B = b.path();
+  { std::ofstream(A + "/x.txt") << "x bytes"; }
+  { std::ofstream(A + "/y.txt") << "y bytes"; }
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
+  // Refused at the call, not later in the background; nothing moves.
+  EXPECT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), -1);
+  EXPECT_EQ(errno, EINVAL);
+  EXPECT_EQ(ReadAll(A + "/x.txt"), "x bytes");
+  EXPECT_EQ(ReadAll(A + "/y.txt"), "y bytes");
+  EXPECT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(1000)));
+  EXPECT_GT(proxy.Faults(), 0u);
+  // The server is upgraded: its next answer says so, and swaps work.
+  proxy.SetRule("pass");
+  { std::ofstream(A + "/poke.txt") << "."; }
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
+  ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
+      << strerror(errno);
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
+}
+
+TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) {
+  FaultProxy proxy(server_, dir_);
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  const std::string B = b.path();
+  {
+    TestMount a(proxy.url(), server_.rw_token, dir_ + "/a");
+    { std::ofstream(a.path() + "/x.txt") << "x bytes"; }
+    { std::ofstream(a.path() + "/y.txt") << "y bytes"; }
+    ASSERT_TRUE(JournalEmptiesWithin(a.path(), std::chrono::milliseconds(5000)));
+  }
+  // Offline from the start, the mount cannot know the server's level: it keeps the swap.
+  proxy.SetRule("refuse / 0 -1");
+  TestMount a(proxy.url(), server_.rw_token, dir_ + "/a", "--send-patience 1");
+  const std::string A = a.path();
+  ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
+      << strerror(errno);
+  // A server from before swaps answers: the swap waits in the journal and the log says why.
+  proxy.SetRule("old / 0 -1");
+  const std::string log = dir_ + "/a/cache/mount.log";
+  EXPECT_TRUE(Within(std::chrono::milliseconds(15000), [&] {
+    return ReadAll(log).find("needs a tidefs server of protocol 2 or later") != std::string::npos;
+  })) << ReadAll(log);
+  EXPECT_NE(StatusOf(A).find("\"journal_pending\": 1"), std::string::npos) << StatusOf(A);
+  EXPECT_EQ(ReadAll(B + "/x.txt"), "x bytes");
+  EXPECT_EQ(ReadAll(A + "/x.txt"), "y bytes");  // here it is done
+  // The server is upgraded: the swap goes.
+  proxy.SetRule("pass");
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(20000))) << ReadAll(log);
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
+}
+
 TEST_F(RealtimeTest, AnUploadInProgressShowsInStatus) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
   std::string big = RandomBytes(48 << 20, 9);

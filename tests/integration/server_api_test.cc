@@ -29,6 +29,23 @@ TEST_F(ServerApiTest, HealthzAndMetrics) {
   EXPECT_NE(m->body.find("tidefs_blocks_stored_total"), std::string::npos);
 }
 
+TEST_F(ServerApiTest, EveryAnswerNamesTheProtocolLevel) {
+  ApiClient fresh = server_.Client(server_.rw_token);
+  EXPECT_EQ(fresh.server_protocol(), 0);  // nothing answered yet
+  // A refusal names it too, but the client only believes a success.
+  auto missing = fresh.Raw("GET", "/nodes/12345");
+  ASSERT_TRUE(missing.ok());
+  EXPECT_EQ(missing->status, 404);
+  ASSERT_NE(missing->Header("x-tidefs-protocol"), nullptr);
+  EXPECT_EQ(*missing->Header("x-tidefs-protocol"), std::to_string(kProtocolLevel));
+  EXPECT_EQ(fresh.server_protocol(), 0);
+  ASSERT_TRUE(fresh.WhoAmI().ok());
+  EXPECT_EQ(fresh.server_protocol(), kProtocolLevel);
+  auto health = fresh.Raw("GET", "//healthz");
+  ASSERT_TRUE(health.ok());
+  EXPECT_NE(health->Header("x-tidefs-protocol"), nullptr);
+}
+
 TEST_F(ServerApiTest, AuthRefusesMissingUnknownForeignAndReadOnlyWrites) {
   ApiClient none = server_.Client("");
   EXPECT_EQ(none.Raw("GET", "/nodes")->status, 401);
