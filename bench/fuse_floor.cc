@@ -11,11 +11,23 @@
 //   The root holds "big" of BIG_FILE_BYTES (default 1 GiB) of fixed
 //   pseudo-random bytes; anything may be created beside it. Runs in the
 //   foreground until unmounted (fusermount3 -u MOUNTPOINT).
+//
+// FLOOR_PASSTHROUGH=DIR (root, kernel 6.9+): files created are backed by a
+//   file in DIR each and opened with FUSE passthrough, so their reads and
+//   writes go to that file without a round trip. libfuse 3.14 cannot ask
+//   for passthrough, so the two protocol fields it lacks are set in its
+//   replies on their way to the kernel (a custom writev, below): the INIT
+//   reply's FUSE_PASSTHROUGH flag and max_stack_depth, and the open reply's
+//   FOPEN_PASSTHROUGH flag and backing id. This answers "what would
+//   passthrough buy", nothing more (docs/benchmarks.md).
 #define FUSE_USE_VERSION 35
 #include <fuse_lowlevel.h>
 
 #include "mount/fuse_settings.h"
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -33,12 +45,59 @@ namespace {
 constexpr double kTimeout = 3600.0;
 size_t kPattern = 1u << 20;  // FLOOR_PATTERN_MB: bytes served cycle through this much memory
 
+// Passthrough (FUSE 7.40), from the kernel's uapi header: Debian 12's
+// libfuse 3.14 ships 7.38.
+struct BackingMap {
+  int32_t fd;
+  uint32_t flags;
+  uint64_t padding;
+};
+constexpr unsigned long kBackingOpen = _IOW(229, 1, BackingMap);  // FUSE_DEV_IOC_BACKING_OPEN
+constexpr uint32_t kInitPassthroughFlags2 = 1u << 5;              // FUSE_PASSTHROUGH (1ULL << 37) in flags2
+constexpr size_t kInitFlags2At = 32, kInitStackDepthAt = 36;       // in fuse_init_out
+constexpr uint32_t kOpenPassthrough = 1u << 7;                     // FOPEN_PASSTHROUGH
+const char* g_backing_dir = nullptr;
+int g_dev_fd = -1;
+// What the reply this thread sends next must carry (set right before it).
+thread_local bool tls_init_reply = false;
+thread_local int32_t tls_backing_id = 0;
+
+// libfuse hands every reply here; the INIT and open replies are patched.
+ssize_t PassthroughWritev(int fd, iovec* iov, int count, void*) {
+  thread_local char patched[256];
+  if ((tls_init_reply || tls_backing_id) && count >= 2 && iov[count - 1].iov_len <= sizeof patched) {
+    const size_t len = iov[count - 1].iov_len;
+    std::memcpy(patched, iov[count - 1].iov_base, len);
+    if (tls_init_reply && len >= kInitStackDepthAt + 4) {
+      uint32_t flags2, depth = 1;
+      std::memcpy(&flags2, patched + kInitFlags2At, 4);
+      flags2 |= kInitPassthroughFlags2;
+      std::memcpy(patched + kInitFlags2At, &flags2, 4);
+      std::memcpy(patched + kInitStackDepthAt, &depth, 4);
+      tls_init_reply = false;
+    } else if (tls_backing_id && len >= 16) {  // fuse_open_out ends the reply: fh, open_flags, backing_id
+      uint32_t open_flags;
+      std::memcpy(&open_flags, patched + len - 8, 4);
+      open_flags |= kOpenPassthrough;
+      std::memcpy(patched + len - 8, &open_flags, 4);
+      std::memcpy(patched + len - 4, &tls_backing_id, 4);
+    }
+    iov[count - 1].iov_base = patched;
+  }
+  return ::writev(fd, iov, count);
+}
+ssize_t PlainRead(int fd, void* buf, size_t len, void*) { return ::read(fd, buf, len); }
+ssize_t PlainSplice(int in, off_t* in_off, int out, off_t* out_off, size_t len, unsigned flags, void*) {
+  return ::splice(in, in_off, out, out_off, len, flags);
+}
+
 struct Node {
   mode_t mode = 0;
   uint64_t size = 0;
   uint64_t nlookup = 0;
   std::map<std::string, fuse_ino_t> children;
   timespec mtime{};
+  int32_t backing_id = 0;  // FLOOR_PASSTHROUGH: the file behind it
 };
 
 struct Floor {
@@ -57,6 +116,9 @@ void FillStat(fuse_ino_t ino, const Node& n, struct stat* st) {
   st->st_uid = getuid();
   st->st_gid = getgid();
   st->st_size = static_cast<off_t>(n.size);
+  struct stat backing;  // (written past us: the backing file has the size)
+  if (n.backing_id && ::stat((std::string(g_backing_dir) + "/" + std::to_string(ino)).c_str(), &backing) == 0)
+    st->st_size = backing.st_size;
   st->st_blksize = 1 << 20;
   st->st_blocks = static_cast<blkcnt_t>((n.size + 511) / 512);
   st->st_mtim = st->st_ctim = st->st_atim = n.mtime;
@@ -80,6 +142,7 @@ void ReplyEntry(fuse_req_t req, Floor* f, fuse_ino_t ino) {
 
 void OpInit(void*, fuse_conn_info* conn) {
   tidefs::TuneFuseConnection(conn);
+  tls_init_reply = g_backing_dir != nullptr;
   if (getenv("FLOOR_WBC")) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
 }
 
@@ -150,7 +213,22 @@ void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
   fi->keep_cache = 1;
   fi->noflush = 1;
   fuse_entry_param e = Entry(f, ino);
+  if (g_backing_dir && !f->nodes[ino].backing_id) {
+    const std::string path = std::string(g_backing_dir) + "/" + std::to_string(ino);
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    BackingMap map{fd, 0, 0};
+    const int id = fd < 0 ? -1 : ::ioctl(g_dev_fd, kBackingOpen, &map);
+    if (fd >= 0) ::close(fd);  // (the kernel holds the file)
+    if (id <= 0) {
+      std::fprintf(stderr, "fuse_floor: no passthrough for %s: %s\n", path.c_str(), std::strerror(errno));
+      return (void)fuse_reply_err(req, EIO);
+    }
+    f->nodes[ino].backing_id = id;
+  }
+  tls_backing_id = f->nodes[ino].backing_id;
+  if (tls_backing_id) fi->keep_cache = 0;  // (the kernel refuses passthrough with it: EIO)
   fuse_reply_create(req, &e, fi);
+  tls_backing_id = 0;
 }
 
 void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -158,7 +236,10 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   std::lock_guard lock(f->mu);
   if (fi->flags & O_TRUNC) f->nodes[ino].size = 0;
   fi->keep_cache = 1;
+  tls_backing_id = f->nodes[ino].backing_id;
+  if (tls_backing_id) fi->keep_cache = 0;
   fuse_reply_open(req, fi);
+  tls_backing_id = 0;
 }
 
 void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
@@ -290,6 +371,17 @@ int main(int argc, char** argv) {
   if (fuse_set_signal_handlers(se) != 0 || fuse_session_mount(se, argv[1]) != 0) {
     std::fprintf(stderr, "fuse_floor: cannot mount at %s\n", argv[1]);
     fuse_session_destroy(se);
+    return 1;
+  }
+  g_backing_dir = getenv("FLOOR_PASSTHROUGH");
+  g_dev_fd = fuse_session_fd(se);
+  static fuse_custom_io io{};
+  io.writev = PassthroughWritev;
+  io.read = PlainRead;
+  io.splice_receive = PlainSplice;
+  io.splice_send = PlainSplice;
+  if (g_backing_dir && fuse_session_custom_io(se, &io, g_dev_fd) != 0) {
+    std::fprintf(stderr, "fuse_floor: cannot hook the replies for passthrough\n");
     return 1;
   }
   fuse_loop_config cfg = tidefs::FuseLoopConfig();
