@@ -901,6 +901,12 @@ class SqliteMetadataStore final : public MetadataStore {
       }
     }
     ASSIGN_OR_RETURN(auto db, Db::Open(path_));
+    // Readers see the database file through a mapping: a scan reads the
+    // kernel's page cache in place instead of copying each page into
+    // SQLite's own cache (fresh memory). The snapshot build of a million
+    // nodes: 1.4-1.7 s -> 0.8-1.2 s. Debian's SQLite maps at most 2 GiB; the
+    // rest of a larger file is read as before.
+    RETURN_IF_ERROR(db->Exec("PRAGMA mmap_size=2147418112"));
     auto c = std::make_unique<Conn>();
     c->db = std::move(db);
     return c;
