@@ -1162,6 +1162,7 @@ std::string StatusJson(Fs& fs) {
   nlohmann::json j = {
       {"project", fs.project},
       {"server", fs.server},
+      {"server_protocol", fs.client ? fs.client->server_protocol() : 0},  // (0: no answer yet)
       {"cache_dir", fs.cache_dir},
       {"pid", static_cast<long>(getpid())},
       {"seq", fs.tree.seq()},
@@ -1462,6 +1463,11 @@ std::string FormatStatus(const std::string& text) {
   snprintf(line, sizeof line, "project %s on %s as device %s (pid %ld)\n", j.value("project", "").c_str(),
            j.value("server", "").c_str(), j.value("device", "").c_str(), j.value("pid", 0L));
   out += line;
+  if (const int level = j.value("server_protocol", 0); level != 0 && level < kProtocolLevel) {
+    snprintf(line, sizeof line, "server:  speaks protocol %d, older than this mount's %d (no swaps); upgrade it\n",
+             level, kProtocolLevel);
+    out += line;
+  }
   if (j.contains("sync")) {
     const auto& s = j["sync"];
     snprintf(line, sizeof line, "server:  %s; cursor %llu of head %llu, checkpoint %llu\n",

@@ -281,6 +281,9 @@ TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
   EXPECT_EQ(ReadAll(A + "/y.txt"), "y bytes");
   EXPECT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(1000)));
   EXPECT_GT(proxy.Faults(), 0u);
+  std::string human;
+  RunCommand(std::string(TIDEFS_BINARY) + " status " + A + " 2>&1", &human);
+  EXPECT_NE(human.find("speaks protocol 1, older than this mount's 2"), std::string::npos) << human;
   // The server is upgraded: its next answer says so, and swaps work.
   proxy.SetRule("pass");
   { std::ofstream(A + "/poke.txt") << "."; }
@@ -288,6 +291,7 @@ TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
   ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
       << strerror(errno);
   EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
+  EXPECT_NE(StatusOf(A).find("\"server_protocol\": 2"), std::string::npos) << StatusOf(A);
 }
 
 TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) {
