@@ -807,21 +807,22 @@ bool Within(Fs* fs, uint64_t dir, uint64_t ancestor) {
 // (one rename naming the other node: the server swaps them at once).
 void Exchange(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t newparent, const char* newname) {
   Fs* fs = Self(req);
+  // (Offline since the start the level is not known: the swap is kept, and
+  // the write-back holds it should the server turn out older.)
+  if (const int level = fs->client->server_protocol(); level != 0 && level < kProtocolExchange) {
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true))  // (once: a program may probe for swaps in a loop)
+      spdlog::warn("a swap (rename with RENAME_EXCHANGE) is refused: the server at {} speaks protocol {}, and swaps "
+                   "need {} or later; upgrade the server",
+                   fs->client->options().server, level, kProtocolExchange);
+    return (void)fuse_reply_err(req, EINVAL);
+  }
   std::lock_guard lock(fs->meta_mu);
   auto a = fs->tree.Lookup(parent, name);
   auto b = fs->tree.Lookup(newparent, newname);
   if (!a.ok() || !b.ok()) return (void)fuse_reply_err(req, EIO);
   if (!*a || !*b) return (void)fuse_reply_err(req, ENOENT);
   if ((*a)->id == (*b)->id) return (void)fuse_reply_err(req, 0);
-  // (Offline since the start the level is not known: the swap is kept, and
-  // the write-back holds it should the server turn out older.)
-  if (const int level = fs->client->server_protocol(); level != 0 && level < kProtocolExchange) {
-    spdlog::warn("swapping {} and {}: the server at {} speaks protocol {}, and a swap needs {} or later; upgrade the "
-                 "server",
-                 fs->tree.PathOf((*a)->id), fs->tree.PathOf((*b)->id), fs->client->options().server, level,
-                 kProtocolExchange);
-    return (void)fuse_reply_err(req, EINVAL);
-  }
   // (The kernel refuses an exchange of a directory with something inside it.)
   if (((*a)->kind == NodeKind::kDir && Within(fs, newparent, (*a)->id)) ||
       ((*b)->kind == NodeKind::kDir && Within(fs, parent, (*b)->id)))

@@ -761,17 +761,21 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (op.exchange && (created.count(op.exchange) || based.count(op.exchange))) break;
       // A server older than swaps would refuse the batch: what comes
       // before goes, the swap waits in the journal for a newer server.
-      if (op.exchange && client_->server_protocol() < kProtocolExchange) {
+      // (Not inside a batch already sent once: its retry is the same range.)
+      if (op.exchange && e.seq > inflight && client_->server_protocol() < kProtocolExchange) {
         if (!ops.empty()) break;
-        // Not known (offline since the start) or older: ask again, the
-        // server may be a newer one by now. (No answer: the commit below
-        // meets the same.)
-        (void)client_->WhoAmI();
-        if (const int level = client_->server_protocol(); level != 0 && level < kProtocolExchange)
+        // Not known (offline since the start) or older: ask, the server
+        // may be a newer one by now.
+        auto who = client_->WhoAmI();
+        if (!who.ok())
+          return Status(who.status().code(), "before sending the swap of " + tree_->PathOf(op.id) + " with " +
+                                                 tree_->PathOf(op.exchange) + ": " + who.status().message());
+        if (const int level = client_->server_protocol(); level < kProtocolExchange)
           return Status::Unavailable("the swap of " + tree_->PathOf(op.id) + " with " + tree_->PathOf(op.exchange) +
                                      " needs a tidefs server of protocol " + std::to_string(kProtocolExchange) +
                                      " or later, and the server at " + client_->options().server + " speaks " +
-                                     std::to_string(level) + ": upgrade the server (the change waits in the journal)");
+                                     std::to_string(level) +
+                                     ": upgrade the server (this change and the ones after it wait in the journal)");
       }
       if (NeedsBase(op.type)) {
         // The version we last knew: the tree's, or (a node deleted here)

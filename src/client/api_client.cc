@@ -154,15 +154,19 @@ std::string ApiClient::UrlEncode(std::string_view s) {
   return out;
 }
 
-void ApiClient::NoteProtocol(const HttpAnswer& a) {
-  int level = 1;  // (a server older than the header)
+void ApiClient::NoteProtocol(const HttpAnswer& a, bool from_tidefs) {
+  // No header: a level-1 server, or something in between that dropped it
+  // (a proxy, a maintenance page). Only an answer that is surely ours
+  // (`from_tidefs`) says level 1.
+  int level = from_tidefs ? 1 : 0;
   if (const std::string* h = a.Header(kProtocolHeaderLower)) {
     auto [end, ec] = std::from_chars(h->data(), h->data() + h->size(), level);
     if (ec != std::errc() || end != h->data() + h->size() || level < 1) {
       spdlog::debug("the server sent a bad {} header: '{}'", kProtocolHeader, *h);
-      level = 1;
+      return;
     }
   }
+  if (level == 0) return;
   int was = server_protocol_.exchange(level, std::memory_order_relaxed);
   if (was != level && was != 0) spdlog::info("the server at {} now speaks protocol {} (was {})", opts_.server, level, was);
 }
@@ -333,6 +337,14 @@ Result<ApiClient::Caller> ApiClient::WhoAmI() {
     const json& c = j["caller"];
     if (!c.contains("device") || !c["device"].is_string() || !c.contains("read_only") || !c["read_only"].is_boolean())
       return Status::Corruption("devices answer has a malformed caller");
+    // This answer is surely a tidefs server's: its level is in the body
+    // (level 2 on), else in the header, else it is 1.
+    if (j.contains("protocol")) {
+      if (!j["protocol"].is_number_unsigned() || j["protocol"].get<uint64_t>() < 1 || j["protocol"].get<uint64_t>() > 1000000)
+        return Status::Corruption("devices answer has a malformed protocol level");
+      a.headers[kProtocolHeaderLower] = std::to_string(j["protocol"].get<uint64_t>());
+    }
+    NoteProtocol(a, /*from_tidefs=*/true);
     return Caller{c["device"].get<std::string>(), c["read_only"].get<bool>()};
   });
 }

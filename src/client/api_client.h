@@ -48,8 +48,9 @@ class ApiClient {
   explicit ApiClient(ClientOptions opts);
   ~ApiClient();
   const ClientOptions& options() const { return opts_; }
-  // The protocol level of the server's last successful answer (its
-  // kProtocolHeader; 1 without one), 0 until there was one.
+  // The protocol level of the server's last successful answer that named
+  // one (kProtocolHeader), or 1 if the last WhoAmI answer had none; 0
+  // until then.
   int server_protocol() const { return server_protocol_.load(std::memory_order_relaxed); }
 
   // One HTTP exchange. `path` is relative to /v1/projects/{project} unless
@@ -96,7 +97,7 @@ class ApiClient {
   Result<HttpAnswer> Exchange(const std::string& method, const std::string& path, std::string_view body,
                               const std::vector<std::string>& headers, bool idempotent, char* into, size_t into_cap,
                               size_t* into_got = nullptr);
-  void NoteProtocol(const HttpAnswer& a);
+  void NoteProtocol(const HttpAnswer& a, bool from_tidefs = false);
   struct Pool;
   ClientOptions opts_;
   std::unique_ptr<Pool> pool_;

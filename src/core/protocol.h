@@ -13,13 +13,14 @@ namespace tidefs {
 
 inline constexpr int kMaxPageSize = 500;
 
-// The protocol level a server speaks, sent in every API answer's
-// X-Tidefs-Protocol header (docs/protocol.md). An answer without the header
-// comes from a level-1 server.
+// The protocol level a server speaks, sent in every HTTP answer's
+// X-Tidefs-Protocol header (docs/protocol.md). A level-1 server sends none.
 //   1: the v1 API as first released.
 //   2: a rename may swap two nodes ("exchange").
 inline constexpr int kProtocolLevel = 2;
+inline constexpr const char* kProtocolLevelText = "2";
 inline constexpr const char* kProtocolHeader = "X-Tidefs-Protocol";
+static_assert(kProtocolLevelText[0] - '0' == kProtocolLevel && kProtocolLevelText[1] == '\0');
 // The level a mount needs for a swap (RENAME_EXCHANGE).
 inline constexpr int kProtocolExchange = 2;
 

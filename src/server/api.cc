@@ -149,12 +149,6 @@ void Api::TouchDevice(const TokenInfo& token) {
 }
 
 HttpResponse Api::Handle(const HttpRequest& req, std::string* route) {
-  HttpResponse r = Route(req, route);
-  r.headers.emplace_back(kProtocolHeader, std::to_string(kProtocolLevel));
-  return r;
-}
-
-HttpResponse Api::Route(const HttpRequest& req, std::string* route) {
   *route = "other";
   if (req.bad_target) return ErrorResponse(Status::Invalid("request target is not valid percent-encoding"));
   if (req.path == "/healthz") {
@@ -595,7 +589,8 @@ HttpResponse Api::ListDevices(const Caller& c) {
     items.push_back({{"name", d.name}, {"checkpoint", d.checkpoint}, {"last_seen_ns", d.last_seen_ns}, {"retired", d.retired}});
   // The caller's own token: a mount asks, to mount read-only when it must.
   json caller{{"device", c.token.device}, {"read_only", c.token.read_only}};
-  return JsonResponse(200, json{{"items", std::move(items)}, {"caller", std::move(caller)}}.dump());
+  // The level in the body too: it reaches a mount through proxies that drop headers.
+  return JsonResponse(200, json{{"items", std::move(items)}, {"caller", std::move(caller)}, {"protocol", kProtocolLevel}}.dump());
 }
 
 }  // namespace tidefs

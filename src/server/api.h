@@ -21,8 +21,7 @@ class Api {
  public:
   Api(MetadataStore* meta, BlockStore* blocks, Metrics* metrics);
 
-  // `route` receives the route template for metrics ("GET /nodes"). Every
-  // answer names the protocol level (kProtocolHeader).
+  // `route` receives the route template for metrics ("GET /nodes").
   HttpResponse Handle(const HttpRequest& req, std::string* route);
 
   // The largest body a request to `path` may carry.
@@ -49,7 +48,6 @@ class Api {
     TokenInfo token;
   };
   Result<Caller> Authenticate(const HttpRequest& req, const std::string& project);
-  HttpResponse Route(const HttpRequest& req, std::string* route);
   void TouchDevice(const TokenInfo& token);
 
   HttpResponse ListNodes(const HttpRequest& req, const Caller& c);

@@ -3,6 +3,7 @@
 #include "core/block_frame.h"
 #include "core/event_codec.h"
 #include "core/memory.h"
+#include "core/protocol.h"
 #include "core/url.h"
 
 #include <chrono>
@@ -101,6 +102,7 @@ struct HttpServer::Impl {
                                    const HttpResponse& resp, beast::error_code& ec) {
     http::response<http::string_body> res{static_cast<http::status>(status), version};
     res.set(http::field::server, "tidefs");
+    res.set(kProtocolHeader, kProtocolLevelText);
     res.set(http::field::content_type, resp.content_type);
     for (const auto& [k, v] : resp.headers) res.set(k, v);
     res.body() = resp.body;
@@ -247,6 +249,7 @@ struct HttpServer::Impl {
       } else {
         http::response<http::empty_body> res{static_cast<http::status>(resp.status), version};
         res.set(http::field::server, "tidefs");
+        res.set(kProtocolHeader, kProtocolLevelText);
         res.set(http::field::content_type, resp.content_type);
         for (const auto& [k, v] : resp.headers) res.set(k, v);
         res.set(http::field::content_length, std::to_string(resp.stream_length));

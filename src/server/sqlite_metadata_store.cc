@@ -257,6 +257,18 @@ class SqliteMetadataStore final : public MetadataStore {
 
   Result<uint64_t> ForEachLiveNode(int64_t project, const std::function<void(const NodeRecord&)>& each) override {
     return WithReader<uint64_t>([&](Conn& c) -> Result<uint64_t> {
+      // The whole table: read through a mapping of the file, the kernel's
+      // page cache in place, instead of copying every page into SQLite's
+      // own cache of fresh memory (a million nodes: 1,036-1,048 -> 781-819
+      // ms, docs/benchmarks.md). For this scan only: a read error on a
+      // mapped page is a SIGBUS, not an error code, and each mapping's page
+      // tables stay while it lives. SQLite maps at most 2 GiB by default
+      // (SQLITE_MAX_MMAP_SIZE); the rest of a larger file is read as before.
+      RETURN_IF_ERROR(c.db->Exec("PRAGMA mmap_size=2147418112"));
+      struct Unmap {
+        Db* db;
+        ~Unmap() { (void)db->Exec("PRAGMA mmap_size=0"); }
+      } unmap{c.db.get()};
       ASSIGN_OR_RETURN(uint64_t seq, SeqOn(c, project));
       ASSIGN_OR_RETURN(Stmt * s, c.Get(kAllLive));
       s->Bind(1, project);
@@ -901,12 +913,6 @@ class SqliteMetadataStore final : public MetadataStore {
       }
     }
     ASSIGN_OR_RETURN(auto db, Db::Open(path_));
-    // Readers see the database file through a mapping: a scan reads the
-    // kernel's page cache in place instead of copying each page into
-    // SQLite's own cache (fresh memory). The snapshot build of a million
-    // nodes: 1.4-1.7 s -> 0.8-1.2 s. Debian's SQLite maps at most 2 GiB; the
-    // rest of a larger file is read as before.
-    RETURN_IF_ERROR(db->Exec("PRAGMA mmap_size=2147418112"));
     auto c = std::make_unique<Conn>();
     c->db = std::move(db);
     return c;

@@ -16,8 +16,9 @@ first that matches applies):
   status500 PATH 0 TIMES    answer 500 instead of the server's answer
   refuse PATH 0 TIMES       answer 503 without passing the request on
                             (the server never sees it)
-  old PATH 0 TIMES          drop the X-Tidefs-Protocol header: an answer
-                            as a server from before the header gives
+  old PATH 0 TIMES          drop the X-Tidefs-Protocol header and the
+                            level in a /devices body: an answer as a
+                            server from before protocol levels gives
   hold PATH 0 TIMES         pass the request on, then keep the server's
                             answer back for as long as a hold rule for
                             PATH stays in CONTROL_FILE (counted in "held")
@@ -27,6 +28,7 @@ STATS_FILE gets JSON counters after each response.
 """
 import asyncio
 import json
+import re
 import os
 import sys
 
@@ -146,11 +148,17 @@ async def handle(client_r, client_w):
             rule = rule_for(path)
             stats["requests"] += 1
             route = path.split("?")[0].rsplit("/", 1)[-1]
-            if rule and rule[0] == "old":
-                resp = b"\r\n".join(line for line in resp.split(b"\r\n")
-                                     if not line.lower().startswith(b"x-tidefs-protocol:"))
+            if rule and rule[0] == "old" and not resp.startswith(b"HTTP/1.1 101"):
+                # The header goes, and the level in a /devices body.
+                body = re.sub(rb',"protocol":\d+', b"", await server_r.readexactly(n))
+                lines = [line for line in resp.split(b"\r\n")
+                         if not line.lower().startswith((b"x-tidefs-protocol:", b"content-length:"))]
+                resp = b"\r\n".join(lines[:1] + [b"Content-Length: %d" % len(body)] + lines[1:])
+                client_w.write(resp + body)
+                await client_w.drain()
                 stats["faults"] += 1
-                rule = None
+                save_stats()
+                continue
             if resp.startswith(b"HTTP/1.1 101") and not rule:
                 client_w.write(resp)  # a WebSocket from here on
                 await asyncio.gather(pipe(server_r, client_w), pipe(client_r, server_w))

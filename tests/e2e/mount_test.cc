@@ -1237,6 +1237,48 @@ TEST_F(MountTest, ChangesSurviveAKilledMountAndAServerThatRefusedThem) {
   EXPECT_TRUE(ReadAll(fresh.path() + "/old.bin") == edited) << "a journaled block overwrite was lost";
 }
 
+TEST_F(MountTest, ABatchWithASwapWhoseAnswerWasLostGoesAgainWholeWhateverTheServerLevel) {
+  Write("x.txt", "x bytes");
+  Write("y.txt", "y bytes");
+  Write("z.txt", "z before");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    // The edit's bytes cannot go yet, so no batch is sent until both
+    // changes (the edit, then a swap) are in the journal.
+    proxy.SetRule("refuse /blocks 0 -1");
+    { std::ofstream(m.path() + "/z.txt") << "z after"; }
+    ASSERT_EQ(renameat2(AT_FDCWD, (m.path() + "/x.txt").c_str(), AT_FDCWD, (m.path() + "/y.txt").c_str(),
+                        RENAME_EXCHANGE), 0) << strerror(errno);
+    // (One attempt given up: the next is made of both.)
+    ASSERT_TRUE(Within(std::chrono::milliseconds(20000), [&] {
+      return ReadAll(dir_ + "/cache/mount.log").find("changes kept in the journal") != std::string::npos;
+    }));
+    // Then the server applies the batch, and its answer never arrives.
+    const uint64_t refused = proxy.Faults();
+    proxy.SetRule("cut /commit 0 -1");
+    ASSERT_TRUE(Within(std::chrono::milliseconds(20000), [&] { return proxy.Faults() > refused; }));
+    KillMount(m.path());
+  }
+  // The next mount finds a server that looks older than swaps (a
+  // downgrade): the batch already sent still goes again whole, swap and all.
+  proxy.SetRule("old / 0 -1");
+  {
+    TestMount again(proxy.url(), server_.rw_token, dir_);
+    ASSERT_TRUE(JournalEmptiesWithin(again.path(), std::chrono::milliseconds(30000))) << ReadAll(dir_ + "/cache/mount.log");
+  }
+  // The same batch went again under its key: the server's first answer,
+  // not the edit sent again against the version it replaced (a conflict
+  // copy of this device's own edit).
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_EQ(ReadAll(fresh.path() + "/x.txt"), "y bytes");
+  EXPECT_EQ(ReadAll(fresh.path() + "/y.txt"), "x bytes");
+  EXPECT_EQ(ReadAll(fresh.path() + "/z.txt"), "z after");
+  for (auto& e : fs::directory_iterator(fresh.path()))
+    EXPECT_EQ(e.path().filename().string().find("conflict"), std::string::npos) << e.path();
+}
+
 TEST_F(MountTest, ANewFilesWritesSurviveAKilledMountWhileItIsStillOpen) {
   Import();
   FaultProxy proxy(server_, dir_);

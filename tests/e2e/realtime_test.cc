@@ -287,7 +287,9 @@ TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
   // The server is upgraded: its next answer says so, and swaps work.
   proxy.SetRule("pass");
   { std::ofstream(A + "/poke.txt") << "."; }
-  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
+  ASSERT_TRUE(Within(std::chrono::milliseconds(10000), [&] {
+    return StatusOf(A).find("\"server_protocol\": 2") != std::string::npos;
+  })) << StatusOf(A);
   ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
       << strerror(errno);
   EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
@@ -313,7 +315,7 @@ TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) 
   // A server from before swaps answers: the swap waits in the journal and the log says why.
   proxy.SetRule("old / 0 -1");
   const std::string log = dir_ + "/a/cache/mount.log";
-  EXPECT_TRUE(Within(std::chrono::milliseconds(15000), [&] {
+  EXPECT_TRUE(Within(std::chrono::milliseconds(30000), [&] {
     return ReadAll(log).find("needs a tidefs server of protocol 2 or later") != std::string::npos;
   })) << ReadAll(log);
   EXPECT_NE(StatusOf(A).find("\"journal_pending\": 1"), std::string::npos) << StatusOf(A);
@@ -321,7 +323,7 @@ TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) 
   EXPECT_EQ(ReadAll(A + "/x.txt"), "y bytes");  // here it is done
   // The server is upgraded: the swap goes.
   proxy.SetRule("pass");
-  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(20000))) << ReadAll(log);
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(30000))) << ReadAll(log);
   EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
 }
 

@@ -41,6 +41,10 @@ TEST_F(ServerApiTest, EveryAnswerNamesTheProtocolLevel) {
   EXPECT_EQ(fresh.server_protocol(), 0);
   ASSERT_TRUE(fresh.WhoAmI().ok());
   EXPECT_EQ(fresh.server_protocol(), kProtocolLevel);
+  // In the /devices body too (proxies may drop headers).
+  auto devices = fresh.Raw("GET", "/devices");
+  ASSERT_TRUE(devices.ok());
+  EXPECT_EQ(nlohmann::json::parse(devices->body).value("protocol", 0), kProtocolLevel) << devices->body;
   auto health = fresh.Raw("GET", "//healthz");
   ASSERT_TRUE(health.ok());
   EXPECT_NE(health->Header("x-tidefs-protocol"), nullptr);
