@@ -166,6 +166,10 @@ Status RemoteSync::CatchUp() {
   for (;;) {
     uint64_t since = d_.tree->seq();
     ASSIGN_OR_RETURN(ChangesPage page, d_.client->Changes(since));
+    // The server answers, and its level is still not known (the mount
+    // started offline, and a server older than levels names none): ask, so
+    // a swap is refused at the call rather than held in the journal.
+    if (d_.client->server_protocol() == 0) (void)d_.client->WhoAmI();
     uint64_t next = since;
     for (const auto& n : page.items) next = std::max(next, n.seq);
     if (!page.more) next = std::max(next, page.head);

@@ -763,7 +763,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // before goes, the swap waits in the journal for a newer server.
       // (Not inside a batch already sent once: its retry is the same range.)
       if (op.exchange && e.seq > inflight && client_->server_protocol() < kProtocolExchange) {
-        if (!ops.empty()) break;
+        if (last != 0) break;
         // Not known (offline since the start) or older: ask, the server
         // may be a newer one by now.
         auto who = client_->WhoAmI();
@@ -982,6 +982,16 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     CommitOp& op = ops[k];
     spdlog::info("write-back: the server refused {} of node {} ({}: {})", OpName(op.type), op.id, reply.reason,
                  reply.message);
+    if (reply.http_status == 400 && std::any_of(ops.begin(), ops.end(), [](const CommitOp& o) { return o.exchange; })) {
+      // A server older than swaps (downgraded since it last said) cannot
+      // read the body: say so, and the batch waits for a newer one.
+      if (client_->WhoAmI().ok() && client_->server_protocol() < kProtocolExchange)
+        return Status::Unavailable("the batch holds a swap, which needs a tidefs server of protocol " +
+                                   std::to_string(kProtocolExchange) + " or later, and the server at " +
+                                   client_->options().server + " speaks " +
+                                   std::to_string(client_->server_protocol()) +
+                                   ": upgrade the server (this change and the ones after it wait in the journal)");
+    }
     if (reply.reason == "missing_blocks") {
       // The server lacks blocks the commit names: those sent ahead are
       // read and sent again when the batch is tried again.

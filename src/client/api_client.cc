@@ -163,7 +163,8 @@ void ApiClient::NoteProtocol(const HttpAnswer& a, bool from_tidefs) {
     auto [end, ec] = std::from_chars(h->data(), h->data() + h->size(), level);
     if (ec != std::errc() || end != h->data() + h->size() || level < 1) {
       spdlog::debug("the server sent a bad {} header: '{}'", kProtocolHeader, *h);
-      return;
+      if (!from_tidefs) return;
+      level = 1;
     }
   }
   if (level == 0) return;
@@ -340,9 +341,10 @@ Result<ApiClient::Caller> ApiClient::WhoAmI() {
     // This answer is surely a tidefs server's: its level is in the body
     // (level 2 on), else in the header, else it is 1.
     if (j.contains("protocol")) {
-      if (!j["protocol"].is_number_unsigned() || j["protocol"].get<uint64_t>() < 1 || j["protocol"].get<uint64_t>() > 1000000)
-        return Status::Corruption("devices answer has a malformed protocol level");
-      a.headers[kProtocolHeaderLower] = std::to_string(j["protocol"].get<uint64_t>());
+      if (j["protocol"].is_number_unsigned() && j["protocol"].get<uint64_t>() >= 1 && j["protocol"].get<uint64_t>() <= 1000000)
+        a.headers[kProtocolHeaderLower] = std::to_string(j["protocol"].get<uint64_t>());
+      else  // (the caller is still good to know)
+        spdlog::warn("the server's /devices answer has a malformed protocol level: {}", j["protocol"].dump());
     }
     NoteProtocol(a, /*from_tidefs=*/true);
     return Caller{c["device"].get<std::string>(), c["read_only"].get<bool>()};

@@ -264,13 +264,17 @@ class SqliteMetadataStore final : public MetadataStore {
       // mapped page is a SIGBUS, not an error code, and each mapping's page
       // tables stay while it lives. SQLite maps at most 2 GiB by default
       // (SQLITE_MAX_MMAP_SIZE); the rest of a larger file is read as before.
-      RETURN_IF_ERROR(c.db->Exec("PRAGMA mmap_size=2147418112"));
-      struct Unmap {
-        Db* db;
-        ~Unmap() { (void)db->Exec("PRAGMA mmap_size=0"); }
-      } unmap{c.db.get()};
       ASSIGN_OR_RETURN(uint64_t seq, SeqOn(c, project));
       ASSIGN_OR_RETURN(Stmt * s, c.Get(kAllLive));
+      RETURN_IF_ERROR(c.db->Exec("PRAGMA mmap_size=2147418112"));
+      struct Unmap {  // (the scan's pages released first: SQLite unmaps only then)
+        Db* db;
+        Stmt* s;
+        ~Unmap() {
+          s->Reset();
+          (void)db->Exec("PRAGMA mmap_size=0");
+        }
+      } unmap{c.db.get(), s};
       s->Bind(1, project);
       NodeRecord n;  // one record, its strings' room reused row after row
       while (s->Step()) {

@@ -148,9 +148,14 @@ async def handle(client_r, client_w):
             rule = rule_for(path)
             stats["requests"] += 1
             route = path.split("?")[0].rsplit("/", 1)[-1]
-            if rule and rule[0] == "old" and not resp.startswith(b"HTTP/1.1 101"):
+            if rule and rule[0] == "old" and resp.startswith(b"HTTP/1.1 101"):
+                rule = None  # (a WebSocket: no header to drop)
+            if rule and rule[0] == "old":
                 # The header goes, and the level in a /devices body.
-                body = re.sub(rb',"protocol":\d+', b"", await server_r.readexactly(n))
+                body = await server_r.readexactly(n)
+                if route == "devices":
+                    body = re.sub(rb',"protocol":\d+', b"", body)
+                stats["body_bytes"][route] = stats["body_bytes"].get(route, 0) + len(body)
                 lines = [line for line in resp.split(b"\r\n")
                          if not line.lower().startswith((b"x-tidefs-protocol:", b"content-length:"))]
                 resp = b"\r\n".join(lines[:1] + [b"Content-Length: %d" % len(body)] + lines[1:])

@@ -321,6 +321,9 @@ TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) 
   EXPECT_NE(StatusOf(A).find("\"journal_pending\": 1"), std::string::npos) << StatusOf(A);
   EXPECT_EQ(ReadAll(B + "/x.txt"), "x bytes");
   EXPECT_EQ(ReadAll(A + "/x.txt"), "y bytes");  // here it is done
+  // The level is known now: a second swap is refused at the call.
+  EXPECT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), -1);
+  EXPECT_EQ(errno, EINVAL);
   // The server is upgraded: the swap goes.
   proxy.SetRule("pass");
   ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(30000))) << ReadAll(log);
