@@ -148,7 +148,7 @@ class SqliteMetadataStore final : public MetadataStore {
   }
 
   Result<std::vector<ProjectInfo>> ListProjects() override {
-    auto lease = Lease();
+    auto lease = Lease(/*mapped=*/false);
     if (!lease.ok()) return lease.status();
     std::vector<ProjectInfo> out;
     {
@@ -157,7 +157,7 @@ class SqliteMetadataStore final : public MetadataStore {
       while (s.Step()) out.push_back({s.Int(0), s.Text(1), s.U64(2)});
       RETURN_IF_ERROR(s.status());
     }
-    Release(std::move(*lease));
+    Release(std::move(*lease), /*mapped=*/false);
     return out;
   }
 
@@ -256,25 +256,10 @@ class SqliteMetadataStore final : public MetadataStore {
   }
 
   Result<uint64_t> ForEachLiveNode(int64_t project, const std::function<void(const NodeRecord&)>& each) override {
-    return WithReader<uint64_t>([&](Conn& c) -> Result<uint64_t> {
-      // The whole table: read through a mapping of the file, the kernel's
-      // page cache in place, instead of copying every page into SQLite's
-      // own cache of fresh memory (a million nodes: 1,036-1,048 -> 781-819
-      // ms, docs/benchmarks.md). For this scan only: a read error on a
-      // mapped page is a SIGBUS, not an error code, and each mapping's page
-      // tables stay while it lives. SQLite maps at most 2 GiB by default
-      // (SQLITE_MAX_MMAP_SIZE); the rest of a larger file is read as before.
+    // The whole table, on a connection that maps the file (Lease).
+    return WithReader<uint64_t>(/*mapped=*/true, [&](Conn& c) -> Result<uint64_t> {
       ASSIGN_OR_RETURN(uint64_t seq, SeqOn(c, project));
       ASSIGN_OR_RETURN(Stmt * s, c.Get(kAllLive));
-      RETURN_IF_ERROR(c.db->Exec("PRAGMA mmap_size=2147418112"));
-      struct Unmap {  // (the scan's pages released first: SQLite unmaps only then)
-        Db* db;
-        Stmt* s;
-        ~Unmap() {
-          s->Reset();
-          (void)db->Exec("PRAGMA mmap_size=0");
-        }
-      } unmap{c.db.get(), s};
       s->Bind(1, project);
       NodeRecord n;  // one record, its strings' room reused row after row
       while (s->Step()) {
@@ -907,29 +892,46 @@ class SqliteMetadataStore final : public MetadataStore {
     return seq;
   }
 
-  Result<std::unique_ptr<Conn>> Lease() {
+  // A reader. A `mapped` one sees the database file through a mapping:
+  // a scan of the whole table (the snapshot's) reads the kernel's page
+  // cache in place instead of copying every page into SQLite's own cache
+  // of fresh memory (a million nodes: 1,036-1,048 -> 781-819 ms,
+  // docs/benchmarks.md). Only such scans use one: a read error on a mapped
+  // page is a SIGBUS, not an error code, and each mapping keeps its page
+  // tables (4 MiB for 2 GiB), so a few are kept. SQLite maps at most 2 GiB
+  // by default (SQLITE_MAX_MMAP_SIZE); the rest of a larger file is read
+  // as before.
+  Result<std::unique_ptr<Conn>> Lease(bool mapped) {
     {
       std::lock_guard lock(pool_mu_);
-      if (!pool_.empty()) {
-        auto c = std::move(pool_.back());
-        pool_.pop_back();
+      auto& pool = mapped ? mapped_pool_ : pool_;
+      if (!pool.empty()) {
+        auto c = std::move(pool.back());
+        pool.pop_back();
         return c;
       }
     }
     ASSIGN_OR_RETURN(auto db, Db::Open(path_));
+    if (mapped) RETURN_IF_ERROR(db->Exec("PRAGMA mmap_size=2147418112"));
     auto c = std::make_unique<Conn>();
     c->db = std::move(db);
     return c;
   }
 
-  void Release(std::unique_ptr<Conn> c) {
+  void Release(std::unique_ptr<Conn> c, bool mapped) {
     std::lock_guard lock(pool_mu_);
-    if (pool_.size() < 64) pool_.push_back(std::move(c));
+    auto& pool = mapped ? mapped_pool_ : pool_;
+    if (pool.size() < (mapped ? 4u : 64u)) pool.push_back(std::move(c));
   }
 
   template <typename T, typename F>
   Result<T> WithReader(F&& f) {
-    auto lease = Lease();
+    return WithReader<T>(/*mapped=*/false, std::forward<F>(f));
+  }
+
+  template <typename T, typename F>
+  Result<T> WithReader(bool mapped, F&& f) {
+    auto lease = Lease(mapped);
     if (!lease.ok()) return lease.status();
     std::unique_ptr<Conn> c = std::move(*lease);
     // One read transaction for all the statements: each statement on its
@@ -947,7 +949,7 @@ class SqliteMetadataStore final : public MetadataStore {
     // A connection still in a transaction (a ROLLBACK that failed) would
     // refuse every later BEGIN: it is not kept.
     if (!sqlite3_get_autocommit(c->db->raw())) return r;
-    Release(std::move(c));
+    Release(std::move(c), mapped);
     return r;
   }
 
@@ -956,7 +958,8 @@ class SqliteMetadataStore final : public MetadataStore {
   Conn writer_;  // guarded by write_mu_
   std::unique_ptr<WalCheckpointer> checkpointer_;  // of writer_'s commits; goes first
   std::mutex pool_mu_;
-  std::vector<std::unique_ptr<Conn>> pool_;  // guarded by pool_mu_
+  std::vector<std::unique_ptr<Conn>> pool_;         // guarded by pool_mu_
+  std::vector<std::unique_ptr<Conn>> mapped_pool_;  // guarded by pool_mu_ (Lease)
 };
 
 }  // namespace
