@@ -16,6 +16,8 @@ first that matches applies):
   status500 PATH 0 TIMES    answer 500 instead of the server's answer
   refuse PATH 0 TIMES       answer 503 without passing the request on
                             (the server never sees it)
+  reject400 PATH 0 TIMES    the same with a 400, as a server that cannot
+                            read the body answers
   old PATH 0 TIMES          drop the X-Tidefs-Protocol header and the
                             level in a /devices body: an answer as a
                             server from before protocol levels gives
@@ -37,9 +39,12 @@ uses = {}
 stats = {"requests": 0, "faults": 0, "held": 0, "body_bytes": {}}
 
 
+EARLY = ("refuse", "reject400")  # actions taken before the request is passed on
+
+
 def rule_for(path, only=None):
-    """The rule for a request: `only` names the one action looked at
-    (before forwarding), else every other action (after the answer)."""
+    """The rule for a request: with only="early" the actions taken before
+    forwarding (EARLY), else every other action (after the answer)."""
     try:
         with open(CONTROL) as f:
             lines = f.read().splitlines()
@@ -49,7 +54,7 @@ def rule_for(path, only=None):
         words = line.split()
         if len(words) not in (4, 5) or words[0] == "pass" or words[1] not in path:
             continue
-        if (words[0] == "refuse") != (only == "refuse"):
+        if (words[0] in EARLY) != (only == "early"):
             continue
         key = " ".join(words)
         times = int(words[3])
@@ -130,12 +135,17 @@ async def handle(client_r, client_w):
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             path = head.split(b" ", 2)[1].decode("latin-1")
-            early = rule_for(path, only="refuse")
+            early = rule_for(path, only="early")
             if early:
                 await copy_body(client_r, None, content_length(head))
-                body = b'{"error":"unavailable","message":"refused by the test proxy"}'
-                client_w.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                if early[0] == "refuse":
+                    status = b"503 Service Unavailable"
+                    body = b'{"error":"unavailable","message":"refused by the test proxy"}'
+                else:
+                    status = b"400 Bad Request"
+                    body = b'{"error":"invalid_argument","message":"unknown field \\"exchange\\" (the test proxy)"}'
+                client_w.write(b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+                               b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
                 await client_w.drain()
                 stats["requests"] += 1
                 stats["faults"] += 1

@@ -330,6 +330,31 @@ TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) 
   EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
 }
 
+TEST_F(RealtimeTest, ASwapRefusedByADowngradedServerWaitsAndSaysToUpgrade) {
+  FaultProxy proxy(server_, dir_);
+  TestMount a(proxy.url(), server_.rw_token, dir_ + "/a");
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  const std::string A = a.path(), B = b.path();
+  { std::ofstream(A + "/x.txt") << "x bytes"; }
+  { std::ofstream(A + "/y.txt") << "y bytes"; }
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
+  // The server is replaced by one from before swaps while the mount runs:
+  // the mount still believes level 2, and that server cannot read the commit.
+  proxy.SetRule("reject400 /commit 0 -1\nold / 0 -1");
+  ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
+      << strerror(errno);
+  const std::string log = dir_ + "/a/cache/mount.log";
+  EXPECT_TRUE(Within(std::chrono::milliseconds(30000), [&] {
+    return ReadAll(log).find("the batch holds a swap, which needs a tidefs server of protocol 2") != std::string::npos;
+  })) << ReadAll(log);
+  EXPECT_NE(StatusOf(A).find("\"journal_pending\": 1"), std::string::npos) << StatusOf(A);
+  EXPECT_EQ(ReadAll(B + "/x.txt"), "x bytes");
+  // Upgraded again: the swap goes.
+  proxy.SetRule("pass");
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(30000))) << ReadAll(log);
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
+}
+
 TEST_F(RealtimeTest, AnUploadInProgressShowsInStatus) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
   std::string big = RandomBytes(48 << 20, 9);
