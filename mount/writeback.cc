@@ -728,6 +728,13 @@ WriteBack::UploadCounters WriteBack::uploads() const {
   return {blocks_hashed_.load(), blocks_sent_.load(), bytes_sent_.load(), blocks_sent_ahead_.load()};
 }
 
+Status WriteBack::ServerTooOld(const std::string& what) const {
+  return Status::Unavailable(what + " needs a tidefs server of protocol " + std::to_string(kProtocolExchange) +
+                             " or later, and the server at " + client_->options().server + " speaks " +
+                             std::to_string(client_->server_protocol()) +
+                             ": upgrade the server (this change and the ones after it wait in the journal)");
+}
+
 Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
   std::lock_guard flush_lock(flush_mu_);
   if (held) *held = false;
@@ -770,12 +777,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         if (!who.ok())
           return Status(who.status().code(), "before sending the swap of " + tree_->PathOf(op.id) + " with " +
                                                  tree_->PathOf(op.exchange) + ": " + who.status().message());
-        if (const int level = client_->server_protocol(); level < kProtocolExchange)
-          return Status::Unavailable("the swap of " + tree_->PathOf(op.id) + " with " + tree_->PathOf(op.exchange) +
-                                     " needs a tidefs server of protocol " + std::to_string(kProtocolExchange) +
-                                     " or later, and the server at " + client_->options().server + " speaks " +
-                                     std::to_string(level) +
-                                     ": upgrade the server (this change and the ones after it wait in the journal)");
+        if (client_->server_protocol() < kProtocolExchange)
+          return ServerTooOld("the swap of " + tree_->PathOf(op.id) + " with " + tree_->PathOf(op.exchange));
       }
       if (NeedsBase(op.type)) {
         // The version we last knew: the tree's, or (a node deleted here)
@@ -986,11 +989,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // A server older than swaps (downgraded since it last said) cannot
       // read the body: say so, and the batch waits for a newer one.
       if (client_->WhoAmI().ok() && client_->server_protocol() < kProtocolExchange)
-        return Status::Unavailable("the batch holds a swap, which needs a tidefs server of protocol " +
-                                   std::to_string(kProtocolExchange) + " or later, and the server at " +
-                                   client_->options().server + " speaks " +
-                                   std::to_string(client_->server_protocol()) +
-                                   ": upgrade the server (this change and the ones after it wait in the journal)");
+        return ServerTooOld("the batch holds a swap, which");
     }
     if (reply.reason == "missing_blocks") {
       // The server lacks blocks the commit names: those sent ahead are

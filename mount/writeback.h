@@ -121,6 +121,9 @@ class WriteBack {
   void ShowTheirs(uint64_t id);
   // Journal entries in the local state.
   uint64_t Persisted();
+  // "WHAT needs a server of protocol 2 ...; upgrade the server": a swap
+  // held for a server older than swaps.
+  Status ServerTooOld(const std::string& what) const;
   // The writer thread: queued changes into the local state.
   void WriterLoop();
 

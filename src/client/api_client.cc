@@ -154,20 +154,20 @@ std::string ApiClient::UrlEncode(std::string_view s) {
   return out;
 }
 
-void ApiClient::NoteProtocol(const HttpAnswer& a, bool from_tidefs) {
-  // No header: a level-1 server, or something in between that dropped it
-  // (a proxy, a maintenance page). Only an answer that is surely ours
-  // (`from_tidefs`) says level 1.
-  int level = from_tidefs ? 1 : 0;
-  if (const std::string* h = a.Header(kProtocolHeaderLower)) {
-    auto [end, ec] = std::from_chars(h->data(), h->data() + h->size(), level);
-    if (ec != std::errc() || end != h->data() + h->size() || level < 1) {
-      spdlog::debug("the server sent a bad {} header: '{}'", kProtocolHeader, *h);
-      if (!from_tidefs) return;
-      level = 1;
-    }
+int ApiClient::LevelIn(const HttpAnswer& a) {
+  const std::string* h = a.Header(kProtocolHeaderLower);
+  if (!h) return 0;
+  int level = 0;
+  auto [end, ec] = std::from_chars(h->data(), h->data() + h->size(), level);
+  if (ec != std::errc() || end != h->data() + h->size() || level < 1) {
+    spdlog::debug("the server sent a bad {} header: '{}'", kProtocolHeader, *h);
+    return 0;
   }
-  if (level == 0) return;
+  return level;
+}
+
+void ApiClient::SetProtocol(int level) {
+  if (server_protocol_.load(std::memory_order_relaxed) == level) return;  // (every answer: no write when unchanged)
   int was = server_protocol_.exchange(level, std::memory_order_relaxed);
   if (was != level && was != 0) spdlog::info("the server at {} now speaks protocol {} (was {})", opts_.server, level, was);
 }
@@ -227,7 +227,9 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
       continue;
     }
     a.status = static_cast<int>(status);
-    if (a.status >= 200 && a.status < 300) NoteProtocol(a);
+    // (No header: a level-1 server, or something in between that dropped
+    // it, a proxy or a maintenance page: only WhoAmI decides that.)
+    if (const int level = LevelIn(a); level && a.status >= 200 && a.status < 300) SetProtocol(level);
     if (a.status >= 500 && attempt + 1 < attempts) {
       last = StatusFromAnswer(a, method + " " + url);
       continue;
@@ -340,13 +342,15 @@ Result<ApiClient::Caller> ApiClient::WhoAmI() {
       return Status::Corruption("devices answer has a malformed caller");
     // This answer is surely a tidefs server's: its level is in the body
     // (level 2 on), else in the header, else it is 1.
+    int level = LevelIn(a);
     if (j.contains("protocol")) {
-      if (j["protocol"].is_number_unsigned() && j["protocol"].get<uint64_t>() >= 1 && j["protocol"].get<uint64_t>() <= 1000000)
-        a.headers[kProtocolHeaderLower] = std::to_string(j["protocol"].get<uint64_t>());
+      const json& p = j["protocol"];
+      if (p.is_number_unsigned() && p.get<uint64_t>() >= 1 && p.get<uint64_t>() <= 1000000)
+        level = static_cast<int>(p.get<uint64_t>());
       else  // (the caller is still good to know)
-        spdlog::warn("the server's /devices answer has a malformed protocol level: {}", j["protocol"].dump());
+        spdlog::warn("the server's /devices answer has a malformed protocol level: {}", p.dump());
     }
-    NoteProtocol(a, /*from_tidefs=*/true);
+    SetProtocol(level ? level : 1);
     return Caller{c["device"].get<std::string>(), c["read_only"].get<bool>()};
   });
 }

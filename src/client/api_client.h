@@ -97,7 +97,9 @@ class ApiClient {
   Result<HttpAnswer> Exchange(const std::string& method, const std::string& path, std::string_view body,
                               const std::vector<std::string>& headers, bool idempotent, char* into, size_t into_cap,
                               size_t* into_got = nullptr);
-  void NoteProtocol(const HttpAnswer& a, bool from_tidefs = false);
+  // The level an answer's kProtocolHeader names; 0 without a good one.
+  static int LevelIn(const HttpAnswer& a);
+  void SetProtocol(int level);
   struct Pool;
   ClientOptions opts_;
   std::unique_ptr<Pool> pool_;

@@ -257,7 +257,7 @@ class SqliteMetadataStore final : public MetadataStore {
 
   Result<uint64_t> ForEachLiveNode(int64_t project, const std::function<void(const NodeRecord&)>& each) override {
     // The whole table, on a connection that maps the file (Lease).
-    return WithReader<uint64_t>(/*mapped=*/true, [&](Conn& c) -> Result<uint64_t> {
+    return WithReader<uint64_t>([&](Conn& c) -> Result<uint64_t> {
       ASSIGN_OR_RETURN(uint64_t seq, SeqOn(c, project));
       ASSIGN_OR_RETURN(Stmt * s, c.Get(kAllLive));
       s->Bind(1, project);
@@ -268,7 +268,7 @@ class SqliteMetadataStore final : public MetadataStore {
       }
       RETURN_IF_ERROR(s->status());
       return seq;
-    });
+    }, /*mapped=*/true);
   }
 
   Result<NodeRecord> GetNode(int64_t project, uint64_t id) override {
@@ -895,8 +895,8 @@ class SqliteMetadataStore final : public MetadataStore {
   // A reader. A `mapped` one sees the database file through a mapping:
   // a scan of the whole table (the snapshot's) reads the kernel's page
   // cache in place instead of copying every page into SQLite's own cache
-  // of fresh memory (a million nodes: 1,036-1,048 -> 781-819 ms,
-  // docs/benchmarks.md). Only such scans use one: a read error on a mapped
+  // of fresh memory (a snapshot of a million nodes: 1,077-1,085 -> 877-956
+  // ms, page caches dropped 2,944-2,961 -> 1,345-1,458, docs/benchmarks.md). Only such scans use one: a read error on a mapped
   // page is a SIGBUS, not an error code, and each mapping keeps its page
   // tables (4 MiB for 2 GiB), so a few are kept. SQLite maps at most 2 GiB
   // by default (SQLITE_MAX_MMAP_SIZE); the rest of a larger file is read
@@ -925,12 +925,7 @@ class SqliteMetadataStore final : public MetadataStore {
   }
 
   template <typename T, typename F>
-  Result<T> WithReader(F&& f) {
-    return WithReader<T>(/*mapped=*/false, std::forward<F>(f));
-  }
-
-  template <typename T, typename F>
-  Result<T> WithReader(bool mapped, F&& f) {
+  Result<T> WithReader(F&& f, bool mapped = false) {
     auto lease = Lease(mapped);
     if (!lease.ok()) return lease.status();
     std::unique_ptr<Conn> c = std::move(*lease);

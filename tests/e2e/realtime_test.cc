@@ -24,6 +24,18 @@ namespace fs = std::filesystem;
 
 constexpr auto kDeadline = std::chrono::milliseconds(1000);
 
+// The protocol-level tests' two files, x.txt and y.txt, in folder `dir`.
+void WriteXY(const std::string& dir) {
+  { std::ofstream(dir + "/x.txt") << "x bytes"; }
+  { std::ofstream(dir + "/y.txt") << "y bytes"; }
+}
+// Swaps them (renameat2 with RENAME_EXCHANGE): 0, or -1 and errno.
+int SwapXY(const std::string& dir) {
+  return renameat2(AT_FDCWD, (dir + "/x.txt").c_str(), AT_FDCWD, (dir + "/y.txt").c_str(), RENAME_EXCHANGE);
+}
+// Whether folder `dir` shows them swapped.
+bool SwappedIn(const std::string& dir) { return ReadAll(dir + "/x.txt") == "y bytes" && ReadAll(dir + "/y.txt") == "x bytes"; }
+
 bool Exists(const std::string& p) {
   struct stat st;
   return lstat(p.c_str(), &st) == 0;
@@ -271,11 +283,10 @@ TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
   TestMount a(proxy.url(), server_.rw_token, dir_ + "/a");
   TestMount b(server_, desk_token_, dir_ + "/b");
   const std::string A = a.path(), B = b.path();
-  { std::ofstream(A + "/x.txt") << "x bytes"; }
-  { std::ofstream(A + "/y.txt") << "y bytes"; }
+  WriteXY(A);
   ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
   // Refused at the call, not later in the background; nothing moves.
-  EXPECT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), -1);
+  EXPECT_EQ(SwapXY(A), -1);
   EXPECT_EQ(errno, EINVAL);
   EXPECT_EQ(ReadAll(A + "/x.txt"), "x bytes");
   EXPECT_EQ(ReadAll(A + "/y.txt"), "y bytes");
@@ -290,9 +301,8 @@ TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
   ASSERT_TRUE(Within(std::chrono::milliseconds(10000), [&] {
     return StatusOf(A).find("\"server_protocol\": 2") != std::string::npos;
   })) << StatusOf(A);
-  ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
-      << strerror(errno);
-  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
+  ASSERT_EQ(SwapXY(A), 0) << strerror(errno);
+  EXPECT_TRUE(Within(kDeadline, [&] { return SwappedIn(B); }));
   EXPECT_NE(StatusOf(A).find("\"server_protocol\": 2"), std::string::npos) << StatusOf(A);
 }
 
@@ -302,16 +312,14 @@ TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) 
   const std::string B = b.path();
   {
     TestMount a(proxy.url(), server_.rw_token, dir_ + "/a");
-    { std::ofstream(a.path() + "/x.txt") << "x bytes"; }
-    { std::ofstream(a.path() + "/y.txt") << "y bytes"; }
+    WriteXY(a.path());
     ASSERT_TRUE(JournalEmptiesWithin(a.path(), std::chrono::milliseconds(5000)));
   }
   // Offline from the start, the mount cannot know the server's level: it keeps the swap.
   proxy.SetRule("refuse / 0 -1");
   TestMount a(proxy.url(), server_.rw_token, dir_ + "/a", "--send-patience 1");
   const std::string A = a.path();
-  ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
-      << strerror(errno);
+  ASSERT_EQ(SwapXY(A), 0) << strerror(errno);
   // A server from before swaps answers: the swap waits in the journal and the log says why.
   proxy.SetRule("old / 0 -1");
   const std::string log = dir_ + "/a/cache/mount.log";
@@ -322,12 +330,12 @@ TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) 
   EXPECT_EQ(ReadAll(B + "/x.txt"), "x bytes");
   EXPECT_EQ(ReadAll(A + "/x.txt"), "y bytes");  // here it is done
   // The level is known now: a second swap is refused at the call.
-  EXPECT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), -1);
+  EXPECT_EQ(SwapXY(A), -1);
   EXPECT_EQ(errno, EINVAL);
   // The server is upgraded: the swap goes.
   proxy.SetRule("pass");
   ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(30000))) << ReadAll(log);
-  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
+  EXPECT_TRUE(Within(kDeadline, [&] { return SwappedIn(B); }));
 }
 
 TEST_F(RealtimeTest, ASwapRefusedByADowngradedServerWaitsAndSaysToUpgrade) {
@@ -335,14 +343,12 @@ TEST_F(RealtimeTest, ASwapRefusedByADowngradedServerWaitsAndSaysToUpgrade) {
   TestMount a(proxy.url(), server_.rw_token, dir_ + "/a");
   TestMount b(server_, desk_token_, dir_ + "/b");
   const std::string A = a.path(), B = b.path();
-  { std::ofstream(A + "/x.txt") << "x bytes"; }
-  { std::ofstream(A + "/y.txt") << "y bytes"; }
+  WriteXY(A);
   ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
   // The server is replaced by one from before swaps while the mount runs:
   // the mount still believes level 2, and that server cannot read the commit.
   proxy.SetRule("reject400 /commit 0 -1\nold / 0 -1");
-  ASSERT_EQ(renameat2(AT_FDCWD, (A + "/x.txt").c_str(), AT_FDCWD, (A + "/y.txt").c_str(), RENAME_EXCHANGE), 0)
-      << strerror(errno);
+  ASSERT_EQ(SwapXY(A), 0) << strerror(errno);
   const std::string log = dir_ + "/a/cache/mount.log";
   EXPECT_TRUE(Within(std::chrono::milliseconds(30000), [&] {
     return ReadAll(log).find("the batch holds a swap, which needs a tidefs server of protocol 2") != std::string::npos;
@@ -352,7 +358,7 @@ TEST_F(RealtimeTest, ASwapRefusedByADowngradedServerWaitsAndSaysToUpgrade) {
   // Upgraded again: the swap goes.
   proxy.SetRule("pass");
   ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(30000))) << ReadAll(log);
-  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/x.txt") == "y bytes" && ReadAll(B + "/y.txt") == "x bytes"; }));
+  EXPECT_TRUE(Within(kDeadline, [&] { return SwappedIn(B); }));
 }
 
 TEST_F(RealtimeTest, AnUploadInProgressShowsInStatus) {
