@@ -111,15 +111,28 @@ Transaction::Transaction(Db* db, bool immediate) : db_(db) {
   if (!begin_.ok()) done_ = true;
 }
 
+namespace {
+// A rolled-back transaction's statements are done with: one left mid-step
+// (a lookup that returned early on a refusal) would keep a read snapshot
+// open on the connection, and once another process wrote to the database
+// (an admin command), every later BEGIN IMMEDIATE there failed with
+// "database is locked".
+void Rollback(Db* db) {
+  for (sqlite3_stmt* s = sqlite3_next_stmt(db->raw(), nullptr); s; s = sqlite3_next_stmt(db->raw(), s))
+    if (sqlite3_stmt_busy(s)) sqlite3_reset(s);
+  (void)Run(db, "ROLLBACK");
+}
+}  // namespace
+
 Transaction::~Transaction() {
-  if (!done_) (void)Run(db_, "ROLLBACK");
+  if (!done_) Rollback(db_);
 }
 
 Status Transaction::Commit() {
   RETURN_IF_ERROR(begin_);
   done_ = true;
   Status st = Run(db_, "COMMIT");
-  if (!st.ok()) (void)Run(db_, "ROLLBACK");
+  if (!st.ok()) Rollback(db_);
   return st;
 }
 

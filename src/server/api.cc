@@ -547,7 +547,7 @@ HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
     if (!ok) return ErrorResponse(Status::Invalid("Idempotency-Key must be 1..128 of [A-Za-z0-9_-]"));
     key = c.token.device + "/" + *k;
   }
-  auto result = meta_->Commit(c.token.project_id, *ops, [blocks] { return blocks->Sync(); }, announce, key);
+  auto result = meta_->Commit(c.token.project_id, *ops, [blocks] { return blocks->Sync(); }, announce, key, c.token.device);
   if (!result.ok()) return ErrorResponse(result.status());
   if (!result->refused && !result->replayed) snapshots_.Prewarm(c.token.project_id, result->head);
   if (result->replayed) spdlog::info("commit by {} replayed from its idempotency key (its first answer was lost)", c.token.device);

@@ -113,10 +113,14 @@ class MetadataStore {
   // under the lock, so commits are announced in seq order.
   // With a non-empty `key` (idempotency), a commit already applied under
   // that key is not applied again: its first result comes back, `replayed`.
+  // Keys are kept a day, and each `device`'s newest kKeysKeptPerDevice of
+  // them until the device is retired (a mount retries only its last batch,
+  // however long it was away).
+  static constexpr int kKeysKeptPerDevice = 16;
   virtual Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops,
                                       const std::function<Status()>& barrier,
                                       const std::function<void(const CommitResult&)>& committed = {},
-                                      const std::string& key = "") = 0;
+                                      const std::string& key = "", std::string_view device = "") = 0;
 
   // Records the seq a device has applied, then purges the tombstones every
   // active (not retired) device has passed.

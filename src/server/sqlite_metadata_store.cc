@@ -350,7 +350,7 @@ class SqliteMetadataStore final : public MetadataStore {
   Result<CommitResult> Commit(int64_t project, const std::vector<CommitOp>& ops,
                               const std::function<Status()>& barrier,
                               const std::function<void(const CommitResult&)>& committed,
-                              const std::string& key) override {
+                              const std::string& key, std::string_view device) override {
     std::lock_guard lock(write_mu_);
     if (barrier) RETURN_IF_ERROR(barrier());
     // Commits are acknowledged to clients that then drop their journal:
@@ -408,11 +408,15 @@ class SqliteMetadataStore final : public MetadataStore {
     if (!key.empty()) {
       nlohmann::json j{{"head", result.head}, {"prev_head", result.prev_head}, {"records", result.records}};
       ASSIGN_OR_RETURN(Stmt k, writer_.db->Prepare(
-          "INSERT INTO commit_keys(project, key, result, created_ns) VALUES(?1, ?2, ?3, ?4)"));
-      k.Bind(1, project).Bind(2, key).Bind(3, j.dump()).Bind(4, NowNs());
+          "INSERT INTO commit_keys(project, key, result, created_ns, device) VALUES(?1, ?2, ?3, ?4, ?5)"));
+      k.Bind(1, project).Bind(2, key).Bind(3, j.dump()).Bind(4, NowNs()).Bind(5, device);
       RETURN_IF_ERROR(k.Run());
-      ASSIGN_OR_RETURN(Stmt old, writer_.db->Prepare("DELETE FROM commit_keys WHERE created_ns < ?1"));
-      old.Bind(1, NowNs() - int64_t{86400} * 1'000'000'000);
+      // Older than a day and not among its device's newest.
+      ASSIGN_OR_RETURN(Stmt old, writer_.db->Prepare(
+          "DELETE FROM commit_keys WHERE created_ns < ?1 AND rowid NOT IN (SELECT n.rowid FROM commit_keys n "
+          "WHERE n.project = commit_keys.project AND n.device = commit_keys.device "
+          "ORDER BY n.created_ns DESC LIMIT ?2)"));
+      old.Bind(1, NowNs() - int64_t{86400} * 1'000'000'000).Bind(2, int64_t{kKeysKeptPerDevice});
       RETURN_IF_ERROR(old.Run());
     }
     writer_.ResetAll();
@@ -441,6 +445,9 @@ class SqliteMetadataStore final : public MetadataStore {
     s.Bind(1, project).Bind(2, device);
     RETURN_IF_ERROR(s.Run());
     if (writer_.db->Changes() == 0) return false;
+    ASSIGN_OR_RETURN(Stmt k, writer_.db->Prepare("DELETE FROM commit_keys WHERE project=?1 AND device=?2"));
+    k.Bind(1, project).Bind(2, device);
+    RETURN_IF_ERROR(k.Run());
     RETURN_IF_ERROR(PurgeLocked(project));
     return true;
   }

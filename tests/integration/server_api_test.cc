@@ -5,7 +5,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/sqlite.h"
 #include "helpers.h"
+#include "server/metadata_store.h"
 #include "test_server.h"
 
 namespace tidefs {
@@ -487,6 +489,60 @@ TEST_F(ServerApiTest, ARetriedCommitIsAnsweredNotAppliedTwice) {
   // Without the key the same body is a new commit: the id is taken.
   EXPECT_EQ(c_.Raw("POST", "/commit", body, {}, false)->status, 409);
   EXPECT_EQ(c_.Raw("POST", "/commit", body, {"Idempotency-Key: bad key!"}, false)->status, 400);
+}
+
+TEST_F(ServerApiTest, ARefusedCommitLeavesTheServerWritableAfterAnAdminWrite) {
+  // A refused commit rolls back; an admin then writing to the data dir of
+  // the running server (a new token) must not lock the server's writes out.
+  CommitOp op = MkdirOp(kRootId, "x");
+  MustCommit(c_, {op});
+  EXPECT_EQ(c_.Raw("POST", "/commit", EncodeCommit({op}), {}, false)->status, 409);
+  server_.NewToken("demo", "tablet");
+  auto after = c_.Raw("POST", "/commit", EncodeCommit({MkdirOp(kRootId, "y")}), {}, false);
+  EXPECT_EQ(after->status, 200) << after->body;
+}
+
+TEST_F(ServerApiTest, ADevicesNewestCommitKeysOutliveTheDay) {
+  // A laptop that lost a commit's answer may come back days later: its
+  // newest keys stay, older ones go after a day, a retired device's at once.
+  constexpr int kKept = MetadataStore::kKeysKeptPerDevice;
+  auto keyed = [](ApiClient& c, int i, const std::string& key) {
+    return c.Raw("POST", "/commit", EncodeCommit({MkdirOp(kRootId, "d" + std::to_string(i))}),
+                 {"Idempotency-Key: " + key}, false);
+  };
+  for (int i = 0; i < kKept + 4; ++i) ASSERT_EQ(keyed(c_, i, "k" + std::to_string(i))->status, 200);
+  ApiClient tablet = server_.Client(server_.NewToken("demo", "tablet"));
+  ASSERT_EQ(keyed(tablet, 100, "t")->status, 200);
+  ASSERT_TRUE(tablet.PutCheckpoint("tablet", Head(tablet)).ok());
+  ASSERT_EQ(keyed(tablet, 101, "t2")->status, 200);
+  server_.Stop();
+  {
+    auto db = Db::Open(server_.data_dir() + "/meta.db");
+    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    ASSERT_TRUE((*db)->Exec("UPDATE commit_keys SET created_ns = created_ns - 2 * 86400000000000").ok());
+  }
+  server_.Start();
+  ApiClient c = server_.Client(server_.rw_token);
+  ASSERT_EQ(keyed(c, 1000, "fresh")->status, 200);  // a keyed commit sweeps old keys
+  // The laptop's newest (with "fresh") are answered; older ones are new commits.
+  auto last = keyed(c, kKept + 3, "k" + std::to_string(kKept + 3));
+  EXPECT_EQ(last->status, 200) << last->body;
+  EXPECT_NE(last->body.find("\"replayed\":true"), std::string::npos) << last->body;
+  const int oldest_kept = kKept + 4 - (kKept - 1);
+  auto kept = keyed(c, oldest_kept, "k" + std::to_string(oldest_kept));
+  EXPECT_NE(kept->body.find("\"replayed\":true"), std::string::npos) << kept->body;
+  auto gone = keyed(c, oldest_kept - 1, "k" + std::to_string(oldest_kept - 1));
+  EXPECT_EQ(gone->status, 409) << "a key past the day and the device's newest was kept: " << gone->body;
+  // Another device's keys are its own: the tablet's stay.
+  ApiClient t = server_.Client(tablet.options().token);
+  auto mine = keyed(t, 101, "t2");
+  EXPECT_NE(mine->body.find("\"replayed\":true"), std::string::npos) << mine->body;
+  // Retired, its keys go.
+  int status = -1;
+  server_.Admin("device retire --project demo --device tablet", &status);
+  ASSERT_EQ(status, 0);
+  auto after = keyed(t, 101, "t2");
+  EXPECT_EQ(after->status, 409) << after->body;
 }
 
 TEST_F(ServerApiTest, DedupStoresABlockOnce) {
