@@ -2,8 +2,10 @@
 
 #include <time.h>
 
+#include <cinttypes>
 #include <cstdio>
 #include <random>
+#include <sstream>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
@@ -442,6 +444,7 @@ uint64_t WriteBack::Persisted() {
 
 void WriteBack::Loop() {
   ready_.wait();
+  LoadKeptIn();
   auto backoff = std::chrono::milliseconds(0);
   bool held = false;      // the last look stopped at a file held back: look again soon
   bool look_now = false;  // a send ahead went on until its stint ended: back at once
@@ -549,10 +552,42 @@ void WriteBack::KeepOrForget(uint64_t id, KeptIn copy) {
   // the same way and goes to the copy.
   if ((is_open_ && is_open_(id)) || HasPending(id)) {
     kept_in_[id] = copy;
+    SaveKeptIn();
     return;
   }
-  kept_in_.erase(id);
+  if (kept_in_.erase(id)) SaveKeptIn();
   ShowTheirs(id);
+}
+
+constexpr const char* kKeptInKey = "kept_in";  // "ID:COPY:VERSION ..."
+
+void WriteBack::LoadKeptIn() {
+  auto v = state_->Meta(kKeptInKey);
+  if (!v.ok()) {
+    spdlog::warn("write-back: reading the conflict copies' links failed ({}); later writes to those files make "
+                 "copies of their own", v.status().ToString());
+    return;
+  }
+  std::istringstream in(*v);
+  std::string item;
+  while (in >> item) {
+    KeptIn k;
+    uint64_t id = 0;
+    if (std::sscanf(item.c_str(), "%" SCNu64 ":%" SCNu64 ":%" SCNu64, &id, &k.copy, &k.version) == 3 && id && k.copy)
+      kept_in_[id] = k;
+  }
+  // Those with nothing left to send are done with (closed: no file is open
+  // in a new mount).
+  if (!kept_in_.empty()) ForgetKeptClosed();
+}
+
+void WriteBack::SaveKeptIn() {
+  std::string v;
+  for (const auto& [id, k] : kept_in_)
+    v += (v.empty() ? "" : " ") + std::to_string(id) + ":" + std::to_string(k.copy) + ":" + std::to_string(k.version);
+  if (Status st = state_->SetMeta(kKeptInKey, v); !st.ok())
+    spdlog::warn("write-back: saving the conflict copies' links failed ({}); after a restart, later writes to those "
+                 "files make copies of their own", st.ToString());
 }
 
 void WriteBack::ShowTheirs(uint64_t id) {
@@ -574,6 +609,7 @@ void WriteBack::ForgetKeptClosed() {
     gone.push_back(it->first);
     it = kept_in_.erase(it);
   }
+  if (!gone.empty()) SaveKeptIn();
   for (uint64_t id : gone) ShowTheirs(id);
 }
 

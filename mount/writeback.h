@@ -113,6 +113,11 @@ class WriteBack {
   // After a conflict copy took file `id`'s edit: its cache is dropped, or
   // kept (open, or more to send) with its later flushes sent to `copy`.
   void KeepOrForget(uint64_t id, KeptIn copy);
+  // kept_in_ is kept in the local state as well, so that after a restart
+  // (a crash with writes of the file still in the journal) they go to the
+  // same copy, not to a second one.
+  void LoadKeptIn();
+  void SaveKeptIn();
   // Files of kept_in_ closed since with nothing left to send: their cache
   // (our bytes, in the copy now) goes, and the kernel's view of them.
   void ForgetKeptClosed();

@@ -518,6 +518,26 @@ Status LocalState::SetInflightBatch(uint64_t last, const std::string& key) {
   return s.Run();
 }
 
+Result<std::string> LocalState::Meta(const std::string& key) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT value FROM meta WHERE key=?1"));
+  s.Bind(1, key);
+  if (!s.Step()) {
+    RETURN_IF_ERROR(s.status());
+    return std::string();
+  }
+  return s.Text(0);
+}
+
+Status LocalState::SetMeta(const std::string& key, const std::string& value) {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare(value.empty() ? "DELETE FROM meta WHERE key=?1"
+                                                      : "INSERT OR REPLACE INTO meta(key, value) VALUES(?1, ?2)"));
+  s.Bind(1, key);
+  if (!value.empty()) s.Bind(2, value);
+  return s.Run();
+}
+
 Result<uint64_t> LocalState::JournalSize() {
   std::lock_guard lock(mu_);
   ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT count(*) FROM journal"));

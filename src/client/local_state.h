@@ -87,6 +87,10 @@ class LocalState {
   // The idempotency key saved with it ("" for none).
   Result<std::string> InflightKey();
   Status SetInflightBatch(uint64_t last, const std::string& key = "");
+  // Small values of the mount's own under `key` in the meta table ("": none;
+  // setting "" removes it).
+  Result<std::string> Meta(const std::string& key);
+  Status SetMeta(const std::string& key, const std::string& value);
   // Makes everything committed so far durable on disk (fsync's promise):
   // both databases are checkpointed, which syncs them.
   Status Sync();

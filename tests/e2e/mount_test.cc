@@ -860,6 +860,46 @@ TEST_F(MountTest, BytesWrittenAfterAnEditKeptAsAConflictCopyFollowIt) {
   EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{text});
 }
 
+// Truncates f.txt of mount `mnt` through a handle left open in `*fd`,
+// until that truncate is committed as the one conflict copy.
+void TruncateUntilCopied(const std::string& mnt, int* fd) {
+  *fd = open((mnt + "/f.txt").c_str(), O_WRONLY);
+  ASSERT_GE(*fd, 0);
+  ASSERT_EQ(ftruncate(*fd, 0), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(20), [&] { return ConflictCopies(mnt, "f (conflict from ", ".txt").size() == 1; }));
+  ASSERT_TRUE(JournalEmptiesWithin(mnt, std::chrono::seconds(20))) << StatusOf(mnt);
+}
+
+// The same, with the mount killed before the bytes written after the copy
+// were sent: the next mount sends them to that copy too, not to a second.
+TEST_F(MountTest, BytesWrittenAfterAnEditKeptAsAConflictCopyFollowItAcrossACrash) {
+  Write("f.txt", "base\n");
+  Import();
+  const std::string text = "edited by two\n";
+  {
+    CutOffPair p(server_, dir_);
+    p.OneSavesUnheard("f.txt", "base\n", "saved by one\n");
+    p.one.reset();
+    const std::string two = p.two->path();
+    int fd = -1;
+    TruncateUntilCopied(two, &fd);
+    ASSERT_FALSE(HasFatalFailure());
+    p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\nrefuse /commit 0 -1");
+    ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+    ASSERT_EQ(close(fd), 0);  // in the journal once close returns
+    KillMount(two);
+    if (HasFatalFailure()) return;
+  }
+  {
+    TestMount again(server_, server_.rw_token, dir_ + "/two");
+    EXPECT_TRUE(JournalEmptiesWithin(again.path(), std::chrono::seconds(20))) << StatusOf(again.path());
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "saved by one\n");
+  EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{text})
+      << "the bytes written after the copy made a copy of their own";
+}
+
 // The conflict copy is edited elsewhere before this mount's next flush of
 // the file it came from: that flush does not overwrite their edit of the
 // copy; it is kept in a copy of its own.
@@ -869,11 +909,9 @@ TEST_F(MountTest, AFlushAfterItsConflictCopyWasEditedElsewhereKeepsBoth) {
   CutOffPair p(server_, dir_);
   p.OneSavesUnheard("f.txt", "base\n", "saved by one\n");
   const std::string two = p.two->path();
-  int fd = open((two + "/f.txt").c_str(), O_WRONLY);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(ftruncate(fd, 0), 0);
-  ASSERT_TRUE(Within(std::chrono::seconds(20), [&] { return ConflictCopies(two, "f (conflict from ", ".txt").size() == 1; }));
-  ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << StatusOf(two);
+  int fd = -1;
+  TruncateUntilCopied(two, &fd);
+  ASSERT_FALSE(HasFatalFailure());
   // One (hearing the server) finds the copy and edits it.
   std::string copy;
   ASSERT_TRUE(Within(std::chrono::seconds(10), [&] {
