@@ -202,7 +202,7 @@ Status RemoteSync::Apply(const std::vector<NodeRecord>& records, uint64_t next) 
       if (old ? SameView(*old, r) : r.deleted) continue;  // our own commit, or nothing we knew
       changes.push_back({std::move(old), r});
     }
-    RETURN_IF_ERROR(d_.state->ApplyChanges(items, next));
+    RETURN_IF_ERROR(d_.state->ApplyChanges(items, CursorToSave(next)));
     for (const auto& r : items) d_.tree->Apply(r);
     d_.tree->set_seq(next);
   }
@@ -212,6 +212,11 @@ Status RemoteSync::Apply(const std::vector<NodeRecord>& records, uint64_t next) 
   n_applied_ += changes.size();
   head_ = std::max(head_, next);
   return Status::Ok();
+}
+
+uint64_t RemoteSync::CursorToSave(uint64_t seq) const {
+  for (const auto& [id, r] : deferred_) seq = std::min(seq, r.seq - 1);
+  return seq;
 }
 
 Status RemoteSync::RetryDeferred() {
@@ -242,7 +247,7 @@ Status RemoteSync::RetryDeferred() {
       // write-back moved the node to theirs, telling the kernel itself).
     }
     if (!items.empty()) {
-      RETURN_IF_ERROR(d_.state->ApplyChanges(items, d_.tree->seq()));
+      RETURN_IF_ERROR(d_.state->ApplyChanges(items, CursorToSave(d_.tree->seq())));
       for (const auto& r : items) d_.tree->Apply(r);
     }
   }
@@ -296,8 +301,7 @@ void RemoteSync::Notify(const std::vector<Change>& changes) {
 void RemoteSync::MaybeCheckpoint(bool force) {
   // Never past a change still waiting for our journal: the server must keep
   // its tombstone until it is applied here.
-  uint64_t seq = d_.tree->seq();
-  for (const auto& [id, r] : deferred_) seq = std::min(seq, r.seq - 1);
+  const uint64_t seq = CursorToSave(d_.tree->seq());
   {
     std::lock_guard lock(mu_);
     if (seq <= checkpoint_) return;

@@ -93,6 +93,10 @@ class RemoteSync {
   Status OnMessage(std::string_view msg);
   // Applies records that move the cursor to `next` (already in seq order).
   Status Apply(const std::vector<NodeRecord>& records, uint64_t next);
+  // The cursor saved with applied changes: before the oldest change still
+  // waiting for our journal, so that a mount killed before applying it
+  // pulls it again (the one in memory goes on past it).
+  uint64_t CursorToSave(uint64_t seq) const;
   // Remote changes to nodes of ours that were waiting: applied once the
   // journal no longer names them (when still newer than what we hold).
   Status RetryDeferred();

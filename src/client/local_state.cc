@@ -166,6 +166,8 @@ Status LocalState::OpenLog(const std::string& path) {
   if (!todo.empty()) {
     spdlog::info("replaying {} changes from {} (the last mount ended before saving them)", todo.size(), path);
     RETURN_IF_ERROR(SaveChanges(todo));
+    // On disk before the log that held them on disk is emptied below.
+    RETURN_IF_ERROR(Sync());
   }
   if (!log.stopped.empty()) {
     // Keep both copies: whatever could not be read goes aside, not away.

@@ -17,6 +17,7 @@
 #include <optional>
 #include <set>
 #include <span>
+#include <utility>
 
 #define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
@@ -119,7 +120,6 @@ class PackBlockStore final : public BlockStore {
       offset = lane.size;
       lane.size += total;
       fd = lane.fd;
-      unsynced_.insert(pack);
     }
     struct Release {
       PackBlockStore* self;
@@ -170,11 +170,29 @@ class PackBlockStore final : public BlockStore {
       for (auto it = unsynced_.begin(); it != unsynced_.end(); ++it) fds.emplace_back(*it, fds_[*it].get());
       unsynced_.clear();
     }
-    for (auto [pack, fd] : fds) {
-      if (::fdatasync(fd) != 0) {
+    bool new_files;
+    {
+      std::lock_guard lock(mu_);
+      new_files = std::exchange(dir_unsynced_, false);
+    }
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (::fdatasync(fds[i].second) != 0) {
+        Status st = Status::IoError(Errno("fdatasync of pack " + PackPath(fds[i].first)));
         std::lock_guard lock(mu_);
-        unsynced_.insert(pack);
-        return Status::IoError(Errno("fdatasync of pack " + PackPath(pack)));
+        for (size_t j = i; j < fds.size(); ++j) unsynced_.insert(fds[j].first);  // all still to do
+        dir_unsynced_ = dir_unsynced_ || new_files;
+        return st;
+      }
+    }
+    // A new pack's name in the directory, too (fdatasync of a file does not
+    // promise its directory entry).
+    if (new_files) {
+      Fd dir(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (dir.get() < 0 || ::fsync(dir.get()) != 0) {
+        Status st = Status::IoError(Errno("fsync of pack directory " + dir_));
+        std::lock_guard lock(mu_);
+        dir_unsynced_ = true;
+        return st;
       }
     }
     return Status::Ok();
@@ -314,6 +332,10 @@ class PackBlockStore final : public BlockStore {
     std::optional<WriteBehind::Work> work;
     {
       std::lock_guard lock(mu_);
+      // Only once written: a Sync() between the reservation and the write
+      // would take the pack off the list and leave these bytes unsynced
+      // under a commit that names them.
+      unsynced_.insert(pack);
       for (Lane& l : lanes_)
         if (l.pack == pack) work = l.write_behind.Appended(to);
     }
@@ -327,6 +349,7 @@ class PackBlockStore final : public BlockStore {
     struct stat st;
     if (::fstat(fd.get(), &st) != 0) return Status::IoError(Errno("cannot stat pack " + PackPath(pack)));
     const auto size = static_cast<uint64_t>(st.st_size);
+    if (size == 0) dir_unsynced_ = true;  // (new, or empty: its entry is synced with the next Sync)
     Lane lane{pack, size, fd.get(), 0, WriteBehind(size)};
     (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_RANDOM);  // downloads read through it too (ReadFd)
     fds_[pack] = std::move(fd);
@@ -369,6 +392,7 @@ class PackBlockStore final : public BlockStore {
   uint64_t last_pack_ = 0;      // guarded by mu_; the highest pack number in use
   size_t next_shared_ = 0;      // guarded by mu_
   std::set<uint64_t> unsynced_;  // guarded by mu_; packs appended since the last Sync
+  bool dir_unsynced_ = false;    // guarded by mu_; a pack file was created since the last Sync
 };
 
 }  // namespace

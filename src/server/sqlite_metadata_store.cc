@@ -465,6 +465,7 @@ class SqliteMetadataStore final : public MetadataStore {
     if (!m.Step()) return m.status();
     if (m.Int(1) == 0) return Status::Ok();  // no active device: keep history (a new one starts from the snapshot anyway)
     const uint64_t horizon = m.U64(0);
+    m.Reset();  // no read left open into the BEGIN IMMEDIATE below: it would fail at once when busy
     ASSIGN_OR_RETURN(uint64_t purged, PurgedSeqOn(writer_, project));
     if (horizon <= purged) return Status::Ok();
     Transaction tx(writer_.db.get());
