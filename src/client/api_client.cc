@@ -208,9 +208,13 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, opts_.connect_timeout_ms);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
-    // Large buffers: blocks and chunks move in megabytes.
-    curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024);
-    curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 2L * 1024 * 1024);
+    // Receives in 32 KiB reads: a chunk passes through this buffer into
+    // ours while it is still in the CPU's cache, and the loopback sender
+    // does less too. Cold 1 GiB read against 512 KiB, alternated three
+    // times with the server's caches dropped: 855-982 against 708-760 MB/s,
+    // server CPU 0.8 against 1.2 s, mount 0.8-1.0 against 1.1-1.3 s.
+    curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 32L * 1024);
+    curl_easy_setopt(c, CURLOPT_UPLOAD_BUFFERSIZE, 2L * 1024 * 1024);  // (64 KiB: the same, measured)
     if (method != "GET" && method != "HEAD") {
       curl_easy_setopt(c, CURLOPT_POSTFIELDS, body.empty() ? "" : body.data());  // (never NULL: that reads stdin)
       curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
