@@ -1416,12 +1416,24 @@ Status Unmount(const std::string& mountpoint) {
       return Status::Unavailable("the mount's process " + std::to_string(pid) + " is still running after 10 minutes");
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  if (!cache_dir.empty())
-    if (uint64_t left = ChangesLeft(cache_dir))
-      fprintf(stderr,
-              "unmount: %llu changes could not be sent (server unreachable?); they are kept in %s and go out on the "
-              "next mount of that cache dir\n",
-              static_cast<unsigned long long>(left), cache_dir.c_str());
+  if (cache_dir.empty()) return Status::Ok();
+  // What it left, unless a new mount of the cache dir has already taken
+  // it over (its databases are then held, and its journal is what counts).
+  // A shared lock keeps one from starting while this counts.
+  const std::string lock_path = cache_dir + "/lock";
+  int lock = ::open(lock_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (lock >= 0 && ::flock(lock, LOCK_SH | LOCK_NB) != 0) {
+    ::close(lock);
+    fprintf(stderr, "unmount: %s is in use by a newer mount already; what this one left goes out from there\n",
+            cache_dir.c_str());
+    return Status::Ok();
+  }
+  if (uint64_t left = ChangesLeft(cache_dir))
+    fprintf(stderr,
+            "unmount: %llu changes could not be sent (server unreachable?); they are kept in %s and go out on the "
+            "next mount of that cache dir\n",
+            static_cast<unsigned long long>(left), cache_dir.c_str());
+  if (lock >= 0) ::close(lock);
   return Status::Ok();
 }
 

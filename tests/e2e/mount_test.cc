@@ -1,6 +1,7 @@
 // End to end: the real server, `tidefs import`, and a real FUSE mount
 // driven with real syscalls.
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/prctl.h>
@@ -1680,6 +1681,27 @@ TEST_F(MountTest, AnUnmountWithTheServerDownKeepsTheChangesAndSaysSo) {
   { TestMount again(server_, server_.rw_token, dir_); }  // the same cache dir sends them
   TestMount fresh(server_, server_.ro_token, dir_ + "/other");
   EXPECT_EQ(ReadAll(fresh.path() + "/offline.txt"), "made offline\n") << ReadAll(dir_ + "/cache/mount.log");
+}
+
+// The same while a new mount takes the cache dir over the moment the old
+// one exits ("unmount; mount" in a script): the unmount does not claim to
+// know what is left (the new mount holds the databases and sends it).
+TEST_F(MountTest, AnUnmountWhoseCacheDirANewMountTookOverSaysSo) {
+  Import();
+  TestMount m(server_, server_.rw_token, dir_, "--send-patience 1");
+  server_.Stop();
+  { std::ofstream(m.path() + "/offline.txt") << "made offline\n"; }
+  // The next mount's lock, taken as soon as the old mount lets go of it.
+  int fd = open((dir_ + "/cache/lock").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  std::thread next([fd] { flock(fd, LOCK_EX); });
+  std::string out;
+  EXPECT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + m.path() + " 2>&1", &out), 0) << out;
+  next.join();
+  EXPECT_NE(out.find("in use by a newer mount"), std::string::npos) << out;
+  EXPECT_EQ(out.find("could not be sent"), std::string::npos) << out;
+  close(fd);
+  server_.Start();
 }
 
 TEST_F(MountTest, SyncReturnsOnceEveryChangeIsOnTheServer) {
