@@ -514,9 +514,19 @@ Result<std::string> LocalState::InflightKey() {
 
 Status LocalState::SetInflightBatch(uint64_t last, const std::string& key) {
   std::lock_guard lock(mu_);
-  ASSIGN_OR_RETURN(Stmt s, db_->Prepare(last ? "INSERT OR REPLACE INTO meta(key, value) VALUES('inflight', ?1)"
-                                             : "DELETE FROM meta WHERE key='inflight'"));
-  if (last) s.Bind(1, std::to_string(last) + (key.empty() ? "" : ":" + key));
+  if (last) {
+    // On disk before the batch is sent: a mark lost with the machine (the
+    // server having applied the batch) would send it again under a new
+    // key, applied twice. Clearing it needs no sync: a mark that comes
+    // back sends the batch under its old key, and the answer is replayed.
+    RETURN_IF_ERROR(db_->Exec("PRAGMA synchronous=FULL"));
+    ASSIGN_OR_RETURN(Stmt s, db_->Prepare("INSERT OR REPLACE INTO meta(key, value) VALUES('inflight', ?1)"));
+    s.Bind(1, std::to_string(last) + (key.empty() ? "" : ":" + key));
+    Status st = s.Run();
+    Status back = db_->Exec("PRAGMA synchronous=NORMAL");
+    return st.ok() ? back : st;
+  }
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("DELETE FROM meta WHERE key='inflight'"));
   return s.Run();
 }
 
