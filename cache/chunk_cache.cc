@@ -351,6 +351,14 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     WaitWrites(*older);
     std::lock_guard saved(older->save_mu);  // a save under way ends first
   }
+  // The saved bitmap is read with no punch of its chunks under way, and
+  // eviction chooses none of them until the entry is in entries_.
+  {
+    std::unique_lock lock(mu_);
+    punched_.wait(lock, [&] { return !punching_.count(n.id); });
+    opening_[n.id]++;
+  }
+  Counted opening_mark(this, opening_, n.id);
   std::optional<LocalState::CachedFile> saved;
   if (state_ && !created) {
     auto f = state_->LoadFile(n.id);
@@ -682,7 +690,9 @@ std::vector<ChunkCache::Punch> ChunkCache::EvictLocked() {
     if (local_.count(id)) continue;  // local content lives only here until committed
     Punch p{nullptr, id, version, chunk, nullptr};
     auto e = entries_.find(id);
-    if (e != entries_.end() && e->second->version == version) {
+    const bool open = e != entries_.end() && e->second->version == version;
+    if (!open && opening_.count(id)) continue;  // its saved bitmap being read: not now
+    if (open) {
       Entry& entry = *e->second;
       std::lock_guard elock(entry.mu);
       if (entry.inflight.count(chunk) || entry.writing.count(chunk) || entry.pins[chunk] > 0) continue;  // in use: not now
@@ -694,6 +704,7 @@ std::vector<ChunkCache::Punch> ChunkCache::EvictLocked() {
       p.done = std::make_shared<std::promise<Status>>();
       entry.inflight.emplace(chunk, p.done->get_future().share());
     }
+    if (!p.entry) punching_[id]++;
     out.push_back(std::move(p));
     stats_.cached_bytes -= it->second;
     stats_.chunks_evicted++;
@@ -720,10 +731,13 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
       p.done->set_value(Status::Ok());
       continue;
     }
+    // Not open in this mount when chosen: clear its bits in the saved
+    // state, then punch. An opener reading the saved bitmap meanwhile
+    // would count the chunk present and read zeros after the punch: one
+    // that began before was skipped when choosing (opening_), one that
+    // begins now waits for this (counted in punching_ when chosen).
+    Counted done(this, punching_, p.id);
     if (!state_) continue;
-    // Not open in this mount: clear its bits in the saved state, then punch.
-    // (Should the file be opened meanwhile, its bits are already clear or
-    // its first read re-hashes what the bitmap claims.)
     auto f = state_->LoadFile(p.id);
     if (!f.ok() || !*f || (*f)->version != p.version) continue;
     auto& bits = (*f)->present;
@@ -740,21 +754,26 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
 
 void ChunkCache::Verify(Entry& e, uint64_t chunk) {
   const uint64_t b0 = chunk * kBlocksPerChunk;
-  const uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, e.manifest.blocks.size());
   std::string buf(kBlockSize, '\0');
   std::vector<uint64_t> bad;
-  for (uint64_t b = b0; b < b1; ++b) {
+  for (uint64_t b = b0; b < b0 + kBlocksPerChunk; ++b) {
+    Hash128 want;
+    size_t len;
     {
+      // (The manifest under the lock: a truncate or a commit replaces it.)
       std::lock_guard lock(e.mu);
-      if (!e.present[b]) continue;
+      if (b >= e.manifest.blocks.size()) break;
+      if (!e.present[b] || e.dirty[b]) continue;  // (written here: not the manifest's bytes)
+      want = e.manifest.blocks[b];
+      len = std::min<uint64_t>(kBlockSize, e.manifest.size - b * kBlockSize);
     }
-    size_t len = std::min<uint64_t>(kBlockSize, e.manifest.size - b * kBlockSize);
     ssize_t r = ::pread(e.fd, buf.data(), len, b * kBlockSize);
-    if (r != static_cast<ssize_t>(len) || HashBlock(buf.data(), len) != e.manifest.blocks[b]) bad.push_back(b);
+    if (r != static_cast<ssize_t>(len) || HashBlock(buf.data(), len) != want) bad.push_back(b);
   }
   {
     std::lock_guard lock(e.mu);
-    for (uint64_t b : bad) e.present[b] = false;
+    for (uint64_t b : bad)
+      if (!e.dirty[b]) e.present[b] = false;  // (one written meanwhile holds its new bytes)
     e.verified[chunk] = true;
   }
   if (!bad.empty()) {
@@ -845,7 +864,20 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
   if (off >= n.size || len == 0) return p;
   len = std::min<uint64_t>(len, n.size - off);
   ASSIGN_OR_RETURN(auto e, Open(n));
-  const uint64_t c0 = off / kChunkSize, c1 = (off + len - 1) / kChunkSize;
+  const uint64_t c0 = off / kChunkSize;
+  uint64_t c1 = (off + len - 1) / kChunkSize;
+  {
+    // A record older than the entry (a newer, shorter version arrived
+    // while this read began) reads no further than the entry's chunks.
+    // (Past its end of file within that last chunk, the reply comes short.)
+    std::lock_guard lock(e->mu);
+    const uint64_t chunks = e->pins.size();
+    if (c0 >= chunks) return p;
+    if (c1 >= chunks) {
+      c1 = chunks - 1;
+      len = (c1 + 1) * kChunkSize - off;
+    }
+  }
   // Pinned before they are fetched, so a fetch that overflows the cache
   // never evicts the chunks this read is waiting for.
   struct Guard {
@@ -920,6 +952,39 @@ Result<size_t> ChunkCache::Read(const NodeRecord& n, uint64_t off, size_t len, c
     done += r;
   }
   return done;
+}
+
+ChunkCache::Counted::~Counted() {
+  {
+    std::lock_guard lock(cache_->mu_);
+    if (--(*counts_)[id_] <= 0) counts_->erase(id_);
+  }
+  cache_->punched_.notify_all();
+}
+
+ChunkCache::Changing::Changing(ChunkCache* cache, const std::shared_ptr<Entry>& e, uint64_t id)
+    : cache_(cache), e_(e), id_(id) {
+  {
+    std::lock_guard lock(e_->mu);
+    e_->changing++;
+  }
+  // After the count: a commit that cleared the mark before it is undone
+  // here, and one after it sees the count and keeps the mark.
+  cache->MarkLocal(id);
+}
+
+ChunkCache::Changing::~Changing() {
+  std::lock_guard lock(cache_->mu_);
+  std::lock_guard elock(e_->mu);
+  if (--e_->changing > 0) return;
+  // A commit landed meanwhile and this change claimed nothing after all
+  // (an error, a size already there): what the commit kept, it clears now.
+  if (e_->clear_at && *e_->clear_at == e_->write_gen) {
+    std::fill(e_->dirty.begin(), e_->dirty.end(), false);
+    e_->ForgetAhead();
+    cache_->local_.erase(id_);
+  }
+  e_->clear_at.reset();
 }
 
 void ChunkCache::MarkLocal(uint64_t id, bool created) {
@@ -997,7 +1062,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
   if (fresh) *fresh = false;
   if (len == 0) return Status::Ok();
   ASSIGN_OR_RETURN(auto e, Open(n));
-  MarkLocal(n.id);
+  Changing changing(this, e, n.id);
   const uint64_t end = off + len;
   // A block only partly overwritten is first completed from the server.
   uint64_t mblocks, msize;
@@ -1080,7 +1145,7 @@ Status ChunkCache::EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeReco
 
 Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   ASSIGN_OR_RETURN(auto e, Open(n));
-  MarkLocal(n.id);
+  Changing changing(this, e, n.id);
   // The block the new end (or the old end, when growing) falls in keeps
   // some of its bytes: it must be here first.
   const uint64_t cut = std::min(n.size, size);
@@ -1094,6 +1159,17 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
     if (e->manifest.size > cut) {
       e->manifest.size = cut;
       e->manifest.blocks.resize((cut + kBlockSize - 1) / kBlockSize);
+    }
+    // A fetch there that chose its blocks before the view shrank writes
+    // them without the lock: it ends before the file is cut.
+    for (;;) {
+      std::shared_future<Status> f;  // (one done is only yet to leave the map)
+      for (auto it = e->inflight.lower_bound(cut / kChunkSize); it != e->inflight.end() && !f.valid(); ++it)
+        if (it->second.wait_for(std::chrono::seconds(0)) != std::future_status::ready) f = it->second;
+      if (!f.valid()) break;
+      lock.unlock();
+      f.wait();
+      lock.lock();
     }
     e->hot.erase(e->hot.lower_bound(cut / kChunkSize), e->hot.end());
     for (auto it = e->writing.upper_bound(cut / kChunkSize); it != e->writing.end(); ++it) e->cancelled.insert(*it);
@@ -1124,7 +1200,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
 
 Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   ASSIGN_OR_RETURN(auto e, Open(n));
-  MarkLocal(n.id);
+  Changing changing(this, e, n.id);
   struct stat st;
   if (::fstat(e->fd, &st) != 0)
     return Status::IoError("cannot stat the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
@@ -1249,12 +1325,14 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
       std::vector<bool> present;
       {
         // Decided and applied under both locks: a write that claims blocks
-        // now either bumps write_gen first or sees the node still local.
+        // now either bumps write_gen first or sees the node still local;
+        // one under way (counted in `changing`) keeps it local too.
         std::lock_guard elock(e->mu);
         e->version = version;
         e->manifest = m;
         e->tracked = true;
-        if (e->write_gen == write_gen) {
+        if (e->write_gen == write_gen && e->changing > 0) e->clear_at = write_gen;  // (by the last change to end)
+        if (e->write_gen == write_gen && e->changing == 0) {
           std::fill(e->dirty.begin(), e->dirty.end(), false);
           e->ForgetAhead();
           local_.erase(id);

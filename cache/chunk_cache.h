@@ -219,6 +219,14 @@ class ChunkCache {
     std::vector<bool> verified;  // guarded by mu, per chunk: fetched or re-hashed by this mount
     std::vector<bool> dirty;     // guarded by mu, per block: written since the last flush began
     uint64_t write_gen = 0;      // guarded by mu, bumped by every local write
+    // guarded by mu: local changes (write, truncate, extend) under way, from
+    // before the node is marked local until their blocks are claimed and
+    // written: a commit meanwhile keeps the node local and its blocks dirty.
+    int changing = 0;
+    // guarded by mu: a commit that landed while `changing` at this
+    // write_gen: the last change to end clears what it would have, if
+    // that change claimed nothing.
+    std::optional<uint64_t> clear_at;
     // guarded by mu: of local writes to the file. What the send-ahead will
     // read soon stays in the page cache: it reads blocks 4 MiB and more
     // behind the writer, in rounds of 16 to 128 MiB, and drops them itself
@@ -247,6 +255,35 @@ class ChunkCache {
 
   // The entry of `n` at its version, its cache file open.
   Result<std::shared_ptr<Entry>> Open(const NodeRecord& n);
+  // Ends one count of `id` in `counts` (opening_ or punching_, already
+  // counted under mu_) when it goes out of scope, and wakes the waiters.
+  class Counted {
+   public:
+    Counted(ChunkCache* cache, std::unordered_map<uint64_t, int>& counts, uint64_t id)
+        : cache_(cache), counts_(&counts), id_(id) {}
+    ~Counted();
+    Counted(const Counted&) = delete;
+    Counted& operator=(const Counted&) = delete;
+
+   private:
+    ChunkCache* cache_;
+    std::unordered_map<uint64_t, int>* counts_;
+    uint64_t id_;
+  };
+  // A local change of `e` (node `id`) from now until it goes out of scope:
+  // counted in e->changing first, then the node is marked local.
+  class Changing {
+   public:
+    Changing(ChunkCache* cache, const std::shared_ptr<Entry>& e, uint64_t id);
+    ~Changing();
+    Changing(const Changing&) = delete;
+    Changing& operator=(const Changing&) = delete;
+
+   private:
+    ChunkCache* cache_;
+    std::shared_ptr<Entry> e_;
+    uint64_t id_;
+  };
   Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n);
   // Opens the cache file again if it was closed while idle.
   Status EnsureOpen(Entry& e);
@@ -343,6 +380,11 @@ class ChunkCache {
   ChunkCacheStats stats_;                                                   // guarded by mu_
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
   std::set<uint64_t> created_;  // guarded by mu_: created in this mount, not opened yet
+  // guarded by mu_: nodes whose saved bitmap an opener is reading (eviction
+  // leaves their chunks alone), and nodes with punches of chunks chosen
+  // while no entry was open, not yet done (an opener waits for them).
+  std::unordered_map<uint64_t, int> opening_, punching_;
+  std::condition_variable punched_;  // (with mu_) a punch of punching_ is done
   std::unordered_map<uint64_t, std::string> staged_;  // guarded by mu_: Stage's bytes, not in the file yet
   uint64_t staged_bytes_ = 0;                         // guarded by mu_: their total
   // Requires mu_. Drops the staged bytes of `id`; false if there were none.

@@ -973,9 +973,13 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         }
       }
       // Nodes our ops moved from the version we knew: the cached bytes are
-      // still those of the new version (content changes are in `sent`).
+      // still those of the new version. Content changes (in `sent`) move
+      // with their new manifest below: saved now with the old one, a kill
+      // before that left blocks that matched neither (EIO on the next mount).
+      std::unordered_set<uint64_t> sent_ids;
+      for (const auto& s : sent) sent_ids.insert(s.id);
       for (const auto& [id, base] : based)
-        if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted)
+        if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted && !sent_ids.count(id))
           cache_->AdvanceVersion(id, base, it->second->version);
       // Files created and never written: nothing local is left of them
       // (unless a flush of theirs waits in the journal still: a batch cut
