@@ -52,6 +52,16 @@ int WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at) {
 
 Status CacheWriteError(int err) { return Status::IoError(std::string("cannot write to the cache: ") + std::strerror(err)); }
 
+// Whether a failed exchange may go better if tried again (the server down,
+// not answering, or failing inside), and the pause before try `attempt`
+// (from 0) with the retry period ending at `deadline`.
+bool Retryable(const Status& st) { return st.code() == Code::kUnavailable || st.code() == Code::kInternal; }
+void PauseBeforeRetry(int attempt, std::chrono::steady_clock::time_point deadline) {
+  auto pause = std::chrono::milliseconds(std::min(50 << std::min(attempt, 4), 1000));
+  std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+      pause, std::max<std::chrono::steady_clock::duration>(deadline - std::chrono::steady_clock::now(), {})));
+}
+
 }  // namespace
 
 struct ChunkCache::BufferPool {
@@ -381,7 +391,18 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     e->manifest = Manifest{};
   } else {
     // The manifest names every block; fetched once per version.
-    ASSIGN_OR_RETURN(e->manifest, client_->GetManifest(n.id, n.version));
+    // (Tried again as a chunk is, until the retry period ends.)
+    const auto deadline = std::chrono::steady_clock::now() + retry_for_;
+    for (int attempt = 0;; ++attempt) {
+      auto m = client_->GetManifest(n.id, n.version);
+      if (m.ok()) {
+        e->manifest = std::move(*m);
+        break;
+      }
+      if (!Retryable(m.status()) || std::chrono::steady_clock::now() >= deadline) return m.status();
+      spdlog::debug("manifest of node {}: {}; trying again", n.id, m.status().message());
+      PauseBeforeRetry(attempt, deadline);
+    }
     e->present.assign(e->manifest.blocks.size(), false);
     if (saved) {
       // A new version keeps every block whose hash (at the same offset) did
@@ -503,8 +524,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
     have += got;
     if (st.ok() && have == want) break;
     if (st.ok()) st = Status::Unavailable("the transfer ended after " + std::to_string(have) + " of " + std::to_string(want) + " bytes");
-    bool retryable = st.code() == Code::kUnavailable || st.code() == Code::kInternal;
-    if (!retryable || std::chrono::steady_clock::now() >= deadline) {
+    if (!Retryable(st) || std::chrono::steady_clock::now() >= deadline) {
       return Status(st.code(), "node " + std::to_string(n.id) + " chunk " + std::to_string(chunk) + ": " + st.message());
     }
     if (got > 0) {
@@ -512,9 +532,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
       stats_.resumed++;
     }
     spdlog::debug("chunk {} of node {}: {}; trying again from byte {}", chunk, n.id, st.message(), first + have);
-    auto pause = std::chrono::milliseconds(std::min(50 << std::min(attempt, 4), 1000));
-    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
-        pause, std::max<std::chrono::steady_clock::duration>(deadline - std::chrono::steady_clock::now(), {})));
+    PauseBeforeRetry(attempt, deadline);
   }
   std::string_view bytes(data, have);
   for (uint64_t off = 0; off < bytes.size(); off += kBlockSize) {

@@ -1558,6 +1558,13 @@ Result<int> LockCacheDir(const std::string& dir) {
 Status RunMount(const MountOptions& opts) {
   TuneMallocForLargeBuffers();
   ApiClient client(opts.client);
+  // The cache reads through its own connections and tries each exchange
+  // once: it tries again itself until the retry period ends, and gives up
+  // on a server that stops sending for that long (no read waits longer).
+  ClientOptions read_opts = opts.client;
+  read_opts.retries = 0;
+  read_opts.stall_ms = std::max<long>(1, std::lround(opts.retry_seconds * 1000));
+  ApiClient reads(read_opts);
   std::string cache_dir = opts.cache_dir;
   if (cache_dir.empty()) cache_dir = DefaultCacheDir(opts.client.project);
   cache_dir = std::filesystem::absolute(cache_dir).lexically_normal().string();
@@ -1615,7 +1622,7 @@ Status RunMount(const MountOptions& opts) {
     RemoteSync* sync = fs.live_sync;
     if (sync) sync->AddDownloaded(fs.tree.PathOf(n.id), bytes, n.size);
   };
-  fs.cache = std::make_unique<ChunkCache>(cache_dir, &client, state.get(), co);
+  fs.cache = std::make_unique<ChunkCache>(cache_dir, &reads, state.get(), co);
   // The token names the device: the server files our commits, progress and
   // checkpoint under it. Offline, the flag or the host name stands in.
   auto caller = client.WhoAmI();

@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
   std::string cache_size = "10G";
   mount->add_option("--cache-size", cache_size, "Cache limit, e.g. 10G, 512M (default 10G)");
   mount->add_option("--retry-for", mo.retry_seconds,
-                    "Seconds a read of uncached bytes keeps trying an unreachable server before it fails (default 10)")
+                    "Seconds a read of uncached bytes keeps trying an unreachable or silent server before it fails (default 10)")
       ->check(CLI::Range(0.0, 86400.0));
   mount->add_option("--send-patience", mo.send_patience_seconds,
                     "At unmount, seconds without progress before giving up on an unreachable server (the rest "

@@ -206,6 +206,11 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &a);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, opts_.timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, opts_.connect_timeout_ms);
+    if (opts_.stall_ms > 0) {
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, std::max(1L, (opts_.stall_ms + 999) / 1000));
+      curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, std::min(opts_.connect_timeout_ms, std::max(opts_.stall_ms, 1000L)));
+    }
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
     // Receives in 32 KiB reads: a chunk passes through this buffer into

@@ -26,6 +26,10 @@ struct ClientOptions {
   long timeout_ms = 60000;
   long connect_timeout_ms = 5000;
   int retries = 3;  // for idempotent requests, on connection errors and 5xx
+  // When set, an exchange that moves no byte for this long (rounded up to
+  // whole seconds) fails as unavailable: a server that takes requests and
+  // never answers is given up on then, not after timeout_ms.
+  long stall_ms = 0;
 };
 
 struct HttpAnswer {

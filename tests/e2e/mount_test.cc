@@ -453,6 +453,49 @@ TEST_F(MountTest, ServerErrorsFailUncachedReadsAfterTheRetryPeriod) {
   EXPECT_EQ(*back, uncached);
 }
 
+// A server that takes requests and never answers (stopped, overloaded, a
+// half-open connection): the read fails once the retry period is over, as
+// when it is down, instead of after curl's 60 s timeout per attempt.
+TEST_F(MountTest, AServerThatStopsAnsweringFailsUncachedReadsAfterTheRetryPeriod) {
+  std::string opened = RandomBytes(12 * kChunkSize, 12), unopened = RandomBytes(100000, 13);
+  Write("opened.bin", opened);
+  Write("unopened.bin", unopened);
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.ro_token, dir_, "--retry-for 2");
+  {
+    // Its manifest fetched and its first chunk read: its last chunk is
+    // beyond any read-ahead.
+    std::ifstream in(m.path() + "/opened.bin", std::ios::binary);
+    std::string first(4096, '\0');
+    ASSERT_TRUE(in.read(first.data(), first.size()));
+    ASSERT_EQ(first, opened.substr(0, first.size()));
+  }
+  auto limit = [](auto t0) { return std::chrono::steady_clock::now() - t0; };
+  proxy.SetRule("hold /nodes/ 0 -1");
+  // Bytes of a file whose manifest is here, then of one whose manifest is not.
+  auto t0 = std::chrono::steady_clock::now();
+  std::string rest(100, '\0');
+  int fd = open((m.path() + "/opened.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(pread(fd, rest.data(), rest.size(), 11 * kChunkSize + 10), -1);
+  EXPECT_EQ(errno, EIO);
+  close(fd);
+  EXPECT_LT(limit(t0), std::chrono::seconds(15));
+  t0 = std::chrono::steady_clock::now();
+  auto failed = ReadUncached(m.path() + "/unopened.bin");
+  EXPECT_EQ(failed.status().code(), Code::kIoError) << failed.status().ToString();
+  EXPECT_LT(limit(t0), std::chrono::seconds(15));
+  // Answering again: both read right.
+  proxy.SetRule("pass");
+  auto back = ReadUncached(m.path() + "/unopened.bin");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, unopened);
+  auto all = ReadUncached(m.path() + "/opened.bin");
+  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  EXPECT_EQ(*all, opened);
+}
+
 TEST_F(MountTest, ACorruptSnapshotFailsTheMountAndSavesNothing) {
   Write("a.txt", "a");
   Import();
