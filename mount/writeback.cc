@@ -498,6 +498,10 @@ void WriteBack::LetBurstFinish() {
 }
 
 Status WriteBack::Drain(std::chrono::seconds patience) {
+  // A server that takes the requests and never answers is given up on as
+  // one that is down, the exchanges under way included (not after the
+  // 60 s timeout of each, then tries again).
+  client_->SetStall(std::max<std::chrono::milliseconds>(patience, std::chrono::seconds(1)));
   ready_.wait();
   auto last_progress = std::chrono::steady_clock::now();
   if (Status w = WaitWritten(); !w.ok())

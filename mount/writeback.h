@@ -51,7 +51,9 @@ class WriteBack {
   // databases (fsync then syncs them), or the error that keeps it out.
   Status WaitWritten();
   // Commits everything now; gives up after `patience` without progress
-  // (the server unreachable): what is left stays in the journal.
+  // (the server unreachable, or silent: the client's exchanges fail after
+  // that long without a byte from then on): what is left stays in the
+  // journal.
   Status Drain(std::chrono::seconds patience);
   // Journal entries not yet committed to the server (queued ones too).
   uint64_t Pending();

@@ -36,6 +36,30 @@ size_t OnBody(char* p, size_t size, size_t n, void* ud) {
   return size * n;
 }
 
+// An exchange's watch for a server gone silent: the last time a byte
+// moved, against the client's stall limit (read at each call, so a limit
+// set later reaches exchanges under way). libcurl calls it about once a
+// second while nothing moves, and on every read while bytes come.
+struct StallWatch {
+  const std::atomic<long>* stall_ms;
+  curl_off_t moved = 0;
+  std::chrono::steady_clock::time_point since = std::chrono::steady_clock::now();
+  bool stalled = false;
+};
+
+int OnProgress(void* ud, curl_off_t, curl_off_t dlnow, curl_off_t, curl_off_t ulnow) {
+  auto* w = static_cast<StallWatch*>(ud);
+  const auto now = std::chrono::steady_clock::now();
+  if (dlnow + ulnow != w->moved) {
+    w->moved = dlnow + ulnow;
+    w->since = now;
+    return 0;
+  }
+  const long limit = w->stall_ms->load(std::memory_order_relaxed);
+  w->stalled = limit > 0 && now - w->since >= std::chrono::milliseconds(limit);
+  return w->stalled ? 1 : 0;  // (nonzero: abort)
+}
+
 size_t OnHeader(char* p, size_t size, size_t n, void* ud) {
   auto* a = static_cast<HttpAnswer*>(ud);
   auto* h = &a->headers;
@@ -132,7 +156,8 @@ struct ApiClient::Pool {
   }
 };
 
-ApiClient::ApiClient(ClientOptions opts) : opts_(std::move(opts)), pool_(std::make_unique<Pool>()) {
+ApiClient::ApiClient(ClientOptions opts)
+    : opts_(std::move(opts)), pool_(std::make_unique<Pool>()), stall_ms_(opts_.stall_ms) {
   static CurlGlobal global;
   while (!opts_.server.empty() && opts_.server.back() == '/') opts_.server.pop_back();
 }
@@ -206,11 +231,12 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &a);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, opts_.timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, opts_.connect_timeout_ms);
-    if (opts_.stall_ms > 0) {
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-      curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, std::max(1L, (opts_.stall_ms + 999) / 1000));
-      curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, std::min(opts_.connect_timeout_ms, std::max(opts_.stall_ms, 1000L)));
-    }
+    StallWatch watch{&stall_ms_};
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, OnProgress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, &watch);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    if (const long stall = stall_ms_.load(std::memory_order_relaxed); stall > 0)
+      curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, std::min(opts_.connect_timeout_ms, std::max(stall, 1000L)));
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
     // Receives in 32 KiB reads: a chunk passes through this buffer into
@@ -231,8 +257,12 @@ Result<HttpAnswer> ApiClient::Exchange(const std::string& method, const std::str
     pool_->Put(c);
     if (into_got) *into_got = a.into_len;
     if (rc != CURLE_OK) {
-      last = Status::Unavailable(method + " " + url + ": " + curl_easy_strerror(rc));
+      last = Status::Unavailable(method + " " + url + ": " +
+                                 (watch.stalled ? "the server sent nothing for " +
+                                                      std::to_string(stall_ms_.load(std::memory_order_relaxed)) + " ms"
+                                                : std::string(curl_easy_strerror(rc))));
       spdlog::debug("{}", last.message());
+      if (watch.stalled) return last;  // (the caller decides whether a silent server is worth another wait)
       continue;
     }
     a.status = static_cast<int>(status);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,8 +27,8 @@ struct ClientOptions {
   long timeout_ms = 60000;
   long connect_timeout_ms = 5000;
   int retries = 3;  // for idempotent requests, on connection errors and 5xx
-  // When set, an exchange that moves no byte for this long (rounded up to
-  // whole seconds) fails as unavailable: a server that takes requests and
+  // When set, an exchange that moves no byte for this long (checked about
+  // once a second) fails as unavailable: a server that takes requests and
   // never answers is given up on then, not after timeout_ms.
   long stall_ms = 0;
 };
@@ -52,6 +53,8 @@ class ApiClient {
   explicit ApiClient(ClientOptions opts);
   ~ApiClient();
   const ClientOptions& options() const { return opts_; }
+  // Sets stall_ms from now on, for the exchanges under way too (0: none).
+  void SetStall(std::chrono::milliseconds stall) { stall_ms_.store(static_cast<long>(stall.count()), std::memory_order_relaxed); }
   // The protocol level of the server's last successful answer that named
   // one (kProtocolHeader), or 1 if the last WhoAmI answer had none; 0
   // until then.
@@ -108,6 +111,7 @@ class ApiClient {
   ClientOptions opts_;
   std::unique_ptr<Pool> pool_;
   std::atomic<int> server_protocol_{0};
+  std::atomic<long> stall_ms_;  // options' stall_ms, or what SetStall set
 };
 
 // The error an answer carries: its JSON message and the matching Code.

@@ -1726,6 +1726,44 @@ TEST_F(MountTest, AnUnmountWithTheServerDownKeepsTheChangesAndSaysSo) {
   EXPECT_EQ(ReadAll(fresh.path() + "/offline.txt"), "made offline\n") << ReadAll(dir_ + "/cache/mount.log");
 }
 
+// A server that takes the requests and never answers: the unmount gives up
+// after --send-patience as with one that is down (not after 60 s per try).
+// Here the commit reaches the server and only its answer is lost: the next
+// mount asks again under the same key, gets the first answer, and goes on
+// from the versions it names (a later edit is no conflict).
+TEST_F(MountTest, AnUnmountWithAServerThatStopsAnsweringKeepsTheChangesAndSaysSo) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  const std::string big = RandomBytes(3 << 20, 14);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_, "--send-patience 2");
+    proxy.SetRule("hold /commit 0 -1");
+    { std::ofstream(m.path() + "/unanswered.txt") << "sent, never answered\n"; }
+    { std::ofstream(m.path() + "/unanswered.bin", std::ios::binary) << big; }
+    const auto t0 = std::chrono::steady_clock::now();
+    std::string out;
+    EXPECT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " unmount " + m.path() + " 2>&1", &out), 0) << out;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20)) << out << ReadAll(dir_ + "/cache/mount.log");
+    EXPECT_NE(out.find("could not be sent"), std::string::npos) << out;
+    EXPECT_NE(out.find("next mount"), std::string::npos) << out;
+    EXPECT_FALSE(IsMounted(m.path()));
+  }
+  EXPECT_GE(proxy.Held(), 1u);  // (the commit went through to the server)
+  proxy.SetRule("pass");
+  {
+    TestMount again(proxy.url(), server_.rw_token, dir_);
+    ASSERT_TRUE(JournalEmptiesWithin(again.path(), std::chrono::milliseconds(20000))) << ReadAll(dir_ + "/cache/mount.log");
+    std::ofstream(again.path() + "/unanswered.txt", std::ios::app) << "edited after the replay\n";
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_EQ(ReadAll(fresh.path() + "/unanswered.txt"), "sent, never answered\nedited after the replay\n")
+      << ReadAll(dir_ + "/cache/mount.log");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/unanswered.bin") == big);
+  std::string names;
+  for (const auto& e : fs::directory_iterator(fresh.path())) names += e.path().filename().string() + "\n";
+  EXPECT_EQ(names.find("conflict"), std::string::npos) << names;
+}
+
 // The same while a new mount takes the cache dir over the moment the old
 // one exits ("unmount; mount" in a script): the unmount does not claim to
 // know what is left (the new mount holds the databases and sends it).
