@@ -149,6 +149,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
       readahead_(opts.readahead_chunks),
       retry_for_(opts.retry_for),
       on_fetched_(opts.on_fetched),
+      max_entries_(std::max<size_t>(opts.max_entries, 1)),
       buffers_(std::make_shared<BufferPool>()),
       direct_io_(opts.direct_io) {
   const int threads = opts.threads;
@@ -235,7 +236,9 @@ void ChunkCache::Post(std::function<void()> task) {
 
 ChunkCacheStats ChunkCache::stats() const {
   std::lock_guard lock(mu_);
-  return stats_;
+  ChunkCacheStats s = stats_;
+  s.files_in_memory = entries_.size();
+  return s;
 }
 
 Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n) {
@@ -325,7 +328,10 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     created = created_.count(n.id) > 0;
     // A node with local content keeps its entry whatever the tree says; a
     // tree that lags a commit just made (an older version) too.
-    if (it != entries_.end() && (it->second->version >= n.version || local)) return it->second;
+    if (it != entries_.end() && (it->second->version >= n.version || local)) {
+      it->second->used = ++use_tick_;
+      return it->second;
+    }
   }
   // One slow path at a time: a second opener of the same node must not
   // truncate or punch the cache file the first one is filling.
@@ -435,6 +441,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     return Status::IoError("cannot size cache file " + path + ": " + std::strerror(errno));
   }
   e->Grow(size);
+  e->changed_here = local;
   if (placed && local) {
     // The file is the staged bytes, ours whether or not a commit of them
     // landed meanwhile (making the server's version just these bytes).
@@ -473,10 +480,47 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   RekeyLocked(n.id, e->version, e->present);
   if (it != entries_.end() && it->second->fd >= 0) open_fds_--;  // the older version's, closed once let go
   entries_[n.id] = e;
+  e->used = ++use_tick_;
   open_fds_++;
   created_.erase(n.id);
   CloseIdleLocked();
+  DropIdleLocked();
   return e;
+}
+
+void ChunkCache::DropIdleLocked() {
+  if (entries_.size() <= max_entries_) return;
+  // Idle: held by the map alone (no open file, read, write, flush, fetch
+  // or cache write holds it), nothing under way in it. Only read here:
+  // its saved record (version, manifest, bitmap: saved with every fetch,
+  // check and eviction) is all there is to it. The oldest uses go first.
+  std::vector<std::pair<uint64_t, uint64_t>> idle;  // (used, id)
+  for (auto& [id, e] : entries_) {
+    if (e.use_count() != 1 || local_.count(id) || staged_.count(id)) continue;
+    std::lock_guard elock(e->mu);
+    if (e->changed_here || !e->tracked || e->retired || !e->writing.empty() || !e->inflight.empty() ||
+        !e->write_errors.empty())
+      continue;
+    idle.emplace_back(e->used, id);
+  }
+  const size_t target = max_entries_ * 3 / 4;
+  const size_t drop = std::min(idle.size(), entries_.size() - std::min(entries_.size(), target));
+  std::nth_element(idle.begin(), idle.begin() + drop, idle.end());
+  for (size_t i = 0; i < drop; ++i) {
+    auto it = entries_.find(idle[i].second);
+    Entry& e = *it->second;
+    {
+      std::lock_guard elock(e.mu);
+      if (e.fd >= 0) {
+        ::close(e.fd);
+        open_fds_--;
+      }
+      if (e.dfd >= 0) ::close(e.dfd);
+      e.fd = e.dfd = -1;
+    }
+    entries_.erase(it);
+    stats_.files_let_go++;
+  }
 }
 
 void ChunkCache::ForgetLocked(uint64_t id) {
@@ -985,6 +1029,7 @@ ChunkCache::Changing::Changing(ChunkCache* cache, const std::shared_ptr<Entry>& 
   {
     std::lock_guard lock(e_->mu);
     e_->changing++;
+    e_->changed_here = true;
   }
   // After the count: a commit that cleared the mark before it is undone
   // here, and one after it sees the count and keeps the mark.
@@ -1349,6 +1394,7 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         e->version = version;
         e->manifest = m;
         e->tracked = true;
+        e->changed_here = true;  // (its record is saved by the write-back, later)
         if (e->write_gen == write_gen && e->changing > 0) e->clear_at = write_gen;  // (by the last change to end)
         if (e->write_gen == write_gen && e->changing == 0) {
           std::fill(e->dirty.begin(), e->dirty.end(), false);

@@ -40,6 +40,8 @@ struct ChunkCacheStats {
   uint64_t fetch_failures = 0;  // reads that gave up (EIO)
   uint64_t chunks_evicted = 0;
   uint64_t cached_bytes = 0;
+  uint64_t files_in_memory = 0;  // entries: files whose cache state is held in memory now
+  uint64_t files_let_go = 0;     // idle entries dropped to keep under max_entries
 };
 
 inline constexpr uint64_t kKeepWritten = 1ull << 30;  // see Entry::write_behind
@@ -56,6 +58,12 @@ struct ChunkCacheOptions {
   // How long a read of missing bytes keeps trying an unreachable or failing
   // server (resuming a broken transfer where it stopped) before it fails.
   std::chrono::milliseconds retry_for{10000};
+  // Files whose cache state is held in memory at most (about 2 KiB each):
+  // beyond it the least recently used that are idle and only read in this
+  // mount are let go (their saved state stays; the next use loads it and
+  // re-hashes each chunk on its first read). Reading every file of a
+  // project held them all: 100,000 files took 210 MB.
+  size_t max_entries = 16384;
   // Nodes whose cached bytes are local changes not yet committed (from the
   // journal): known before the first eviction, never evicted.
   std::set<uint64_t> local;
@@ -244,6 +252,11 @@ class ChunkCache {
     // BeginAhead looks from; a write, a resize or a failed send moves it back)
     uint64_t ahead_from = 0;
     bool tracked = true;         // guarded by mu; false: local writes of an earlier mount, unmarked
+    uint64_t used = 0;           // guarded by ChunkCache::mu_: when last opened (use_tick_)
+    // guarded by mu: changed in this mount (written, resized, committed,
+    // opened with local content): its saved record may lag the write-back's
+    // queue, so it is never let go (DropIdleLocked).
+    bool changed_here = false;
     // Requires mu. Room for `size` bytes in the per-block/chunk vectors.
     void Grow(uint64_t size);
     // Requires mu. Blocks [b0, b1] were written: not sent ahead any more.
@@ -289,6 +302,9 @@ class ChunkCache {
   Status EnsureOpen(Entry& e);
   // The O_DIRECT descriptor of an open entry, opened on first use; -1: none.
   int DirectFd(Entry& e);
+  // Requires mu_. Over max_entries_ entries, lets the least recently used
+  // idle and clean ones go, down to three quarters of it.
+  void DropIdleLocked();
   // Requires mu_. Over max_open_ open cache files (or `all`), closes idle ones.
   void CloseIdleLocked(bool all = false);
   // open(2) that, out of descriptors, closes idle cache files and tries again.
@@ -353,6 +369,8 @@ class ChunkCache {
   std::list<std::pair<ChunkKey, uint64_t>> lru_;  // guarded by mu_; most recent first, with bytes
   std::map<ChunkKey, std::list<std::pair<ChunkKey, uint64_t>>::iterator> lru_index_;  // guarded by mu_
   std::map<uint64_t, std::shared_ptr<Entry>> entries_;  // guarded by mu_; by node id
+  const size_t max_entries_;
+  uint64_t use_tick_ = 0;  // guarded by mu_: counts opens (Entry::used)
   // Requires mu_. Forgets the LRU records of a node (its version changed).
   void ForgetLocked(uint64_t id);
   void AddChunkLocked(const ChunkKey& key, uint64_t bytes);

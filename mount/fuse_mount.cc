@@ -1186,7 +1186,9 @@ std::string StatusJson(Fs& fs) {
         {"chunks_evicted", c.chunks_evicted},
         {"transfers_resumed", c.resumed},
         {"hash_mismatches", c.verify_failures},
-        {"failed_fetches", c.fetch_failures}}},
+        {"failed_fetches", c.fetch_failures},
+        {"files_in_memory", c.files_in_memory},
+        {"files_let_go", c.files_let_go}}},
   };
   if (fs.wb) {
     const WriteBack::UploadCounters u = fs.wb->uploads();

@@ -1452,7 +1452,7 @@ TEST_F(MountTest, ManySmallNewFilesSentFromMemoryStayReadableOffline) {
   }
   TestMount again(proxy.url(), server_.rw_token, dir_, "--retry-for 1");
   EXPECT_EQ(same(again.path()), kFiles);
-  EXPECT_EQ(proxy.Faults(), 0u) << "committed small files were fetched back";
+  EXPECT_EQ(proxy.Faults(), 0u) << "committed small files were fetched back\n" << ReadAll(dir_ + "/cache/mount.log");
 }
 
 // A small new file's bytes reach its cache file from memory (staged): once
