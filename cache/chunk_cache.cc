@@ -489,7 +489,10 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
 }
 
 void ChunkCache::DropIdleLocked() {
-  if (entries_.size() <= max_entries_) return;
+  // (A scan that could not get down to the target is not repeated before
+  // a quarter of the bound more entries came: files changed here are never
+  // let go, and a scan per new entry over them all was quadratic.)
+  if (entries_.size() <= max_entries_ || entries_.size() < next_drop_scan_) return;
   // Idle: held by the map alone (no open file, read, write, flush, fetch
   // or cache write holds it), nothing under way in it. Only read here:
   // its saved record (version, manifest, bitmap: saved with every fetch,
@@ -521,6 +524,7 @@ void ChunkCache::DropIdleLocked() {
     entries_.erase(it);
     stats_.files_let_go++;
   }
+  next_drop_scan_ = entries_.size() > target ? entries_.size() + std::max<size_t>(max_entries_ / 4, 1) : 0;
 }
 
 void ChunkCache::ForgetLocked(uint64_t id) {
@@ -596,6 +600,10 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   // eviction of the chunk waits for that).
   std::vector<bool> have_block;
   bool whole = true;
+  // From the choice of blocks until they are written: a truncate shrinking
+  // the manifest's view waits for this (a disk write, not the network),
+  // so nothing lands past its cut after it.
+  std::shared_lock resizing(e.resize_mu);
   {
     // Blocks past a manifest a truncate shrank meanwhile are not written.
     std::lock_guard lock(e.mu);
@@ -757,7 +765,8 @@ std::vector<ChunkCache::Punch> ChunkCache::EvictLocked() {
     if (open) {
       Entry& entry = *e->second;
       std::lock_guard elock(entry.mu);
-      if (entry.inflight.count(chunk) || entry.writing.count(chunk) || entry.pins[chunk] > 0) continue;  // in use: not now
+      if (entry.retired || entry.inflight.count(chunk) || entry.writing.count(chunk) || entry.pins[chunk] > 0)
+        continue;  // in use (or the file a newer version's now): not now
       uint64_t b0 = chunk * kBlocksPerChunk;
       uint64_t b1 = std::min<uint64_t>(b0 + kBlocksPerChunk, entry.present.size());
       for (uint64_t b = b0; b < b1; ++b) entry.present[b] = false;
@@ -784,10 +793,15 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
       // leaves bytes not counted, never a hole counted), then the disk
       // space goes back; the file keeps its size (and holes).
       SaveBitmap(entry);
-      if (EnsureOpen(entry).ok())
-        (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
+      const bool opened = EnsureOpen(entry).ok();
       {
+        // Not once retired: the newer entry may have taken the chunk for
+        // present from the saved record (retired before the save above,
+        // which then saved nothing), and would read a hole as its bytes.
+        // (Under the lock: retiring waits for a punch under way.)
         std::lock_guard lock(entry.mu);
+        if (opened && !entry.retired && entry.fd >= 0)
+          (void)::fallocate(entry.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
         entry.inflight.erase(p.chunk);
       }
       p.done->set_value(Status::Ok());
@@ -1223,17 +1237,13 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
       e->manifest.size = cut;
       e->manifest.blocks.resize((cut + kBlockSize - 1) / kBlockSize);
     }
-    // A fetch there that chose its blocks before the view shrank writes
-    // them without the lock: it ends before the file is cut.
-    for (;;) {
-      std::shared_future<Status> f;  // (one done is only yet to leave the map)
-      for (auto it = e->inflight.lower_bound(cut / kChunkSize); it != e->inflight.end() && !f.valid(); ++it)
-        if (it->second.wait_for(std::chrono::seconds(0)) != std::future_status::ready) f = it->second;
-      if (!f.valid()) break;
-      lock.unlock();
-      f.wait();
-      lock.lock();
-    }
+    // A fetch that chose its blocks before the view shrank writes them
+    // without the lock: those writes end before the file is cut. (Its
+    // transfer is not waited for: with the server away that is the retry
+    // period, and the caller may hold the mount's metadata lock.)
+    lock.unlock();
+    { std::unique_lock resized(e->resize_mu); }
+    lock.lock();
     e->hot.erase(e->hot.lower_bound(cut / kChunkSize), e->hot.end());
     for (auto it = e->writing.upper_bound(cut / kChunkSize); it != e->writing.end(); ++it) e->cancelled.insert(*it);
     e->written.wait(lock, [&] { return e->writing.lower_bound(cut / kChunkSize) == e->writing.end(); });

@@ -18,6 +18,7 @@
 #include <set>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -218,6 +219,10 @@ class ChunkCache {
     std::map<uint64_t, Status> write_errors;  // guarded by mu: fetched, but the file did not take it
     bool retired = false;  // guarded by mu: a newer version (or a delete) owns the file: write nothing
     std::mutex save_mu;    // one bitmap save at a time (SaveBitmap); taken before mu
+    // Shared by a fetch from its choice of blocks to write until they are
+    // written; a truncate takes it once after shrinking the manifest's
+    // view (Truncate). Taken before mu.
+    std::shared_mutex resize_mu;
     Manifest manifest;
     std::vector<bool> present;                                // guarded by mu, per block
     std::map<uint64_t, std::shared_future<Status>> inflight;  // guarded by mu, per chunk
@@ -371,6 +376,7 @@ class ChunkCache {
   std::map<uint64_t, std::shared_ptr<Entry>> entries_;  // guarded by mu_; by node id
   const size_t max_entries_;
   uint64_t use_tick_ = 0;  // guarded by mu_: counts opens (Entry::used)
+  size_t next_drop_scan_ = 0;  // guarded by mu_: DropIdleLocked scans again at this many entries
   // Requires mu_. Forgets the LRU records of a node (its version changed).
   void ForgetLocked(uint64_t id);
   void AddChunkLocked(const ChunkKey& key, uint64_t bytes);

@@ -1565,7 +1565,9 @@ Status RunMount(const MountOptions& opts) {
   // on a server that stops sending for that long (no read waits longer).
   ClientOptions read_opts = opts.client;
   read_opts.retries = 0;
-  read_opts.stall_ms = std::max<long>(1, std::lround(opts.retry_seconds * 1000));
+  // (At least a second: the watch counts body bytes only, so a shorter
+  // limit fails a healthy server's every first answer over a real network.)
+  read_opts.stall_ms = std::max<long>(1000, std::lround(opts.retry_seconds * 1000));
   ApiClient reads(read_opts);
   std::string cache_dir = opts.cache_dir;
   if (cache_dir.empty()) cache_dir = DefaultCacheDir(opts.client.project);

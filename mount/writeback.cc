@@ -794,6 +794,9 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
   std::vector<Sent> sent;
   std::unordered_set<uint64_t> flushed;
   std::unordered_map<uint64_t, uint64_t> based;  // node -> the version our op in this batch names
+  // Nodes given new content by our ops whose bytes are not in their cache
+  // entry (a conflict copy taking a later write): never advanced as is.
+  std::unordered_set<uint64_t> content_elsewhere;
   BlockBatch small_files;  // blocks of the batch's small files, sent together before the commit
   uint64_t last = 0;
   for (const auto& e : entries) {
@@ -980,7 +983,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // still those of the new version. Content changes (in `sent`) move
       // with their new manifest below: saved now with the old one, a kill
       // before that left blocks that matched neither (EIO on the next mount).
-      std::unordered_set<uint64_t> sent_ids;
+      std::unordered_set<uint64_t> sent_ids = content_elsewhere;
       for (const auto& s : sent) sent_ids.insert(s.id);
       for (const auto& [id, base] : based)
         if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted && !sent_ids.count(id))
@@ -1078,6 +1081,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         op.base = kept_version;  // ours: an edit made elsewhere since is a conflict
         based.erase(old_id);
         based[kept] = op.base;
+        content_elsewhere.insert(kept);
         for (auto& s : sent)
           if (s.id == old_id) s.id = 0;  // the original keeps the server's bytes
         spdlog::info("write-back: node {} written again after its conflict copy; the copy {} takes the bytes", old_id,

@@ -50,7 +50,7 @@ struct StallWatch {
 int OnProgress(void* ud, curl_off_t, curl_off_t dlnow, curl_off_t, curl_off_t ulnow) {
   auto* w = static_cast<StallWatch*>(ud);
   const auto now = std::chrono::steady_clock::now();
-  if (dlnow + ulnow != w->moved) {
+  if (dlnow + ulnow != w->moved) {  // (body bytes: headers alone do not count)
     w->moved = dlnow + ulnow;
     w->since = now;
     return 0;

@@ -496,6 +496,45 @@ TEST_F(MountTest, AServerThatStopsAnsweringFailsUncachedReadsAfterTheRetryPeriod
   EXPECT_EQ(*all, opened);
 }
 
+// A truncate does not wait for a fetch of the bytes it cuts off: with the
+// server silent that lasts the retry period, and the mount's namespace
+// operations would wait behind the truncate.
+TEST_F(MountTest, ATruncateDoesNotWaitForAFetchOfTheBytesItCutsOff) {
+  const std::string big = RandomBytes(12 * kChunkSize, 15);
+  Write("big.bin", big);
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.rw_token, dir_, "--retry-for 20");
+  const std::string path = m.path() + "/big.bin";
+  int fd = open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  char head[100];
+  ASSERT_EQ(pread(fd, head, sizeof head, 0), static_cast<ssize_t>(sizeof head));  // its manifest and first chunk
+  proxy.SetRule("hold /content 0 -1");
+  // (O_DIRECT: a read through the page cache keeps its page locked, and
+  // the kernel's own truncate of the page cache would wait for that.)
+  int dfd = open(path.c_str(), O_RDONLY | O_DIRECT);
+  ASSERT_GE(dfd, 0) << strerror(errno);
+  std::thread reader([&] {
+    void* b = nullptr;
+    if (posix_memalign(&b, 4096, 4096) != 0) return;
+    (void)pread(dfd, b, 4096, 10 * kChunkSize);  // (EIO or the bytes: the test is the truncate)
+    free(b);
+  });
+  ASSERT_TRUE(Within(std::chrono::milliseconds(10000), [&] { return proxy.Held() >= 1; }));
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(truncate(path.c_str(), 1000), 0) << strerror(errno);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  proxy.SetRule("pass");
+  reader.join();
+  close(dfd);
+  close(fd);
+  EXPECT_TRUE(ReadAll(path) == big.substr(0, 1000));
+  ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << StatusOf(m.path());
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/big.bin") == big.substr(0, 1000));
+}
+
 TEST_F(MountTest, ACorruptSnapshotFailsTheMountAndSavesNothing) {
   Write("a.txt", "a");
   Import();
