@@ -1139,6 +1139,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
   if (fresh) *fresh = false;
   if (len == 0) return Status::Ok();
   ASSIGN_OR_RETURN(auto e, Open(n));
+  const bool was_local = IsLocal(n.id);  // (before this change marks it)
   Changing changing(this, e, n.id);
   const uint64_t end = off + len;
   // A block only partly overwritten is first completed from the server.
@@ -1151,12 +1152,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
   for (uint64_t b : {off / kBlockSize, (end - 1) / kBlockSize}) {
     if (b >= mblocks) continue;
     const uint64_t bs = b * kBlockSize, be = std::min<uint64_t>(bs + kBlockSize, msize);
-    bool present;
-    {
-      std::lock_guard lock(e->mu);
-      present = e->present[b];
-    }
-    if (!(off <= bs && end >= be) && !present) RETURN_IF_ERROR(EnsureChunk(e, n, b / kBlocksPerChunk));
+    if (!(off <= bs && end >= be)) RETURN_IF_ERROR(EnsureCheckedBlock(e, n, b, !was_local));
   }
   // Claim the blocks (present, dirty) once no fetch is writing their chunk;
   // a fetch that starts later leaves present blocks alone.
@@ -1209,24 +1205,41 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
   return Status::Ok();
 }
 
-Status ChunkCache::EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end) {
+Status ChunkCache::EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end, bool check) {
   if (end % kBlockSize == 0) return Status::Ok();  // no block cut in two
-  const uint64_t b = end / kBlockSize;
-  bool need;
+  return EnsureCheckedBlock(e, n, end / kBlockSize, check);
+}
+
+Status ChunkCache::EnsureCheckedBlock(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t b, bool check) {
+  const uint64_t c = b / kBlocksPerChunk;
+  bool verify;
+  {
+    // The node is marked local by now (the change is under way), so
+    // EnsureChunk would skip the check a read makes: a block a saved
+    // bitmap claims (a crash, a punch) is re-hashed here when the node had
+    // no local bytes before this change (`check`: every present block is
+    // then the manifest's; a flushed block not yet committed is not).
+    std::lock_guard lock(e->mu);
+    if (b >= e->manifest.blocks.size()) return Status::Ok();  // past the server's bytes: ours
+    verify = check && e->tracked && c < e->verified.size() && !e->verified[c] && !e->inflight.count(c);
+  }
+  if (verify) Verify(*e, c);
+  bool present;
   {
     std::lock_guard lock(e->mu);
-    need = b < e->manifest.blocks.size() && !e->present[b];
+    present = b >= e->manifest.blocks.size() || e->present[b];
   }
-  return need ? EnsureChunk(e, n, b / kBlocksPerChunk) : Status::Ok();
+  return present ? Status::Ok() : EnsureChunk(e, n, c);
 }
 
 Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   ASSIGN_OR_RETURN(auto e, Open(n));
+  const bool was_local = IsLocal(n.id);  // (before this change marks it)
   Changing changing(this, e, n.id);
   // The block the new end (or the old end, when growing) falls in keeps
   // some of its bytes: it must be here first.
   const uint64_t cut = std::min(n.size, size);
-  RETURN_IF_ERROR(EnsureBlockAt(e, n, cut));
+  RETURN_IF_ERROR(EnsureBlockAt(e, n, cut, !was_local));
   {
     // Past the cut the server's old bytes no longer count: the view of the
     // manifest shrinks first (a fetch from now on writes nothing there),
@@ -1273,6 +1286,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
 
 Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   ASSIGN_OR_RETURN(auto e, Open(n));
+  const bool was_local = IsLocal(n.id);  // (before this change marks it)
   Changing changing(this, e, n.id);
   struct stat st;
   if (::fstat(e->fd, &st) != 0)
@@ -1280,7 +1294,7 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   const uint64_t old = static_cast<uint64_t>(st.st_size);
   if (old >= size) return Status::Ok();
   // The block the old end falls in keeps its first bytes: here first.
-  RETURN_IF_ERROR(EnsureBlockAt(e, n, old));
+  RETURN_IF_ERROR(EnsureBlockAt(e, n, old, !was_local));
   WaitWrites(*e, old / kChunkSize);  // nothing fetched lands in the new part afterwards
   // Mode 0 only ever moves the end outwards: a write landing meanwhile keeps its bytes.
   if (::fallocate(e->fd, 0, static_cast<off_t>(old), static_cast<off_t>(size - old)) != 0) {

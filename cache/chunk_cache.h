@@ -323,10 +323,14 @@ class ChunkCache {
   Status Fetch(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t chunk);
   // A file end at `end` keeps the first bytes of the block it falls in:
   // that block is made present (fetched) first.
-  Status EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end);
+  Status EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end, bool check);
   // Re-hashes the blocks of a chunk an earlier mount cached; clears the
   // ones that fail (a crash may have lost bytes the bitmap counts).
   void Verify(Entry& e, uint64_t chunk);
+  // Block `b`'s bytes are here, before a write that keeps part of it;
+  // fetched if not. With `check` (the node had no local bytes before the
+  // change), its chunk is re-hashed first if this mount has not yet.
+  Status EnsureCheckedBlock(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t b, bool check);
   void Post(std::function<void()> task);
   // A page-aligned chunk buffer, from the pool when one is free.
   std::shared_ptr<ChunkBuf> TakeBuffer();
