@@ -814,6 +814,7 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
     // begins now waits for this (counted in punching_ when chosen).
     Counted done(this, punching_, p.id);
     if (!state_) continue;
+    std::lock_guard records(closed_records_mu_);  // (AdvanceVersion moves it meanwhile: not punched)
     auto f = state_->LoadFile(p.id);
     if (!f.ok() || !*f || (*f)->version != p.version) continue;
     auto& bits = (*f)->present;
@@ -1521,10 +1522,16 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
     return;
   }
   if (!state_) return;
+  // Not open here: the saved record moves, and its chunks' keys in the
+  // index with it (else their eviction, finding another version saved,
+  // punched nothing and the disk held more than counted).
+  std::lock_guard records(closed_records_mu_);
   auto saved = state_->LoadFile(id);
   if (saved.ok() && *saved && (*saved)->version == from) {
     (*saved)->version = to;
     (void)state_->SaveFile(**saved);
+    std::lock_guard lock(mu_);
+    if (!entries_.count(id)) RekeyLocked(id, to, (*saved)->present);
   }
 }
 

@@ -413,6 +413,9 @@ class ChunkCache {
   // while no entry was open, not yet done (an opener waits for them).
   std::unordered_map<uint64_t, int> opening_, punching_;
   std::condition_variable punched_;  // (with mu_) a punch of punching_ is done
+  // Held while the saved record of a node not open here is read and
+  // rewritten (an eviction's punch, AdvanceVersion); taken before mu_.
+  std::mutex closed_records_mu_;
   std::unordered_map<uint64_t, std::string> staged_;  // guarded by mu_: Stage's bytes, not in the file yet
   uint64_t staged_bytes_ = 0;                         // guarded by mu_: their total
   // Requires mu_. Drops the staged bytes of `id`; false if there were none.
