@@ -88,6 +88,28 @@ say $s mount_to_first_listing "$(ms "$t0" "$t1")" ms
 t0=$(now); ls -l "$M/flat10k" >/dev/null; t1=$(now); say $s ls_l_10k_cold "$(ms "$t0" "$t1")" ms
 t0=$(now); ls -l "$M/flat10k" >/dev/null; t1=$(now); say $s ls_l_10k_warm "$(ms "$t0" "$t1")" ms
 t0=$(now); find "$M/tree100k" -ls >/dev/null; t1=$(now); say $s find_ls_100k "$(ms "$t0" "$t1")" ms
+# The listings again, five rounds alternating the local folder and a
+# fresh mount (warm local state), page caches dropped before each: the
+# single figures above swing by a third between runs on this machine.
+med() { python3 -c 'import sys, statistics; print(round(statistics.median(map(float, sys.argv[1:]))))' "$@"; }
+listings() {  # dir: prints "ls_cold ls_again find" in ms
+  local a b c d
+  a=$(now); ls -l "$1/flat10k" >/dev/null; b=$(now); ls -l "$1/flat10k" >/dev/null; c=$(now)
+  find "$1/tree100k" -ls >/dev/null; d=$(now)
+  echo "$(ms "$a" "$b") $(ms "$b" "$c") $(ms "$c" "$d")"
+}
+declare -a NL NA NF TL TA TF
+for _ in 1 2 3 4 5; do
+  drop; ls "$R/tree100k" >/dev/null; read -r l a f < <(listings "$R"); NL+=("$l"); NA+=("$a"); NF+=("$f")
+  umnt; drop; mnt anchors "$TOK" "$C"; ls "$M/tree100k" >/dev/null
+  read -r l a f < <(listings "$M"); TL+=("$l"); TA+=("$a"); TF+=("$f")
+done
+for w in "ls_l_10k_cold NL TL" "ls_l_10k_warm NA TA" "find_ls_100k NF TF"; do
+  read -r name n t <<<"$w"; declare -n nr=$n tr=$t
+  say native "${name}_median5" "$(med "${nr[@]}")" "ms (${nr[*]})"
+  say $s "${name}_median5" "$(med "${tr[@]}")" "ms (${tr[*]})"
+done
+drop
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_warm "$(mbs "$t0" "$t1")" MB/s
 

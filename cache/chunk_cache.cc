@@ -24,6 +24,10 @@ namespace {
 constexpr size_t kPage = 4096;        // O_DIRECT alignment of offsets, lengths and buffers
 constexpr size_t kHotChunks = 8;      // fetched chunks kept in memory (32 MiB): read-ahead's window twice
 constexpr size_t kSpareBuffers = 20;  // about what hot chunks, the backlog and fetches hold
+// A first read of a file this size or smaller fetches its bytes with its
+// manifest (one round trip, not two). Up to 1 MiB: opens wait on one
+// another (open_mu_), and a longer transfer would hold the others up.
+constexpr uint64_t kPrimeBytes = 1 << 20;
 constexpr size_t kWriteBacklog = 8;   // chunks fetched and not yet on disk (32 MiB)
 constexpr int kWriters = 2;
 constexpr size_t kStageMax = 64 * 1024;  // a first write this small may wait in memory (Stage)
@@ -31,8 +35,10 @@ constexpr size_t kStageMax = 64 * 1024;  // a first write this small may wait in
 // Writes `len` bytes at `at`: the page-aligned part through `dfd`
 // (O_DIRECT) when there is one, the rest (and all of it should the file
 // system refuse direct I/O after all) through `fd`. 0 or the errno.
-int WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at) {
+// `*direct_len` (if given): how many bytes from the start went direct.
+int WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at, size_t* direct_len = nullptr) {
   size_t done = 0;
+  if (direct_len) *direct_len = 0;
   size_t direct = dfd >= 0 && at % kPage == 0 && reinterpret_cast<uintptr_t>(data) % kPage == 0 ? len / kPage * kPage : 0;
   while (done < len) {
     const bool d = done < direct;
@@ -45,6 +51,7 @@ int WriteFile(int fd, int dfd, const char* data, size_t len, uint64_t at) {
     }
     if (w < 0) return errno;
     done += static_cast<size_t>(w);
+    if (d && direct_len) *direct_len = done;
     if (d && done % kPage) direct = 0;  // a short direct write: the rest buffered
   }
   return 0;
@@ -241,8 +248,8 @@ ChunkCacheStats ChunkCache::stats() const {
   return s;
 }
 
-Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Entry> e, OpenEntry(n));
+Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::Open(const NodeRecord& n, bool reading) {
+  ASSIGN_OR_RETURN(std::shared_ptr<Entry> e, OpenEntry(n, reading));
   RETURN_IF_ERROR(EnsureOpen(*e));
   return e;
 }
@@ -319,7 +326,7 @@ void ChunkCache::CloseIdleLocked(bool all) {
   }
 }
 
-Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n) {
+Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n, bool reading) {
   bool local, created;
   {
     std::lock_guard lock(mu_);
@@ -337,6 +344,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   // truncate or punch the cache file the first one is filling.
   std::lock_guard opening(open_mu_);
   bool placed = false;  // the staged bytes, the whole file, went in just now
+  std::shared_ptr<ChunkBuf> primed;  // a small file's bytes, fetched with its manifest
   {
     // Staged bytes go to the file first, and nothing is staged for the
     // node from now on (Stage needs it in created_). (Read again: a
@@ -396,10 +404,33 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     // Created here, never committed: nothing on the server to fetch.
     e->manifest = Manifest{};
   } else {
+    const auto deadline = std::chrono::steady_clock::now() + retry_for_;
+    bool have_manifest = false;
+    if (reading && !local && n.size > 0 && n.size <= kPrimeBytes) {
+      // A small file's first read: its bytes and its manifest in one
+      // answer (a server before protocol 3 sends the bytes alone: its
+      // manifest is asked for below). Checked against the manifest below,
+      // and in the cache once the entry is.
+      auto buf = TakeBuffer();
+      std::optional<Manifest> m;
+      size_t got = 0;
+      Status st = client_->ReadContent(n.id, n.version, 0, n.size - 1, buf->data, &got, &m);
+      if (st.ok() && got == n.size) {
+        if (m) {
+          e->manifest = std::move(*m);
+          have_manifest = true;
+        }
+        buf->len = got;
+        primed = std::move(buf);
+      } else if (!st.ok() && (!Retryable(st) || std::chrono::steady_clock::now() >= deadline)) {
+        return Status(st.code(), "node " + std::to_string(n.id) + ": " + st.message());
+      } else {
+        spdlog::debug("node {}: {}; asking for its manifest alone", n.id, st.ok() ? "a short answer" : st.message());
+      }
+    }
     // The manifest names every block; fetched once per version.
     // (Tried again as a chunk is, until the retry period ends.)
-    const auto deadline = std::chrono::steady_clock::now() + retry_for_;
-    for (int attempt = 0;; ++attempt) {
+    for (int attempt = 0; !have_manifest; ++attempt) {
       auto m = client_->GetManifest(n.id, n.version);
       if (m.ok()) {
         e->manifest = std::move(*m);
@@ -420,6 +451,22 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   if (!local && n.version != 0 && e->manifest.size != n.size)
     return Status::Corruption("manifest of node " + std::to_string(n.id) + " says " + std::to_string(e->manifest.size) +
                               " bytes, the node record " + std::to_string(n.size));
+  if (primed) {
+    // (Nothing cached of bytes that do not match: the read fails, as a
+    // fetched chunk's would.)
+    for (uint64_t off = 0; off < primed->len; off += kBlockSize) {
+      const size_t len = std::min<uint64_t>(kBlockSize, primed->len - off);
+      if (HashBlock(primed->data + off, len) != e->manifest.blocks[off / kBlockSize]) {
+        std::lock_guard lock(mu_);
+        stats_.verify_failures++;
+        return Status::Corruption("node " + std::to_string(n.id) + " block " + std::to_string(off / kBlockSize) +
+                                  ": bytes from the server do not match the manifest's hash");
+      }
+    }
+    // Every block is written from these bytes below (none kept from an
+    // older version unchecked; the old ones are punched first).
+    std::fill(e->present.begin(), e->present.end(), false);
+  }
   // Without saved state any bytes in the file are unknown: start empty.
   // (Local bytes of a file whose bitmap was never saved are kept: written
   // here and not closed before a crash.)
@@ -442,6 +489,13 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   }
   e->Grow(size);
   e->changed_here = local;
+  if (primed) {
+    // In the file before the saved record below says so; a few pages
+    // through the page cache, here (no hand-over to the cache's writer).
+    if (int err = WriteFile(e->fd, -1, primed->data, primed->len, 0)) return CacheWriteError(err);
+    std::fill(e->present.begin(), e->present.end(), true);
+    e->verified[0] = true;
+  }
   if (placed && local) {
     // The file is the staged bytes, ours whether or not a commit of them
     // landed meanwhile (making the server's version just these bytes).
@@ -474,17 +528,27 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
       std::fill(e->dirty.begin(), e->dirty.end(), false);
     }
   }
-  std::lock_guard lock(mu_);
-  auto it = entries_.find(n.id);
-  if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
-  RekeyLocked(n.id, e->version, e->present);
-  if (it != entries_.end() && it->second->fd >= 0) open_fds_--;  // the older version's, closed once let go
-  entries_[n.id] = e;
-  e->used = ++use_tick_;
-  open_fds_++;
-  created_.erase(n.id);
-  CloseIdleLocked();
-  DropIdleLocked();
+  std::vector<Punch> punches;
+  {
+    std::lock_guard lock(mu_);
+    auto it = entries_.find(n.id);
+    if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
+    RekeyLocked(n.id, e->version, e->present);
+    if (it != entries_.end() && it->second->fd >= 0) open_fds_--;  // the older version's, closed once let go
+    entries_[n.id] = e;
+    e->used = ++use_tick_;
+    open_fds_++;
+    created_.erase(n.id);
+    CloseIdleLocked();
+    DropIdleLocked();
+    if (primed) {
+      stats_.chunks_fetched++;
+      stats_.bytes_fetched += primed->len;
+      punches = EvictLocked();  // (its bytes count from now on)
+    }
+  }
+  if (primed && on_fetched_) on_fetched_(n, primed->len);
+  RunPunches(std::move(punches));
   return e;
 }
 
@@ -684,12 +748,16 @@ Status ChunkCache::WriteChunk(const WriteJob& job) {
   // Room first: the chunk counts against the cache (older ones evicted)
   // before its bytes reach the disk, so the cache never holds more.
   if (!cancelled) Touch({job.id, version, job.chunk}, job.buf->len);
-  const int err = cancelled ? 0 : WriteFile(e.fd, e.dfd, job.buf->data, job.buf->len, first);
+  size_t direct = 0;
+  const int err = cancelled ? 0 : WriteFile(e.fd, e.dfd, job.buf->data, job.buf->len, first, &direct);
   Status st = err ? CacheWriteError(err) : Status::Ok();
   // A read-ahead of the file (a splice) may have cached a page of the hole
   // while the direct write ran: gone before the blocks count as present.
-  if (st.ok() && !cancelled && e.dfd >= 0)
-    (void)::posix_fadvise(e.fd, static_cast<off_t>(first), static_cast<off_t>(job.buf->len), POSIX_FADV_DONTNEED);
+  // (Bytes written through the page cache are in it already: dropping
+  // them would start their write-back at once, a disk request per small
+  // file read.)
+  if (st.ok() && direct > 0)
+    (void)::posix_fadvise(e.fd, static_cast<off_t>(first), static_cast<off_t>(direct), POSIX_FADV_DONTNEED);
   {
     std::lock_guard lock(e.mu);
     if (st.ok() && !cancelled) {
@@ -940,7 +1008,7 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
   p.off = off;
   if (off >= n.size || len == 0) return p;
   len = std::min<uint64_t>(len, n.size - off);
-  ASSIGN_OR_RETURN(auto e, Open(n));
+  ASSIGN_OR_RETURN(auto e, Open(n, /*reading=*/true));
   const uint64_t c0 = off / kChunkSize;
   uint64_t c1 = (off + len - 1) / kChunkSize;
   {

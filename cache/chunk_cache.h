@@ -272,7 +272,7 @@ class ChunkCache {
   };
 
   // The entry of `n` at its version, its cache file open.
-  Result<std::shared_ptr<Entry>> Open(const NodeRecord& n);
+  Result<std::shared_ptr<Entry>> Open(const NodeRecord& n, bool reading = false);
   // Ends one count of `id` in `counts` (opening_ or punching_, already
   // counted under mu_) when it goes out of scope, and wakes the waiters.
   class Counted {
@@ -302,7 +302,9 @@ class ChunkCache {
     std::shared_ptr<Entry> e_;
     uint64_t id_;
   };
-  Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n);
+  // `reading`: opened for a read, which of a small file not here yet
+  // fetches its bytes with its manifest, in one answer.
+  Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false);
   // Opens the cache file again if it was closed while idle.
   Status EnsureOpen(Entry& e);
   // The O_DIRECT descriptor of an open entry, opened on first use; -1: none.

@@ -524,6 +524,10 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     *n = rec;
   }
   fi->keep_cache = 1;  // the kernel's page cache stays valid until told otherwise
+  // A read-only handle has nothing to flush (RecordFlush: nothing written),
+  // and locks are the kernel's (no lock ops here): its close() needs no
+  // FLUSH round trip.
+  if (!writing) fi->noflush = 1;
   Opened(fs, fi, *n);
   fuse_reply_open(req, fi);
 }

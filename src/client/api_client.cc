@@ -355,17 +355,29 @@ Result<std::string> ApiClient::GetContent(uint64_t id, uint64_t version, uint64_
 }
 
 Status ApiClient::ReadContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest,
-                              size_t* received) {
+                              size_t* received, std::optional<Manifest>* manifest) {
   *received = 0;
   std::string path = "/nodes/" + std::to_string(id) + "/content";
   if (version) path += "?version=" + std::to_string(version);
   std::string range = "Range: bytes=" + std::to_string(first) + "-" + std::to_string(last);
-  auto a = Exchange("GET", path, "", {range}, /*idempotent=*/false, dest, last - first + 1, received);
+  std::vector<std::string> headers{range};
+  if (manifest) {
+    manifest->reset();
+    headers.push_back(std::string(kWantManifestHeader) + ": 1");
+  }
+  auto a = Exchange("GET", path, "", headers, /*idempotent=*/false, dest, last - first + 1, received);
   if (!a.ok()) return a.status();
   if (a->status != 206 && !(a->status == 200 && first == 0)) {
     *received = 0;
     if (a->status == 200) return Status::Corruption("content of node " + std::to_string(id) + ": the server ignored the Range");
     return StatusFromAnswer(*a, "content of node " + std::to_string(id));
+  }
+  if (manifest) {
+    if (const std::string* h = a->Header("x-tidefs-manifest")) {
+      auto m = DecodeManifestText(*h);
+      if (!m.ok()) return Status::Corruption("content of node " + std::to_string(id) + ": " + m.status().message());
+      *manifest = std::move(*m);
+    }
   }
   return Status::Ok();
 }

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -86,7 +87,12 @@ class ApiClient {
   // One attempt (no retries) at the same into `dest` (room for
   // last - first + 1 bytes). `*received` counts the bytes that arrived even
   // when the transfer broke, so the caller can resume from there.
-  Status ReadContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest, size_t* received);
+  // With `manifest`, the server is asked for the file version's manifest
+  // too (kWantManifestHeader): set when the answer carried one (a server
+  // of level 3 on, for files of at most kMaxInlineManifestBlocks blocks);
+  // one that does not decode is kCorruption.
+  Status ReadContent(uint64_t id, uint64_t version, uint64_t first, uint64_t last, char* dest, size_t* received,
+                     std::optional<Manifest>* manifest = nullptr);
   Result<std::vector<Hash128>> MissingBlocks(const std::vector<Hash128>& hashes);
   // `body` is a sequence of block frames (core/block_frame.h).
   Status UploadBlocks(std::string_view body);

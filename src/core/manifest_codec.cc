@@ -47,4 +47,36 @@ Result<Manifest> DecodeManifest(std::string_view bytes) {
   return m;
 }
 
+std::string EncodeManifestText(const Manifest& m) {
+  std::string out = std::to_string(m.size);
+  out.reserve(out.size() + 1 + 32 * m.blocks.size());
+  out += ' ';
+  for (const auto& h : m.blocks) out += h.Hex();
+  return out;
+}
+
+Result<Manifest> DecodeManifestText(std::string_view text) {
+  const size_t sp = text.find(' ');
+  if (sp == std::string_view::npos) return Status::Corruption("manifest header: no space after the size");
+  const std::string_view digits = text.substr(0, sp), hex = text.substr(sp + 1);
+  if (digits.empty() || digits.size() > 20 || (digits.size() > 1 && digits[0] == '0'))
+    return Status::Corruption("manifest header: bad size");
+  Manifest m;
+  for (char c : digits) {
+    if (c < '0' || c > '9') return Status::Corruption("manifest header: bad size");
+    if (m.size > (kMaxFileSize - (c - '0')) / 10) return Status::Corruption("manifest header: size over 16 TiB");
+    m.size = m.size * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (hex.size() % 32) return Status::Corruption("manifest header: hashes are not 32 hex digits each");
+  Status shape = CheckManifestShape(m.size, hex.size() / 32);
+  if (!shape.ok()) return Status::Corruption("manifest header: " + shape.message());
+  m.blocks.reserve(hex.size() / 32);
+  for (size_t i = 0; i < hex.size(); i += 32) {
+    auto h = Hash128::FromHex(hex.substr(i, 32));
+    if (!h || h->Hex() != hex.substr(i, 32)) return Status::Corruption("manifest header: a hash is not lowercase hex");
+    m.blocks.push_back(*h);
+  }
+  return m;
+}
+
 }  // namespace tidefs

@@ -22,6 +22,12 @@ inline constexpr uint64_t kMaxFileSize = uint64_t{1} << 44;  // 16 TiB
 
 std::string EncodeManifest(const Manifest& m);
 Result<Manifest> DecodeManifest(std::string_view bytes);
+// The same in one line of text, for an HTTP header (a content answer
+// carries its file's manifest when asked, docs/protocol.md):
+//   "<size in decimal> <32 lowercase hex digits per block, no separator>"
+// Decoding is strict: the encoding of what it returns is its input.
+std::string EncodeManifestText(const Manifest& m);
+Result<Manifest> DecodeManifestText(std::string_view text);
 // Checks that the block count fits the size.
 Status CheckManifestShape(uint64_t size, size_t block_count);
 

@@ -17,12 +17,21 @@ inline constexpr int kMaxPageSize = 500;
 // X-Tidefs-Protocol header (docs/protocol.md). A level-1 server sends none.
 //   1: the v1 API as first released.
 //   2: a rename may swap two nodes ("exchange").
-inline constexpr int kProtocolLevel = 2;
-inline constexpr const char* kProtocolLevelText = "2";
+//   3: a content answer carries the file's manifest when asked.
+inline constexpr int kProtocolLevel = 3;
+inline constexpr const char* kProtocolLevelText = "3";
 inline constexpr const char* kProtocolHeader = "X-Tidefs-Protocol";
 static_assert(kProtocolLevelText[0] - '0' == kProtocolLevel && kProtocolLevelText[1] == '\0');
 // The level a mount needs for a swap (RENAME_EXCHANGE).
 inline constexpr int kProtocolExchange = 2;
+
+// A content request with kWantManifestHeader (any value) is answered with
+// the file version's manifest in kManifestHeader (EncodeManifestText) when
+// it has at most kMaxInlineManifestBlocks blocks: a small file's first
+// read is one round trip. Servers before level 3 ignore the ask.
+inline constexpr const char* kWantManifestHeader = "X-Tidefs-Want-Manifest";
+inline constexpr const char* kManifestHeader = "X-Tidefs-Manifest";
+inline constexpr size_t kMaxInlineManifestBlocks = 64;  // 4 MiB of file, 2 KiB of header
 
 struct NodePage {
   std::vector<NodeRecord> items;

@@ -330,6 +330,8 @@ HttpResponse Api::GetContent(const HttpRequest& req, const Caller& c, uint64_t i
   r.headers.emplace_back("Accept-Ranges", "bytes");
   r.headers.emplace_back("ETag", etag);
   r.headers.emplace_back("X-Tidefs-Version", std::to_string(got));
+  if (req.Header("x-tidefs-want-manifest") && m->blocks.size() <= kMaxInlineManifestBlocks)
+    r.headers.emplace_back(kManifestHeader, EncodeManifestText(*m));
   ByteRange range{0, size == 0 ? 0 : size - 1};
   bool partial = false;
   if (const std::string* h = req.Header("range")) {

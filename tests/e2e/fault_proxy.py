@@ -21,6 +21,10 @@ first that matches applies):
   old PATH 0 TIMES          drop the X-Tidefs-Protocol header and the
                             level in a /devices body: an answer as a
                             server from before protocol levels gives
+                            (and X-Tidefs-Manifest, which came at level 3)
+  badmanifest PATH N TIMES  change the X-Tidefs-Manifest header: N=0 the
+                            last digit of its last hash, N=1 all of it
+                            into text that does not decode
   hold PATH 0 TIMES         pass the request on, then keep the server's
                             answer back for as long as a hold rule for
                             PATH stays in CONTROL_FILE (counted in "held")
@@ -167,7 +171,8 @@ async def handle(client_r, client_w):
                     body = re.sub(rb',"protocol":\d+', b"", body)
                 stats["body_bytes"][route] = stats["body_bytes"].get(route, 0) + len(body)
                 lines = [line for line in resp.split(b"\r\n")
-                         if not line.lower().startswith((b"x-tidefs-protocol:", b"content-length:"))]
+                         if not line.lower().startswith((b"x-tidefs-protocol:", b"x-tidefs-manifest:",
+                                                         b"content-length:"))]
                 resp = b"\r\n".join(lines[:1] + [b"Content-Length: %d" % len(body)] + lines[1:])
                 client_w.write(resp + body)
                 await client_w.drain()
@@ -187,6 +192,16 @@ async def handle(client_r, client_w):
                 stats["faults"] += 1
                 save_stats()
                 continue
+            if rule and rule[0] == "badmanifest":
+                lines = resp.split(b"\r\n")
+                for i, line in enumerate(lines):
+                    if line.lower().startswith(b"x-tidefs-manifest:"):
+                        if rule[1] == 0:
+                            last = line[-1:]
+                            lines[i] = line[:-1] + (b"0" if last != b"0" else b"1")
+                        else:
+                            lines[i] = b"X-Tidefs-Manifest: not a manifest"
+                resp = b"\r\n".join(lines)
             if rule and rule[0] == "hold":
                 stats["held"] += 1
                 save_stats()

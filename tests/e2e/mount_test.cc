@@ -463,6 +463,58 @@ TEST_F(MountTest, BytesChangedOnTheWayAreNeverServedOrCached) {
   EXPECT_GE(proxy.BodyBytes("content") - before, data.size());
 }
 
+// A small file's first read asks for its bytes and its manifest in one
+// request; a larger file's, and any file's from a server before protocol
+// 3 (no manifest in the answer), asks for the manifest on its own.
+TEST_F(MountTest, ASmallFilesFirstReadIsOneRequest) {
+  std::string small = RandomBytes(300000, 40), large = RandomBytes(2 * 1024 * 1024 + 5, 41),
+              older = RandomBytes(70000, 42);
+  Write("small.bin", small);
+  Write("large.bin", large);
+  Write("older.bin", older);
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.ro_token, dir_);
+  ASSERT_EQ(ReadAll(m.path() + "/small.bin"), small);
+  EXPECT_EQ(proxy.BodyBytes("content"), small.size());
+  EXPECT_EQ(proxy.BodyBytes("manifest"), 0u);
+  ASSERT_EQ(ReadAll(m.path() + "/large.bin"), large);
+  EXPECT_GT(proxy.BodyBytes("manifest"), 0u);
+  const uint64_t manifests = proxy.BodyBytes("manifest");
+  proxy.SetRule("old /content 0 -1");
+  ASSERT_EQ(ReadAll(m.path() + "/older.bin"), older);
+  EXPECT_GT(proxy.BodyBytes("manifest"), manifests);
+  EXPECT_EQ(proxy.BodyBytes("content"), small.size() + large.size() + older.size());
+}
+
+// The manifest that comes with a small file's bytes is checked as the one
+// asked for alone: one changed on the way, or one that does not decode,
+// fails the read and nothing is cached.
+TEST_F(MountTest, AManifestChangedOnTheWayFailsTheReadAndCachesNothing) {
+  std::string a = RandomBytes(100000, 43), b = RandomBytes(5000, 44);
+  Write("a.bin", a);
+  Write("b.bin", b);
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.ro_token, dir_, "--retry-for 1");
+  proxy.SetRule("badmanifest /content 0 -1");
+  EXPECT_EQ(ReadUncached(m.path() + "/a.bin").status().code(), Code::kIoError) << "bytes served against a changed manifest";
+  proxy.SetRule("badmanifest /content 1 -1");
+  EXPECT_EQ(ReadUncached(m.path() + "/b.bin").status().code(), Code::kIoError) << "a manifest header that does not decode";
+  proxy.SetRule("pass");
+  const std::string log = ReadAll(dir_ + "/cache/mount.log");
+  EXPECT_NE(log.find("do not match the manifest's hash"), std::string::npos) << log;
+  EXPECT_NE(log.find("manifest header"), std::string::npos) << log;
+  const uint64_t before = proxy.BodyBytes("content");
+  auto good_a = ReadUncached(m.path() + "/a.bin");
+  auto good_b = ReadUncached(m.path() + "/b.bin");
+  ASSERT_TRUE(good_a.ok()) << good_a.status().ToString();
+  ASSERT_TRUE(good_b.ok()) << good_b.status().ToString();
+  EXPECT_EQ(*good_a, a);
+  EXPECT_EQ(*good_b, b);
+  EXPECT_EQ(proxy.BodyBytes("content") - before, a.size() + b.size());  // nothing was kept from the bad answers
+}
+
 TEST_F(MountTest, ServerErrorsFailUncachedReadsAfterTheRetryPeriod) {
   std::string cached = RandomBytes(100000, 10), uncached = RandomBytes(100000, 11);
   Write("cached.bin", cached);

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "core/protocol.h"
 #include "e2e_helpers.h"
 
 namespace tidefs {
@@ -294,16 +295,16 @@ TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
   EXPECT_GT(proxy.Faults(), 0u);
   std::string human;
   RunCommand(std::string(TIDEFS_BINARY) + " status " + A + " 2>&1", &human);
-  EXPECT_NE(human.find("speaks protocol 1, older than this mount's 2"), std::string::npos) << human;
+  EXPECT_NE(human.find("speaks protocol 1, older than this mount's " + std::to_string(kProtocolLevel)), std::string::npos) << human;
   // The server is upgraded: its next answer says so, and swaps work.
   proxy.SetRule("pass");
   { std::ofstream(A + "/poke.txt") << "."; }
   ASSERT_TRUE(Within(std::chrono::milliseconds(10000), [&] {
-    return StatusOf(A).find("\"server_protocol\": 2") != std::string::npos;
+    return StatusOf(A).find("\"server_protocol\": " + std::to_string(kProtocolLevel)) != std::string::npos;
   })) << StatusOf(A);
   ASSERT_EQ(SwapXY(A), 0) << strerror(errno);
   EXPECT_TRUE(Within(kDeadline, [&] { return SwappedIn(B); }));
-  EXPECT_NE(StatusOf(A).find("\"server_protocol\": 2"), std::string::npos) << StatusOf(A);
+  EXPECT_NE(StatusOf(A).find("\"server_protocol\": " + std::to_string(kProtocolLevel)), std::string::npos) << StatusOf(A);
 }
 
 TEST_F(RealtimeTest, ASwapMadeOfflineWaitsInTheJournalForAServerThatKnowsSwaps) {

@@ -123,6 +123,32 @@ TEST_F(ServerApiTest, CreateListAndReadBack) {
   EXPECT_EQ(m->size, big.size());
   EXPECT_EQ(m->blocks, ops[2].blocks);
 
+  // Asked for, a content answer carries the manifest of a file of up to
+  // 64 blocks (protocol 3), whatever range it sends; not otherwise.
+  const std::string want = std::string(kWantManifestHeader) + ": 1";
+  for (size_t i : {size_t{1}, size_t{4}}) {  // (4 MiB: 64 blocks, the most)
+    auto r = c_.Raw("GET", "/nodes/" + std::to_string(ops[i].id) + "/content", "", {want, "Range: bytes=0-0"});
+    ASSERT_TRUE(r.ok());
+    const std::string* h = r->Header("x-tidefs-manifest");
+    ASSERT_NE(h, nullptr) << i;
+    auto got = DecodeManifestText(*h);
+    ASSERT_TRUE(got.ok()) << *h;
+    auto alone = c_.GetManifest(ops[i].id);
+    ASSERT_TRUE(alone.ok());
+    EXPECT_EQ(*got, *alone) << i;
+  }
+  EXPECT_EQ(c_.Raw("GET", "/nodes/" + std::to_string(ops[2].id) + "/content", "", {want, "Range: bytes=0-9"})
+                ->Header("x-tidefs-manifest"),
+            nullptr);  // 145 blocks
+  EXPECT_EQ(c_.Raw("GET", "/nodes/" + std::to_string(ops[1].id) + "/content")->Header("x-tidefs-manifest"), nullptr);
+  std::string with_bytes(small.size(), '\0');
+  size_t received = 0;
+  std::optional<Manifest> carried;
+  ASSERT_TRUE(c_.ReadContent(ops[1].id, 0, 0, small.size() - 1, with_bytes.data(), &received, &carried).ok());
+  EXPECT_EQ(with_bytes, small);
+  ASSERT_TRUE(carried.has_value());
+  EXPECT_EQ(carried->blocks, ops[1].blocks);
+
   // One node by id, as listed; a deleted one as its tombstone.
   auto one = c_.GetNode(ops[1].id);
   ASSERT_TRUE(one.ok()) << one.status().ToString();
