@@ -25,8 +25,8 @@ constexpr size_t kPage = 4096;        // O_DIRECT alignment of offsets, lengths 
 constexpr size_t kHotChunks = 8;      // fetched chunks kept in memory (32 MiB): read-ahead's window twice
 constexpr size_t kSpareBuffers = 20;  // about what hot chunks, the backlog and fetches hold
 // A first read of a file this size or smaller fetches its bytes with its
-// manifest (one round trip, not two). Up to 1 MiB: opens wait on one
-// another (open_mu_), and a longer transfer would hold the others up.
+// manifest (one round trip, not two). Up to 1 MiB: an opener of the same
+// node waits for it (opening_slow_).
 constexpr uint64_t kPrimeBytes = 1 << 20;
 constexpr size_t kWriteBacklog = 8;   // chunks fetched and not yet on disk (32 MiB)
 constexpr int kWriters = 2;
@@ -340,9 +340,24 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
       return it->second;
     }
   }
-  // One slow path at a time: a second opener of the same node must not
-  // truncate or punch the cache file the first one is filling.
-  std::lock_guard opening(open_mu_);
+  // One slow path at a time per node: a second opener of the same node
+  // must not truncate or punch the cache file the first one is filling.
+  {
+    std::unique_lock lock(mu_);
+    opened_slow_.wait(lock, [&] { return !opening_slow_.count(n.id); });
+    opening_slow_.insert(n.id);
+  }
+  struct SlowPath {
+    ChunkCache* cache;
+    uint64_t id;
+    ~SlowPath() {
+      {
+        std::lock_guard lock(cache->mu_);
+        cache->opening_slow_.erase(id);
+      }
+      cache->opened_slow_.notify_all();
+    }
+  } slow_path{this, n.id};
   bool placed = false;  // the staged bytes, the whole file, went in just now
   std::shared_ptr<ChunkBuf> primed;  // a small file's bytes, fetched with its manifest
   {

@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "client/api_client.h"
@@ -404,9 +405,14 @@ class ChunkCache {
     const ChunkBuf* buf = nullptr;  // identity only: the one this record kept
   };
   std::deque<HotRecord> hot_order_;  // guarded by hot_mu_; oldest first
-  std::mutex open_mu_;
+  // guarded by mu_: nodes in Open's slow path (file creation, truncation,
+  // the manifest's fetch): one opener per node at a time, any number of
+  // nodes at once (a global lock held across the fetch made parallel
+  // readers of small files wait for one another).
+  std::unordered_set<uint64_t> opening_slow_;
+  std::condition_variable opened_slow_;  // (with mu_) a node left opening_slow_
   size_t open_fds_ = 0;  // guarded by mu_: entries with their cache file open
-  size_t max_open_ = 4096;  // beyond, idle entries' files are closed  // serializes Open's slow path (file creation, truncation)
+  size_t max_open_ = 4096;  // beyond, idle entries' files are closed
   ChunkCacheStats stats_;                                                   // guarded by mu_
   std::set<uint64_t> local_;  // guarded by mu_: nodes with local content not yet committed
   std::set<uint64_t> created_;  // guarded by mu_: created in this mount, not opened yet
@@ -422,7 +428,7 @@ class ChunkCache {
   uint64_t staged_bytes_ = 0;                         // guarded by mu_: their total
   // Requires mu_. Drops the staged bytes of `id`; false if there were none.
   bool DropStagedLocked(uint64_t id);
-  std::mutex stage_mu_;  // one materialization at a time; taken after open_mu_
+  std::mutex stage_mu_;  // one materialization at a time; taken inside Open's slow path
   // Requires stage_mu_.
   Status MaterializeLocked(uint64_t id, bool* placed = nullptr);
 

@@ -620,6 +620,30 @@ TEST_F(MountTest, ATruncateDoesNotWaitForAFetchOfTheBytesItCutsOff) {
   EXPECT_TRUE(ReadAll(fresh.path() + "/big.bin") == big.substr(0, 1000));
 }
 
+// A first read that waits on the server (its answer slow or held) keeps
+// only readers of that file waiting: before, opens of every file went one
+// at a time, so other files' first reads waited up to the retry period.
+TEST_F(MountTest, AFirstReadWaitingOnTheServerDoesNotHoldUpOtherFiles) {
+  const std::string slow = RandomBytes(5000, 45), other = RandomBytes(300000, 46);
+  Write("slow.bin", slow);
+  Write("other.bin", other);
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.ro_token, dir_, "--retry-for 30");
+  struct stat st;
+  ASSERT_EQ(stat((m.path() + "/slow.bin").c_str(), &st), 0);
+  proxy.SetRule("hold /nodes/" + std::to_string(st.st_ino) + "/ 0 -1");
+  std::string got_slow;
+  std::thread reader([&] { got_slow = ReadAll(m.path() + "/slow.bin"); });
+  ASSERT_TRUE(Within(std::chrono::milliseconds(10000), [&] { return proxy.Held() >= 1; }));
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(ReadAll(m.path() + "/other.bin"), other);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  proxy.SetRule("pass");
+  reader.join();
+  EXPECT_EQ(got_slow, slow);
+}
+
 TEST_F(MountTest, ACorruptSnapshotFailsTheMountAndSavesNothing) {
   Write("a.txt", "a");
   Import();
