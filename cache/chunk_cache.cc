@@ -28,6 +28,7 @@ constexpr size_t kSpareBuffers = 20;  // about what hot chunks, the backlog and 
 // manifest (one round trip, not two). Up to 1 MiB: an opener of the same
 // node waits for it (opening_slow_).
 constexpr uint64_t kPrimeBytes = 1 << 20;
+constexpr int kMaxPrefetches = 64;  // small files queued to be fetched ahead at most (Prefetch): four scans' windows
 constexpr size_t kWriteBacklog = 8;   // chunks fetched and not yet on disk (32 MiB)
 constexpr int kWriters = 2;
 constexpr size_t kStageMax = 64 * 1024;  // a first write this small may wait in memory (Stage)
@@ -326,7 +327,32 @@ void ChunkCache::CloseIdleLocked(bool all) {
   }
 }
 
-Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n, bool reading) {
+void ChunkCache::Prefetch(const NodeRecord& n) {
+  if (n.kind != NodeKind::kFile || n.size == 0 || n.size > kPrimeBytes || n.version == 0) return;
+  {
+    std::lock_guard lock(mu_);
+    if (entries_.count(n.id) || local_.count(n.id) || staged_.count(n.id) || prefetching_ >= kMaxPrefetches) return;
+    prefetching_++;
+  }
+  Post([this, n] {
+    bool fetched = false;
+    {
+      std::lock_guard lock(mu_);
+      fetched = !entries_.count(n.id);
+    }
+    Status st;
+    if (fetched) {
+      auto e = OpenEntry(n, /*reading=*/true, /*once=*/true);
+      if (!e.ok()) spdlog::debug("prefetch of node {} failed: {}", n.id, e.status().ToString());
+      st = e.status();
+    }
+    std::lock_guard lock(mu_);
+    prefetching_--;
+    if (fetched && st.ok()) stats_.files_prefetched++;
+  });
+}
+
+Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n, bool reading, bool once) {
   bool local, created;
   {
     std::lock_guard lock(mu_);
@@ -437,7 +463,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
         }
         buf->len = got;
         primed = std::move(buf);
-      } else if (!st.ok() && (!Retryable(st) || std::chrono::steady_clock::now() >= deadline)) {
+      } else if (!st.ok() && (once || !Retryable(st) || std::chrono::steady_clock::now() >= deadline)) {
         return Status(st.code(), "node " + std::to_string(n.id) + ": " + st.message());
       } else {
         spdlog::debug("node {}: {}; asking for its manifest alone", n.id, st.ok() ? "a short answer" : st.message());
@@ -451,7 +477,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
         e->manifest = std::move(*m);
         break;
       }
-      if (!Retryable(m.status()) || std::chrono::steady_clock::now() >= deadline) return m.status();
+      if (once || !Retryable(m.status()) || std::chrono::steady_clock::now() >= deadline) return m.status();
       spdlog::debug("manifest of node {}: {}; trying again", n.id, m.status().message());
       PauseBeforeRetry(attempt, deadline);
     }

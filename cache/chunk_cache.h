@@ -44,6 +44,7 @@ struct ChunkCacheStats {
   uint64_t cached_bytes = 0;
   uint64_t files_in_memory = 0;  // entries: files whose cache state is held in memory now
   uint64_t files_let_go = 0;     // idle entries dropped to keep under max_entries
+  uint64_t files_prefetched = 0; // small files fetched ahead of a reader going through their directory
 };
 
 inline constexpr uint64_t kKeepWritten = 1ull << 30;  // see Entry::write_behind
@@ -79,6 +80,11 @@ class ChunkCache {
   // read chunks (all cached data is clean while the mount is read-only).
   ChunkCache(std::string dir, ApiClient* client, LocalState* state, ChunkCacheOptions opts = {});
   ~ChunkCache();
+
+  // Fetches a small file (at most 1 MiB) in the background, bytes and
+  // manifest in one answer, unless it is open here already or several such
+  // fetches are under way. One try: a failure is left to the reader.
+  void Prefetch(const NodeRecord& n);
 
   // Bytes of a file held in place: `fd` has them at [off, off+len), and
   // they cannot be evicted while the Pinned lives, so a caller can hand the
@@ -304,8 +310,9 @@ class ChunkCache {
     uint64_t id_;
   };
   // `reading`: opened for a read, which of a small file not here yet
-  // fetches its bytes with its manifest, in one answer.
-  Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false);
+  // fetches its bytes with its manifest, in one answer. `once`: that
+  // answer is tried once (a prefetch), not until the retry period ends.
+  Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false, bool once = false);
   // Opens the cache file again if it was closed while idle.
   Status EnsureOpen(Entry& e);
   // The O_DIRECT descriptor of an open entry, opened on first use; -1: none.
@@ -411,6 +418,7 @@ class ChunkCache {
   // readers of small files wait for one another).
   std::unordered_set<uint64_t> opening_slow_;
   std::condition_variable opened_slow_;  // (with mu_) a node left opening_slow_
+  int prefetching_ = 0;  // guarded by mu_: Prefetch tasks queued or running
   size_t open_fds_ = 0;  // guarded by mu_: entries with their cache file open
   size_t max_open_ = 4096;  // beyond, idle entries' files are closed
   ChunkCacheStats stats_;                                                   // guarded by mu_

@@ -487,6 +487,35 @@ TEST_F(MountTest, ASmallFilesFirstReadIsOneRequest) {
   EXPECT_EQ(proxy.BodyBytes("content"), small.size() + large.size() + older.size());
 }
 
+// A reader going through a folder's files in order (grep -r, tar, cat *)
+// finds the next small files fetched already: after two cold opens of
+// neighbours, the 16 entries after the one opened are fetched in the
+// background (small files only), and they read with the server refusing.
+TEST_F(MountTest, ReadingThroughAFolderFetchesTheNextSmallFilesAhead) {
+  fs::create_directories(src_ + "/d");
+  std::vector<std::string> data;
+  for (int i = 0; i < 40; ++i) {
+    data.push_back(RandomBytes(3000, 100 + i));
+    Write("d/f" + std::string(i < 10 ? "0" : "") + std::to_string(i), data.back());
+  }
+  Write("d/f05big", RandomBytes(2 * 1024 * 1024, 99));  // in the window, too large to fetch ahead
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.ro_token, dir_, "--retry-for 1");
+  const auto path = [&](int i) { return m.path() + "/d/f" + (i < 10 ? "0" : "") + std::to_string(i); };
+  ASSERT_EQ(ReadAll(path(0)), data[0]);
+  ASSERT_EQ(ReadAll(path(1)), data[1]);
+  // f02..f16 (f05big skipped): 15 files ahead of f01.
+  ASSERT_TRUE(Within(std::chrono::milliseconds(10000), [&] { return proxy.BodyBytes("content") >= 17 * 3000u; }))
+      << proxy.BodyBytes("content");
+  EXPECT_EQ(proxy.BodyBytes("content"), 17 * 3000u);
+  EXPECT_NE(StatusOf(m.path()).find("\"files_prefetched\": 15"), std::string::npos) << StatusOf(m.path());
+  proxy.SetRule("refuse /content 0 -1");
+  for (int i = 2; i <= 16; ++i) EXPECT_EQ(ReadAll(path(i)), data[i]) << i;
+  // Not fetched ahead: past the window when the server stopped answering.
+  EXPECT_EQ(ReadUncached(path(30)).status().code(), Code::kIoError);
+}
+
 // The manifest that comes with a small file's bytes is checked as the one
 // asked for alone: one changed on the way, or one that does not decode,
 // fails the read and nothing is cached.
