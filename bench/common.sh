@@ -16,3 +16,21 @@ token() {
   "$BIN" admin --data "$DATA" project create "$1" >/dev/null
   "$BIN" admin --data "$DATA" token create --project "$1" --device bench | tail -n 1
 }
+
+# start_sshfs DIR REMOTE MOUNTPOINT [sshfs options...]: sshd on an
+# ephemeral loopback port (its key in DIR, allowed for root) and REMOTE
+# mounted through sshfs at MOUNTPOINT; sets SSHD (the daemon's pid).
+start_sshfs() {
+  local d=$1 remote=$2 mnt=$3 port
+  shift 3
+  mkdir -p "$mnt" /run/sshd /root/.ssh
+  [ -f "$d/key" ] || ssh-keygen -q -t ed25519 -N '' -f "$d/key"
+  grep -qf "$d/key.pub" /root/.ssh/authorized_keys 2>/dev/null || cat "$d/key.pub" >>/root/.ssh/authorized_keys
+  [ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A
+  port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
+  /usr/sbin/sshd -D -p "$port" -o ListenAddress=127.0.0.1 >"$d/sshd.log" 2>&1 &
+  SSHD=$!
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  sshfs -p "$port" -o IdentityFile="$d/key",StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null "$@" \
+    "root@127.0.0.1:$remote" "$mnt"
+}

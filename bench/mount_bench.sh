@@ -109,6 +109,13 @@ for w in "ls_l_10k_cold NL TL" "ls_l_10k_warm NA TA" "find_ls_100k NF TF"; do
   say native "${name}_median5" "$(med "${nr[@]}")" "ms (${nr[*]})"
   say $s "${name}_median5" "$(med "${tr[@]}")" "ms (${tr[*]})"
 done
+# Every file of a 10,000-file folder read once by one cat (grep -r, tar
+# and builds read this way): the local folder after a drop, then the
+# mount, whose listing is warm and whose files were never read.
+drop; ls "$R/flat10k" >/dev/null
+t0=$(now); cat "$R"/flat10k/* >/dev/null; t1=$(now); say native cat_10k_small_cold "$(ms "$t0" "$t1")" ms
+drop
+t0=$(now); cat "$M"/flat10k/* >/dev/null; t1=$(now); say $s cat_10k_small_cold "$(ms "$t0" "$t1")" ms
 drop
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_cold "$(mbs "$t0" "$t1")" MB/s
 t0=$(now); dd if="$M/big1g" of=/dev/null bs=1M 2>/dev/null; t1=$(now); say $s seq_read_1g_warm "$(mbs "$t0" "$t1")" MB/s

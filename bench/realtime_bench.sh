@@ -79,15 +79,8 @@ read -r p50 p99 mx <<<"$(probe "$W/a/probe.txt" "$W/b/probe.txt" "$N")"
 say tidefs "propagation p50 / p99 / max (ms)" "$p50 / $p99 / $mx  (N=$N, close on A -> bytes on B)"
 
 if [ "${SSHFS:-1}" = 1 ] && command -v sshfs >/dev/null && [ -x /usr/sbin/sshd ]; then
-  mkdir -p "$W/remote" "$W/s"
-  ssh-keygen -q -t ed25519 -N '' -f "$W/key"
-  mkdir -p /root/.ssh && cat "$W/key.pub" >>/root/.ssh/authorized_keys
-  [ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -A
-  mkdir -p /run/sshd
-  SP=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-  /usr/sbin/sshd -D -p "$SP" -o ListenAddress=127.0.0.1 >"$W/sshd.log" 2>&1 &
-  SSHD=$!; sleep 1
-  sshfs -p "$SP" -o IdentityFile="$W/key",StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null "root@127.0.0.1:$W/remote" "$W/s"
+  mkdir -p "$W/remote"
+  start_sshfs "$W" "$W/remote" "$W/s"
   read -r s50 s99 smx <<<"$(probe "$W/remote/probe.txt" "$W/s/probe.txt" 10 reopen)"
   say sshfs "propagation p50 / p99 / max (ms)" "$s50 / $s99 / $smx  (N=10, remote write -> bytes through sshfs, reopened per look)"
   python3 -c "print('ratio tidefs/sshfs p50: %.3f' % ($p50/$s50))" | tee -a "$W/results.txt"
