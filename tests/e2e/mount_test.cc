@@ -475,15 +475,20 @@ TEST_F(MountTest, ASmallFilesFirstReadIsOneRequest) {
   Import();
   FaultProxy proxy(server_, dir_);
   TestMount m(proxy.url(), server_.ro_token, dir_);
+  // (The proxy saves its counters just after it hands an answer on: waited for.)
+  const auto content_reaches = [&](uint64_t n) {
+    return Within(std::chrono::milliseconds(5000), [&] { return proxy.BodyBytes("content") >= n; });
+  };
   ASSERT_EQ(ReadAll(m.path() + "/small.bin"), small);
-  EXPECT_EQ(proxy.BodyBytes("content"), small.size());
+  EXPECT_TRUE(content_reaches(small.size()));
   EXPECT_EQ(proxy.BodyBytes("manifest"), 0u);
   ASSERT_EQ(ReadAll(m.path() + "/large.bin"), large);
   EXPECT_GT(proxy.BodyBytes("manifest"), 0u);
   const uint64_t manifests = proxy.BodyBytes("manifest");
   proxy.SetRule("old /content 0 -1");
   ASSERT_EQ(ReadAll(m.path() + "/older.bin"), older);
-  EXPECT_GT(proxy.BodyBytes("manifest"), manifests);
+  EXPECT_TRUE(Within(std::chrono::milliseconds(5000), [&] { return proxy.BodyBytes("manifest") > manifests; }));
+  EXPECT_TRUE(content_reaches(small.size() + large.size() + older.size()));
   EXPECT_EQ(proxy.BodyBytes("content"), small.size() + large.size() + older.size());
 }
 
@@ -530,18 +535,21 @@ TEST_F(MountTest, AManifestChangedOnTheWayFailsTheReadAndCachesNothing) {
   EXPECT_EQ(ReadUncached(m.path() + "/a.bin").status().code(), Code::kIoError) << "bytes served against a changed manifest";
   proxy.SetRule("badmanifest /content 1 -1");
   EXPECT_EQ(ReadUncached(m.path() + "/b.bin").status().code(), Code::kIoError) << "a manifest header that does not decode";
-  proxy.SetRule("pass");
   const std::string log = ReadAll(dir_ + "/cache/mount.log");
   EXPECT_NE(log.find("do not match the manifest's hash"), std::string::npos) << log;
   EXPECT_NE(log.find("manifest header"), std::string::npos) << log;
-  const uint64_t before = proxy.BodyBytes("content");
+  // Nothing was kept from the bad answers: with the server refusing, both
+  // still fail; once it answers, both read right.
+  proxy.SetRule("refuse /content 0 -1");
+  EXPECT_EQ(ReadUncached(m.path() + "/a.bin").status().code(), Code::kIoError);
+  EXPECT_EQ(ReadUncached(m.path() + "/b.bin").status().code(), Code::kIoError);
+  proxy.SetRule("pass");
   auto good_a = ReadUncached(m.path() + "/a.bin");
   auto good_b = ReadUncached(m.path() + "/b.bin");
   ASSERT_TRUE(good_a.ok()) << good_a.status().ToString();
   ASSERT_TRUE(good_b.ok()) << good_b.status().ToString();
   EXPECT_EQ(*good_a, a);
   EXPECT_EQ(*good_b, b);
-  EXPECT_EQ(proxy.BodyBytes("content") - before, a.size() + b.size());  // nothing was kept from the bad answers
 }
 
 TEST_F(MountTest, ServerErrorsFailUncachedReadsAfterTheRetryPeriod) {
