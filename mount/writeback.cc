@@ -427,7 +427,7 @@ uint64_t WriteBack::Pending() {
     std::lock_guard lock(q_mu_);
     queued = queued_entries_;
   }
-  return Persisted() + queued;
+  return Persisted() + queued + applying_.load();
 }
 
 uint64_t WriteBack::Persisted() {
@@ -964,6 +964,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     if (!reply.refused) {
       spdlog::debug("write-back: committed {} ops ({} journal entries){}", ops.size(), entries.size(),
                     reply.replayed ? ", an earlier attempt's answer" : "");
+      applying_ += entries.size();
+      struct Applied {
+        std::atomic<uint64_t>& n;
+        uint64_t k;
+        ~Applied() { n -= k; }
+      } applied{applying_, entries.size()};
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
         ApplyReplayed(ops, reply.items, sent, based);

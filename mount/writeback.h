@@ -201,6 +201,10 @@ class WriteBack {
   std::atomic<uint64_t> blocks_hashed_{0}, blocks_sent_{0}, bytes_sent_{0}, blocks_sent_ahead_{0};
   std::unordered_map<uint64_t, std::string> ahead_shown_;  // guarded by progress_mu_: path shown per file sent ahead
   std::atomic<uint64_t> last_persisted_{0};  // Persisted()'s last answer from the local state
+  // Entries out of the journal whose commit's local fix-ups (versions, a
+  // conflict copy's new bytes, invalidations) are still being applied:
+  // counted as pending, so "nothing pending" means this mount shows it.
+  std::atomic<uint64_t> applying_{0};
   std::mutex progress_mu_;
   ProgressFn progress_;  // guarded by progress_mu_
   std::function<void(uint64_t)> invalidate_;  // guarded by progress_mu_
