@@ -28,7 +28,9 @@ constexpr size_t kSpareBuffers = 20;  // about what hot chunks, the backlog and 
 // manifest (one round trip, not two). Up to 1 MiB: an opener of the same
 // node waits for it (opening_slow_).
 constexpr uint64_t kPrimeBytes = 1 << 20;
-constexpr int kMaxPrefetches = 64;  // small files queued to be fetched ahead at most (Prefetch): four scans' windows
+constexpr size_t kMaxPrefetches = 64;  // small files queued to be fetched ahead at most (Prefetch): four scans' windows
+constexpr int kPrefetchers = 2;        // fetched at once (the others' fetch threads stay the readers')
+constexpr auto kPrefetchQuiet = std::chrono::seconds(5);  // no prefetch after one failed, for this long
 constexpr size_t kWriteBacklog = 8;   // chunks fetched and not yet on disk (32 MiB)
 constexpr int kWriters = 2;
 constexpr size_t kStageMax = 64 * 1024;  // a first write this small may wait in memory (Stage)
@@ -173,7 +175,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
     auto files = state_->LoadAllFiles();
     if (files.ok()) {
       std::lock_guard lock(mu_);
-      for (const auto& f : *files) RekeyLocked(f.id, f.version, f.present);
+      for (const auto& f : *files) RekeyLocked(f.id, f.version, f.present, f.manifest.size);
     }
   }
   if (state_) {
@@ -331,28 +333,56 @@ void ChunkCache::Prefetch(const NodeRecord& n) {
   if (n.kind != NodeKind::kFile || n.size == 0 || n.size > kPrimeBytes || n.version == 0) return;
   {
     std::lock_guard lock(mu_);
-    if (entries_.count(n.id) || local_.count(n.id) || staged_.count(n.id) || prefetching_ >= kMaxPrefetches) return;
-    prefetching_++;
+    if (entries_.count(n.id) || local_.count(n.id) || staged_.count(n.id) || opening_slow_.count(n.id)) return;
+    if (std::chrono::steady_clock::now() < prefetch_quiet_until_) return;
+    // Full: the oldest go (a reader is likely past them by now).
+    if (prefetch_queue_.size() >= kMaxPrefetches) prefetch_queue_.pop_front();
+    prefetch_queue_.push_back(n);
+    if (prefetchers_ >= kPrefetchers) return;
+    prefetchers_++;
   }
-  Post([this, n] {
-    bool fetched = false;
-    {
-      std::lock_guard lock(mu_);
-      fetched = !entries_.count(n.id);
-    }
-    Status st;
-    if (fetched) {
-      auto e = OpenEntry(n, /*reading=*/true, /*once=*/true);
-      if (!e.ok()) spdlog::debug("prefetch of node {} failed: {}", n.id, e.status().ToString());
-      st = e.status();
-    }
-    std::lock_guard lock(mu_);
-    prefetching_--;
-    if (fetched && st.ok()) stats_.files_prefetched++;
-  });
+  Post([this] { DrainPrefetches(); });
 }
 
-Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n, bool reading, bool once) {
+void ChunkCache::DrainPrefetches() {
+  for (;;) {
+    NodeRecord hint;
+    {
+      std::lock_guard lock(mu_);
+      bool stopping;
+      {
+        std::lock_guard pool(pool_mu_);
+        stopping = stopping_;
+      }
+      if (prefetch_queue_.empty() || stopping) {
+        prefetchers_--;
+        return;
+      }
+      hint = std::move(prefetch_queue_.front());
+      prefetch_queue_.pop_front();
+      // (A reader opening it already fetches it itself.)
+      if (entries_.count(hint.id) || local_.count(hint.id) || opening_slow_.count(hint.id)) continue;
+    }
+    // What it is now: deleted, or changed since the listing it came from.
+    std::optional<NodeRecord> now = lookup_ ? lookup_(hint.id) : std::optional<NodeRecord>(hint);
+    if (!now || now->kind != NodeKind::kFile || now->size == 0 || now->size > kPrimeBytes || now->version == 0) continue;
+    bool made = false;
+    auto e = OpenEntry(*now, /*reading=*/true, /*once=*/true, &made);
+    std::lock_guard lock(mu_);
+    if (made) stats_.files_prefetched++;
+    if (!e.ok() && e.status().code() != Code::kNotFound) {
+      // The server failing or silent: readers get it to themselves for a
+      // while (each prefetch would hold a fetch thread for its silence).
+      spdlog::debug("prefetch of node {} failed: {}; none for {} s", hint.id, e.status().ToString(),
+                    std::chrono::duration_cast<std::chrono::seconds>(kPrefetchQuiet).count());
+      prefetch_quiet_until_ = std::chrono::steady_clock::now() + kPrefetchQuiet;
+      prefetch_queue_.clear();
+    }
+  }
+}
+
+Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n, bool reading, bool once,
+                                                                 bool* made) {
   bool local, created;
   {
     std::lock_guard lock(mu_);
@@ -377,13 +407,28 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     ChunkCache* cache;
     uint64_t id;
     ~SlowPath() {
+      bool gone;
       {
         std::lock_guard lock(cache->mu_);
         cache->opening_slow_.erase(id);
+        gone = cache->forgotten_.erase(id) > 0;
       }
       cache->opened_slow_.notify_all();
+      // Forgotten meanwhile: the file and record this opener may have made
+      // go now (none of it was published; the entry closed its file).
+      if (gone) {
+        if (cache->state_) (void)cache->state_->DropFile(id);
+        ::unlink((cache->dir_ + "/data/" + std::to_string(id)).c_str());
+      }
     }
   } slow_path{this, n.id};
+  if (once && lookup_) {
+    // Deleted or changed before this became the one opener (a Forget from
+    // now on leaves a mark in forgotten_ instead).
+    auto now = lookup_(n.id);
+    if (!now || now->version != n.version)
+      return Status::NotFound("node " + std::to_string(n.id) + " was deleted or changed before it was fetched ahead");
+  }
   bool placed = false;  // the staged bytes, the whole file, went in just now
   std::shared_ptr<ChunkBuf> primed;  // a small file's bytes, fetched with its manifest
   {
@@ -414,6 +459,9 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
       older->retired = true;
     }
     WaitWrites(*older);
+    // A fetch that chose its blocks before the retirement writes them
+    // first (not over this version's, below).
+    { std::unique_lock resized(older->resize_mu); }
     std::lock_guard saved(older->save_mu);  // a save under way ends first
   }
   // The saved bitmap is read with no punch of its chunks under way, and
@@ -504,9 +552,9 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
                                   ": bytes from the server do not match the manifest's hash");
       }
     }
-    // Every block is written from these bytes below (none kept from an
-    // older version unchecked; the old ones are punched first).
-    std::fill(e->present.begin(), e->present.end(), false);
+    // Every block is written from these bytes below: the changed ones are
+    // punched first, the unchanged ones written over with the same bytes
+    // (never a hole under a reader of the older version meanwhile).
   }
   // Without saved state any bytes in the file are unknown: start empty.
   // (Local bytes of a file whose bitmap was never saved are kept: written
@@ -571,10 +619,14 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   }
   std::vector<Punch> punches;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
+    // Deleted while this opened it: nothing published (what was made
+    // here is removed as the gate opens, below).
+    if (forgotten_.count(n.id))
+      return Status::NotFound("node " + std::to_string(n.id) + " was deleted while it was opened");
     auto it = entries_.find(n.id);
     if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
-    RekeyLocked(n.id, e->version, e->present);
+    RekeyLocked(n.id, e->version, e->present, e->manifest.size);
     if (it != entries_.end() && it->second->fd >= 0) open_fds_--;  // the older version's, closed once let go
     entries_[n.id] = e;
     e->used = ++use_tick_;
@@ -590,6 +642,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   }
   if (primed && on_fetched_) on_fetched_(n, primed->len);
   RunPunches(std::move(punches));
+  if (made) *made = primed != nullptr;
   return e;
 }
 
@@ -1540,7 +1593,7 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         }
         present = e->present;
       }
-      RekeyLocked(id, version, present);
+      RekeyLocked(id, version, present, m.size);
       return;
     }
     // Sent from its staged bytes and untouched since (any other use opens
@@ -1553,12 +1606,14 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
   }
 }
 
-void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present) {
+void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present, uint64_t size) {
   ForgetLocked(id);
   for (uint64_t c = 0; c * kBlocksPerChunk < present.size(); ++c) {
     uint64_t bytes = 0;
+    // (The last block of the version counts what it holds, as a fetch of
+    // it does; blocks past it, written here, count whole.)
     for (uint64_t b = c * kBlocksPerChunk; b < std::min<uint64_t>((c + 1) * kBlocksPerChunk, present.size()); ++b)
-      if (present[b]) bytes += kBlockSize;
+      if (present[b]) bytes += b * kBlockSize < size ? std::min<uint64_t>(kBlockSize, size - b * kBlockSize) : kBlockSize;
     if (bytes) AddChunkLocked({id, version, c}, bytes);
   }
 }
@@ -1625,7 +1680,7 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
       if (e->version != from) return;
       e->version = to;
       f = {id, to, e->manifest, e->present};
-      RekeyLocked(id, to, f.present);
+      RekeyLocked(id, to, f.present, f.manifest.size);
     }
     if (state_) (void)state_->SaveFile(f);
     return;
@@ -1640,7 +1695,7 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
     (*saved)->version = to;
     (void)state_->SaveFile(**saved);
     std::lock_guard lock(mu_);
-    if (!entries_.count(id)) RekeyLocked(id, to, (*saved)->present);
+    if (!entries_.count(id)) RekeyLocked(id, to, (*saved)->present, (*saved)->manifest.size);
   }
 }
 
@@ -1663,6 +1718,7 @@ void ChunkCache::Forget(uint64_t id) {
     created_.erase(id);
     DropStagedLocked(id);
     ForgetLocked(id);
+    if (opening_slow_.count(id)) forgotten_.insert(id);  // its opener removes what it makes
   }
   if (state_) (void)state_->DropFile(id);
   ::unlink((dir_ + "/data/" + std::to_string(id)).c_str());

@@ -82,9 +82,14 @@ class ChunkCache {
   ~ChunkCache();
 
   // Fetches a small file (at most 1 MiB) in the background, bytes and
-  // manifest in one answer, unless it is open here already or several such
-  // fetches are under way. One try: a failure is left to the reader.
+  // manifest in one answer, unless it is open here already. At most
+  // kMaxPrefetches wait (the oldest go first), two are fetched at once, and
+  // `lookup` says what the node is when its turn comes (nothing: gone; its
+  // version then is the one fetched). One try: a failure is left to the
+  // reader, and further prefetches pause for a while.
+  using NodeLookup = std::function<std::optional<NodeRecord>(uint64_t id)>;
   void Prefetch(const NodeRecord& n);
+  void set_node_lookup(NodeLookup lookup) { lookup_ = std::move(lookup); }
 
   // Bytes of a file held in place: `fd` has them at [off, off+len), and
   // they cannot be evicted while the Pinned lives, so a caller can hand the
@@ -311,8 +316,12 @@ class ChunkCache {
   };
   // `reading`: opened for a read, which of a small file not here yet
   // fetches its bytes with its manifest, in one answer. `once`: that
-  // answer is tried once (a prefetch), not until the retry period ends.
-  Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false, bool once = false);
+  // answer is tried once (a prefetch), not until the retry period ends,
+  // and the node is looked up again once this is its one opener (gone or
+  // changed: NotFound); `*made`: this call fetched and published it.
+  Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false, bool once = false,
+                                           bool* made = nullptr);
+  void DrainPrefetches();
   // Opens the cache file again if it was closed while idle.
   Status EnsureOpen(Entry& e);
   // The O_DIRECT descriptor of an open entry, opened on first use; -1: none.
@@ -395,7 +404,7 @@ class ChunkCache {
   void ForgetLocked(uint64_t id);
   void AddChunkLocked(const ChunkKey& key, uint64_t bytes);
   // Requires mu_. The LRU records of `id` now name `version`.
-  void RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present);
+  void RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present, uint64_t size);
   struct BufferPool;
   std::shared_ptr<BufferPool> buffers_;
   const bool direct_io_;
@@ -418,7 +427,13 @@ class ChunkCache {
   // readers of small files wait for one another).
   std::unordered_set<uint64_t> opening_slow_;
   std::condition_variable opened_slow_;  // (with mu_) a node left opening_slow_
-  int prefetching_ = 0;  // guarded by mu_: Prefetch tasks queued or running
+  // Forgotten while in opening_slow_: its opener publishes nothing and
+  // removes what it made (it would outlive the node). guarded by mu_.
+  std::unordered_set<uint64_t> forgotten_;
+  std::deque<NodeRecord> prefetch_queue_;  // guarded by mu_: oldest first
+  int prefetchers_ = 0;                    // guarded by mu_: DrainPrefetches tasks running
+  std::chrono::steady_clock::time_point prefetch_quiet_until_{};  // guarded by mu_: after a failure
+  NodeLookup lookup_;  // set before the first Prefetch
   size_t open_fds_ = 0;  // guarded by mu_: entries with their cache file open
   size_t max_open_ = 4096;  // beyond, idle entries' files are closed
   ChunkCacheStats stats_;                                                   // guarded by mu_

@@ -1688,6 +1688,12 @@ Status RunMount(const MountOptions& opts) {
     if (sync) sync->AddDownloaded(fs.tree.PathOf(n.id), bytes, n.size);
   };
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &reads, state.get(), co);
+  // A file fetched ahead is what the tree says when its turn comes.
+  fs.cache->set_node_lookup([&fs](uint64_t id) -> std::optional<NodeRecord> {
+    auto n = fs.tree.Get(id);
+    if (!n.ok() || !*n) return std::nullopt;
+    return **n;
+  });
   // The token names the device: the server files our commits, progress and
   // checkpoint under it. Offline, the flag or the host name stands in.
   auto caller = client.WhoAmI();

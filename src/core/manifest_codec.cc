@@ -49,6 +49,7 @@ Result<Manifest> DecodeManifest(std::string_view bytes) {
 
 std::string EncodeManifestText(const Manifest& m) {
   std::string out = std::to_string(m.size);
+  if (m.blocks.empty()) return out;  // (an empty file: no trailing space, which HTTP would drop)
   out.reserve(out.size() + 1 + 32 * m.blocks.size());
   out += ' ';
   for (const auto& h : m.blocks) out += h.Hex();
@@ -56,9 +57,10 @@ std::string EncodeManifestText(const Manifest& m) {
 }
 
 Result<Manifest> DecodeManifestText(std::string_view text) {
+  // (No space: the size alone, of a file with no blocks.)
   const size_t sp = text.find(' ');
-  if (sp == std::string_view::npos) return Status::Corruption("manifest header: no space after the size");
-  const std::string_view digits = text.substr(0, sp), hex = text.substr(sp + 1);
+  const std::string_view digits = text.substr(0, sp), hex = sp == std::string_view::npos ? "" : text.substr(sp + 1);
+  if (sp != std::string_view::npos && hex.empty()) return Status::Corruption("manifest header: nothing after the space");
   if (digits.empty() || digits.size() > 20 || (digits.size() > 1 && digits[0] == '0'))
     return Status::Corruption("manifest header: bad size");
   Manifest m;

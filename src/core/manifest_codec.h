@@ -25,6 +25,7 @@ Result<Manifest> DecodeManifest(std::string_view bytes);
 // The same in one line of text, for an HTTP header (a content answer
 // carries its file's manifest when asked, docs/protocol.md):
 //   "<size in decimal> <32 lowercase hex digits per block, no separator>"
+// (an empty file's is "0", the size alone).
 // Decoding is strict: the encoding of what it returns is its input.
 std::string EncodeManifestText(const Manifest& m);
 Result<Manifest> DecodeManifestText(std::string_view text);

@@ -521,6 +521,45 @@ TEST_F(MountTest, ReadingThroughAFolderFetchesTheNextSmallFilesAhead) {
   EXPECT_EQ(ReadUncached(path(30)).status().code(), Code::kIoError);
 }
 
+// Files deleted here while they wait to be fetched ahead, or while their
+// fetch is under way, leave nothing in the cache: the waiting ones are not
+// asked for, the ones under way are dropped when their answer comes (and
+// the deletes do not wait for it). What stays counts its real bytes.
+TEST_F(MountTest, FilesDeletedWhileFetchedAheadLeaveNothingInTheCache) {
+  fs::create_directories(src_ + "/d");
+  for (int i = 0; i < 20; ++i) Write("d/f" + std::string(i < 10 ? "0" : "") + std::to_string(i), RandomBytes(3000, 200 + i));
+  Import();
+  FaultProxy proxy(server_, dir_);
+  const auto path = [&](const std::string& mnt, int i) { return mnt + "/d/f" + (i < 10 ? "0" : "") + std::to_string(i); };
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    // The first two files fetched ahead are held (inode numbers are node ids).
+    struct stat st2, st3;
+    ASSERT_EQ(stat(path(m.path(), 2).c_str(), &st2), 0);
+    ASSERT_EQ(stat(path(m.path(), 3).c_str(), &st3), 0);
+    proxy.SetRule("hold /nodes/" + std::to_string(st2.st_ino) + "/content 0 -1\nhold /nodes/" +
+                  std::to_string(st3.st_ino) + "/content 0 -1");
+    ASSERT_EQ(ReadAll(path(m.path(), 0)).size(), 3000u);
+    ASSERT_EQ(ReadAll(path(m.path(), 1)).size(), 3000u);
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() >= 2; })) << proxy.Held();
+    for (int i = 2; i < 20; ++i) ASSERT_EQ(unlink(path(m.path(), i).c_str()), 0) << i;
+    proxy.SetRule("pass");
+    EXPECT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << StatusOf(m.path());
+    EXPECT_NE(StatusOf(m.path()).find("\"files_prefetched\": 0"), std::string::npos) << StatusOf(m.path());
+  }
+  // Two fetched ahead (held), none of the others asked for.
+  EXPECT_TRUE(Within(std::chrono::seconds(5), [&] { return proxy.BodyBytes("content") == 4 * 3000u; }))
+      << proxy.BodyBytes("content");
+  size_t files = 0;
+  for (auto& e : fs::directory_iterator(dir_ + "/cache/data")) files += e.is_regular_file();
+  EXPECT_EQ(files, 2u) << "cache files of deleted nodes were left";
+  proxy.SetRule("refuse /content 0 -1");
+  TestMount again(proxy.url(), server_.rw_token, dir_);
+  EXPECT_NE(StatusOf(again.path()).find("\"bytes\": 6000,"), std::string::npos) << StatusOf(again.path());
+  EXPECT_EQ(ReadAll(path(again.path(), 1)).size(), 3000u);
+  EXPECT_FALSE(fs::exists(path(again.path(), 2)));
+}
+
 // The manifest that comes with a small file's bytes is checked as the one
 // asked for alone: one changed on the way, or one that does not decode,
 // fails the read and nothing is cached.
