@@ -407,19 +407,24 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     ChunkCache* cache;
     uint64_t id;
     ~SlowPath() {
+      // Forgotten meanwhile: the file and record this opener may have made
+      // go (none of it was published; the entry closed its file), before
+      // the next opener of the node may make its own.
       bool gone;
       {
         std::lock_guard lock(cache->mu_);
-        cache->opening_slow_.erase(id);
-        gone = cache->forgotten_.erase(id) > 0;
+        gone = cache->forgotten_.count(id) > 0;
       }
-      cache->opened_slow_.notify_all();
-      // Forgotten meanwhile: the file and record this opener may have made
-      // go now (none of it was published; the entry closed its file).
       if (gone) {
         if (cache->state_) (void)cache->state_->DropFile(id);
         ::unlink((cache->dir_ + "/data/" + std::to_string(id)).c_str());
       }
+      {
+        std::lock_guard lock(cache->mu_);
+        cache->opening_slow_.erase(id);
+        cache->forgotten_.erase(id);
+      }
+      cache->opened_slow_.notify_all();
     }
   } slow_path{this, n.id};
   if (once && lookup_) {

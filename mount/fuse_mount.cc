@@ -1691,7 +1691,7 @@ Status RunMount(const MountOptions& opts) {
   // A file fetched ahead is what the tree says when its turn comes.
   fs.cache->set_node_lookup([&fs](uint64_t id) -> std::optional<NodeRecord> {
     auto n = fs.tree.Get(id);
-    if (!n.ok() || !*n) return std::nullopt;
+    if (!n.ok() || !*n || (*n)->deleted) return std::nullopt;
     return **n;
   });
   // The token names the device: the server files our commits, progress and
