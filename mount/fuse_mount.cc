@@ -564,7 +564,9 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!n) return;
   if (n->kind == NodeKind::kDir) return (void)fuse_reply_err(req, EISDIR);
   const bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
-  if (writing && (fi->flags & O_TRUNC) && n->size > 0) {
+  // (O_TRUNC empties the file whatever the access mode, as the kernel does
+  // for a local one: it checked write permission before asking.)
+  if ((fi->flags & O_TRUNC) && n->kind == NodeKind::kFile && n->size > 0) {
     std::lock_guard lock(fs->meta_mu);
     if (Status st = fs->cache->Truncate(*n, 0); !st.ok()) return (void)ReplyStatus(req, st, "truncate at open", ino);
     NodeRecord rec = *n;

@@ -284,6 +284,28 @@ TEST_F(MountTest, ATruncateWhileReadAheadRunsKeepsOnlyTheNewContent) {
   for (int i = 0; i < kFiles; ++i) EXPECT_EQ(ReadAll(fresh.path() + "/big" + std::to_string(i)), "x" + std::to_string(i));
 }
 
+// open(O_RDONLY | O_TRUNC) empties the file, as on a local disk (the
+// kernel checks write permission; the mount gets the flag with the open).
+TEST_F(MountTest, AReadOnlyOpenWithOTruncEmptiesTheFile) {
+  Write("f.txt", "some bytes\n");
+  Import();
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    const std::string p = m.path() + "/f.txt";
+    int fd = open(p.c_str(), O_RDONLY | O_TRUNC);
+    ASSERT_GE(fd, 0) << strerror(errno);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_size, 0);
+    char c;
+    EXPECT_EQ(read(fd, &c, 1), 0);
+    close(fd);
+    EXPECT_EQ(ReadAll(p), "");
+  }  // unmount: on the server
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "");
+}
+
 TEST_F(MountTest, WarmRemountCatchesUpWithoutASnapshotAndStartsOffline) {
   Write("first.txt", "one");
   Import();
