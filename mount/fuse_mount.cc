@@ -195,11 +195,12 @@ class ScanAhead {
  public:
   static constexpr size_t kScanAhead = 16;
   // A read-only open of file `n` (`cold`: the cache held no state for it).
-  // `children` lists a directory by name. Returns the files to fetch.
-  template <typename ListFn>
-  std::vector<NodeRecord> Opened(const NodeRecord& n, bool cold, uint64_t listing_gen, ListFn children) {
+  // `after(dir, name, k)` gives the k entries of a directory after a name.
+  // Returns the files to fetch.
+  template <typename AfterFn>
+  std::vector<NodeRecord> Opened(const NodeRecord& n, bool cold, AfterFn after) {
     std::lock_guard lock(mu_);
-    const bool in_scan = n.parent == dir_ && listing_gen == gen_ && !kids_.empty();
+    const bool in_scan = n.parent == dir_ && !window_.empty() && n.name >= window_.front();
     const bool follows = cold && n.parent == last_parent_ && n.name > last_name_;
     if (cold) {
       last_parent_ = n.parent;
@@ -207,22 +208,21 @@ class ScanAhead {
     }
     if (!in_scan && !follows) return {};
     if (!in_scan) {
-      auto kids = children(n.parent);
-      if (!kids.ok()) return {};
-      kids_ = std::move(*kids);
       dir_ = n.parent;
-      gen_ = listing_gen;
-      ahead_ = 0;
+      window_.clear();
     }
-    auto it = std::lower_bound(kids_.begin(), kids_.end(), n.name,
-                               [](const NodeRecord& r, const std::string& name) { return r.name < name; });
-    const size_t at = static_cast<size_t>(it - kids_.begin());
-    // (Asked again once the reader is halfway through what was asked for.)
-    if (at + kScanAhead / 2 < ahead_) return {};
+    // Entries asked for that the reader has reached are done; more are
+    // asked for once fewer than half the window is left ahead of it.
+    while (!window_.empty() && window_.front() <= n.name) window_.pop_front();
+    if (window_.size() > kScanAhead / 2) return {};
+    auto next = after(dir_, window_.empty() ? n.name : window_.back(), kScanAhead - window_.size());
+    if (!next.ok()) return {};
     std::vector<NodeRecord> out;
-    for (size_t i = std::max(at + 1, ahead_); i < std::min(kids_.size(), at + 1 + kScanAhead); ++i)
-      if (kids_[i].kind == NodeKind::kFile) out.push_back(kids_[i]);
-    ahead_ = std::max(ahead_, std::min(kids_.size(), at + 1 + kScanAhead));
+    for (NodeRecord& r : *next) {
+      window_.push_back(r.name);
+      if (r.kind == NodeKind::kFile) out.push_back(std::move(r));
+    }
+    if (window_.empty()) dir_ = 0;  // (the end of the directory: the scan is over)
     return out;
   }
 
@@ -230,9 +230,8 @@ class ScanAhead {
   std::mutex mu_;
   uint64_t last_parent_ = 0;
   std::string last_name_;
-  uint64_t dir_ = 0, gen_ = 0;    // the directory being read through, and its listing's generation
-  std::vector<NodeRecord> kids_;  // its files and folders, by name
-  size_t ahead_ = 0;              // kids_ before this were asked for
+  uint64_t dir_ = 0;                // the directory being read through
+  std::deque<std::string> window_;  // names asked for ahead of the reader, in order
 };
 
 struct Fs {
@@ -584,8 +583,9 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fuse_reply_open(req, fi);
   if (!writing && n->kind == NodeKind::kFile) {
     const bool cold = !fs->cache->Holds(n->id);
-    for (const NodeRecord& next : fs->scan_ahead.Opened(*n, cold, fs->drops.ListingGen(n->parent),
-                                                        [fs](uint64_t dir) { return fs->tree.Children(dir); }))
+    for (const NodeRecord& next : fs->scan_ahead.Opened(*n, cold, [fs](uint64_t dir, const std::string& name, size_t k) {
+           return fs->tree.ChildrenAfter(dir, name, k);
+         }))
       fs->cache->Prefetch(next);
   }
 }

@@ -167,6 +167,17 @@ Result<std::vector<NodeRecord>> Tree::Children(uint64_t parent) {
   return out;
 }
 
+Result<std::vector<NodeRecord>> Tree::ChildrenAfter(uint64_t parent, const std::string& name, size_t k) {
+  RETURN_IF_ERROR(EnsureDir(parent));
+  std::shared_lock lock(mu_);
+  std::vector<NodeRecord> out;
+  auto d = dirs_.find(parent);
+  if (d == dirs_.end()) return out;
+  for (auto c = d->second.children.upper_bound(name); c != d->second.children.end() && out.size() < k; ++c)
+    if (auto it = nodes_.find(c->second); it != nodes_.end()) out.push_back(it->second);
+  return out;
+}
+
 uint64_t Tree::seq() const {
   std::shared_lock lock(mu_);
   return seq_;

@@ -49,6 +49,8 @@ class Tree {
   Result<std::optional<NodeRecord>> Lookup(uint64_t parent, const std::string& name);
   // Children of a directory, by name.
   Result<std::vector<NodeRecord>> Children(uint64_t parent);
+  // The first `k` children of a directory whose names come after `name`.
+  Result<std::vector<NodeRecord>> ChildrenAfter(uint64_t parent, const std::string& name, size_t k);
   // "/dir/name" of a node (for progress lines); "/" for the root.
   std::string PathOf(uint64_t id);
   uint64_t seq() const;
