@@ -625,10 +625,15 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   std::vector<Punch> punches;
   {
     std::unique_lock lock(mu_);
-    // Deleted while this opened it: nothing published (what was made
-    // here is removed as the gate opens, below).
-    if (forgotten_.count(n.id))
-      return Status::NotFound("node " + std::to_string(n.id) + " was deleted while it was opened");
+    if (forgotten_.count(n.id)) {
+      // Forgotten while this opened it. A prefetch publishes nothing (what
+      // it made is removed as the gate opens, below): the node is likely
+      // deleted. Any other opener serves a syscall on a node that may well
+      // live on (a Forget also drops a file's local state for the
+      // server's): it goes on as before there were marks.
+      if (once) return Status::NotFound("node " + std::to_string(n.id) + " was deleted while it was fetched ahead");
+      forgotten_.erase(n.id);
+    }
     auto it = entries_.find(n.id);
     if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
     RekeyLocked(n.id, e->version, e->present, e->manifest.size);
