@@ -17,6 +17,18 @@ token() {
   "$BIN" admin --data "$DATA" token create --project "$1" --device bench | tail -n 1
 }
 
+# make_small_src DIR: anchors.sh's cp -r source when missing (it makes it
+# only for sshfs or rclone): 100 dirs of 100 random files of 5 KiB.
+make_small_src() {
+  [ -d "$1" ] || python3 -c '
+import os, sys
+for d in range(100):
+    os.makedirs(f"{sys.argv[1]}/s{d:02d}")
+    for f in range(100):
+        with open(f"{sys.argv[1]}/s{d:02d}/f{f:02d}", "wb") as out: out.write(os.urandom(5 * 1024))
+' "$1"
+}
+
 # start_sshfs DIR REMOTE MOUNTPOINT [sshfs options...]: sshd on an
 # ephemeral loopback port (its key in DIR, allowed for root) and REMOTE
 # mounted through sshfs at MOUNTPOINT; sets SSHD (the daemon's pid).

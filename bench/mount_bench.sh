@@ -159,13 +159,7 @@ received() { curl -s "$URL/metrics" | awk '/^tidefs_http_bytes_received_total/ {
 # the same run, then the mount; and until every file is committed.
 # (anchors.sh makes it only for sshfs or rclone; the same data made here
 # when only the local folder was measured: 100 dirs of 100 random files.)
-[ -d "$B/small-src" ] || python3 -c '
-import os, sys
-for d in range(100):
-    os.makedirs(f"{sys.argv[1]}/s{d:02d}")
-    for f in range(100):
-        with open(f"{sys.argv[1]}/s{d:02d}/f{f:02d}", "wb") as out: out.write(os.urandom(5 * 1024))
-' "$B/small-src"
+make_small_src "$B/small-src"
 # (ext4 without a journal skips inodes freed in the last minute when it
 # allocates new ones, slowly: nothing is deleted just before either copy.)
 if [ -e "$T/small-local" ] || [ -e "$T/cache-small" ]; then rm -rf "$T/small-local" "$T/cache-small"; sync; sleep 61; fi

@@ -47,13 +47,7 @@ umnt() { "$BIN" unmount "$M"; for _ in $(seq 100); do mountpoint -q "$M" || retu
 # The data: anchors.sh's 1 GiB file and cp -r source (made the same way here).
 mkdir -p "$R" "$W"
 [ -f "$R/big1g" ] || head -c 1073741824 /dev/urandom >"$R/big1g"
-[ -d "$B/small-src" ] || python3 -c '
-import os, sys
-for d in range(100):
-    os.makedirs(f"{sys.argv[1]}/s{d:02d}")
-    for f in range(100):
-        with open(f"{sys.argv[1]}/s{d:02d}/f{f:02d}", "wb") as out: out.write(os.urandom(5 * 1024))
-' "$B/small-src"
+make_small_src "$B/small-src"
 
 rm -rf "$W/data" "$W/cache" "$W/copy" "$W/small-local" "$W/cache-small"
 start_server "$W"

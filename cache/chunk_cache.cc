@@ -329,11 +329,20 @@ void ChunkCache::CloseIdleLocked(bool all) {
   }
 }
 
+// A file a prefetch may fetch: small, committed, with bytes to fetch.
+static bool Prefetchable(const NodeRecord& n) {
+  return n.kind == NodeKind::kFile && n.size > 0 && n.size <= kPrimeBytes && n.version != 0;
+}
+
+bool ChunkCache::HereOrOpeningLocked(uint64_t id) const {
+  return entries_.count(id) || local_.count(id) || staged_.count(id) || opening_slow_.count(id);
+}
+
 void ChunkCache::Prefetch(const NodeRecord& n) {
-  if (n.kind != NodeKind::kFile || n.size == 0 || n.size > kPrimeBytes || n.version == 0) return;
+  if (!Prefetchable(n)) return;
   {
     std::lock_guard lock(mu_);
-    if (entries_.count(n.id) || local_.count(n.id) || staged_.count(n.id) || opening_slow_.count(n.id)) return;
+    if (HereOrOpeningLocked(n.id)) return;
     if (std::chrono::steady_clock::now() < prefetch_quiet_until_) return;
     // Full: the oldest go (a reader is likely past them by now).
     if (prefetch_queue_.size() >= kMaxPrefetches) prefetch_queue_.pop_front();
@@ -346,14 +355,14 @@ void ChunkCache::Prefetch(const NodeRecord& n) {
 
 void ChunkCache::DrainPrefetches() {
   for (;;) {
+    bool stopping;
+    {
+      std::lock_guard pool(pool_mu_);
+      stopping = stopping_;
+    }
     NodeRecord hint;
     {
       std::lock_guard lock(mu_);
-      bool stopping;
-      {
-        std::lock_guard pool(pool_mu_);
-        stopping = stopping_;
-      }
       if (prefetch_queue_.empty() || stopping) {
         prefetchers_--;
         return;
@@ -361,11 +370,11 @@ void ChunkCache::DrainPrefetches() {
       hint = std::move(prefetch_queue_.front());
       prefetch_queue_.pop_front();
       // (A reader opening it already fetches it itself.)
-      if (entries_.count(hint.id) || local_.count(hint.id) || opening_slow_.count(hint.id)) continue;
+      if (HereOrOpeningLocked(hint.id)) continue;
     }
     // What it is now: deleted, or changed since the listing it came from.
     std::optional<NodeRecord> now = lookup_ ? lookup_(hint.id) : std::optional<NodeRecord>(hint);
-    if (!now || now->kind != NodeKind::kFile || now->size == 0 || now->size > kPrimeBytes || now->version == 0) continue;
+    if (!now || !Prefetchable(*now)) continue;
     bool made = false;
     auto e = OpenEntry(*now, /*reading=*/true, /*once=*/true, &made);
     std::lock_guard lock(mu_);

@@ -322,6 +322,8 @@ class ChunkCache {
   Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false, bool once = false,
                                            bool* made = nullptr);
   void DrainPrefetches();
+  // Requires mu_. `id` has state here, local or staged content, or an opener.
+  bool HereOrOpeningLocked(uint64_t id) const;
   // Opens the cache file again if it was closed while idle.
   Status EnsureOpen(Entry& e);
   // The O_DIRECT descriptor of an open entry, opened on first use; -1: none.

@@ -1,6 +1,7 @@
 #include "mount/tree.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <mutex>
 
 namespace tidefs {
@@ -154,17 +155,7 @@ Result<std::optional<NodeRecord>> Tree::Lookup(uint64_t parent, const std::strin
 }
 
 Result<std::vector<NodeRecord>> Tree::Children(uint64_t parent) {
-  RETURN_IF_ERROR(EnsureDir(parent));
-  std::shared_lock lock(mu_);
-  std::vector<NodeRecord> out;
-  auto d = dirs_.find(parent);
-  if (d == dirs_.end()) return out;
-  out.reserve(d->second.children.size());
-  for (const auto& [name, id] : d->second.children) {
-    auto it = nodes_.find(id);
-    if (it != nodes_.end()) out.push_back(it->second);
-  }
-  return out;
+  return ChildrenAfter(parent, "", SIZE_MAX);  // (no name is empty)
 }
 
 Result<std::vector<NodeRecord>> Tree::ChildrenAfter(uint64_t parent, const std::string& name, size_t k) {
@@ -173,6 +164,7 @@ Result<std::vector<NodeRecord>> Tree::ChildrenAfter(uint64_t parent, const std::
   std::vector<NodeRecord> out;
   auto d = dirs_.find(parent);
   if (d == dirs_.end()) return out;
+  out.reserve(std::min(k, d->second.children.size()));
   for (auto c = d->second.children.upper_bound(name); c != d->second.children.end() && out.size() < k; ++c)
     if (auto it = nodes_.find(c->second); it != nodes_.end()) out.push_back(it->second);
   return out;
