@@ -1368,7 +1368,9 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     if (it == by_id.end() || it->second->deleted) {
       // Our content went into a conflict copy: the original keeps theirs
       // (its record comes with the remote sync), and the kernel drops ours.
-      if (!(is_open_ && is_open_(s.id))) cache_->Forget(s.id);
+      // Unless written since (open, or a later flush in the journal): those
+      // bytes are only in its cache, and that flush makes its own copy.
+      if (!(is_open_ && is_open_(s.id)) && !HasPending(s.id)) cache_->Forget(s.id);
       InvalidateNode(s.id);
       continue;
     }
