@@ -281,6 +281,8 @@ bool WriteBack::HasPending(uint64_t id) {
   return pending_ids_.count(id) > 0;
 }
 
+bool WriteBack::WrittenHereStill(uint64_t id) { return (is_open_ && is_open_(id)) || HasPending(id); }
+
 Status WriteBack::WaitWritten() {
   std::unique_lock lock(q_mu_);
   const uint64_t ticket = queued_ticket_;
@@ -554,7 +556,7 @@ void WriteBack::KeepOrForget(uint64_t id, KeptIn copy) {
   // An open file keeps its bytes (they are in the copy now as well), and
   // so does one written since the bytes sent: its next flush is refused
   // the same way and goes to the copy.
-  if ((is_open_ && is_open_(id)) || HasPending(id)) {
+  if (WrittenHereStill(id)) {
     kept_in_[id] = copy;
     SaveKeptIn();
     return;
@@ -606,7 +608,7 @@ void WriteBack::ShowTheirs(uint64_t id) {
 void WriteBack::ForgetKeptClosed() {
   std::vector<uint64_t> gone;
   for (auto it = kept_in_.begin(); it != kept_in_.end();) {
-    if ((is_open_ && is_open_(it->first)) || HasPending(it->first)) {
+    if (WrittenHereStill(it->first)) {
       ++it;
       continue;
     }
@@ -1370,7 +1372,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       // (its record comes with the remote sync), and the kernel drops ours.
       // Unless written since (open, or a later flush in the journal): those
       // bytes are only in its cache, and that flush makes its own copy.
-      if (!(is_open_ && is_open_(s.id)) && !HasPending(s.id)) cache_->Forget(s.id);
+      if (!WrittenHereStill(s.id)) cache_->Forget(s.id);
       InvalidateNode(s.id);
       continue;
     }

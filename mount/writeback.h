@@ -66,6 +66,9 @@ class WriteBack {
   // Whether the journal holds an entry naming `id`, or a mirror row of it
   // is still queued (kept in memory: asked for every remote change).
   bool HasPending(uint64_t id);
+  // Open here, or with entries in the journal: its cache holds bytes that
+  // may be nowhere else, so it is never dropped for the server's.
+  bool WrittenHereStill(uint64_t id);
   // Tells whether a node is open (its cache must then stay); set once,
   // before changes flow.
   void set_is_open(std::function<bool(uint64_t)> f) { is_open_ = std::move(f); }
