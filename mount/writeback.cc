@@ -197,10 +197,28 @@ void WriteBack::CountPending(const std::vector<LocalState::JournalEntry>& entrie
 
 Status WriteBack::Finish(const std::vector<LocalState::JournalEntry>& entries, uint64_t last,
                          const std::vector<NodeRecord>& made, bool inflight) {
-  RETURN_IF_ERROR(state_->CompleteJournal(last, made));
   std::vector<LocalState::JournalEntry> done;
   for (const auto& e : entries)
     if (e.seq <= last) done.push_back(e);
+  // The versions made of nodes a later change names (a delete made while
+  // this commit was on its way names the version the node had then) are
+  // kept on disk with the journal: after a restart that change goes with
+  // them, not refused as stale and dropped.
+  std::vector<std::pair<uint64_t, uint64_t>> known;
+  {
+    std::unordered_map<uint64_t, int> here;
+    for (const auto& e : done) {
+      ++here[e.op.id];
+      if (e.op.exchange) ++here[e.op.exchange];
+    }
+    std::lock_guard lock(ids_mu_);
+    for (const auto& r : made) {
+      if (r.deleted) continue;
+      auto p = pending_ids_.find(r.id);
+      if (p != pending_ids_.end() && p->second > here[r.id]) known.emplace_back(r.id, r.version);
+    }
+  }
+  RETURN_IF_ERROR(state_->CompleteJournal(last, made, known));
   CountPending(done, {}, -1);
   return inflight ? state_->SetInflightBatch(0) : Status::Ok();
 }
@@ -782,6 +800,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
   if (held) *held = false;
   ASSIGN_OR_RETURN(auto entries, state_->PendingJournal(kBatchEntries));
   if (entries.empty()) return Status::Ok();
+  if (!versions_loaded_) {
+    // What an earlier mount's commits made of nodes its journal deletes.
+    ASSIGN_OR_RETURN(auto known, state_->KnownVersions());
+    for (const auto& [id, v] : known) versions_.emplace(id, v);
+    versions_loaded_ = true;
+  }
   // A commit whose answer was lost goes again as the same entries (and so,
   // unless a file was written since, the same body and idempotency key):
   // the server answers a retry of what it applied with its first answer.

@@ -231,6 +231,7 @@ class WriteBack {
   // or file to the next while files are written, freed once none is.
   std::vector<BigBuffer> bodies_;
   std::unordered_map<uint64_t, uint64_t> versions_;  // guarded by flush_mu_: versions our commits made
+  bool versions_loaded_ = false;  // guarded by flush_mu_: with those an earlier mount saved
   // Guarded by flush_mu_: a file whose edit a conflict copy keeps, while
   // it is still open or has later flushes in the journal -> that copy, at
   // the version our commit gave it. Its later flushes (refused as stale

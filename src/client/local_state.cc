@@ -68,7 +68,8 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
       " kind INTEGER NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,"
       " version INTEGER NOT NULL, seq INTEGER NOT NULL, target TEXT);"
       "CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY AUTOINCREMENT, flush INTEGER NOT NULL,"
-      " op TEXT NOT NULL);"));
+      " op TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS known_versions (id INTEGER PRIMARY KEY, version INTEGER NOT NULL);"));
   {
     // (Statements done before the replay writes.)
     ASSIGN_OR_RETURN(Stmt q, db->Prepare("SELECT value FROM meta WHERE key='project'"));
@@ -462,23 +463,44 @@ Result<std::vector<LocalState::JournalEntry>> LocalState::PendingJournal(size_t 
   return out;
 }
 
-Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows) {
+Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows,
+                                   const std::vector<std::pair<uint64_t, uint64_t>>& known) {
   std::lock_guard lock(mu_);
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
   // Only versions move: the mirror already holds the local changes, and
   // later ones still in the journal must not be overwritten.
   ASSIGN_OR_RETURN(Stmt up, db_->Prepare("UPDATE nodes SET version=?2, seq=?3 WHERE id=?1 AND version<=?2"));
+  ASSIGN_OR_RETURN(Stmt gone, db_->Prepare("DELETE FROM known_versions WHERE id=?1"));
   for (const auto& n : rows) {
-    if (n.deleted) continue;
-    up.Bind(1, n.id).Bind(2, n.version).Bind(3, n.seq);
-    RETURN_IF_ERROR(up.Run());
-    up.Reset();
+    Stmt& s = n.deleted ? gone : up;
+    s.Bind(1, n.id);
+    if (!n.deleted) s.Bind(2, n.version).Bind(3, n.seq);
+    RETURN_IF_ERROR(s.Run());
+    s.Reset();
+  }
+  ASSIGN_OR_RETURN(Stmt keep, db_->Prepare("INSERT INTO known_versions(id, version) VALUES(?1, ?2) ON CONFLICT(id) "
+                                           "DO UPDATE SET version=max(version, excluded.version)"));
+  for (const auto& [id, version] : known) {
+    keep.Bind(1, id).Bind(2, version);
+    RETURN_IF_ERROR(keep.Run());
+    keep.Reset();
   }
   ASSIGN_OR_RETURN(Stmt d, db_->Prepare("DELETE FROM journal WHERE seq <= ?1"));
   d.Bind(1, last);
   RETURN_IF_ERROR(d.Run());
+  // With the journal empty no entry names them.
+  RETURN_IF_ERROR(db_->Exec("DELETE FROM known_versions WHERE NOT EXISTS (SELECT 1 FROM journal)"));
   return tx.Commit();
+}
+
+Result<std::unordered_map<uint64_t, uint64_t>> LocalState::KnownVersions() {
+  std::lock_guard lock(mu_);
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT id, version FROM known_versions"));
+  std::unordered_map<uint64_t, uint64_t> out;
+  while (s.Step()) out[s.U64(0)] = s.U64(1);
+  RETURN_IF_ERROR(s.status());
+  return out;
 }
 
 Status LocalState::Sync() {

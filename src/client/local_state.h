@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -78,7 +79,12 @@ class LocalState {
   Result<std::vector<JournalEntry>> PendingJournal(size_t limit);
   // Drops the entries up to `last` and stores the versions the server
   // gave the nodes in `rows`.
-  Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows);
+  // `known` (id, version) are kept (KnownVersions) while the journal holds
+  // entries: versions our commits made of nodes a later entry names.
+  Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows,
+                         const std::vector<std::pair<uint64_t, uint64_t>>& known = {});
+  // Those versions (id -> version).
+  Result<std::unordered_map<uint64_t, uint64_t>> KnownVersions();
   Result<uint64_t> JournalSize();
   // The last journal entry of a commit sent without a known outcome (the
   // answer was lost): the same entries go again, so the server can tell a

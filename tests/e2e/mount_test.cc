@@ -876,6 +876,35 @@ void KillMount(const std::string& mnt) {
   RunCommand("fusermount3 -uz " + mnt + " 2>&1", &out);
 }
 
+// A file's edit committed while its delete waited in the journal, and the
+// mount killed before the delete went: the next mount's delete names the
+// version that edit made (kept on disk), not the one the file had when it
+// was deleted, and the file is gone from the server.
+TEST_F(MountTest, ADeleteQueuedWhileTheFilesEditWasCommittedSurvivesAKill) {
+  Write("f.txt", "base\n");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    ASSERT_EQ(ReadAll(m.path() + "/f.txt"), "base\n");
+    proxy.SetRule("hold /commit 0 1");
+    int fd = open((m.path() + "/f.txt").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, "BASE", 4, 0), 4);
+    ASSERT_EQ(close(fd), 0);
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the edit was never committed";
+    ASSERT_EQ(unlink((m.path() + "/f.txt").c_str()), 0);
+    // The edit's answer comes back; the delete cannot go.
+    proxy.SetRule("refuse /commit 0 -1");
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 2; })) << "the delete was never sent";
+    KillMount(m.path());
+  }
+  { TestMount again(server_, server_.rw_token, dir_); }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/f.txt"))
+      << "the delete was dropped: " << ReadAll(fresh.path() + "/f.txt") << "\n" << ReadAll(dir_ + "/cache/mount.log");
+}
+
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   Write("f.txt", "base\n");
   Import();

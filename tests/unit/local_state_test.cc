@@ -180,6 +180,47 @@ TEST_F(LocalStateTest, AKilledMountsLoggedChangesAreReplayedOnce) {
   EXPECT_EQ(s->last_ticket(), 3u);
 }
 
+// Versions our commits made of nodes later entries name survive a
+// reopen while the journal holds entries, and go once it is empty.
+TEST_F(LocalStateTest, KnownVersionsLastAsLongAsTheJournalHoldsEntries) {
+  {
+    auto s = Open();
+    for (uint64_t t : {1, 2, 3}) {
+      LocalChange c = Change(t, 100 + t, "f" + std::to_string(t));
+      ASSERT_TRUE(s->LogChange(c).ok());
+      ASSERT_TRUE(s->SaveChanges({&c}).ok());
+    }
+    auto j = s->PendingJournal(10);
+    ASSERT_TRUE(j.ok() && j->size() == 3u);
+    NodeRecord made;
+    made.id = 101;
+    made.version = 7;
+    ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {made}, {{101, 7}, {102, 4}}).ok());
+    // A lower one does not take a version back.
+    ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {}, {{101, 5}}).ok());
+  }
+  {
+    auto s = Open();
+    auto k = s->KnownVersions();
+    ASSERT_TRUE(k.ok());
+    EXPECT_EQ(*k, (std::unordered_map<uint64_t, uint64_t>{{101, 7}, {102, 4}}));
+    // A delete's record drops its node's.
+    NodeRecord gone;
+    gone.id = 102;
+    gone.deleted = true;
+    auto j = s->PendingJournal(10);
+    ASSERT_TRUE(j.ok() && j->size() == 2u);
+    ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {gone}).ok());
+    k = s->KnownVersions();
+    ASSERT_TRUE(k.ok());
+    EXPECT_EQ(*k, (std::unordered_map<uint64_t, uint64_t>{{101, 7}}));
+    ASSERT_TRUE(s->CompleteJournal((*j)[1].seq, {}).ok());
+    k = s->KnownVersions();
+    ASSERT_TRUE(k.ok());
+    EXPECT_TRUE(k->empty()) << "kept with an empty journal";
+  }
+}
+
 TEST_F(LocalStateTest, ATornOrDamagedEndIsKeptAsideAndTheRestReplayed) {
   Open();  // creates the databases
   const std::string good = EncodeLocalChange(Change(2, 101, "b.txt"));
