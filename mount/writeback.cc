@@ -801,7 +801,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
   ASSIGN_OR_RETURN(auto entries, state_->PendingJournal(kBatchEntries));
   if (entries.empty()) return Status::Ok();
   if (!versions_loaded_) {
-    // What an earlier mount's commits made of nodes its journal deletes.
+    // What an earlier mount's commits made of nodes its journal names.
     ASSIGN_OR_RETURN(auto known, state_->KnownVersions());
     for (const auto& [id, v] : known) versions_.emplace(id, v);
     versions_loaded_ = true;
@@ -953,7 +953,30 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     Count(up);
     spdlog::debug("write-back: {} of the batch's {} small-file blocks sent", up.blocks_sent, n);
   }
-  if (ops.empty()) return Finish(entries, last, {}, inflight != 0);
+  if (ops.empty()) {
+    // A batch sent before whose ops have all gone since (its files deleted
+    // here) and whose answer was lost: if the server applied it, the
+    // versions it made are the ones our later changes must name (a delete
+    // naming the older one is refused as stale and dropped). A level-4
+    // server gives that answer to an empty commit under the batch's key.
+    if (inflight == last && client_->server_protocol() >= kProtocolAskAnswer) {
+      ASSIGN_OR_RETURN(std::string key, state_->InflightKey());
+      if (!key.empty()) {
+        ASSIGN_OR_RETURN(CommitReply reply, client_->Commit({}, key));
+        if (reply.refused)
+          return Status(CodeForHttpStatus(reply.http_status),
+                        "asking for the lost answer of a commit: " + reply.message + " (" + reply.reason + ")");
+        if (reply.replayed) {
+          spdlog::debug("write-back: the lost answer of a batch whose changes went since: {} records",
+                        reply.items.size());
+          RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
+          ApplyReplayed({}, reply.items, {}, {}, Named(entries, last));
+          return Status::Ok();
+        }
+      }
+    }
+    return Finish(entries, last, {}, inflight != 0);
+  }
 
   // Local fix-ups once the commit holds, given the versions it made.
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
@@ -998,7 +1021,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       } applied{applying_, entries.size()};
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
-        ApplyReplayed(ops, reply.items, sent, based);
+        ApplyReplayed(ops, reply.items, sent, based, Named(entries, last));
         return Status::Ok();
       }
       std::unordered_map<uint64_t, const NodeRecord*> by_id;
@@ -1318,8 +1341,19 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
   return Status::Internal("write-back: commit refused too many times");
 }
 
+std::unordered_set<uint64_t> WriteBack::Named(const std::vector<LocalState::JournalEntry>& entries, uint64_t last) {
+  std::unordered_set<uint64_t> ids;
+  for (const auto& e : entries) {
+    if (e.seq > last) break;
+    ids.insert(e.op.id);
+    if (e.op.exchange) ids.insert(e.op.exchange);
+  }
+  return ids;
+}
+
 void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
-                              const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based) {
+                              const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based,
+                              const std::unordered_set<uint64_t>& named) {
   // The server applied an earlier attempt of these journal entries, maybe
   // with refusals resolved (a conflict name, the top directory, a conflict
   // copy, a dropped op), and that answer was lost. Where the records differ
@@ -1356,10 +1390,11 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     if (!n.ok()) continue;
     if (*n && (*n)->version > r.version) continue;  // a newer change from elsewhere holds
     auto p = placing.find(r.id);
-    // Made by a resolution only (a conflict copy): new here. Placed by our
+    // Made by a resolution only (a conflict copy): new here (not a node
+    // the batch names: one deleted here since stays deleted). Placed by our
     // op elsewhere than it says (a conflict name, the top directory), and
     // not moved or deleted here since: it goes where the server put it.
-    const bool copy = !*n && p == placing.end();
+    const bool copy = !*n && p == placing.end() && !named.count(r.id);
     const bool moved = (*n && p != placing.end() && (p->second->parent != r.parent || p->second->name != r.name) &&
                         (*n)->parent == p->second->parent && (*n)->name == p->second->name) ||
                        // A write that brought the file back at the top (its

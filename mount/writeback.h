@@ -184,9 +184,13 @@ class WriteBack {
     bool staged = false;  // sent from staged bytes (view.staged, let go once read)
   };
   // A commit answered `replayed` (an earlier attempt was applied, its
-  // answer lost): the local view follows the records it made.
+  // answer lost): the local view follows the records it made. `named`:
+  // the nodes the batch's journal entries name (not conflict copies).
   void ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
-                     const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based);
+                     const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based,
+                     const std::unordered_set<uint64_t>& named);
+  // The nodes the entries up to `last` name.
+  static std::unordered_set<uint64_t> Named(const std::vector<LocalState::JournalEntry>& entries, uint64_t last);
   std::string ConflictName(const std::string& name) const;
 
   ApiClient* client_;

@@ -250,7 +250,6 @@ Result<std::vector<CommitOp>> DecodeCommit(std::string_view body) {
     return Status::Invalid("commit body must be {\"ops\": [...]}");
   if (doc.size() != 1) return Status::Invalid("commit body has fields besides \"ops\"");
   const json& ops = doc["ops"];
-  if (ops.empty()) return Status::Invalid("commit has no ops");
   if (ops.size() > kMaxCommitOps) return Status::TooLarge("commit has more than 100000 ops");
   std::vector<CommitOp> out;
   out.reserve(ops.size());

@@ -18,12 +18,16 @@ inline constexpr int kMaxPageSize = 500;
 //   1: the v1 API as first released.
 //   2: a rename may swap two nodes ("exchange").
 //   3: a content answer carries the file's manifest when asked.
-inline constexpr int kProtocolLevel = 3;
-inline constexpr const char* kProtocolLevelText = "3";
+//   4: a commit with no ops and an Idempotency-Key asks for the answer of
+//      the commit sent under that key.
+inline constexpr int kProtocolLevel = 4;
+inline constexpr const char* kProtocolLevelText = "4";
 inline constexpr const char* kProtocolHeader = "X-Tidefs-Protocol";
 static_assert(kProtocolLevelText[0] - '0' == kProtocolLevel && kProtocolLevelText[1] == '\0');
 // The level a mount needs for a swap (RENAME_EXCHANGE).
 inline constexpr int kProtocolExchange = 2;
+// The level that answers an empty commit (a lost answer's question).
+inline constexpr int kProtocolAskAnswer = 4;
 
 // A content request with kWantManifestHeader (any value) is answered with
 // the file version's manifest in kManifestHeader (EncodeManifestText) when

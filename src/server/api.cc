@@ -549,9 +549,15 @@ HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
     if (!ok) return ErrorResponse(Status::Invalid("Idempotency-Key must be 1..128 of [A-Za-z0-9_-]"));
     key = c.token.device + "/" + *k;
   }
+  // With no ops a commit only asks for the answer of the one sent under its
+  // key (level 4): a client whose batch's ops all went since its answer
+  // was lost still learns what that commit made.
+  if (ops->empty() && key.empty())
+    return ErrorResponse(Status::Invalid("commit has no ops (an empty commit needs an Idempotency-Key: it only "
+                                         "asks for the answer of the commit sent under that key)"));
   auto result = meta_->Commit(c.token.project_id, *ops, [blocks] { return blocks->Sync(); }, announce, key, c.token.device);
   if (!result.ok()) return ErrorResponse(result.status());
-  if (!result->refused && !result->replayed) snapshots_.Prewarm(c.token.project_id, result->head);
+  if (!result->refused && !result->replayed && !ops->empty()) snapshots_.Prewarm(c.token.project_id, result->head);
   if (result->replayed) spdlog::info("commit by {} replayed from its idempotency key (its first answer was lost)", c.token.device);
   if (result->refused) {
     const CommitRefusal& f = *result->refused;

@@ -382,6 +382,14 @@ class SqliteMetadataStore final : public MetadataStore {
       }
       RETURN_IF_ERROR(k.status());
     }
+    if (ops.empty()) {
+      // Only asking for an earlier answer, and there is none under the key:
+      // nothing was applied under it (or it was purged). Nothing is stored.
+      CommitResult r;
+      ASSIGN_OR_RETURN(r.head, SeqOn(writer_, project));
+      r.prev_head = r.head;
+      return r;
+    }
     CommitApplier a(this, project);
     ASSIGN_OR_RETURN(a.seq, SeqOn(writer_, project));
     const uint64_t prev_head = a.seq;

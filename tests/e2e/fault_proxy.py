@@ -28,6 +28,8 @@ first that matches applies):
   hold PATH 0 TIMES         pass the request on, then keep the server's
                             answer back for as long as a hold rule for
                             PATH stays in CONTROL_FILE (counted in "held")
+  holdcut PATH N TIMES      the same, then cut it as `cut` does (an
+                            answer lost at a moment the test chooses)
 A rule applies to requests whose path contains PATH, at most TIMES times
 (-1: always), after letting the first SKIP of them pass (default 0).
 STATS_FILE gets JSON counters after each response.
@@ -80,7 +82,8 @@ def holding(path):
             lines = f.read().splitlines()
     except FileNotFoundError:
         return False
-    return any(len(w) in (4, 5) and w[0] == "hold" and w[1] in path for w in (line.split() for line in lines))
+    return any(len(w) in (4, 5) and w[0] in ("hold", "holdcut") and w[1] in path
+               for w in (line.split() for line in lines))
 
 
 async def pipe(reader, writer):
@@ -202,12 +205,12 @@ async def handle(client_r, client_w):
                         else:
                             lines[i] = b"X-Tidefs-Manifest: not a manifest"
                 resp = b"\r\n".join(lines)
-            if rule and rule[0] == "hold":
+            if rule and rule[0] in ("hold", "holdcut"):
                 stats["held"] += 1
                 save_stats()
                 while holding(path):
                     await asyncio.sleep(0.01)
-                rule = None
+                rule = ("cut", rule[1]) if rule[0] == "holdcut" else None
             client_w.write(resp)
             flip = rule[1] if rule and rule[0] == "corrupt" else -1
             stop = rule[1] if rule and rule[0] == "cut" else -1

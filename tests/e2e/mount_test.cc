@@ -876,6 +876,26 @@ void KillMount(const std::string& mnt) {
   RunCommand("fusermount3 -uz " + mnt + " 2>&1", &out);
 }
 
+// Edits f.txt (base\n in the mount at `mnt`) with its commit's answer
+// kept back by `rule` (a hold), then deletes it while that answer waits.
+void EditThenDeleteWhileTheAnswerIsHeld(FaultProxy& proxy, const std::string& mnt, const std::string& rule) {
+  ASSERT_EQ(ReadAll(mnt + "/f.txt"), "base\n");
+  proxy.SetRule(rule);
+  int fd = open((mnt + "/f.txt").c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, "BASE", 4, 0), 4);
+  ASSERT_EQ(close(fd), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the edit was never committed";
+  ASSERT_EQ(unlink((mnt + "/f.txt").c_str()), 0);
+}
+
+// A fresh mount (in `dir`/other) has no f.txt.
+void ExpectDeletedOnTheServer(const TestServer& server, const std::string& dir) {
+  TestMount fresh(server, server.ro_token, dir + "/other");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/f.txt"))
+      << "the delete was dropped: " << ReadAll(fresh.path() + "/f.txt") << "\n" << ReadAll(dir + "/cache/mount.log");
+}
+
 // A file's edit committed while its delete waited in the journal, and the
 // mount killed before the delete went: the next mount's delete names the
 // version that edit made (kept on disk), not the one the file had when it
@@ -886,23 +906,31 @@ TEST_F(MountTest, ADeleteQueuedWhileTheFilesEditWasCommittedSurvivesAKill) {
   FaultProxy proxy(server_, dir_);
   {
     TestMount m(proxy.url(), server_.rw_token, dir_);
-    ASSERT_EQ(ReadAll(m.path() + "/f.txt"), "base\n");
-    proxy.SetRule("hold /commit 0 1");
-    int fd = open((m.path() + "/f.txt").c_str(), O_WRONLY);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(pwrite(fd, "BASE", 4, 0), 4);
-    ASSERT_EQ(close(fd), 0);
-    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the edit was never committed";
-    ASSERT_EQ(unlink((m.path() + "/f.txt").c_str()), 0);
+    ASSERT_NO_FATAL_FAILURE(EditThenDeleteWhileTheAnswerIsHeld(proxy, m.path(), "hold /commit 0 1"));
     // The edit's answer comes back; the delete cannot go.
     proxy.SetRule("refuse /commit 0 -1");
     ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 2; })) << "the delete was never sent";
     KillMount(m.path());
   }
   { TestMount again(server_, server_.rw_token, dir_); }
-  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
-  EXPECT_FALSE(fs::exists(fresh.path() + "/f.txt"))
-      << "the delete was dropped: " << ReadAll(fresh.path() + "/f.txt") << "\n" << ReadAll(dir_ + "/cache/mount.log");
+  ExpectDeletedOnTheServer(server_, dir_);
+}
+
+// The same without a kill: the edit's answer is lost, and by the time its
+// batch goes again the file is deleted here (nothing of the batch is left
+// to send). Its answer is asked for, and the delete names the version the
+// edit made; the file is not brought back here either.
+TEST_F(MountTest, ADeleteAfterALostAnswerToTheFilesEditNamesTheVersionItMade) {
+  Write("f.txt", "base\n");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.rw_token, dir_);
+  ASSERT_NO_FATAL_FAILURE(EditThenDeleteWhileTheAnswerIsHeld(proxy, m.path(), "holdcut /commit 0 1"));
+  proxy.SetRule("pass");  // the held answer is cut
+  ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(m.path());
+  EXPECT_EQ(proxy.Faults(), 1u);
+  EXPECT_FALSE(fs::exists(m.path() + "/f.txt")) << "the deleted file came back here";
+  ExpectDeletedOnTheServer(server_, dir_);
 }
 
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {

@@ -517,6 +517,31 @@ TEST_F(ServerApiTest, ARetriedCommitIsAnsweredNotAppliedTwice) {
   EXPECT_EQ(c_.Raw("POST", "/commit", body, {"Idempotency-Key: bad key!"}, false)->status, 400);
 }
 
+// A commit with no ops only asks for the answer given under its key: the
+// stored one (replayed), or, with none, the head and nothing applied or
+// stored. Without a key it is refused.
+TEST_F(ServerApiTest, AnEmptyCommitAsksForTheAnswerUnderItsKey) {
+  const std::string empty = "{\"ops\":[]}";
+  auto no_key = c_.Raw("POST", "/commit", empty, {}, false);
+  EXPECT_EQ(no_key->status, 400) << no_key->body;
+  EXPECT_NE(no_key->body.find("Idempotency-Key"), std::string::npos) << no_key->body;
+  auto first = c_.Raw("POST", "/commit", EncodeCommit({MkdirOp(kRootId, "once")}), {"Idempotency-Key: k1"}, false);
+  ASSERT_EQ(first->status, 200) << first->body;
+  auto asked = c_.Raw("POST", "/commit", empty, {"Idempotency-Key: k1"}, false);
+  ASSERT_EQ(asked->status, 200) << asked->body;
+  EXPECT_EQ(asked->body, first->body.substr(0, first->body.size() - 1) + ",\"replayed\":true}");
+  const uint64_t head = Head(c_);
+  auto unknown = c_.Raw("POST", "/commit", empty, {"Idempotency-Key: k2"}, false);
+  ASSERT_EQ(unknown->status, 200) << unknown->body;
+  EXPECT_EQ(unknown->body, "{\"items\":[],\"head\":" + std::to_string(head) + "}");
+  EXPECT_EQ(Head(c_), head) << "an empty commit moved the head";
+  // Nothing was stored under k2: a real commit under it is applied.
+  auto later = c_.Raw("POST", "/commit", EncodeCommit({MkdirOp(kRootId, "later")}), {"Idempotency-Key: k2"}, false);
+  ASSERT_EQ(later->status, 200) << later->body;
+  EXPECT_EQ(later->body.find("replayed"), std::string::npos) << later->body;
+  EXPECT_EQ(c_.ListAll(kRootId)->size(), 2u);
+}
+
 TEST_F(ServerApiTest, ARefusedCommitLeavesTheServerWritableAfterAnAdminWrite) {
   // A refused commit rolls back; an admin then writing to the data dir of
   // the running server (a new token) must not lock the server's writes out.
