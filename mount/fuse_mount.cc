@@ -1062,7 +1062,8 @@ void OpGetxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) {
 // `saver` in the background so the mount does not wait for the disk. Then
 // the changes since, in both cases. With local state and no server, the
 // mount starts offline.
-Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<std::promise<void>> saved) {
+Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<std::promise<void>> saved,
+                std::vector<NodeRecord>* held) {
   ASSIGN_OR_RETURN(std::optional<uint64_t> cursor, state->Cursor());
   std::shared_ptr<const Snapshot> snap;
   if (cursor) {
@@ -1081,11 +1082,18 @@ Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<s
   // Nodes with changes of ours still in the journal keep our view: their
   // commits name the version we started from, so a remote change to them
   // comes back as a refusal and both are kept, never as a silent overwrite.
+  // Their records are held (`held`, for the remote sync) until those
+  // changes are sent, then applied if still newer (a delete elsewhere of a
+  // file moved here); the saved cursor stays before the oldest of them.
   std::unordered_set<uint64_t> ours;
   if (cursor) {
     ASSIGN_OR_RETURN(auto pending, state->PendingJournal(std::numeric_limits<uint32_t>::max()));
-    for (const auto& e : pending) ours.insert(e.op.id);
+    for (const auto& e : pending) {
+      ours.insert(e.op.id);
+      if (e.op.exchange) ours.insert(e.op.exchange);
+    }
   }
+  uint64_t oldest_held = UINT64_MAX;
   for (;;) {
     auto page = fs->client->Changes(since);
     if (!page.ok()) {
@@ -1099,10 +1107,16 @@ Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<s
     for (const auto& n : page->items) next = n.seq;
     if (!page->more) next = std::max(next, page->head);
     std::vector<NodeRecord> items;
-    for (const auto& n : page->items)
-      if (!ours.count(n.id)) items.push_back(n);
+    for (const auto& n : page->items) {
+      if (!ours.count(n.id)) {
+        items.push_back(n);
+        continue;
+      }
+      held->push_back(n);
+      oldest_held = std::min(oldest_held, n.seq);
+    }
     // The local state first: a directory read from it meanwhile agrees.
-    if (cursor) RETURN_IF_ERROR(state->ApplyChanges(items, next));
+    if (cursor) RETURN_IF_ERROR(state->ApplyChanges(items, std::min(next, oldest_held - 1)));
     else after_snapshot.insert(after_snapshot.end(), items.begin(), items.end());
     for (const auto& n : items) fs->tree.Apply(n);
     since = next;
@@ -1655,7 +1669,8 @@ Status RunMount(const MountOptions& opts) {
   } join_saver{&saver};
   auto saved = std::make_shared<std::promise<void>>();
   std::shared_future<void> state_ready = saved->get_future().share();
-  RETURN_IF_ERROR(LoadTree(&fs, state.get(), &saver, saved));
+  std::vector<NodeRecord> held;  // remote changes to nodes our journal names
+  RETURN_IF_ERROR(LoadTree(&fs, state.get(), &saver, saved, &held));
   const bool warm = !saver.joinable();
   if (warm) saved->set_value();
   spdlog::info("loaded {} nodes of project {} at seq {}", fs.tree.size(), opts.client.project, fs.tree.seq());
@@ -1748,6 +1763,7 @@ Status RunMount(const MountOptions& opts) {
     d.kernel.inval_inode = [&fs](uint64_t ino, int64_t off, int64_t len) { fs.drops.Inode(ino, off, len); };
     d.kernel.inval_listing = [&fs](uint64_t dir) { fs.drops.Listing(dir); };
     fs.sync = std::make_unique<RemoteSync>(std::move(d));
+    fs.sync->Hold(std::move(held));
     fs.live_sync = fs.sync.get();
   }
   fs.wb->set_invalidate([&fs](uint64_t id) { fs.drops.Inode(id, 0, 0); });

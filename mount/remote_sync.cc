@@ -45,6 +45,14 @@ void RemoteSync::Start() {
   stream_.Start();
 }
 
+void RemoteSync::Hold(std::vector<NodeRecord> records) {
+  for (auto& r : records) {
+    auto [it, added] = deferred_.try_emplace(r.id, r);
+    if (!added && it->second.seq < r.seq) it->second = std::move(r);
+  }
+  n_deferred_ = deferred_.size();
+}
+
 void RemoteSync::Stop() {
   if (!thread_.joinable()) return;
   stream_.Stop();

@@ -61,6 +61,9 @@ class RemoteSync {
   ~RemoteSync();
 
   void Start();
+  // Before Start: remote records the mount's start did not apply (nodes
+  // with journal entries), applied as the others held back here are.
+  void Hold(std::vector<NodeRecord> records);
   // Stops the subscriber and records the checkpoint.
   void Stop();
   // Pulls /changes now and applies them (also what a poll does).

@@ -933,6 +933,33 @@ TEST_F(MountTest, ADeleteAfterALostAnswerToTheFilesEditNamesTheVersionItMade) {
   ExpectDeletedOnTheServer(server_, dir_);
 }
 
+// A file with a change of this mount's left in the journal (a chmod that
+// could not be sent), deleted elsewhere before the next mount: once the
+// chmod is sent (and dropped: their delete stands), the delete reaches
+// this mount's view too.
+TEST_F(MountTest, ARemoteDeleteOfAFileWithAChangeLeftInTheJournalReachesTheNextMount) {
+  Write("f.txt", "base\n");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    ASSERT_EQ(ReadAll(m.path() + "/f.txt"), "base\n");
+    proxy.SetRule("refuse /commit 0 -1");
+    ASSERT_EQ(chmod((m.path() + "/f.txt").c_str(), 0600), 0);
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 1; })) << "the chmod was never sent";
+    KillMount(m.path());
+  }
+  {
+    TestMount other(server_, server_.rw_token, dir_ + "/other");
+    ASSERT_EQ(unlink((other.path() + "/f.txt").c_str()), 0);
+  }
+  proxy.SetRule("pass");
+  TestMount again(proxy.url(), server_.rw_token, dir_);
+  ASSERT_TRUE(JournalEmptiesWithin(again.path(), std::chrono::seconds(20))) << StatusOf(again.path());
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return !fs::exists(again.path() + "/f.txt"); }))
+      << "the delete made elsewhere never reached this mount\n" << ReadAll(dir_ + "/cache/mount.log");
+}
+
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   Write("f.txt", "base\n");
   Import();
