@@ -960,6 +960,36 @@ TEST_F(MountTest, ARemoteDeleteOfAFileWithAChangeLeftInTheJournalReachesTheNextM
       << "the delete made elsewhere never reached this mount\n" << ReadAll(dir_ + "/cache/mount.log");
 }
 
+// A chmod here waiting while an edit made elsewhere arrives (held back for
+// it), then refused as stale and sent again on the edit's version: the
+// edit's bytes are what this mount reads afterwards, not the pages it had
+// cached, also at the same length.
+TEST_F(MountTest, AChmodSentAgainOverAnEditElsewhereShowsTheEditsBytes) {
+  Write("f.txt", "base\n");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount two(proxy.url(), server_.rw_token, dir_ + "/two");
+  TestMount one(server_, server_.rw_token, dir_ + "/one");
+  ASSERT_EQ(ReadAll(two.path() + "/f.txt"), "base\n");
+  proxy.SetRule("refuse /commit 0 -1");
+  ASSERT_EQ(chmod((two.path() + "/f.txt").c_str(), 0600), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 1; })) << "the chmod was never sent";
+  { std::ofstream(one.path() + "/f.txt") << "BASE\n"; }
+  ASSERT_TRUE(JournalEmptiesWithin(one.path(), std::chrono::seconds(20))) << StatusOf(one.path());
+  // Two hears of it, and holds it back for its chmod.
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] {
+    auto j = nlohmann::json::parse(StatusOf(two.path()), nullptr, false);
+    return !j.is_discarded() && j.contains("sync") && j["sync"].value("deferred", 0) >= 1;
+  })) << StatusOf(two.path());
+  proxy.SetRule("pass");
+  ASSERT_TRUE(JournalEmptiesWithin(two.path(), std::chrono::seconds(20))) << StatusOf(two.path());
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two.path() + "/f.txt") == "BASE\n"; }))
+      << "two still reads " << ReadAll(two.path() + "/f.txt");
+  struct stat st;
+  ASSERT_EQ(stat((two.path() + "/f.txt").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+}
+
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   Write("f.txt", "base\n");
   Import();
