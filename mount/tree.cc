@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
+#include <unordered_set>
 
 namespace tidefs {
 
@@ -47,6 +48,7 @@ void Tree::StartLazy(uint64_t seq) {
 void Tree::Apply(const NodeRecord& n) {
   std::unique_lock lock(mu_);
   ++generation_;
+  if (!loading_.empty()) recent_.emplace_back(generation_, n);
   if (snap_) {
     // The snapshot's record of this node no longer counts; its new
     // directory is filled first so the node lands where it will be found.
@@ -91,32 +93,55 @@ void Tree::RemoveLocked(uint64_t id) {
 }
 
 Status Tree::EnsureDir(uint64_t parent) {
-  for (int attempt = 0;; ++attempt) {
-    uint64_t gen;
-    {
-      std::shared_lock lock(mu_);
-      auto d = dirs_.find(parent);
-      if (d != dirs_.end() && d->second.loaded) return Status::Ok();
-      gen = generation_;
-    }
-    if (snap_) {
-      std::unique_lock lock(mu_);
-      LoadFromSnapshotLocked(parent);
-      return Status::Ok();
-    }
-    if (!state_) return Status::Internal("tree: directory " + std::to_string(parent) + " is not loaded");
-    // The query runs unlocked; if a change landed meanwhile, read again
-    // (after a few tries, keep what was read: Apply fixes it up after).
-    ASSIGN_OR_RETURN(std::vector<NodeRecord> kids, state_->Children(parent));
+  uint64_t gen;
+  {
+    std::shared_lock lock(mu_);
+    auto d = dirs_.find(parent);
+    if (d != dirs_.end() && d->second.loaded) return Status::Ok();
+  }
+  if (snap_) {
     std::unique_lock lock(mu_);
-    if (generation_ != gen && attempt < 3) continue;
-    Dir& d = dirs_[parent];
-    if (d.loaded) return Status::Ok();
-    for (const auto& n : kids)
-      if (!nodes_.count(n.id)) InsertLocked(n);
-    d.loaded = true;
+    LoadFromSnapshotLocked(parent);
     return Status::Ok();
   }
+  if (!state_) return Status::Internal("tree: directory " + std::to_string(parent) + " is not loaded");
+  {
+    std::unique_lock lock(mu_);
+    gen = generation_;
+    loading_.insert(gen);  // Apply keeps what lands from here on
+  }
+  // The query runs unlocked. Changes applied meanwhile (to the local state
+  // before or after it read, and to this tree, which could not place them
+  // in a directory not loaded) are replayed over what it read.
+  auto kids = state_->Children(parent);
+  std::unique_lock lock(mu_);
+  loading_.erase(loading_.find(gen));
+  struct Trim {
+    Tree* t;
+    ~Trim() {
+      const uint64_t keep = t->loading_.empty() ? UINT64_MAX : *t->loading_.begin();
+      while (!t->recent_.empty() && t->recent_.front().first <= keep) t->recent_.pop_front();
+    }
+  } trim{this};
+  if (!kids.ok()) return kids.status();
+  if (dirs_[parent].loaded) return Status::Ok();
+  std::unordered_set<uint64_t> read;  // placed by this read (maybe older than what was applied since)
+  for (const auto& n : *kids)
+    if (!nodes_.count(n.id)) {
+      InsertLocked(n);
+      read.insert(n.id);
+    }
+  dirs_[parent].loaded = true;
+  std::unordered_map<uint64_t, const NodeRecord*> last;  // each node's last record applied meanwhile
+  for (const auto& [g, r] : recent_)
+    if (g > gen) last[r.id] = &r;
+  for (const auto& [id, r] : last) {
+    const bool here = read.count(id) > 0;
+    if (!here && nodes_.count(id)) continue;  // in a directory loaded then, as Apply left it
+    if (here) RemoveLocked(id);
+    if (!r->deleted && r->parent == parent) InsertLocked(*r);
+  }
+  return Status::Ok();
 }
 
 Result<std::optional<NodeRecord>> Tree::Get(uint64_t id) {

@@ -7,9 +7,11 @@
 // local-state query).
 #pragma once
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -76,6 +78,11 @@ class Tree {
   std::shared_ptr<const Snapshot> snap_;                // guarded by mu_; cold mounts
   std::unordered_set<uint64_t> overridden_;            // guarded by mu_; changed since snap_
   uint64_t generation_ = 0;                             // guarded by mu_; bumped by Apply
+  // Guarded by mu_: while directories are read from the local state (the
+  // generation each started at), the records applied and the generation
+  // each made, replayed over what the reads found.
+  std::multiset<uint64_t> loading_;
+  std::deque<std::pair<uint64_t, NodeRecord>> recent_;
   std::unordered_map<uint64_t, NodeRecord> nodes_;      // guarded by mu_
   std::unordered_map<uint64_t, Dir> dirs_;              // guarded by mu_
   uint64_t seq_ = 0;                                    // guarded by mu_

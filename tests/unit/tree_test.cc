@@ -5,7 +5,9 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -94,6 +96,76 @@ TEST(TreeTest, WarmTreeReadsTheLocalStateAndItsChanges) {
     auto cursor = (*state)->Cursor();
     ASSERT_TRUE(cursor.ok() && *cursor);
     EXPECT_EQ(**cursor, 11u);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// A directory read from the local state while changes to it land (the
+// remote sync writes the state, then the tree): none is lost, whatever
+// their number during the read, and a delete that landed then stays gone.
+TEST(TreeTest, ADirectoryReadWhileItsChangesLandHasThemAll) {
+  char tmpl[] = "/tmp/tidefs-tree-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  {
+    auto state = LocalState::Open(dir + "/state.db", "p");
+    ASSERT_TRUE(state.ok());
+    constexpr uint64_t kDirs = 60;
+    Snapshot s;
+    s.seq = 1;
+    s.nodes.push_back(Rec(kRootId, 0, "", NodeKind::kDir));
+    s.nodes.push_back(Rec(99, kRootId, "busy", NodeKind::kDir));
+    for (uint64_t d = 0; d < kDirs; ++d) {
+      s.nodes.push_back(Rec(100 + d, kRootId, "d" + std::to_string(d), NodeKind::kDir));
+      s.nodes.push_back(Rec(10000 + d, 100 + d, "old"));
+      // (A long read: a wide window for changes to land in.)
+      for (uint64_t k = 0; k < 1000; ++k) s.nodes.push_back(Rec(100000 + d * 1000 + k, 100 + d, "k" + std::to_string(k)));
+    }
+    ASSERT_TRUE((*state)->SaveSnapshot(s).ok());
+    Tree t(state->get());
+    t.StartLazy(1);
+    ASSERT_TRUE(t.Children(99).ok());
+    // The directory being read next; the applier puts its changes there,
+    // while changes made here elsewhere (in memory first) land all along.
+    std::atomic<uint64_t> reading{100};
+    std::atomic<bool> done{false};
+    std::thread churn([&] {
+      for (uint64_t i = 0; !done; ++i) {
+        NodeRecord here = Rec(50, 99, "x" + std::to_string(i % 2));
+        t.Apply(here);
+      }
+    });
+    std::thread applier([&] {
+      uint64_t seq = 1, id = 1'000'000;
+      while (!done) {
+        const uint64_t d = reading.load();
+        NodeRecord made = Rec(++id, d, "f" + std::to_string(id));
+        made.seq = ++seq;
+        NodeRecord gone = Rec(10000 + d - 100, d, "old");
+        gone.deleted = true;
+        gone.seq = ++seq;
+        for (const NodeRecord& r : {made, gone}) {
+          ASSERT_TRUE((*state)->ApplyChanges({r}, r.seq).ok());
+          t.Apply(r);
+        }
+      }
+    });
+    for (uint64_t d = 100; d < 100 + kDirs; ++d) {
+      reading = d;
+      ASSERT_TRUE(t.Children(d).ok());
+    }
+    done = true;
+    applier.join();
+    churn.join();
+    size_t differ = 0;
+    for (uint64_t d = 100; d < 100 + kDirs; ++d) {
+      auto held = (*state)->Children(d);
+      ASSERT_TRUE(held.ok());
+      std::vector<std::string> want;
+      for (const auto& n : *held) want.push_back(n.name);
+      std::sort(want.begin(), want.end());
+      if (Names(t, d) != want) ++differ;
+    }
+    EXPECT_EQ(differ, 0u) << "directories whose listing misses a change that landed while they were read";
   }
   std::filesystem::remove_all(dir);
 }
