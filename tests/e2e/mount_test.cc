@@ -1031,6 +1031,36 @@ struct CutOffPair {
   std::unique_ptr<TestMount> one, two;
 };
 
+// An edit refused (changed elsewhere) and resolved into a conflict copy,
+// the resolved commit's answer lost, and the file written again before
+// the retry: the replayed answer leaves the later bytes in place, and
+// they reach the server too (beside theirs).
+TEST_F(MountTest, BytesWrittenWhileALostAnswerToAConflictCopyWaitsAreKept) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  p.OneSavesUnheard("f.txt", "base\n", "from one\n");
+  p.one.reset();
+  const std::string deaf = "status500 /events 0 -1\nstatus500 /changes 0 -1";
+  // The first commit (refused: stale) passes; the resolved one is applied
+  // and its answer held, then lost.
+  p.proxy.SetRule(deaf + "\nholdcut /commit 0 1 1");
+  const std::string two = p.two->path();
+  { std::ofstream(two + "/f.txt") << "two first\n"; }
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return p.proxy.Held() == 1; })) << "no resolved commit was sent";
+  { std::ofstream(two + "/f.txt") << "two later\n"; }
+  p.proxy.SetRule(deaf);
+  ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
+  EXPECT_NE(ReadAll(dir_ + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"), std::string::npos)
+      << "the answer was not lost, or not replayed: " << ReadAll(dir_ + "/two/cache/mount.log");
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "from one\n");
+  const auto copies = ConflictCopies(fresh.path(), "f (conflict from ", ".txt");
+  EXPECT_NE(std::find(copies.begin(), copies.end(), "two later\n"), copies.end())
+      << "the bytes written after the lost answer are gone; copies: " << testing::PrintToString(copies);
+}
+
 TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
   Write("doc.txt", "base\n");
   Import();
