@@ -70,6 +70,15 @@ LocalState::CachedFile AllHere(uint64_t id, uint64_t version, const Manifest& m)
   return {id, version, m, std::vector<bool>(m.blocks.size(), true)};
 }
 
+// Counts entries whose commit is being applied here (Pending() includes
+// them until this mount shows the outcome).
+struct Applying {
+  Applying(std::atomic<uint64_t>& n, uint64_t k) : n(n), k(k) { n += k; }
+  ~Applying() { n -= k; }
+  std::atomic<uint64_t>& n;
+  const uint64_t k;
+};
+
 }  // namespace
 
 WriteBack::WriteBack(ApiClient* client, LocalState* state, Tree* tree, ChunkCache* cache, std::string device,
@@ -200,11 +209,13 @@ Status WriteBack::Finish(const std::vector<LocalState::JournalEntry>& entries, u
   std::vector<LocalState::JournalEntry> done;
   for (const auto& e : entries)
     if (e.seq <= last) done.push_back(e);
-  // The versions made of nodes a later change names (a delete made while
-  // this commit was on its way names the version the node had then) are
-  // kept on disk with the journal: after a restart that change goes with
-  // them, not refused as stale and dropped.
+  // The versions made are kept on disk while later changes wait (a delete
+  // made while this commit was on its way names the version the node had
+  // then, and maybe still only in the intent log): after a restart that
+  // change goes with them, not refused as stale and dropped. With no other
+  // change waiting (saved or not), none is needed any more.
   std::vector<std::pair<uint64_t, uint64_t>> known;
+  bool others;
   {
     std::unordered_map<uint64_t, int> here;
     for (const auto& e : done) {
@@ -212,13 +223,16 @@ Status WriteBack::Finish(const std::vector<LocalState::JournalEntry>& entries, u
       if (e.op.exchange) ++here[e.op.exchange];
     }
     std::lock_guard lock(ids_mu_);
-    for (const auto& r : made) {
-      if (r.deleted) continue;
-      auto p = pending_ids_.find(r.id);
-      if (p != pending_ids_.end() && p->second > here[r.id]) known.emplace_back(r.id, r.version);
+    others = false;
+    for (auto p = pending_ids_.begin(); p != pending_ids_.end() && !others; ++p) {
+      auto h = here.find(p->first);
+      others = p->second > (h == here.end() ? 0 : h->second);
     }
   }
-  RETURN_IF_ERROR(state_->CompleteJournal(last, made, known));
+  if (others)
+    for (const auto& r : made)
+      if (!r.deleted) known.emplace_back(r.id, r.version);
+  RETURN_IF_ERROR(state_->CompleteJournal(last, made, known, /*forget_known=*/!others));
   CountPending(done, {}, -1);
   return inflight ? state_->SetInflightBatch(0) : Status::Ok();
 }
@@ -959,6 +973,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     // versions it made are the ones our later changes must name (a delete
     // naming the older one is refused as stale and dropped). A level-4
     // server gives that answer to an empty commit under the batch's key.
+    // (Its level unknown, offline since the start: asked first.)
+    if (inflight == last && client_->server_protocol() == 0) (void)client_->WhoAmI();
     if (inflight == last && client_->server_protocol() >= kProtocolAskAnswer) {
       ASSIGN_OR_RETURN(std::string key, state_->InflightKey());
       if (!key.empty()) {
@@ -969,6 +985,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         if (reply.replayed) {
           spdlog::debug("write-back: the lost answer of a batch whose changes went since: {} records",
                         reply.items.size());
+          Applying applying(applying_, entries.size());
           RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
           ApplyReplayed({}, reply.items, {}, {}, Named(entries, last));
           return Status::Ok();
@@ -989,7 +1006,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     std::string old_name;
   };
   std::unordered_map<uint64_t, Placed> placed;
-  std::vector<uint64_t> restore;  // nodes whose move was dropped: back where the server has them
+  std::vector<uint64_t> restore;  // nodes whose move or delete was dropped: back as the server has them
+  std::vector<uint64_t> repaged;  // nodes our op changed on a version made elsewhere: the kernel's pages are stale
   // The key names this batch: random, saved with the in-flight mark before
   // the first send, the same for every attempt of this journal range (also
   // after a crash), so a lost answer comes back even when the body sent
@@ -1013,12 +1031,11 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     if (!reply.refused) {
       spdlog::debug("write-back: committed {} ops ({} journal entries){}", ops.size(), entries.size(),
                     reply.replayed ? ", an earlier attempt's answer" : "");
-      applying_ += entries.size();
-      struct Applied {
-        std::atomic<uint64_t>& n;
-        uint64_t k;
-        ~Applied() { n -= k; }
-      } applied{applying_, entries.size()};
+      Applying applying(applying_, entries.size());
+      // The versions first: a change recorded from here on names them.
+      if (!reply.replayed)
+        for (const auto& r : reply.items)
+          if (!r.deleted) tree_->SetVersion(r.id, r.version, r.seq);
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
         ApplyReplayed(ops, reply.items, sent, based, Named(entries, last));
@@ -1071,6 +1088,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
       for (uint64_t id : restore) RestoreNode(id);
+      for (uint64_t id : repaged) InvalidateNode(id);
       for (auto& [id, p] : placed) {
         if (!p.in_tree) continue;
         if (auto it = by_id.find(id); it != by_id.end()) {
@@ -1269,11 +1287,13 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     if (op.type == OpType::kSetattr && reply.reason == "stale_base") {
       op.base = reply.current_version;  // attributes: last writer wins
       based.erase(op.id);                // but the cached bytes may be stale now
+      repaged.push_back(op.id);
       continue;
     }
     if (op.type == OpType::kRename && reply.reason == "stale_base") {
       op.has_base = false;  // the move still happens; a later write of ours will see the conflict
       based.erase(op.id);
+      repaged.push_back(op.id);
       continue;
     }
     if (op.type == OpType::kRename && op.exchange != 0 && gone && (reply.node == op.id || reply.node == op.exchange)) {
@@ -1303,10 +1323,11 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     const bool of_node = reply.node == op.id || reply.node == 0;
     if ((op.type == OpType::kDelete && (reply.reason == "stale_base" || gone)) ||
         ((op.type == OpType::kRename || op.type == OpType::kSetattr) && gone && of_node)) {
-      // Deleted here, edited (or already deleted) there: their edit stays.
-      // Moved or changed here, deleted there: their delete stands (an edit
-      // of ours is a write, which keeps a copy).
+      // Deleted here, edited (or already deleted) there: their edit stays,
+      // and comes back here. Moved or changed here, deleted there: their
+      // delete stands (an edit of ours is a write, which keeps a copy).
       based.erase(op.id);
+      if (op.type == OpType::kDelete && !gone) restore.push_back(op.id);
       if (drop_ours()) break;
       continue;
     }

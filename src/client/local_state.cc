@@ -464,7 +464,7 @@ Result<std::vector<LocalState::JournalEntry>> LocalState::PendingJournal(size_t 
 }
 
 Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows,
-                                   const std::vector<std::pair<uint64_t, uint64_t>>& known) {
+                                   const std::vector<std::pair<uint64_t, uint64_t>>& known, bool forget_known) {
   std::lock_guard lock(mu_);
   Transaction tx(db_.get());
   RETURN_IF_ERROR(tx.status());
@@ -489,14 +489,15 @@ Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>&
   ASSIGN_OR_RETURN(Stmt d, db_->Prepare("DELETE FROM journal WHERE seq <= ?1"));
   d.Bind(1, last);
   RETURN_IF_ERROR(d.Run());
-  // With the journal empty no entry names them.
-  RETURN_IF_ERROR(db_->Exec("DELETE FROM known_versions WHERE NOT EXISTS (SELECT 1 FROM journal)"));
+  if (forget_known) RETURN_IF_ERROR(db_->Exec("DELETE FROM known_versions"));
   return tx.Commit();
 }
 
 Result<std::unordered_map<uint64_t, uint64_t>> LocalState::KnownVersions() {
   std::lock_guard lock(mu_);
-  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT id, version FROM known_versions"));
+  // (Of nodes deleted here: the others' versions are in their rows.)
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare(
+      "SELECT id, version FROM known_versions k WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = k.id)"));
   std::unordered_map<uint64_t, uint64_t> out;
   while (s.Step()) out[s.U64(0)] = s.U64(1);
   RETURN_IF_ERROR(s.status());

@@ -79,11 +79,12 @@ class LocalState {
   Result<std::vector<JournalEntry>> PendingJournal(size_t limit);
   // Drops the entries up to `last` and stores the versions the server
   // gave the nodes in `rows`.
-  // `known` (id, version) are kept (KnownVersions) while the journal holds
-  // entries: versions our commits made of nodes a later entry names.
+  // `known` (id, version): versions our commits made, kept for changes
+  // that wait still (KnownVersions); `forget_known` drops all kept (none
+  // waits).
   Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows,
-                         const std::vector<std::pair<uint64_t, uint64_t>>& known = {});
-  // Those versions (id -> version).
+                         const std::vector<std::pair<uint64_t, uint64_t>>& known = {}, bool forget_known = false);
+  // Those kept of nodes deleted here since (id -> version).
   Result<std::unordered_map<uint64_t, uint64_t>> KnownVersions();
   Result<uint64_t> JournalSize();
   // The last journal entry of a commit sent without a known outcome (the

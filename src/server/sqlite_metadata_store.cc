@@ -382,36 +382,36 @@ class SqliteMetadataStore final : public MetadataStore {
       }
       RETURN_IF_ERROR(k.status());
     }
-    if (ops.empty()) {
-      // Only asking for an earlier answer, and there is none under the key:
-      // nothing was applied under it (or it was purged). Nothing is stored.
-      CommitResult r;
-      ASSIGN_OR_RETURN(r.head, SeqOn(writer_, project));
-      r.prev_head = r.head;
-      return r;
-    }
-    CommitApplier a(this, project);
-    ASSIGN_OR_RETURN(a.seq, SeqOn(writer_, project));
-    const uint64_t prev_head = a.seq;
-    for (size_t i = 0; i < ops.size(); ++i) {
-      ASSIGN_OR_RETURN(std::optional<CommitRefusal> refusal, a.Apply(ops[i]));
-      if (refusal) {
-        refusal->op_index = i;
-        CommitResult r;
-        r.refused = std::move(refusal);
-        r.head = a.seq;
-        return r;  // the transaction rolls back
-      }
-    }
-    ASSIGN_OR_RETURN(Stmt * up, writer_.Get(kSetProjectSeq));
-    up->Bind(1, project).Bind(2, a.seq);
-    RETURN_IF_ERROR(up->Run());
     CommitResult result;
-    result.head = a.seq;
-    result.prev_head = prev_head;
-    for (uint64_t id : a.touched_order) {
-      ASSIGN_OR_RETURN(NodeRecord n, GetNodeOn(writer_, project, id));
-      result.records.push_back(std::move(n));
+    if (ops.empty()) {
+      // Only asking for an earlier answer, and there is none under the key
+      // (none was applied under it, or it was purged): this empty one is
+      // stored under it, so a commit first sent with it and still on its
+      // way (a proxy, the barrier) is answered that, not applied.
+      ASSIGN_OR_RETURN(result.head, SeqOn(writer_, project));
+      result.prev_head = result.head;
+    } else {
+      CommitApplier a(this, project);
+      ASSIGN_OR_RETURN(a.seq, SeqOn(writer_, project));
+      result.prev_head = a.seq;
+      for (size_t i = 0; i < ops.size(); ++i) {
+        ASSIGN_OR_RETURN(std::optional<CommitRefusal> refusal, a.Apply(ops[i]));
+        if (refusal) {
+          refusal->op_index = i;
+          CommitResult r;
+          r.refused = std::move(refusal);
+          r.head = a.seq;
+          return r;  // the transaction rolls back
+        }
+      }
+      ASSIGN_OR_RETURN(Stmt * up, writer_.Get(kSetProjectSeq));
+      up->Bind(1, project).Bind(2, a.seq);
+      RETURN_IF_ERROR(up->Run());
+      result.head = a.seq;
+      for (uint64_t id : a.touched_order) {
+        ASSIGN_OR_RETURN(NodeRecord n, GetNodeOn(writer_, project, id));
+        result.records.push_back(std::move(n));
+      }
     }
     if (!key.empty()) {
       nlohmann::json j{{"head", result.head}, {"prev_head", result.prev_head}, {"records", result.records}};
@@ -429,7 +429,7 @@ class SqliteMetadataStore final : public MetadataStore {
     }
     writer_.ResetAll();
     RETURN_IF_ERROR(tx.Commit());
-    if (committed) committed(result);
+    if (committed && !ops.empty()) committed(result);
     return result;
   }
 

@@ -1061,6 +1061,21 @@ TEST_F(MountTest, BytesWrittenWhileALostAnswerToAConflictCopyWaitsAreKept) {
       << "the bytes written after the lost answer are gone; copies: " << testing::PrintToString(copies);
 }
 
+// Deleted here while edited elsewhere (unheard): the delete is refused and
+// dropped, and their edit comes back into this mount's view.
+TEST_F(MountTest, AFileDeletedHereWhileEditedElsewhereComesBackHere) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  p.OneSavesUnheard("f.txt", "base\n", "from one\n");
+  p.one.reset();
+  const std::string two = p.two->path();
+  ASSERT_EQ(unlink((two + "/f.txt").c_str()), 0);
+  ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two + "/f.txt") == "from one\n"; }))
+      << "their edit did not come back here: " << ReadAll(two + "/f.txt");
+}
+
 TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
   Write("doc.txt", "base\n");
   Import();

@@ -180,9 +180,9 @@ TEST_F(LocalStateTest, AKilledMountsLoggedChangesAreReplayedOnce) {
   EXPECT_EQ(s->last_ticket(), 3u);
 }
 
-// Versions our commits made of nodes later entries name survive a
-// reopen while the journal holds entries, and go once it is empty.
-TEST_F(LocalStateTest, KnownVersionsLastAsLongAsTheJournalHoldsEntries) {
+// Versions our commits made survive a reopen until dropped (no change
+// waits any more); those of nodes with a row are not handed back.
+TEST_F(LocalStateTest, KnownVersionsOfDeletedNodesSurviveAReopenUntilDropped) {
   {
     auto s = Open();
     for (uint64_t t : {1, 2, 3}) {
@@ -195,29 +195,29 @@ TEST_F(LocalStateTest, KnownVersionsLastAsLongAsTheJournalHoldsEntries) {
     NodeRecord made;
     made.id = 101;
     made.version = 7;
-    ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {made}, {{101, 7}, {102, 4}}).ok());
+    ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {made}, {{101, 7}, {201, 7}, {202, 4}}).ok());
     // A lower one does not take a version back.
-    ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {}, {{101, 5}}).ok());
+    ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {}, {{201, 5}}).ok());
   }
   {
     auto s = Open();
     auto k = s->KnownVersions();
     ASSERT_TRUE(k.ok());
-    EXPECT_EQ(*k, (std::unordered_map<uint64_t, uint64_t>{{101, 7}, {102, 4}}));
+    EXPECT_EQ(*k, (std::unordered_map<uint64_t, uint64_t>{{201, 7}, {202, 4}})) << "101 has a row";
     // A delete's record drops its node's.
     NodeRecord gone;
-    gone.id = 102;
+    gone.id = 202;
     gone.deleted = true;
     auto j = s->PendingJournal(10);
     ASSERT_TRUE(j.ok() && j->size() == 2u);
     ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {gone}).ok());
     k = s->KnownVersions();
     ASSERT_TRUE(k.ok());
-    EXPECT_EQ(*k, (std::unordered_map<uint64_t, uint64_t>{{101, 7}}));
-    ASSERT_TRUE(s->CompleteJournal((*j)[1].seq, {}).ok());
+    EXPECT_EQ(*k, (std::unordered_map<uint64_t, uint64_t>{{201, 7}}));
+    ASSERT_TRUE(s->CompleteJournal((*j)[1].seq, {}, {}, /*forget_known=*/true).ok());
     k = s->KnownVersions();
     ASSERT_TRUE(k.ok());
-    EXPECT_TRUE(k->empty()) << "kept with an empty journal";
+    EXPECT_TRUE(k->empty()) << "kept once none was needed";
   }
 }
 

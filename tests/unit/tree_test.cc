@@ -138,7 +138,8 @@ TEST(TreeTest, ADirectoryReadWhileItsChangesLandHasThemAll) {
       uint64_t seq = 1, id = 1'000'000;
       while (!done) {
         const uint64_t d = reading.load();
-        NodeRecord made = Rec(++id, d, "f" + std::to_string(id));
+        ++id;
+        NodeRecord made = Rec(id, d, "f" + std::to_string(id));
         made.seq = ++seq;
         NodeRecord gone = Rec(10000 + d - 100, d, "old");
         gone.deleted = true;
