@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 
+#include <cerrno>
+
 namespace tidefs {
 
 std::optional<WriteBehind::Work> WriteBehind::Wrote(uint64_t from, uint64_t to) {
@@ -30,14 +32,21 @@ std::optional<WriteBehind::Work> WriteBehind::Advance() {
   return w;
 }
 
-void WriteBehind::Run(int fd, const Work& w) {
+int WriteBehind::Run(int fd, const Work& w) {
   if (w.write_to > w.write_from)  // (a length of 0 would mean "to the end of the file")
     (void)::sync_file_range(fd, static_cast<off_t>(w.write_from), static_cast<off_t>(w.write_to - w.write_from),
                             SYNC_FILE_RANGE_WRITE);
-  if (w.drop_to <= w.drop_from) return;
+  if (w.drop_to <= w.drop_from) return 0;
   const auto from = static_cast<off_t>(w.drop_from), len = static_cast<off_t>(w.drop_to - w.drop_from);
-  (void)::sync_file_range(fd, from, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-  (void)::posix_fadvise(fd, from, len, POSIX_FADV_DONTNEED);
+  int err = 0;
+  while (::sync_file_range(fd, from, len, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                              SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
+    if (errno == EINTR) continue;
+    err = errno;
+    break;
+  }
+  if (err == 0) (void)::posix_fadvise(fd, from, len, POSIX_FADV_DONTNEED);
+  return err;
 }
 
 }  // namespace tidefs

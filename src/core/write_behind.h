@@ -46,7 +46,9 @@ class WriteBehind {
   std::optional<Work> Appended(uint64_t to);
 
   // Best effort: errors are ignored (the bytes are in the page cache either way).
-  static void Run(int fd, const Work& w);
+  // Returns 0, or the errno of a write back it waited for (a disk error:
+  // waiting took it from the file, so a later fdatasync would not see it).
+  static int Run(int fd, const Work& w);
 
  private:
   std::optional<Work> Advance();

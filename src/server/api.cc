@@ -481,6 +481,7 @@ HttpResponse Api::BlocksMissing(const HttpRequest& req, const Caller& c) {
   }
   auto missing = meta_->MissingBlocks(c.token.project_id, hashes);
   if (!missing.ok()) return ErrorResponse(missing.status());
+  DropUnindexed(c.token.project_id, &*missing);
   std::string body = "{\"missing\":[";
   for (size_t i = 0; i < missing->size(); ++i) {
     if (i) body += ',';
@@ -500,6 +501,7 @@ HttpResponse Api::UploadBlocks(const HttpRequest& req, const Caller& c) {
   for (const auto& f : *frames) hashes.push_back(f.hash);
   auto missing = meta_->MissingBlocks(c.token.project_id, hashes);
   if (!missing.ok()) return ErrorResponse(missing.status());
+  DropUnindexed(c.token.project_id, &*missing);
   std::vector<std::string_view> to_store;
   std::vector<Hash128> to_index;
   std::unordered_set<Hash128, Hash128Hasher> want(missing->begin(), missing->end());
@@ -519,16 +521,64 @@ HttpResponse Api::UploadBlocks(const HttpRequest& req, const Caller& c) {
     }
     std::vector<std::pair<Hash128, BlockLocation>> index;
     for (size_t i = 0; i < to_index.size(); ++i) index.emplace_back(to_index[i], (*locs)[i]);
-    if (Status st = meta_->AddBlocks(c.token.project_id, index); !st.ok()) return ErrorResponse(st);
+    AddUnindexed(c.token.project_id, index);
     metrics_->AddBlocksStored(to_store.size(), bytes);
   }
   return JsonResponse(200, "{\"stored\":" + std::to_string(to_store.size()) + ",\"present\":" +
                                std::to_string(frames->size() - to_store.size()) + "}");
 }
 
+namespace {
+constexpr size_t kIndexEvery = 4096;  // blocks stored and not indexed (256 MiB) before a Sync indexes them
+}  // namespace
+
+void Api::AddUnindexed(int64_t project, const std::vector<std::pair<Hash128, BlockLocation>>& blocks) {
+  bool many;
+  {
+    std::lock_guard lock(unindexed_mu_);
+    auto& here = unindexed_[project];
+    for (const auto& [h, loc] : blocks) n_unindexed_ += here.emplace(h, loc).second;
+    many = n_unindexed_ >= kIndexEvery;
+  }
+  // (A long upload with no commit: its blocks are indexed as it goes.)
+  if (many)
+    if (Status st = IndexStoredBlocks(); !st.ok()) spdlog::warn("indexing stored blocks failed: {}", st.ToString());
+}
+
+void Api::DropUnindexed(int64_t project, std::vector<Hash128>* missing) {
+  std::lock_guard lock(unindexed_mu_);
+  auto it = unindexed_.find(project);
+  if (it == unindexed_.end()) return;
+  std::erase_if(*missing, [&](const Hash128& h) { return it->second.count(h) > 0; });
+}
+
+Status Api::IndexStoredBlocks() {
+  std::lock_guard index_lock(index_mu_);
+  // Copied, not taken: they count as present until indexed.
+  std::unordered_map<int64_t, std::vector<std::pair<Hash128, BlockLocation>>> todo;
+  {
+    std::lock_guard lock(unindexed_mu_);
+    for (const auto& [project, blocks] : unindexed_) todo[project].assign(blocks.begin(), blocks.end());
+  }
+  if (todo.empty()) return Status::Ok();
+  // Their bytes were written before they were listed: this covers them.
+  Status st = blocks_->Sync();
+  for (const auto& [project, blocks] : todo) {
+    if (st.ok()) st = meta_->AddBlocks(project, blocks);
+    if (!st.ok()) break;
+    std::lock_guard lock(unindexed_mu_);
+    auto& here = unindexed_[project];
+    for (const auto& b : blocks) n_unindexed_ -= here.erase(b.first);
+    if (here.empty()) unindexed_.erase(project);
+  }
+  return st;
+}
+
 HttpResponse Api::Commit(const HttpRequest& req, const Caller& c) {
   auto ops = DecodeCommit(req.body);
   if (!ops.ok()) return ErrorResponse(ops.status());
+  // The blocks it names that were stored since the last commit.
+  if (Status st = IndexStoredBlocks(); !st.ok()) return ErrorResponse(st);
   BlockStore* blocks = blocks_;
   // Announced in seq order, under the store's commit lock: the event names
   // the seq range it covers and, when small, the records themselves.

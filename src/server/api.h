@@ -7,6 +7,9 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "server/block_store.h"
 #include "server/event_hub.h"
@@ -60,6 +63,20 @@ class Api {
   HttpResponse Commit(const HttpRequest& req, const Caller& c);
   HttpResponse PutCheckpoint(const HttpRequest& req, const Caller& c, const std::string& device);
   HttpResponse ListDevices(const Caller& c);
+
+  // Blocks stored and not known durable yet are indexed only once a Sync
+  // made them so (at the next commit, or when many wait): an index row on
+  // disk before its bytes (a WAL checkpoint, then the power lost) would
+  // name bytes that are not there, and the block would count as present
+  // for good. Until then they count as present here.
+  void AddUnindexed(int64_t project, const std::vector<std::pair<Hash128, BlockLocation>>& blocks);
+  Status IndexStoredBlocks();
+  void DropUnindexed(int64_t project, std::vector<Hash128>* missing);
+  std::mutex unindexed_mu_;
+  // guarded by unindexed_mu_: project -> hash -> where it is stored
+  std::unordered_map<int64_t, std::unordered_map<Hash128, BlockLocation, Hash128Hasher>> unindexed_;
+  size_t n_unindexed_ = 0;  // guarded by unindexed_mu_
+  std::mutex index_mu_;     // one IndexStoredBlocks at a time
 
   EventHub events_;
   MetadataStore* meta_;

@@ -20,6 +20,7 @@
 #include <utility>
 
 #define ZSTD_STATIC_LINKING_ONLY
+#include <spdlog/spdlog.h>
 #include <zstd.h>
 
 #include "core/write_behind.h"
@@ -42,7 +43,10 @@ class PackBlockStore final : public BlockStore {
     uint64_t last = 0;
     for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
       auto name = e.path().filename().string();
-      if (name.size() == 11 && name.substr(6) == ".pack") last = std::max<uint64_t>(last, std::stoull(name.substr(0, 6)));
+      // (Another file, "ab12cd.pack" too, is not one of ours.)
+      if (name.size() == 11 && name.substr(6) == ".pack" &&
+          std::all_of(name.begin(), name.begin() + 6, [](char c) { return c >= '0' && c <= '9'; }))
+        last = std::max<uint64_t>(last, std::stoull(name.substr(0, 6)));
     }
     if (ec) return Status::IoError("cannot list " + dir_ + ": " + ec.message());
     last_pack_ = last;
@@ -95,6 +99,7 @@ class PackBlockStore final : public BlockStore {
     size_t lane_index;
     {
       std::lock_guard lock(mu_);
+      if (!failed_.ok()) return failed_;
       lane_index = lanes_.size();
       for (size_t i = 0; i < lanes_.size(); ++i)
         if (!lanes_[i].busy) {
@@ -164,24 +169,24 @@ class PackBlockStore final : public BlockStore {
   }
 
   Status Sync() override {
+    // One at a time: a caller that finds the list emptied by another's
+    // sync still running must not return before that sync ends (its bytes
+    // may be in it). Syncs asked for meanwhile then go as one.
+    std::lock_guard sync_lock(sync_mu_);
     std::vector<std::pair<uint64_t, int>> fds;
-    {
-      std::lock_guard lock(mu_);
-      for (auto it = unsynced_.begin(); it != unsynced_.end(); ++it) fds.emplace_back(*it, fds_[*it].get());
-      unsynced_.clear();
-    }
     bool new_files;
     {
       std::lock_guard lock(mu_);
+      if (!failed_.ok()) return failed_;
+      for (auto it = unsynced_.begin(); it != unsynced_.end(); ++it) fds.emplace_back(*it, fds_[*it].get());
+      unsynced_.clear();
       new_files = std::exchange(dir_unsynced_, false);
     }
     for (size_t i = 0; i < fds.size(); ++i) {
       if (::fdatasync(fds[i].second) != 0) {
-        Status st = Status::IoError(Errno("fdatasync of pack " + PackPath(fds[i].first)));
-        std::lock_guard lock(mu_);
-        for (size_t j = i; j < fds.size(); ++j) unsynced_.insert(fds[j].first);  // all still to do
-        dir_unsynced_ = dir_unsynced_ || new_files;
-        return st;
+        // Not tried again: after a failed write back the kernel marks the
+        // pages clean, and a second fdatasync "succeeds" over lost bytes.
+        return Fail(Errno("fdatasync of pack " + PackPath(fds[i].first)));
       }
     }
     // A new pack's name in the directory, too (fdatasync of a file does not
@@ -339,7 +344,23 @@ class PackBlockStore final : public BlockStore {
       for (Lane& l : lanes_)
         if (l.pack == pack) work = l.write_behind.Appended(to);
     }
-    if (work) WriteBehind::Run(fd, *work);
+    if (work)
+      if (const int err = WriteBehind::Run(fd, *work); err != 0) {
+        errno = err;
+        (void)Fail(Errno("writing pack " + PackPath(pack) + " to disk"));
+      }
+  }
+
+  // A pack's bytes may be lost (a disk error): no block is stored or made
+  // durable from here on, until the server is restarted (blocks indexed
+  // are only those a Sync made durable; clients send the others again).
+  Status Fail(const std::string& what) {
+    Status st = Status::IoError(what + "; this server stores no more blocks until it is restarted (check the disk: "
+                                       "dmesg); clients keep their changes and send them again");
+    spdlog::error("{}", st.ToString());
+    std::lock_guard lock(mu_);
+    if (failed_.ok()) failed_ = st;
+    return failed_;
   }
 
   // Requires mu_ held (or single-threaded init). The fd stays open in fds_.
@@ -393,6 +414,8 @@ class PackBlockStore final : public BlockStore {
   size_t next_shared_ = 0;      // guarded by mu_
   std::set<uint64_t> unsynced_;  // guarded by mu_; packs appended since the last Sync
   bool dir_unsynced_ = false;    // guarded by mu_; a pack file was created since the last Sync
+  Status failed_;                // guarded by mu_; a write to disk failed: every Sync and Append fails
+  std::mutex sync_mu_;           // one Sync at a time
 };
 
 }  // namespace

@@ -609,6 +609,43 @@ TEST_F(ServerApiTest, DedupStoresABlockOnce) {
   EXPECT_EQ((*missing)[0], HashBlock("other"));
 }
 
+// A block is indexed only once a sync made its bytes durable (at the next
+// commit, or when many wait): until then it counts as present, and one
+// stored before a server died and never committed is asked for again.
+TEST_F(ServerApiTest, AStoredBlockIsIndexedOnlyOnceDurable) {
+  const std::string data = RandomBytes(kBlockSize, 12), other = RandomBytes(kBlockSize, 13);
+  for (const std::string* d : {&data, &other}) {
+    std::string body;
+    AppendBlockFrame(&body, HashBlock(*d), *d);
+    ASSERT_EQ(c_.Raw("POST", "/blocks", body)->body, "{\"stored\":1,\"present\":0}");
+  }
+  auto missing = c_.MissingBlocks({HashBlock(data), HashBlock(other)});
+  ASSERT_TRUE(missing.ok());
+  EXPECT_TRUE(missing->empty()) << "a block stored and not yet indexed counts as missing";
+  // A commit naming one indexes both (and is accepted).
+  CommitOp f;
+  f.type = OpType::kCreate;
+  f.id = 4711;
+  f.parent = kRootId;
+  f.name = "f.bin";
+  f.size = data.size();
+  f.blocks = {HashBlock(data)};
+  MustCommit(c_, {f});
+  std::string third = RandomBytes(kBlockSize, 14);
+  {
+    std::string body;
+    AppendBlockFrame(&body, HashBlock(third), third);
+    ASSERT_EQ(c_.Raw("POST", "/blocks", body)->status, 200);
+  }
+  server_.Kill();
+  server_.Start();
+  ApiClient c = server_.Client(server_.rw_token);
+  missing = c.MissingBlocks({HashBlock(data), HashBlock(other), HashBlock(third)});
+  ASSERT_TRUE(missing.ok());
+  EXPECT_EQ(*missing, std::vector<Hash128>{HashBlock(third)}) << "only the block stored after the last commit is asked again";
+  EXPECT_EQ(c.Raw("GET", "/nodes/4711/content")->body, data);
+}
+
 TEST_F(ServerApiTest, DataSurvivesARestart) {
   std::string data = RandomBytes(200000, 11);
   CommitOp f = CreateOp(c_, kRootId, "keep.bin", data);
