@@ -1336,6 +1336,10 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     const uint64_t bs = b * kBlockSize, be = std::min<uint64_t>(bs + kBlockSize, msize);
     if (!(off <= bs && end >= be)) RETURN_IF_ERROR(EnsureCheckedBlock(e, n, b, !was_local));
   }
+  // Past the end, from a later block: the block the old end falls in keeps
+  // its first bytes (the rest of it becomes zeros), so it is here first,
+  // as for Extend. (Not, it would be sent as the cache file's hole.)
+  if (off > msize) RETURN_IF_ERROR(EnsureBlockAt(e, n, msize, !was_local));
   // Claim the blocks (present, dirty) once no fetch is writing their chunk;
   // a fetch that starts later leaves present blocks alone.
   for (uint64_t c = off / kChunkSize; c <= (end - 1) / kChunkSize; ++c) {

@@ -990,6 +990,30 @@ TEST_F(MountTest, AChmodSentAgainOverAnEditElsewhereShowsTheEditsBytes) {
   EXPECT_EQ(st.st_mode & 07777, 0600u);
 }
 
+// A write past the end of a file whose bytes were never read here: the
+// block the old end fell in keeps the server's bytes (it is completed
+// from the server first), not the cache file's hole.
+TEST_F(MountTest, AWritePastTheEndKeepsTheBytesOfTheOldLastBlock) {
+  const std::string data = RandomBytes(100 * 1024, 21);
+  Write("f.bin", data);
+  Import();
+  {
+    TestMount m(server_, server_.rw_token, dir_);
+    int fd = open((m.path() + "/f.bin").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, "x", 1, 200 * 1024), 1);
+    ASSERT_EQ(close(fd), 0);
+  }
+  std::string want = data;
+  want.resize(200 * 1024, '\0');
+  want += "x";
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  const std::string got = ReadAll(fresh.path() + "/f.bin");
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_TRUE(got.compare(0, data.size(), data) == 0) << "the old bytes were replaced";
+  EXPECT_TRUE(got == want);
+}
+
 TEST_F(MountTest, TwoMountsEditingOneFileKeepBothVersions) {
   Write("f.txt", "base\n");
   Import();
