@@ -571,7 +571,10 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     NodeRecord rec = *n;
     rec.size = 0;
     rec.mtime_ns = NowNs();
-    if (Status st = fs->wb->Record({rec}, {FlushEntry(rec.id)}); !st.ok()) return (void)ReplyStatus(req, st, "truncate at open", ino);
+    // (Its bitmap too, in queue order: a snapshot queued before, at an
+    // fsync, must not be saved over the cut one.)
+    if (Status st = fs->wb->Record({rec}, {FlushEntry(rec.id)}, {rec.id}); !st.ok())
+      return (void)ReplyStatus(req, st, "truncate at open", ino);
     *n = rec;
   }
   fi->keep_cache = 1;  // the kernel's page cache stays valid until told otherwise
@@ -998,7 +1001,8 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   // An unlinked file's attributes live only in its handle.
   auto live = fs->tree.Get(ino);
   if (!entries.empty() && live.ok() && *live) {
-    if (Status st = fs->wb->Record({rec}, entries); !st.ok()) return (void)ReplyStatus(req, st, "setattr", ino);
+    const std::vector<uint64_t> bitmap = (to_set & FUSE_SET_ATTR_SIZE) ? std::vector<uint64_t>{rec.id} : std::vector<uint64_t>{};
+    if (Status st = fs->wb->Record({rec}, entries, bitmap); !st.ok()) return (void)ReplyStatus(req, st, "setattr", ino);
   }
   if (FileHandle* h = HandleOf(fi)) h->rec = rec;
   struct stat st;
@@ -1027,7 +1031,8 @@ void OpFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
   rec.mtime_ns = NowNs();
   auto live = fs->tree.Get(ino);
   if (live.ok() && *live)
-    if (Status st = fs->wb->Record({rec}, {FlushEntry(rec.id)}); !st.ok()) return (void)ReplyStatus(req, st, "fallocate", ino);
+    if (Status st = fs->wb->Record({rec}, {FlushEntry(rec.id)}, {rec.id}); !st.ok())
+      return (void)ReplyStatus(req, st, "fallocate", ino);
   if (FileHandle* h = HandleOf(fi)) h->rec = rec;
   fuse_reply_err(req, 0);
 }
