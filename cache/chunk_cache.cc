@@ -400,7 +400,8 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     created = created_.count(n.id) > 0;
     // A node with local content keeps its entry whatever the tree says; a
     // tree that lags a commit just made (an older version) too.
-    if (it != entries_.end() && (it->second->version >= n.version || local)) {
+    // (Not one retired: its replacement is being opened, or failed to be.)
+    if (it != entries_.end() && !it->second->retired && (it->second->version >= n.version || local)) {
       it->second->used = ++use_tick_;
       return it->second;
     }
@@ -462,16 +463,19 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(n.id);
-    if (it != entries_.end() && (it->second->version >= n.version || local_.count(n.id))) return it->second;
-    if (it != entries_.end()) older = it->second;
+    if (it != entries_.end() && !it->second->retired && (it->second->version >= n.version || local_.count(n.id)))
+      return it->second;
+    if (it != entries_.end()) {
+      older = it->second;
+      // Retired under both locks, as a change begins (Changing): no change
+      // of it starts from here on, and none was under way (not local).
+      std::lock_guard elock(older->mu);
+      older->retired = true;
+    }
   }
   // The older version writes nothing more, and what it queued lands
   // before this one touches the file.
   if (older) {
-    {
-      std::lock_guard lock(older->mu);
-      older->retired = true;
-    }
     WaitWrites(*older);
     // A fetch that chose its blocks before the retirement writes them
     // first (not over this version's, below).
@@ -644,7 +648,8 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
       forgotten_.erase(n.id);
     }
     auto it = entries_.find(n.id);
-    if (it != entries_.end() && (it->second->version >= e->version || local_.count(n.id))) return it->second;  // another reader won
+    if (it != entries_.end() && !it->second->retired && (it->second->version >= e->version || local_.count(n.id)))
+      return it->second;  // another reader won
     RekeyLocked(n.id, e->version, e->present, e->manifest.size);
     if (it != entries_.end() && it->second->fd >= 0) open_fds_--;  // the older version's, closed once let go
     entries_[n.id] = e;
@@ -1222,17 +1227,35 @@ ChunkCache::Counted::~Counted() {
 
 ChunkCache::Changing::Changing(ChunkCache* cache, const std::shared_ptr<Entry>& e, uint64_t id)
     : cache_(cache), e_(e), id_(id) {
-  {
-    std::lock_guard lock(e_->mu);
-    e_->changing++;
-    e_->changed_here = true;
+  // Under both locks, as a retirement is: an opener of a newer version
+  // either saw the node local (and kept this entry) or retired it first,
+  // and then nothing of this change reaches the file it now rewrites.
+  // (A commit that cleared the mark before the count finds both set
+  // again; one after sees the count and keeps the mark.)
+  std::lock_guard lock(cache->mu_);
+  std::lock_guard elock(e_->mu);
+  if (e_->retired) {
+    stale_ = true;
+    return;
   }
-  // After the count: a commit that cleared the mark before it is undone
-  // here, and one after it sees the count and keeps the mark.
-  cache->MarkLocal(id);
+  e_->changing++;
+  e_->changed_here = true;
+  cache->local_.insert(id);
+}
+
+Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenToChange(const NodeRecord& n, bool* was_local,
+                                                                     std::optional<Changing>* changing) {
+  for (;;) {
+    ASSIGN_OR_RETURN(auto e, Open(n));
+    *was_local = IsLocal(n.id);  // (before this change marks it)
+    changing->emplace(this, e, n.id);
+    if (!(*changing)->stale()) return e;
+    changing->reset();  // replaced meanwhile: the newer entry (its opener done first)
+  }
 }
 
 ChunkCache::Changing::~Changing() {
+  if (stale_) return;
   std::lock_guard lock(cache_->mu_);
   std::lock_guard elock(e_->mu);
   if (--e_->changing > 0) return;
@@ -1320,9 +1343,9 @@ Status ChunkCache::MaterializeLocked(uint64_t id, bool* placed) {
 Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, size_t len, bool* fresh) {
   if (fresh) *fresh = false;
   if (len == 0) return Status::Ok();
-  ASSIGN_OR_RETURN(auto e, Open(n));
-  const bool was_local = IsLocal(n.id);  // (before this change marks it)
-  Changing changing(this, e, n.id);
+  bool was_local;
+  std::optional<Changing> changing;
+  ASSIGN_OR_RETURN(auto e, OpenToChange(n, &was_local, &changing));
   const uint64_t end = off + len;
   // A block only partly overwritten is first completed from the server.
   uint64_t mblocks, msize;
@@ -1419,9 +1442,9 @@ Status ChunkCache::EnsureCheckedBlock(const std::shared_ptr<Entry>& e, const Nod
 }
 
 Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
-  ASSIGN_OR_RETURN(auto e, Open(n));
-  const bool was_local = IsLocal(n.id);  // (before this change marks it)
-  Changing changing(this, e, n.id);
+  bool was_local;
+  std::optional<Changing> changing;
+  ASSIGN_OR_RETURN(auto e, OpenToChange(n, &was_local, &changing));
   // The block the new end (or the old end, when growing) falls in keeps
   // some of its bytes: it must be here first.
   const uint64_t cut = std::min(n.size, size);
@@ -1471,9 +1494,9 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
 }
 
 Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
-  ASSIGN_OR_RETURN(auto e, Open(n));
-  const bool was_local = IsLocal(n.id);  // (before this change marks it)
-  Changing changing(this, e, n.id);
+  bool was_local;
+  std::optional<Changing> changing;
+  ASSIGN_OR_RETURN(auto e, OpenToChange(n, &was_local, &changing));
   struct stat st;
   if (::fstat(e->fd, &st) != 0)
     return Status::IoError("cannot stat the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
@@ -1726,7 +1749,8 @@ void ChunkCache::Forget(uint64_t id) {
   // Its fetched chunks land (in a file about to go) before its records go.
   if (std::shared_ptr<Entry> e = FindEntry(id)) {
     {
-      std::lock_guard lock(e->mu);
+      std::lock_guard lock(mu_);  // (as every retirement: see Changing)
+      std::lock_guard elock(e->mu);
       e->retired = true;
     }
     WaitWrites(*e);

@@ -229,7 +229,9 @@ class ChunkCache {
     std::condition_variable written;    // a chunk left `writing`
     std::set<uint64_t> cancelled;       // guarded by mu: in `writing`, cut off by a truncate: not written
     std::map<uint64_t, Status> write_errors;  // guarded by mu: fetched, but the file did not take it
-    bool retired = false;  // guarded by mu: a newer version (or a delete) owns the file: write nothing
+    // Guarded by mu, set under the cache's mu_ too: a newer version (or a
+    // delete) owns the file: write nothing.
+    bool retired = false;
     std::mutex save_mu;    // one bitmap save at a time (SaveBitmap); taken before mu
     // Shared by a fetch from its choice of blocks to write until they are
     // written; a truncate takes it once after shrinking the manifest's
@@ -301,19 +303,26 @@ class ChunkCache {
     uint64_t id_;
   };
   // A local change of `e` (node `id`) from now until it goes out of scope:
-  // counted in e->changing first, then the node is marked local.
+  // counted in e->changing and the node marked local, at once. Not on an
+  // entry retired meanwhile (a newer version replacing it, a Forget):
+  // stale(), and the change opens the node again (OpenToChange).
   class Changing {
    public:
     Changing(ChunkCache* cache, const std::shared_ptr<Entry>& e, uint64_t id);
     ~Changing();
     Changing(const Changing&) = delete;
     Changing& operator=(const Changing&) = delete;
+    bool stale() const { return stale_; }
 
    private:
     ChunkCache* cache_;
     std::shared_ptr<Entry> e_;
     uint64_t id_;
+    bool stale_ = false;
   };
+  // The entry of `n` with a change of it begun (`changing`); `was_local`:
+  // whether the node had local bytes before.
+  Result<std::shared_ptr<Entry>> OpenToChange(const NodeRecord& n, bool* was_local, std::optional<Changing>* changing);
   // `reading`: opened for a read, which of a small file not here yet
   // fetches its bytes with its manifest, in one answer. `once`: that
   // answer is tried once (a prefetch), not until the retry period ends,

@@ -62,6 +62,33 @@ class ChunkCacheTest : public ::testing::Test {
   std::unique_ptr<ChunkCache> cache_;
 };
 
+// An opener of a newer version retires the entry it replaces; when it
+// fails (here: a version the server does not have), a change of the older
+// version opens the node again, never writes into the retired entry (which
+// fetches nothing more: a read of what it lacked failed), and what it
+// wrote reads back with the rest.
+TEST_F(ChunkCacheTest, AChangeNeverGoesIntoAnEntryANewerVersionRetired) {
+  const std::string data = RandomBytes(kChunkSize + 100000, 77);
+  CommitOp op = CreateOp(client_, kRootId, "two-chunks", data);
+  CommitReply made = MustCommit(client_, {op});
+  ASSERT_EQ(made.items.size(), 1u);
+  const NodeRecord v1 = made.items[0];
+  cache_ = NewCache(1000);
+  std::string buf(16, '\0');
+  ASSERT_TRUE(cache_->Read(v1, 0, buf.size(), buf.data()).ok());  // the first chunk only
+  NodeRecord v2 = v1;
+  v2.version = v1.version + 1;
+  EXPECT_FALSE(cache_->Read(v2, 0, buf.size(), buf.data()).ok()) << "the server has no such version";
+  ASSERT_TRUE(cache_->Write(v1, 10, "CHANGED", 7).ok());
+  std::string want = data;
+  want.replace(10, 7, "CHANGED");
+  std::string got(data.size(), '\0');
+  auto r = cache_->Read(v1, 0, got.size(), got.data());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(*r, got.size());
+  EXPECT_TRUE(got == want);
+}
+
 TEST_F(ChunkCacheTest, FilesOnlyReadAreLetGoBeyondTheBoundAndReadTheSameAfter) {
   cache_ = NewCache(40);
   // One written here first: it stays whatever is read after it.
