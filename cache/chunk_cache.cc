@@ -1746,6 +1746,28 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
 }
 
 void ChunkCache::Forget(uint64_t id) {
+  // Openers of the node from now on wait until it is forgotten, then start
+  // from the server's (a change that found its entry retired here would
+  // otherwise open it again from the state this drops, and write into a
+  // file about to go). One under way finds the mark in forgotten_.
+  bool gate;
+  {
+    std::lock_guard lock(mu_);
+    gate = opening_slow_.insert(id).second;
+  }
+  struct Gate {
+    ChunkCache* cache;
+    uint64_t id;
+    bool held;
+    ~Gate() {
+      if (!held) return;
+      {
+        std::lock_guard lock(cache->mu_);
+        cache->opening_slow_.erase(id);
+      }
+      cache->opened_slow_.notify_all();
+    }
+  } gate_release{this, id, gate};
   // Its fetched chunks land (in a file about to go) before its records go.
   if (std::shared_ptr<Entry> e = FindEntry(id)) {
     {
@@ -1765,7 +1787,7 @@ void ChunkCache::Forget(uint64_t id) {
     created_.erase(id);
     DropStagedLocked(id);
     ForgetLocked(id);
-    if (opening_slow_.count(id)) forgotten_.insert(id);  // its opener removes what it makes
+    if (!gate) forgotten_.insert(id);  // its opener removes what it makes
   }
   if (state_) (void)state_->DropFile(id);
   ::unlink((dir_ + "/data/" + std::to_string(id)).c_str());

@@ -435,7 +435,8 @@ class ChunkCache {
   // guarded by mu_: nodes in Open's slow path (file creation, truncation,
   // the manifest's fetch): one opener per node at a time, any number of
   // nodes at once (a global lock held across the fetch made parallel
-  // readers of small files wait for one another).
+  // readers of small files wait for one another). A Forget holds a node's
+  // place too while it runs.
   std::unordered_set<uint64_t> opening_slow_;
   std::condition_variable opened_slow_;  // (with mu_) a node left opening_slow_
   // Forgotten while in opening_slow_: its opener publishes nothing and

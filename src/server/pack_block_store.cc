@@ -158,7 +158,7 @@ class PackBlockStore final : public BlockStore {
         }
       }
     }
-    NoteAppend(pack, fd, offset + total);
+    RETURN_IF_ERROR(NoteAppend(pack, fd, offset + total));
     at = offset;
     for (auto& l : locs) {
       l.pack = pack;
@@ -178,7 +178,7 @@ class PackBlockStore final : public BlockStore {
     {
       std::lock_guard lock(mu_);
       if (!failed_.ok()) return failed_;
-      for (auto it = unsynced_.begin(); it != unsynced_.end(); ++it) fds.emplace_back(*it, fds_[*it].get());
+      for (auto it = unsynced_.begin(); it != unsynced_.end(); ++it) fds.emplace_back(*it, sync_fds_[*it].get());
       unsynced_.clear();
       new_files = std::exchange(dir_unsynced_, false);
     }
@@ -193,14 +193,16 @@ class PackBlockStore final : public BlockStore {
     // promise its directory entry).
     if (new_files) {
       Fd dir(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-      if (dir.get() < 0 || ::fsync(dir.get()) != 0) {
-        Status st = Status::IoError(Errno("fsync of pack directory " + dir_));
+      if (dir.get() < 0) {
+        Status st = Status::IoError(Errno("cannot open pack directory " + dir_));
         std::lock_guard lock(mu_);
         dir_unsynced_ = true;
         return st;
       }
+      if (::fsync(dir.get()) != 0) return Fail(Errno("fsync of pack directory " + dir_));  // (not tried again: as above)
     }
-    return Status::Ok();
+    std::lock_guard lock(mu_);
+    return failed_;  // (a write back failed meanwhile)
   }
 
   Result<std::string> Read(const BlockLocation& loc, const Hash128& hash) override {
@@ -333,7 +335,7 @@ class PackBlockStore final : public BlockStore {
   // Packs are appended to and read back by other devices, rarely soon:
   // their bytes go to disk as they come and leave the page cache behind
   // (core/write_behind.h). Durability is still Sync's.
-  void NoteAppend(uint64_t pack, int fd, uint64_t to) {
+  Status NoteAppend(uint64_t pack, int fd, uint64_t to) {
     std::optional<WriteBehind::Work> work;
     {
       std::lock_guard lock(mu_);
@@ -347,20 +349,25 @@ class PackBlockStore final : public BlockStore {
     if (work)
       if (const int err = WriteBehind::Run(fd, *work); err != 0) {
         errno = err;
-        (void)Fail(Errno("writing pack " + PackPath(pack) + " to disk"));
+        return Fail(Errno("writing pack " + PackPath(pack) + " to disk"));
       }
+    return Status::Ok();
   }
 
   // A pack's bytes may be lost (a disk error): no block is stored or made
   // durable from here on, until the server is restarted (blocks indexed
   // are only those a Sync made durable; clients send the others again).
   Status Fail(const std::string& what) {
-    Status st = Status::IoError(what + "; this server stores no more blocks until it is restarted (check the disk: "
-                                       "dmesg); clients keep their changes and send them again");
+    Status st = Status::IoError(what + "; this server stores no more blocks and takes no commits until it is "
+                                       "restarted (check the disk: dmesg); clients keep their changes and send them "
+                                       "again");
+    {
+      std::lock_guard lock(mu_);
+      if (!failed_.ok()) return failed_;
+      failed_ = st;
+    }
     spdlog::error("{}", st.ToString());
-    std::lock_guard lock(mu_);
-    if (failed_.ok()) failed_ = st;
-    return failed_;
+    return st;
   }
 
   // Requires mu_ held (or single-threaded init). The fd stays open in fds_.
@@ -371,9 +378,15 @@ class PackBlockStore final : public BlockStore {
     if (::fstat(fd.get(), &st) != 0) return Status::IoError(Errno("cannot stat pack " + PackPath(pack)));
     const auto size = static_cast<uint64_t>(st.st_size);
     if (size == 0) dir_unsynced_ = true;  // (new, or empty: its entry is synced with the next Sync)
+    // Sync's own open file, made before any write: a write back error is
+    // reported once per open file, and the write-behind's wait on `fd`
+    // would take it from a sync through the same one.
+    Fd sync_fd(::open(PackPath(pack).c_str(), O_RDONLY | O_CLOEXEC));
+    if (sync_fd.get() < 0) return Status::IoError(Errno("cannot open pack " + PackPath(pack)));
     Lane lane{pack, size, fd.get(), 0, WriteBehind(size)};
     (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_RANDOM);  // downloads read through it too (ReadFd)
     fds_[pack] = std::move(fd);
+    sync_fds_[pack] = std::move(sync_fd);
     return lane;
   }
 
@@ -408,6 +421,7 @@ class PackBlockStore final : public BlockStore {
   const uint64_t pack_bytes_;
   std::mutex mu_;
   std::map<uint64_t, Fd> fds_;  // guarded by mu_; open packs, never closed while running
+  std::map<uint64_t, Fd> sync_fds_;  // guarded by mu_; the same, for Sync alone (packs appended to)
   std::map<uint64_t, Fd> direct_read_fds_;  // guarded by mu_; the same with O_DIRECT (or -1)
   std::vector<Lane> lanes_;     // guarded by mu_
   uint64_t last_pack_ = 0;      // guarded by mu_; the highest pack number in use

@@ -33,6 +33,8 @@ TEST_F(PackBlockStoreTest, StoresCompressibleAndRandomBlocks) {
   for (auto& c : random) c = static_cast<char>(rand());
   auto locs = (*store)->Append({text, random});
   ASSERT_TRUE(locs.ok());
+  ASSERT_TRUE((*store)->Sync().ok());
+  ASSERT_TRUE((*store)->Sync().ok()) << "a sync with nothing new";
   EXPECT_EQ((*locs)[0].codec, 1);  // compressed
   EXPECT_EQ((*locs)[1].codec, 0);  // kept raw
   auto a = (*store)->Read((*locs)[0], HashBlock(text));
@@ -114,6 +116,7 @@ TEST_F(PackBlockStoreTest, RollsToANewPackAndReopens) {
       for (auto& c : d) c = static_cast<char>(rand());
       auto l = (*store)->Append({d});
       ASSERT_TRUE(l.ok());
+      ASSERT_TRUE((*store)->Sync().ok()) << "pack " << (*l)[0].pack;
       locs.push_back((*l)[0]);
       data.push_back(d);
     }
