@@ -209,29 +209,31 @@ Status WriteBack::Finish(const std::vector<LocalState::JournalEntry>& entries, u
   std::vector<LocalState::JournalEntry> done;
   for (const auto& e : entries)
     if (e.seq <= last) done.push_back(e);
-  // The versions made are kept on disk while later changes wait (a delete
-  // made while this commit was on its way names the version the node had
-  // then, and maybe still only in the intent log): after a restart that
-  // change goes with them, not refused as stale and dropped. With no other
-  // change waiting (saved or not), none is needed any more.
+  // The versions made of nodes a later change names (saved or still in the
+  // intent log: a delete made while this commit was on its way names the
+  // version the node had then) are kept on disk while changes wait: after
+  // a restart that change goes with them, not refused as stale and dropped.
+  // (The tree has the new versions already: a change recorded from now
+  // on names them.) With no other change waiting, none is needed any more.
   std::vector<std::pair<uint64_t, uint64_t>> known;
-  bool others;
+  bool others = false;
   {
     std::unordered_map<uint64_t, int> here;
     for (const auto& e : done) {
       ++here[e.op.id];
       if (e.op.exchange) ++here[e.op.exchange];
     }
+    auto later = [&](uint64_t id, int n) {
+      auto h = here.find(id);
+      return n > (h == here.end() ? 0 : h->second);
+    };
     std::lock_guard lock(ids_mu_);
-    others = false;
-    for (auto p = pending_ids_.begin(); p != pending_ids_.end() && !others; ++p) {
-      auto h = here.find(p->first);
-      others = p->second > (h == here.end() ? 0 : h->second);
-    }
+    for (auto p = pending_ids_.begin(); p != pending_ids_.end() && !others; ++p) others = later(p->first, p->second);
+    if (others)
+      for (const auto& r : made)
+        if (auto p = pending_ids_.find(r.id); !r.deleted && p != pending_ids_.end() && later(r.id, p->second))
+          known.emplace_back(r.id, r.version);
   }
-  if (others)
-    for (const auto& r : made)
-      if (!r.deleted) known.emplace_back(r.id, r.version);
   RETURN_IF_ERROR(state_->CompleteJournal(last, made, known, /*forget_known=*/!others));
   CountPending(done, {}, -1);
   return inflight ? state_->SetInflightBatch(0) : Status::Ok();
