@@ -295,12 +295,14 @@ Status WriteBack::ReadBackDir(uint64_t id) {
 
 void WriteBack::RestoreNode(uint64_t id) {
   auto r = client_->GetNode(id);
+  if (!r.ok() && r.status().code() == Code::kNotFound) return;  // gone there too: nothing to bring back
   if (!r.ok()) {
     spdlog::warn("write-back: node {} stays where this mount moved it; reading it back failed: {}", id,
                  r.status().ToString());
     return;
   }
   auto here = tree_->Get(id);
+  if (r->deleted && here.ok() && !*here) return;  // gone here and there
   NodeRecord rec = *r;
   if (here.ok() && *here && (*here)->kind == NodeKind::kFile) rec.size = (*here)->size;  // local bytes may be newer
   spdlog::warn("write-back: node {} goes back to where the server has it (\"{}\" in directory {})", id, rec.name,
@@ -1480,7 +1482,8 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     auto m = client_->GetManifest(id, it->second->version);
     if (m.ok() && *m == held->manifest) cache_->AdvanceVersion(id, base, it->second->version);
   }
-  // A directory delete the server kept (it had files from elsewhere).
+  // A delete the server did not apply: a directory it kept (it had files
+  // from elsewhere), a file edited elsewhere (theirs stays): back here.
   for (const auto& o : ops) {
     if (o.type != OpType::kDelete || by_id.count(o.id)) continue;
     bool dir;
@@ -1489,6 +1492,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       dir = deleted_parent_.count(o.id) > 0;
     }
     if (dir) RestoreDir(o.id);
+    else RestoreNode(o.id);
   }
   for (const auto& o : ops)
     if (o.type == OpType::kCreate && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);

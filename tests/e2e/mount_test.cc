@@ -58,6 +58,8 @@ class MountTest : public ::testing::Test {
   // then `edit` runs on the other's mount folder; its edit ends at the
   // top, as the one conflict copy, there and on a fresh mount.
   void EditInADirectoryDeletedElsewhere(const std::function<void(CutOffPair& p)>& edit);
+  // f.txt edited on one mount, unheard by the other, deleted there (see the tests).
+  void DeleteHereWhileEditedElsewhere(bool lost);
   TestServer server_;
   ApiClient c_ = server_.Client(server_.rw_token);
   std::string dir_, src_;
@@ -1086,18 +1088,40 @@ TEST_F(MountTest, BytesWrittenWhileALostAnswerToAConflictCopyWaitsAreKept) {
 }
 
 // Deleted here while edited elsewhere (unheard): the delete is refused and
-// dropped, and their edit comes back into this mount's view.
-TEST_F(MountTest, AFileDeletedHereWhileEditedElsewhereComesBackHere) {
+// dropped, and their edit comes back into this mount's view. With `lost`,
+// the answer to that batch (the delete dropped, a mkdir applied) is lost:
+// the replayed answer brings their file back too.
+void MountTest::DeleteHereWhileEditedElsewhere(bool lost) {
   Write("f.txt", "base\n");
   Import();
   CutOffPair p(server_, dir_);
   p.OneSavesUnheard("f.txt", "base\n", "from one\n");
   p.one.reset();
   const std::string two = p.two->path();
+  // The batch's first attempt is refused at the delete (stale) and passes;
+  // the one without it is applied and its answer cut.
+  if (lost) p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 1");
   ASSERT_EQ(unlink((two + "/f.txt").c_str()), 0);
+  if (lost) {
+    ASSERT_EQ(mkdir((two + "/made").c_str(), 0755), 0);
+  }
   ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
+  if (lost) {
+    EXPECT_NE(ReadAll(dir_ + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"),
+              std::string::npos)
+        << "the answer was not lost, or not replayed: " << ReadAll(dir_ + "/two/cache/mount.log");
+  }
   EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two + "/f.txt") == "from one\n"; }))
       << "their edit did not come back here: " << ReadAll(two + "/f.txt");
+  if (lost) {
+    EXPECT_TRUE(fs::is_directory(two + "/made"));
+  }
+}
+
+TEST_F(MountTest, AFileDeletedHereWhileEditedElsewhereComesBackHere) { DeleteHereWhileEditedElsewhere(false); }
+
+TEST_F(MountTest, AFileDeletedHereWhileEditedElsewhereComesBackAfterALostAnswer) {
+  DeleteHereWhileEditedElsewhere(true);
 }
 
 TEST_F(MountTest, AnEditorSaveOverAFileChangedElsewhereKeepsBoth) {
