@@ -292,12 +292,10 @@ void RemoteSync::Notify(const std::vector<Change>& changes) {
       k.inval_entry(n.parent, n.name);
       if (n.parent != o.parent) k.inval_listing(n.parent);
     }
-    // At the same version with another size or mtime: our own commit (a
-    // chmod or move sent again on a version made elsewhere meanwhile) over
-    // bytes this view never had, so no manifests to compare.
-    const bool merged = o.version == n.version && (o.size != n.size || o.mtime_ns != n.mtime_ns);
-    if (n.kind == NodeKind::kFile && (o.version != n.version || merged)) {
-      auto ranges = o.version && !merged ? d_.cache->ChangedRanges(o, n) : std::nullopt;
+    // (Our own chmod or move sent again on a version made elsewhere comes
+    // back at the version we hold: the write-back dropped its pages.)
+    if (n.kind == NodeKind::kFile && o.version != n.version) {
+      auto ranges = o.version ? d_.cache->ChangedRanges(o, n) : std::nullopt;
       if (!ranges) {
         k.inval_inode(n.id, 0, 0);  // every page may be stale
       } else {

@@ -473,6 +473,7 @@ Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>&
   ASSIGN_OR_RETURN(Stmt up, db_->Prepare("UPDATE nodes SET version=?2, seq=?3 WHERE id=?1 AND version<=?2"));
   ASSIGN_OR_RETURN(Stmt gone, db_->Prepare("DELETE FROM known_versions WHERE id=?1"));
   for (const auto& n : rows) {
+    if (n.deleted && forget_known) continue;  // (all go below)
     Stmt& s = n.deleted ? gone : up;
     s.Bind(1, n.id);
     if (!n.deleted) s.Bind(2, n.version).Bind(3, n.seq);
