@@ -15,6 +15,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "core/fd.h"
 #include "core/logging.h"
 #include "core/memory.h"
 
@@ -170,6 +171,7 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
     max_open_ = std::clamp<size_t>(rl.rlim_cur / 4, 16, 4096);
   local_ = std::move(opts.local);
   std::filesystem::create_directories(dir_ + "/data");
+  if (state_ && opts.rebooted) CheckLocalAfterReboot(local_);
   // What earlier mounts cached counts against the limit from the start.
   if (state_) {
     auto files = state_->LoadAllFiles();
@@ -507,6 +509,9 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     e->version = saved->version;
     e->manifest = std::move(saved->manifest);
     e->present = std::move(saved->present);
+    // Written here by an earlier mount: still to send, and in every record
+    // saved from now on.
+    if (local && saved->dirty) e->dirty = std::move(*saved->dirty);
   } else if (n.version == 0) {
     // Created here, never committed: nothing on the server to fetch.
     e->manifest = Manifest{};
@@ -622,7 +627,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   // its record first: not to be written over from here).
   const bool created_here = n.version == 0 && !saved;
   if (state_ && !created_here && !from_saved && !local) {
-    RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, e->manifest, e->present}));
+    RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, e->manifest, e->present, std::vector<bool>()}));
   }
   if (state_ && local && !from_saved && !IsLocal(n.id)) {
     // Committed while this opened (its staged bytes, sent from memory):
@@ -1012,6 +1017,53 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
       (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, p.chunk * kChunkSize, kChunkSize);
       ::close(fd);
     }
+  }
+}
+
+void ChunkCache::CheckLocalAfterReboot(const std::set<uint64_t>& ids) {
+  // A local file's cache file holds its local bytes and the server's bytes
+  // of blocks fetched before them; its flush re-hashes every present block
+  // and sends what differs. A fetched block whose bytes a power cut lost
+  // (written, never synced; its bit saved in the bitmap) would so be sent
+  // as zeros: such blocks are dropped here (fetched again when read, and
+  // the flush takes their hashes from the manifest). Blocks written here
+  // (the dirty bits saved with the file's last record) are not checked:
+  // they are the user's bytes, as fsync left them.
+  std::string buf(kBlockSize, '\0');
+  for (uint64_t id : ids) {
+    auto saved = state_->LoadFile(id);
+    if (!saved.ok() || !*saved) continue;
+    LocalState::CachedFile& f = **saved;
+    if (!f.dirty) {
+      spdlog::info("node {}: changed before the restart, saved without its written blocks; its cached blocks are "
+                   "taken as they are", id);
+      continue;
+    }
+    const std::string path = dir_ + "/data/" + std::to_string(id);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;  // nothing cached: nothing to check
+    const Fd closing(fd);
+    struct stat st;
+    if (::fstat(fd, &st) != 0) continue;
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    uint64_t dropped = 0;
+    for (uint64_t b = 0; b < f.present.size() && b < f.manifest.blocks.size(); ++b) {
+      if (!f.present[b] || (b < f.dirty->size() && (*f.dirty)[b])) continue;
+      const uint64_t off = b * kBlockSize;
+      const size_t len = std::min<uint64_t>(kBlockSize, f.manifest.size - std::min(off, f.manifest.size));
+      const bool fits = len > 0 && off + len <= size;
+      if (fits && ::pread(fd, buf.data(), len, static_cast<off_t>(off)) == static_cast<ssize_t>(len) &&
+          HashBlock(buf.data(), len) == f.manifest.blocks[b])
+        continue;
+      f.present[b] = false;  // (a fetch writes it over)
+      ++dropped;
+    }
+    if (dropped == 0) continue;
+    spdlog::warn("node {}: {} blocks fetched before the machine restarted did not survive it; they are fetched again "
+                 "from the server, the blocks written here are kept",
+                 id, dropped);
+    if (Status st2 = state_->SaveFile(f); !st2.ok())
+      spdlog::warn("node {}: cannot save its checked bitmap: {}", id, st2.ToString());
   }
 }
 
@@ -1474,7 +1526,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   if (::ftruncate(e->fd, static_cast<off_t>(size)) != 0)
     return Status::IoError("cannot resize the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
   Manifest m;
-  std::vector<bool> present;
+  std::vector<bool> present, dirty;
   {
     std::lock_guard lock(e->mu);
     e->Grow(size);
@@ -1488,8 +1540,9 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
     e->write_front = std::min(e->write_front, size);
     m = e->manifest;
     present = e->present;
+    dirty = e->dirty;
   }
-  if (state_) RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, m, present}));
+  if (state_) RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, m, present, dirty}));
   return Status::Ok();
 }
 
@@ -1707,7 +1760,7 @@ std::optional<LocalState::CachedFile> ChunkCache::FileRecord(uint64_t id) {
   std::shared_ptr<Entry> e = FindEntry(id);
   if (!e) return std::nullopt;
   std::lock_guard lock(e->mu);
-  return LocalState::CachedFile{id, e->version, e->manifest, e->present};
+  return LocalState::CachedFile{id, e->version, e->manifest, e->present, e->dirty};
 }
 
 void ChunkCache::CreatedCommitted(uint64_t id) {
@@ -1725,7 +1778,7 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
       std::lock_guard elock(e->mu);
       if (e->version != from) return;
       e->version = to;
-      f = {id, to, e->manifest, e->present};
+      f = {id, to, e->manifest, e->present, e->dirty};
       RekeyLocked(id, to, f.present, f.manifest.size);
     }
     if (state_) (void)state_->SaveFile(f);

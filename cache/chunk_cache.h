@@ -70,6 +70,11 @@ struct ChunkCacheOptions {
   // Nodes whose cached bytes are local changes not yet committed (from the
   // journal): known before the first eviction, never evicted.
   std::set<uint64_t> local;
+  // The machine restarted since the state was last used (a power cut may
+  // have lost cached bytes the saved bitmaps count): before anything else,
+  // the blocks of `local` files that were fetched, not written here, are
+  // checked against their manifests, and those that fail are dropped.
+  bool rebooted = false;
   // Told of every chunk fetched (node, bytes), from the fetching thread.
   std::function<void(const NodeRecord&, uint64_t)> on_fetched;
 };
@@ -354,6 +359,8 @@ class ChunkCache {
   // A file end at `end` keeps the first bytes of the block it falls in:
   // that block is made present (fetched) first.
   Status EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end, bool check);
+  // opts.rebooted: checks the fetched blocks of local files (see there).
+  void CheckLocalAfterReboot(const std::set<uint64_t>& ids);
   // Re-hashes the blocks of a chunk an earlier mount cached; clears the
   // ones that fail (a crash may have lost bytes the bitmap counts).
   void Verify(Entry& e, uint64_t chunk);

@@ -1619,6 +1619,14 @@ Result<uint64_t> ParseSize(const std::string& text) {
   return v;
 }
 
+// This boot of the machine (Linux's random boot id), "" if unknown.
+std::string BootId() {
+  std::ifstream in("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(in, id);
+  return id;
+}
+
 // One mount per cache dir (its databases are held exclusively): an flock
 // on DIR/lock, held until the process exits. A mount that just unmounted
 // may still be saving: wait for it a little, then say what is wrong.
@@ -1705,11 +1713,22 @@ Status RunMount(const MountOptions& opts) {
       fs.tree.Apply(rec);
     }
   }
+  // A power cut loses what was in the page cache only: on the same boot as
+  // the last mount, cached bytes are as that mount left them.
+  const std::string boot = BootId();
+  if (warm && !co.local.empty() && !boot.empty()) {
+    auto last = state->Meta("boot_id");
+    co.rebooted = last.ok() && !last->empty() && *last != boot;
+    if (co.rebooted) spdlog::info("the machine restarted since the last mount: checking the cached blocks of {} changed files",
+                                  co.local.size());
+  }
   co.on_fetched = [&fs](const NodeRecord& n, uint64_t bytes) {
     RemoteSync* sync = fs.live_sync;
     if (sync) sync->AddDownloaded(fs.tree.PathOf(n.id), bytes, n.size);
   };
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &reads, state.get(), co);
+  if (!boot.empty())
+    if (Status st = state->SetMeta("boot_id", boot); !st.ok()) spdlog::warn("cannot save the boot id: {}", st.ToString());
   // A file fetched ahead is what the tree says when its turn comes.
   fs.cache->set_node_lookup([&fs](uint64_t id) -> std::optional<NodeRecord> {
     auto n = fs.tree.Get(id);

@@ -67,7 +67,7 @@ bool Creates(OpType t) { return t == OpType::kCreate || t == OpType::kMkdir || t
 
 // The record of a file sent from its staged bytes: every block here.
 LocalState::CachedFile AllHere(uint64_t id, uint64_t version, const Manifest& m) {
-  return {id, version, m, std::vector<bool>(m.blocks.size(), true)};
+  return {id, version, m, std::vector<bool>(m.blocks.size(), true), std::vector<bool>(m.blocks.size(), false)};
 }
 
 // Counts entries whose commit is being applied here (Pending() includes

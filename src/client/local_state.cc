@@ -109,7 +109,11 @@ Result<std::unique_ptr<LocalState>> LocalState::Open(const std::string& path, co
   ASSIGN_OR_RETURN(auto files, Db::Open(files_path, /*exclusive=*/true));
   RETURN_IF_ERROR(files->Exec(
       "CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, version INTEGER NOT NULL,"
-      " manifest BLOB NOT NULL, present BLOB NOT NULL)"));
+      " manifest BLOB NOT NULL, present BLOB NOT NULL, dirty BLOB)"));
+  // (A cache dir made before the dirty bits were saved gets their column,
+  // NULL: not known.)
+  if (!files->Prepare("SELECT dirty FROM files LIMIT 0").ok())
+    RETURN_IF_ERROR(files->Exec("ALTER TABLE files ADD COLUMN dirty BLOB"));
   std::unique_ptr<LocalState> state(new LocalState(std::move(db), std::move(files)));
   std::string dir = slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
   RETURN_IF_ERROR(state->OpenLog(dir + "intent.log"));
@@ -590,12 +594,13 @@ static Result<LocalState::CachedFile> ReadFileRow(const Stmt& s) {
   if (!m.ok()) return Status::Corruption("local state: manifest of " + std::to_string(f.id) + ": " + m.status().message());
   f.manifest = std::move(*m);
   f.present = UnpackBits(s.Blob(3), f.manifest.blocks.size());
+  if (!s.IsNull(4)) f.dirty = UnpackBits(s.Blob(4), f.manifest.blocks.size());
   return f;
 }
 
 Result<std::optional<LocalState::CachedFile>> LocalState::LoadFile(uint64_t id) {
   std::lock_guard lock(files_mu_);
-  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("SELECT id, version, manifest, present FROM files WHERE id=?1"));
+  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("SELECT id, version, manifest, present, dirty FROM files WHERE id=?1"));
   s.Bind(1, id);
   if (!s.Step()) {
     RETURN_IF_ERROR(s.status());
@@ -607,7 +612,7 @@ Result<std::optional<LocalState::CachedFile>> LocalState::LoadFile(uint64_t id) 
 
 Result<std::vector<LocalState::CachedFile>> LocalState::LoadAllFiles() {
   std::lock_guard lock(files_mu_);
-  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("SELECT id, version, manifest, present FROM files"));
+  ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("SELECT id, version, manifest, present, dirty FROM files"));
   std::vector<CachedFile> out;
   while (s.Step()) {
     auto f = ReadFileRow(s);
@@ -628,12 +633,21 @@ Status LocalState::SaveFiles(const std::vector<CachedFile>& files) {
   }
   // A bitmap saved late (the writer thread) never replaces one of a newer version.
   ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare(
-                               "INSERT INTO files(id, version, manifest, present) VALUES(?1, ?2, ?3, ?4) "
+                               "INSERT INTO files(id, version, manifest, present, dirty) VALUES(?1, ?2, ?3, ?4, ?5) "
                                "ON CONFLICT(id) DO UPDATE SET version=excluded.version, manifest=excluded.manifest, "
-                               "present=excluded.present WHERE excluded.version >= files.version"));
+                               "present=excluded.present, dirty=excluded.dirty WHERE excluded.version >= files.version"));
   for (const auto& f : files) {
     std::string m = EncodeManifest(f.manifest), bits = PackBits(f.present);
     s.Bind(1, f.id).Bind(2, f.version).BindBlob(3, m.data(), m.size()).BindBlob(4, bits.data(), bits.size());
+    std::string dirty;
+    if (f.dirty) {
+      std::vector<bool> d = *f.dirty;
+      d.resize(f.manifest.blocks.size(), false);  // (the check covers the manifest's blocks)
+      dirty = PackBits(d);
+      s.BindBlob(5, dirty.data(), dirty.size());
+    } else {
+      s.BindNull(5);
+    }
     RETURN_IF_ERROR(s.Run());
     s.Reset();
   }

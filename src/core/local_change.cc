@@ -2,6 +2,7 @@
 
 #include "core/names.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include <xxhash.h>
@@ -124,6 +125,24 @@ Result<LocalChange> Parse(std::string_view payload) {
       c.staged.push_back(std::move(s));
     }
   }
+  // (And those written before the dirty bits were, here: their files'
+  // bits stay unknown.) For each file in order, whether its bits are known
+  // and, if so, the bits.
+  if (r.ok && !r.in.empty()) {
+    const uint32_t n = r.Count(1);
+    if (r.ok && n != c.files.size()) return Status::Corruption("dirty bits for " + std::to_string(n) + " of " +
+                                                               std::to_string(c.files.size()) + " files");
+    for (uint32_t i = 0; i < n && r.ok; ++i) {
+      const uint8_t known = r.U8();
+      if (r.ok && known > 1) return Status::Corruption("bad dirty bits mark");
+      if (known == 0) continue;
+      std::string_view bits = r.Str();
+      if (!r.ok) break;
+      CachedFile& f = c.files[i];
+      if (bits.size() != (f.manifest.blocks.size() + 7) / 8) return Status::Corruption("dirty bits do not fit the manifest");
+      f.dirty = UnpackBits(bits, f.manifest.blocks.size());
+    }
+  }
   if (!r.ok) return Status::Corruption("cut short");
   if (!r.in.empty()) return Status::Corruption("bytes past the end");
   return c;
@@ -178,11 +197,24 @@ std::string EncodeLocalChange(const LocalChange& c) {
     w.Str(EncodeManifest(f.manifest));
     w.Str(PackBits(bits));
   }
-  if (!c.staged.empty()) {
+  // The files' dirty bits follow the staged bytes (a count of none if
+  // need be).
+  const bool dirty = std::any_of(c.files.begin(), c.files.end(), [](const CachedFile& f) { return f.dirty.has_value(); });
+  if (!c.staged.empty() || dirty) {
     w.U32(static_cast<uint32_t>(c.staged.size()));
     for (const auto& s : c.staged) {
       w.U64(s.id);
       w.Str(s.bytes);
+    }
+  }
+  if (dirty) {
+    w.U32(static_cast<uint32_t>(c.files.size()));
+    for (const auto& f : c.files) {
+      w.U8(f.dirty ? 1 : 0);
+      if (!f.dirty) continue;
+      std::vector<bool> bits = *f.dirty;
+      bits.resize(f.manifest.blocks.size(), false);
+      w.Str(PackBits(bits));
     }
   }
   const size_t len = w.out.size() - kHeader;

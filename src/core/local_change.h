@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,6 +33,11 @@ struct CachedFile {
   uint64_t version = 0;
   Manifest manifest;
   std::vector<bool> present;  // per block
+  // Per block of the manifest: written here since `version` (a local
+  // change), as of this record; nothing: not known (saved before the
+  // bits were). After a reboot, present blocks outside these are checked
+  // against the manifest (a power cut may have lost their bytes).
+  std::optional<std::vector<bool>> dirty;
 };
 
 // The bytes of a small new file's first write (at offset 0), kept in the

@@ -1,6 +1,7 @@
 // End to end: the real server, `tidefs import`, and a real FUSE mount
 // driven with real syscalls.
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -1013,6 +1014,60 @@ TEST_F(MountTest, AWritePastTheEndKeepsTheBytesOfTheOldLastBlock) {
   const std::string got = ReadAll(fresh.path() + "/f.bin");
   ASSERT_EQ(got.size(), want.size());
   EXPECT_TRUE(got.compare(0, data.size(), data) == 0) << "the old bytes were replaced";
+  EXPECT_TRUE(got == want);
+}
+
+// A power cut after a file's change was recorded: the blocks it had
+// fetched (their bits saved, their bytes still only in the page cache)
+// come back as holes. The next mount, on a new boot, fetches them again
+// rather than committing them as zeros, and keeps the block written here.
+TEST_F(MountTest, BlocksFetchedBeforeAPowerCutAreNotCommittedAsZeros) {
+  const std::string data = RandomBytes(192 * 1024, 22);
+  Write("f.bin", data);
+  Import();
+  const std::string patch(64 * 1024, 'w');
+  std::string want = data;
+  want.replace(64 * 1024, patch.size(), patch);
+  FaultProxy proxy(server_, dir_);
+  std::string cached;
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    ASSERT_EQ(ReadAll(m.path() + "/f.bin"), data);
+    struct stat st;
+    ASSERT_EQ(stat((m.path() + "/f.bin").c_str(), &st), 0);
+    cached = dir_ + "/cache/data/" + std::to_string(st.st_ino);
+    proxy.SetRule("refuse /commit 0 -1");
+    int fd = open((m.path() + "/f.bin").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, patch.data(), patch.size(), 64 * 1024), static_cast<ssize_t>(patch.size()));
+    ASSERT_EQ(fsync(fd), 0);
+    ASSERT_EQ(close(fd), 0);
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 1; })) << "the change was never sent";
+    KillMount(m.path());
+  }
+  // The power cut: the fetched blocks never reached the disk; the machine
+  // booted again.
+  {
+    int fd = open(cached.c_str(), O_RDWR);
+    ASSERT_GE(fd, 0) << cached;
+    ASSERT_EQ(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 64 * 1024), 0);
+    ASSERT_EQ(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 128 * 1024, 64 * 1024), 0);
+    close(fd);
+  }
+  std::string out;
+  ASSERT_EQ(RunCommand("sqlite3 " + dir_ + "/cache/state.db \"UPDATE meta SET value='an earlier boot' WHERE "
+                       "key='boot_id'; SELECT changes();\" 2>&1", &out), 0) << out;
+  ASSERT_EQ(out, "1\n") << "the mount saved no boot id";
+  proxy.SetRule("pass");
+  {
+    TestMount again(proxy.url(), server_.rw_token, dir_);
+    ASSERT_TRUE(JournalEmptiesWithin(again.path(), std::chrono::seconds(20))) << StatusOf(again.path());
+    EXPECT_TRUE(ReadAll(again.path() + "/f.bin") == want) << "the mount reads zeros";
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  const std::string got = ReadAll(fresh.path() + "/f.bin");
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_TRUE(got.compare(0, 64 * 1024, data, 0, 64 * 1024) == 0) << "the first block was committed as zeros";
   EXPECT_TRUE(got == want);
 }
 

@@ -279,6 +279,39 @@ TEST_F(LocalStateTest, SavedChangesNeverTakeAVersionBackNorKeepADeletedFilesBitm
   EXPECT_FALSE(*s->LoadFile(100));
 }
 
+// A file's dirty bits (its blocks written here) are kept with its record,
+// through the log and the database; a record without them (an older
+// cache dir's) says they are not known.
+TEST_F(LocalStateTest, AFilesDirtyBitsAreSavedWithItsRecord) {
+  {
+    // A cache dir from before the bits were saved.
+    auto db = Db::Open(dir_ + "/files.db", /*exclusive=*/true);
+    ASSERT_TRUE(db.ok());
+    ASSERT_TRUE((*db)->Exec("CREATE TABLE files (id INTEGER PRIMARY KEY, version INTEGER NOT NULL,"
+                            " manifest BLOB NOT NULL, present BLOB NOT NULL)").ok());
+  }
+  {
+    auto s = Open();
+    LocalChange a = Change(1, 100, "a.txt");
+    ASSERT_TRUE(s->SaveChanges({&a}).ok());
+    EXPECT_FALSE((*s->LoadFile(100))->dirty);
+    LocalChange b = Change(2, 101, "b.txt");
+    b.files[0].dirty = std::vector<bool>{true, false};
+    ASSERT_TRUE(s->LogChange(b).ok());  // replayed by the next Open
+  }
+  auto s = Open();
+  EXPECT_FALSE((*s->LoadFile(100))->dirty);
+  auto f = s->LoadFile(101);
+  ASSERT_TRUE(f.ok() && *f);
+  EXPECT_EQ((*f)->dirty, (std::vector<bool>{true, false}));
+  auto all = s->LoadAllFiles();
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->size(), 2u);
+  (*f)->dirty.reset();
+  ASSERT_TRUE(s->SaveFile(**f).ok());
+  EXPECT_FALSE((*s->LoadFile(101))->dirty);
+}
+
 TEST_F(LocalStateTest, StagedBytesOfAKilledMountGoToTheirCacheFilesUnlessThereAlready) {
   std::filesystem::create_directories(dir_ + "/data");
   {
@@ -366,6 +399,25 @@ TEST(LocalChangeCodecTest, RoundTripsAndRejectsWhatDoesNotFit) {
   c.staged = {{0, "bad id"}};
   EXPECT_TRUE(DecodeLocalLog(EncodeLocalChange(c)).changes.empty());
   c.staged.clear();
+  // Files' dirty bits (the last section: frames without it read as not
+  // known), per file, known or not.
+  CachedFile f;
+  f.id = 9;
+  f.manifest.size = 70000;
+  f.manifest.blocks = {HashBlock("a"), HashBlock("b")};
+  f.present = {true, true};
+  c.files = {f, f};
+  c.files[1].dirty = std::vector<bool>{false, true};
+  DecodedLog bits = DecodeLocalLog(EncodeLocalChange(c));
+  ASSERT_EQ(bits.changes.size(), 1u) << bits.stopped;
+  EXPECT_FALSE(bits.changes[0].files[0].dirty);
+  EXPECT_EQ(bits.changes[0].files[1].dirty, (std::vector<bool>{false, true}));
+  EXPECT_TRUE(bits.changes[0].staged.empty());
+  c.files[1].dirty.reset();
+  EXPECT_FALSE(DecodeLocalLog(EncodeLocalChange(c)).changes[0].files[1].dirty);
+  c.files[1].dirty = std::vector<bool>{true};  // (encoded to the manifest's length)
+  EXPECT_EQ(DecodeLocalLog(EncodeLocalChange(c)).changes[0].files[1].dirty, (std::vector<bool>{true, false}));
+  c.files.clear();
   // A row whose name the server would refuse is damage, not a change.
   c.rows[0].name = "a/b";
   EXPECT_TRUE(DecodeLocalLog(EncodeLocalChange(c)).changes.empty());
