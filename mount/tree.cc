@@ -47,24 +47,55 @@ void Tree::StartLazy(uint64_t seq) {
 
 void Tree::Apply(const NodeRecord& n) {
   std::unique_lock lock(mu_);
+  ApplyLocked(n, std::nullopt);
+}
+
+void Tree::ApplyUnsaved(const NodeRecord& n, uint64_t ticket) {
+  std::unique_lock lock(mu_);
+  ApplyLocked(n, ticket);
+}
+
+void Tree::ApplyLocked(const NodeRecord& n, std::optional<uint64_t> unsaved) {
   ++generation_;
   if (!loading_.empty()) recent_.emplace_back(generation_, n);
+  unsaved_.erase(n.id);  // (superseded)
   if (snap_) {
     // The snapshot's record of this node no longer counts; its new
     // directory is filled first so the node lands where it will be found.
     overridden_.insert(n.id);
     if (!n.deleted && n.id != kRootId) LoadFromSnapshotLocked(n.parent);
   }
+  const bool held = nodes_.count(n.id) > 0;
   RemoveLocked(n.id);
-  if (n.deleted) return;
-  if (n.id == kRootId) {
+  bool placed = false;
+  if (n.id == kRootId && !n.deleted) {
     InsertLocked(n);
-    return;
+    placed = true;
+  } else if (!n.deleted) {
+    // Lazy: keep it only where it will be found (its directory is loaded);
+    // otherwise the local state has it for when the directory is read.
+    auto d = dirs_.find(n.parent);
+    if (d != dirs_.end() && d->second.loaded) {
+      InsertLocked(n);
+      placed = true;
+    }
   }
-  // Lazy: keep it only where it will be found (its directory is loaded);
-  // otherwise the local state has it for when the directory is read.
-  auto d = dirs_.find(n.parent);
-  if (d != dirs_.end() && d->second.loaded) InsertLocked(n);
+  // A local change the state does not hold yet, which a directory read
+  // from it would miss: kept until saved.
+  // (One placed is found where it is, and one deleted from memory was in
+  // a loaded directory, which is not read again.)
+  if (unsaved && state_ && !snap_ && !placed && !(n.deleted && held)) unsaved_[n.id] = {*unsaved, n};
+}
+
+void Tree::Saved(uint64_t ticket) {
+  std::unique_lock lock(mu_);
+  saved_ticket_ = std::max(saved_ticket_, ticket);
+  DropSavedLocked();
+}
+
+void Tree::DropSavedLocked() {
+  if (!loading_.empty() || unsaved_.empty()) return;
+  std::erase_if(unsaved_, [&](const auto& kv) { return kv.second.first <= saved_ticket_; });
 }
 
 void Tree::SetVersion(uint64_t id, uint64_t version, uint64_t seq) {
@@ -121,6 +152,7 @@ Status Tree::EnsureDir(uint64_t parent) {
     ~Trim() {
       const uint64_t keep = t->loading_.empty() ? UINT64_MAX : *t->loading_.begin();
       while (!t->recent_.empty() && t->recent_.front().first <= keep) t->recent_.pop_front();
+      t->DropSavedLocked();
     }
   } trim{this};
   if (!kids.ok()) return kids.status();
@@ -141,6 +173,14 @@ Status Tree::EnsureDir(uint64_t parent) {
     if (here) RemoveLocked(id);
     if (!r->deleted && r->parent == parent) InsertLocked(*r);
   }
+  // Local changes the state did not hold yet (each the node's last record).
+  for (const auto& [id, u] : unsaved_) {
+    const NodeRecord& r = u.second;
+    const bool here = read.count(id) > 0;
+    if (!here && (r.parent != parent || r.deleted || nodes_.count(id))) continue;
+    if (here) RemoveLocked(id);
+    if (!r.deleted && r.parent == parent) InsertLocked(r);
+  }
   return Status::Ok();
 }
 
@@ -152,8 +192,20 @@ Result<std::optional<NodeRecord>> Tree::Get(uint64_t id) {
     // Cold: the kernel only knows nodes of directories already filled.
     if (snap_ || !state_) return std::optional<NodeRecord>();
   }
-  // Not in memory: its directory was never read in this mount.
-  ASSIGN_OR_RETURN(std::optional<NodeRecord> n, state_->GetNode(id));
+  // Not in memory: its directory was never read in this mount (a local
+  // change not saved yet says where it is now).
+  std::optional<NodeRecord> n;
+  {
+    std::shared_lock lock(mu_);
+    auto u = unsaved_.find(id);
+    if (u != unsaved_.end()) {
+      if (u->second.second.deleted) return std::optional<NodeRecord>();
+      n = u->second.second;
+    }
+  }
+  if (!n) {
+    ASSIGN_OR_RETURN(n, state_->GetNode(id));
+  }
   if (n && n->id != kRootId) {
     RETURN_IF_ERROR(EnsureDir(n->parent));
     std::shared_lock lock(mu_);

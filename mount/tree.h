@@ -42,6 +42,13 @@ class Tree {
   // the write-back's writer: their directories are loaded, since the
   // names were looked up first.)
   void Apply(const NodeRecord& n);
+  // The same for a local change the local state does not hold yet (the
+  // write-back's writer saves it, as ticket `ticket`): until Saved says it
+  // is, a directory read from the local state gets it replayed too (and a
+  // node it moved or deleted is not read back where it was).
+  void ApplyUnsaved(const NodeRecord& n, uint64_t ticket);
+  // The local state holds every change up to `ticket`.
+  void Saved(uint64_t ticket);
 
   // The server committed our change: the node's version and seq move, its
   // (local) name, place and attributes stay.
@@ -68,6 +75,11 @@ class Tree {
   // Makes sure `parent`'s children are in memory.
   Status EnsureDir(uint64_t parent);
   void InsertLocked(const NodeRecord& n);
+  void ApplyLocked(const NodeRecord& n, std::optional<uint64_t> unsaved);
+  // Requires mu_ held exclusively: drops the unsaved records the local
+  // state holds now, unless a directory read is under way (it may have
+  // read the state before they were saved).
+  void DropSavedLocked();
   void RemoveLocked(uint64_t id);
 
   LocalState* const state_;
@@ -83,6 +95,12 @@ class Tree {
   // each made, replayed over what the reads found.
   std::multiset<uint64_t> loading_;
   std::deque<std::pair<uint64_t, NodeRecord>> recent_;
+  // Guarded by mu_: the last record of a node, applied as an unsaved local
+  // change (with its ticket) where a directory read from the local state
+  // would miss it (its directory not loaded, or the node not in memory);
+  // dropped once saved (saved_ticket_) or superseded.
+  std::unordered_map<uint64_t, std::pair<uint64_t, NodeRecord>> unsaved_;
+  uint64_t saved_ticket_ = 0;
   std::unordered_map<uint64_t, NodeRecord> nodes_;      // guarded by mu_
   std::unordered_map<uint64_t, Dir> dirs_;              // guarded by mu_
   uint64_t seq_ = 0;                                    // guarded by mu_

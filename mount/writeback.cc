@@ -183,7 +183,7 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
     queued_ticket_ = c.ticket;
     queued_entries_ += c.entries.size();
     for (auto& s : c.staged) s.bytes = std::string();  // logged; the cache holds them (the writer needs the ids)
-    for (const auto& r : c.rows) tree_->Apply(r);
+    for (const auto& r : c.rows) tree_->ApplyUnsaved(r, c.ticket);
     queue_.push_back(std::move(c));
     wake = writer_awaits_;
   }
@@ -406,6 +406,7 @@ void WriteBack::WriterLoop() {
     ++attempts_;
     if (st.ok()) {
       written_ticket_ = items.back()->ticket;
+      tree_->Saved(written_ticket_);
       for (size_t i = 0; i < items.size(); ++i) {
         queued_entries_ -= queue_.front().entries.size();
         queue_.pop_front();

@@ -43,6 +43,25 @@ Snapshot Sample() {
   return s;
 }
 
+// A local state holding Sample(), in a temp folder removed at the end.
+struct SampleState {
+  SampleState() {
+    char tmpl[] = "/tmp/tidefs-tree-XXXXXX";
+    dir = mkdtemp(tmpl);
+    auto s = LocalState::Open(dir + "/state.db", "p");
+    EXPECT_TRUE(s.ok());
+    if (!s.ok()) return;
+    state = std::move(*s);
+    EXPECT_TRUE(state->SaveSnapshot(Sample()).ok());
+  }
+  ~SampleState() {
+    state.reset();
+    std::filesystem::remove_all(dir);
+  }
+  std::string dir;
+  std::unique_ptr<LocalState> state;
+};
+
 TEST(TreeTest, ColdTreeFillsDirectoriesFromTheSnapshotOnUse) {
   Tree t;
   t.Load(std::make_shared<Snapshot>(Sample()));
@@ -74,13 +93,11 @@ TEST(TreeTest, ChangesToDirectoriesNotYetUsedAreNotLost) {
 }
 
 TEST(TreeTest, WarmTreeReadsTheLocalStateAndItsChanges) {
-  char tmpl[] = "/tmp/tidefs-tree-XXXXXX";
-  std::string dir = mkdtemp(tmpl);
+  SampleState st;
+  ASSERT_TRUE(st.state);
+  LocalState* state = st.state.get();
   {
-    auto state = LocalState::Open(dir + "/state.db", "p");
-    ASSERT_TRUE(state.ok());
-    ASSERT_TRUE((*state)->SaveSnapshot(Sample()).ok());
-    Tree t(state->get());
+    Tree t(state);
     t.StartLazy(10);
     EXPECT_EQ(t.size(), 0u);
     auto root = t.Get(kRootId);
@@ -89,15 +106,55 @@ TEST(TreeTest, WarmTreeReadsTheLocalStateAndItsChanges) {
     // A change: the local state first, then the tree.
     NodeRecord moved = Rec(4, 3, "moved.txt");
     moved.seq = 11;
-    ASSERT_TRUE((*state)->ApplyChanges({moved}, 11).ok());
+    ASSERT_TRUE(state->ApplyChanges({moved}, 11).ok());
     t.Apply(moved);
     EXPECT_EQ(Names(t, 2), (std::vector<std::string>{"b.txt"}));
     EXPECT_EQ(Names(t, 3), (std::vector<std::string>{"moved.txt", "x"}));
-    auto cursor = (*state)->Cursor();
+    auto cursor = state->Cursor();
     ASSERT_TRUE(cursor.ok() && *cursor);
     EXPECT_EQ(**cursor, 11u);
   }
-  std::filesystem::remove_all(dir);
+}
+
+// Local changes reach the tree at once and the local state a little later
+// (the write-back's writer): a directory first read in between has them
+// too, a node they move or delete is not read back where it was, and once
+// saved the state alone says so.
+TEST(TreeTest, LocalChangesNotYetSavedAreInADirectoryReadFirstMeanwhile) {
+  SampleState st;
+  ASSERT_TRUE(st.state);
+  LocalState* state = st.state.get();
+  {
+    Tree t(state);
+    t.StartLazy(10);
+    // Neither /a nor /c has been read: a conflict copy appears in /a, a.txt
+    // moves to /c, x is deleted.
+    t.ApplyUnsaved(Rec(7, 2, "copy.txt"), 1);
+    t.ApplyUnsaved(Rec(4, 3, "moved.txt"), 1);
+    NodeRecord gone = Rec(6, 3, "x");
+    gone.deleted = true;
+    t.ApplyUnsaved(gone, 2);
+    auto copy = t.Get(7);
+    ASSERT_TRUE(copy.ok() && *copy) << "a node not saved yet is unknown";
+    EXPECT_EQ((*copy)->name, "copy.txt");
+    EXPECT_FALSE(*t.Get(6)) << "a node deleted here came back from the state";
+    EXPECT_EQ(Names(t, 2), (std::vector<std::string>{"b.txt", "copy.txt"}));
+    EXPECT_EQ(Names(t, 3), (std::vector<std::string>{"moved.txt"}));
+    // Saved: a tree started now reads them from the state.
+    NodeRecord x = gone;
+    ASSERT_TRUE(state->ApplyChanges({Rec(7, 2, "copy.txt"), Rec(4, 3, "moved.txt"), x}, 10).ok());
+    t.Saved(2);
+    Tree fresh(state);
+    fresh.StartLazy(10);
+    EXPECT_EQ(Names(fresh, 2), (std::vector<std::string>{"b.txt", "copy.txt"}));
+    EXPECT_EQ(Names(fresh, 3), (std::vector<std::string>{"moved.txt"}));
+    // A later remote change supersedes one not saved: it is not replayed.
+    t.ApplyUnsaved(Rec(8, 5, "inside"), 3);  // (5 is a file: a directory never read)
+    NodeRecord back = Rec(8, 2, "elsewhere");
+    back.deleted = true;
+    t.Apply(back);
+    EXPECT_FALSE(*t.Get(8));
+  }
 }
 
 // A directory read from the local state while changes to it land (the
