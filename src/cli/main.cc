@@ -105,6 +105,13 @@ int main(int argc, char** argv) {
   serve->add_option("--listen", listen, "HOST:PORT to listen on (port 0 picks one)");
   serve->add_option("--threads", so.threads, "Server threads")->check(CLI::Range(1, 256));
   serve->add_option("--ready-file", so.ready_file, "Write the server URL here once listening");
+  int64_t block_grace = 86400, collect_every = 3600;
+  serve->add_option("--block-grace", block_grace,
+                    "Seconds an uploaded block no commit names is kept (an interrupted upload resumes within it; "
+                    "default 86400)")
+      ->check(CLI::Range(int64_t{1}, int64_t{365} * 86400));
+  serve->add_option("--collect-every", collect_every, "Seconds between rounds of collecting such blocks (default 3600)")
+      ->check(CLI::Range(int64_t{1}, int64_t{86400}));
 
   // admin
   auto* admin = app.add_subcommand("admin", "Manage projects and tokens in a data directory");
@@ -196,6 +203,8 @@ int main(int argc, char** argv) {
 
   if (*serve) {
     if (Status st = ParseListen(listen, &so.host, &so.port); !st.ok()) return Fail(st);
+    so.block_grace = std::chrono::seconds(block_grace);
+    so.collect_every = std::chrono::seconds(collect_every);
     if (Status st = Serve(so); !st.ok()) return Fail(st);
     return 0;
   }

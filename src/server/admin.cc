@@ -5,8 +5,11 @@
 #include <openssl/sha.h>
 #include <sys/random.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -65,7 +68,27 @@ Status Serve(const ServeOptions& opts) {
     }
     std::filesystem::rename(tmp, opts.ready_file);
   }
+  // The collector of uploads no commit named: a round now and then, off
+  // the serving threads.
+  api.set_block_grace(opts.block_grace);
+  std::mutex collector_mu;
+  std::condition_variable collector_cv;
+  bool stopping = false;
+  std::thread collector([&] {
+    std::unique_lock lock(collector_mu);
+    while (!collector_cv.wait_for(lock, opts.collect_every, [&] { return stopping; })) {
+      lock.unlock();
+      if (auto n = api.CollectBlocks(); !n.ok()) spdlog::warn("collecting unreferenced blocks: {}", n.status().ToString());
+      lock.lock();
+    }
+  });
   server.Run(opts.threads);
+  {
+    std::lock_guard lock(collector_mu);
+    stopping = true;
+  }
+  collector_cv.notify_all();
+  collector.join();
   spdlog::info("tidefs server stopped");
   return Status::Ok();
 }

@@ -1,6 +1,7 @@
 // What `tidefs serve` and `tidefs admin` do, callable from the CLI.
 #pragma once
 
+#include <chrono>
 #include <string>
 
 #include "core/status.h"
@@ -14,6 +15,10 @@ struct ServeOptions {
   uint16_t port = 7750;
   int threads = 8;
   std::string ready_file;  // written with the URL once listening
+  // Uploaded blocks that no commit named for this long are collected, a
+  // round every `collect_every`.
+  std::chrono::seconds block_grace{86400};
+  std::chrono::seconds collect_every{3600};
 };
 
 // Runs the server until SIGINT/SIGTERM.

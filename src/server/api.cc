@@ -479,13 +479,13 @@ HttpResponse Api::BlocksMissing(const HttpRequest& req, const Caller& c) {
     if (!parsed) return ErrorResponse(Status::Invalid("hash " + h.dump() + " is not 32 hex digits"));
     hashes.push_back(*parsed);
   }
-  auto missing = meta_->MissingBlocks(c.token.project_id, hashes);
-  if (!missing.ok()) return ErrorResponse(missing.status());
-  DropUnindexed(c.token.project_id, &*missing);
+  Status st;
+  auto missing = MissingRefreshed(c.token.project_id, hashes, &st);
+  if (!st.ok()) return ErrorResponse(st);
   std::string body = "{\"missing\":[";
-  for (size_t i = 0; i < missing->size(); ++i) {
+  for (size_t i = 0; i < missing.size(); ++i) {
     if (i) body += ',';
-    body += '"' + (*missing)[i].Hex() + '"';
+    body += '"' + missing[i].Hex() + '"';
   }
   body += "]}";
   return JsonResponse(200, std::move(body));
@@ -499,12 +499,12 @@ HttpResponse Api::UploadBlocks(const HttpRequest& req, const Caller& c) {
   if (Status st = VerifyBlockFrames(*frames); !st.ok()) return ErrorResponse(st);
   std::vector<Hash128> hashes;
   for (const auto& f : *frames) hashes.push_back(f.hash);
-  auto missing = meta_->MissingBlocks(c.token.project_id, hashes);
-  if (!missing.ok()) return ErrorResponse(missing.status());
-  DropUnindexed(c.token.project_id, &*missing);
+  Status st;
+  auto missing = MissingRefreshed(c.token.project_id, hashes, &st);
+  if (!st.ok()) return ErrorResponse(st);
   std::vector<std::string_view> to_store;
   std::vector<Hash128> to_index;
-  std::unordered_set<Hash128, Hash128Hasher> want(missing->begin(), missing->end());
+  std::unordered_set<Hash128, Hash128Hasher> want(missing.begin(), missing.end());
   uint64_t bytes = 0;
   for (const auto& f : *frames) {
     if (want.erase(f.hash)) {  // once per hash, even if sent twice
@@ -531,6 +531,42 @@ HttpResponse Api::UploadBlocks(const HttpRequest& req, const Caller& c) {
 namespace {
 constexpr size_t kIndexEvery = 4096;  // blocks stored and not indexed (256 MiB) before a Sync indexes them
 }  // namespace
+
+std::vector<Hash128> Api::MissingRefreshed(int64_t project, const std::vector<Hash128>& hashes, Status* st) {
+  // Past half the grace (not each time: asking is a read, refreshing a write).
+  const int64_t grace = grace_ns_.load();
+  std::vector<Hash128> stale;
+  auto missing = meta_->MissingBlocks(project, hashes, &stale, grace / 2);
+  if (!missing.ok()) {
+    *st = missing.status();
+    return {};
+  }
+  if (!stale.empty()) *st = meta_->RefreshBlocks(project, stale);
+  DropUnindexed(project, &*missing);
+  return std::move(*missing);
+}
+
+Result<uint64_t> Api::CollectBlocks() {
+  constexpr size_t kRound = 4096;
+  const int64_t grace = grace_ns_.load();
+  uint64_t blocks = 0, bytes = 0;
+  for (;;) {
+    ASSIGN_OR_RETURN(std::vector<BlockLocation> locs, meta_->TakeUnreferencedBlocks(grace, kRound));
+    // (Unindexed first: a crash now leaves bytes no row names, never a row
+    // naming freed bytes.)
+    if (Status st = blocks_->Free(locs); !st.ok())
+      spdlog::warn("freeing {} collected blocks: {} (their space stays taken)", locs.size(), st.ToString());
+    blocks += locs.size();
+    for (const auto& l : locs) bytes += l.stored_length;
+    if (locs.size() < kRound) break;
+  }
+  if (blocks > 0) {
+    spdlog::info("collected {} blocks ({} bytes stored) that no commit named within {} s", blocks, bytes,
+                 grace / 1'000'000'000);
+    metrics_->AddBlocksCollected(blocks, bytes);
+  }
+  return blocks;
+}
 
 void Api::AddUnindexed(int64_t project, const std::vector<std::pair<Hash128, BlockLocation>>& blocks) {
   bool many;

@@ -3,6 +3,7 @@
 // Thread-safe: handlers run concurrently on the server's threads.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <mutex>
@@ -46,6 +47,14 @@ class Api {
   Result<EventMessage> OnClientMessage(const TokenInfo& token, std::string_view msg);
   EventHub* events() { return &events_; }
 
+  // Uploaded blocks no commit has named for `grace` are collected (their
+  // index rows deleted, their bytes freed in the packs): an interrupted
+  // upload can resume within it. Asking about such a block, or sending it
+  // again, starts its grace anew.
+  void set_block_grace(std::chrono::seconds grace) { grace_ns_ = grace.count() * 1'000'000'000; }
+  // One round of collection; returns how many blocks it freed.
+  Result<uint64_t> CollectBlocks();
+
  private:
   struct Caller {
     TokenInfo token;
@@ -72,6 +81,10 @@ class Api {
   void AddUnindexed(int64_t project, const std::vector<std::pair<Hash128, BlockLocation>>& blocks);
   Status IndexStoredBlocks();
   void DropUnindexed(int64_t project, std::vector<Hash128>* missing);
+  // Of the blocks present among `hashes`, those past half their grace get
+  // it anew (a client was told they are here).
+  std::vector<Hash128> MissingRefreshed(int64_t project, const std::vector<Hash128>& hashes, Status* st);
+  std::atomic<int64_t> grace_ns_{int64_t{86400} * 1'000'000'000};
   std::mutex unindexed_mu_;
   // guarded by unindexed_mu_: project -> hash -> where it is stored
   std::unordered_map<int64_t, std::unordered_map<Hash128, BlockLocation, Hash128Hasher>> unindexed_;

@@ -34,6 +34,9 @@ class BlockStore {
   // download reads them one by one, and several downloads sharing a pack
   // would defeat its read-ahead). Best effort.
   virtual void Prefetch(std::span<const BlockLocation> locs) = 0;
+  // Gives back the space of blocks the index no longer names (collected):
+  // reading them afterwards fails its hash check.
+  virtual Status Free(std::span<const BlockLocation> locs) = 0;
   // Whether the block's first bytes are in the page cache (read lately).
   virtual bool IsCached(const BlockLocation& loc) = 0;
   // Says these blocks were just sent to a client that keeps its own copy:

@@ -101,10 +101,25 @@ class MetadataStore {
   // version 0 means the current one.
   virtual Result<Manifest> GetManifest(int64_t project, uint64_t id, uint64_t version, uint64_t* version_out) = 0;
 
-  virtual Result<std::vector<Hash128>> MissingBlocks(int64_t project, const std::vector<Hash128>& hashes) = 0;
+  // The hashes the project has no block of. `stale`, if given, gets those
+  // it has that no version names and that were stored (or last
+  // refreshed) more than `stale_age_ns` ago: uploads waiting for their
+  // commit, which the collector would soon take.
+  virtual Result<std::vector<Hash128>> MissingBlocks(int64_t project, const std::vector<Hash128>& hashes,
+                                                     std::vector<Hash128>* stale = nullptr,
+                                                     int64_t stale_age_ns = 0) = 0;
   virtual Result<std::vector<BlockLocation>> LocateBlocks(int64_t project, const std::vector<Hash128>& hashes) = 0;
-  // Indexes blocks already durable in the block store; existing ones are kept.
+  // Indexes blocks already durable in the block store; an existing one
+  // keeps its place (one no version names counts as stored now).
   virtual Status AddBlocks(int64_t project, const std::vector<std::pair<Hash128, BlockLocation>>& blocks) = 0;
+  // A client was told these blocks are here: those no version names count
+  // as stored now (a commit naming them is on its way).
+  virtual Status RefreshBlocks(int64_t project, const std::vector<Hash128>& hashes) = 0;
+  // Unindexes up to `limit` blocks (of any project) that no version names
+  // and that were stored more than `age_ns` ago; says where they were, so the
+  // block store can free them. A commit naming one afterwards is refused
+  // (missing_blocks) and its client sends it again.
+  virtual Result<std::vector<BlockLocation>> TakeUnreferencedBlocks(int64_t age_ns, size_t limit) = 0;
 
   // Applies all ops atomically or none (then `refused` says why).
   // `barrier` runs first, under the store's write lock: it makes the block

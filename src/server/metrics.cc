@@ -44,6 +44,10 @@ std::string Metrics::Render() const {
   out += fmt::format("tidefs_blocks_stored_total {}\n", blocks_stored_.load());
   out += "# TYPE tidefs_block_bytes_stored_total counter\n";
   out += fmt::format("tidefs_block_bytes_stored_total {}\n", block_bytes_stored_.load());
+  out += "# TYPE tidefs_blocks_collected_total counter\n";
+  out += fmt::format("tidefs_blocks_collected_total {}\n", blocks_collected_.load());
+  out += "# TYPE tidefs_block_bytes_collected_total counter\n";
+  out += fmt::format("tidefs_block_bytes_collected_total {}\n", block_bytes_collected_.load());
   return out;
 }
 

@@ -18,6 +18,10 @@ class Metrics {
     block_bytes_stored_ += bytes;
   }
   void AddContentBytes(uint64_t bytes) { content_bytes_out_ += bytes; }
+  void AddBlocksCollected(uint64_t blocks, uint64_t bytes) {
+    blocks_collected_ += blocks;
+    block_bytes_collected_ += bytes;
+  }
   std::string Render() const;
 
   static constexpr std::array<double, 12> kBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -33,7 +37,7 @@ class Metrics {
   std::map<std::pair<std::string, int>, uint64_t> requests_;  // guarded by mu_
   std::map<std::string, Histogram> latency_;                  // guarded by mu_
   std::atomic<uint64_t> bytes_in_{0}, bytes_out_{0}, blocks_stored_{0}, block_bytes_stored_{0},
-      content_bytes_out_{0};
+      content_bytes_out_{0}, blocks_collected_{0}, block_bytes_collected_{0};
 };
 
 }  // namespace tidefs

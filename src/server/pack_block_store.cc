@@ -3,6 +3,7 @@
 // at a pack's end; they are never referenced, and appends continue after
 // them.
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <limits.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -367,6 +368,28 @@ class PackBlockStore final : public BlockStore {
       failed_ = st;
     }
     spdlog::error("{}", st.ToString());
+    return st;
+  }
+
+  Status Free(std::span<const BlockLocation> locs) override {
+    // A hole where each was (the pack keeps its size, and every other
+    // block its offset); a pack at a time, through its own writable file.
+    std::map<uint64_t, std::vector<const BlockLocation*>> by_pack;
+    for (const auto& l : locs) by_pack[l.pack].push_back(&l);
+    Status st;
+    for (const auto& [pack, here] : by_pack) {
+      Fd fd(::open(PackPath(pack).c_str(), O_RDWR | O_CLOEXEC));
+      if (fd.get() < 0) {
+        st = Status::IoError(Errno("cannot open pack " + PackPath(pack)));
+        continue;
+      }
+      for (const BlockLocation* l : here)
+        if (::fallocate(fd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(l->offset),
+                        static_cast<off_t>(l->stored_length)) != 0) {
+          st = Status::IoError(Errno("cannot free a block in pack " + PackPath(pack)));
+          break;
+        }
+    }
     return st;
   }
 

@@ -95,13 +95,15 @@ const char* const kLastVersion = "SELECT max(version) FROM versions WHERE projec
 const char* const kInsertVersion =
     "INSERT OR REPLACE INTO versions(project, node, version, size, manifest, seq) VALUES(?1, ?2, ?3, ?4, ?5, ?6)";
 const char* const kGetVersion = "SELECT manifest FROM versions WHERE project=?1 AND node=?2 AND version=?3";
-const char* const kBlockLen = "SELECT raw_length FROM blocks WHERE project=?1 AND hash=?2";
+const char* const kBlockLen = "SELECT raw_length, refs, created_ns FROM blocks WHERE project=?1 AND hash=?2";
 const char* const kBlockRef = "UPDATE blocks SET refs=refs+1 WHERE project=?1 AND hash=?2";
 const char* const kLocate =
     "SELECT pack, offset, stored_length, raw_length, codec FROM blocks WHERE project=?1 AND hash=?2";
 const char* const kInsertBlock =
-    "INSERT OR IGNORE INTO blocks(project, hash, pack, offset, stored_length, raw_length, codec, refs, created_ns) "
-    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)";
+    "INSERT INTO blocks(project, hash, pack, offset, stored_length, raw_length, codec, refs, created_ns) "
+    "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8) "
+    "ON CONFLICT(project, hash) DO UPDATE SET created_ns=excluded.created_ns WHERE blocks.refs=0";
+const char* const kRefreshBlock = "UPDATE blocks SET created_ns=?3 WHERE project=?1 AND hash=?2 AND refs=0";
 const char* const kProjectSeq = "SELECT seq FROM projects WHERE id=?1";
 const char* const kSetProjectSeq = "UPDATE projects SET seq=?2 WHERE id=?1";
 const char* const kProjectByName = "SELECT id, name, seq FROM projects WHERE name=?1";
@@ -297,7 +299,9 @@ class SqliteMetadataStore final : public MetadataStore {
   }
 
   // --- blocks ---
-  Result<std::vector<Hash128>> MissingBlocks(int64_t project, const std::vector<Hash128>& hashes) override {
+  Result<std::vector<Hash128>> MissingBlocks(int64_t project, const std::vector<Hash128>& hashes,
+                                             std::vector<Hash128>* stale, int64_t stale_age_ns) override {
+    const int64_t stale_before_ns = NowNs() - stale_age_ns;
     return WithReader<std::vector<Hash128>>([&](Conn& c) -> Result<std::vector<Hash128>> {
       std::vector<Hash128> missing;
       ASSIGN_OR_RETURN(Stmt * s, c.Get(kBlockLen));
@@ -307,10 +311,53 @@ class SqliteMetadataStore final : public MetadataStore {
         if (!s->Step()) {
           RETURN_IF_ERROR(s->status());
           missing.push_back(h);
+        } else if (stale && s->Int(1) == 0 && s->Int(2) < stale_before_ns) {
+          stale->push_back(h);
         }
       }
       return missing;
     });
+  }
+
+  Status RefreshBlocks(int64_t project, const std::vector<Hash128>& hashes) override {
+    std::lock_guard lock(write_mu_);
+    Transaction tx(writer_.db.get());
+    RETURN_IF_ERROR(tx.status());
+    const int64_t now = NowNs();
+    for (const auto& h : hashes) {
+      ASSIGN_OR_RETURN(Stmt * s, writer_.Get(kRefreshBlock));
+      s->Bind(1, project).BindBlob(2, h.bytes.data(), 16).Bind(3, now);
+      RETURN_IF_ERROR(s->Run());
+    }
+    return tx.Commit();
+  }
+
+  Result<std::vector<BlockLocation>> TakeUnreferencedBlocks(int64_t age_ns, size_t limit) override {
+    const int64_t before_ns = NowNs() - age_ns;
+    std::lock_guard lock(write_mu_);
+    Transaction tx(writer_.db.get());
+    RETURN_IF_ERROR(tx.status());
+    std::vector<BlockLocation> out;
+    {
+      // (Through the partial index of unreferenced blocks: a few rows, not the table.)
+      ASSIGN_OR_RETURN(Stmt s, writer_.db->Prepare(
+                                   "DELETE FROM blocks WHERE (project, hash) IN "
+                                   "(SELECT project, hash FROM blocks WHERE refs=0 AND created_ns<?1 LIMIT ?2) "
+                                   "RETURNING pack, offset, stored_length, raw_length, codec"));
+      s.Bind(1, before_ns).Bind(2, static_cast<int64_t>(limit));
+      while (s.Step()) {
+        BlockLocation l;
+        l.pack = s.U64(0);
+        l.offset = s.U64(1);
+        l.stored_length = static_cast<uint32_t>(s.U64(2));
+        l.raw_length = static_cast<uint32_t>(s.U64(3));
+        l.codec = static_cast<uint8_t>(s.U64(4));
+        out.push_back(l);
+      }
+      RETURN_IF_ERROR(s.status());
+    }
+    RETURN_IF_ERROR(tx.Commit());
+    return out;
   }
 
   Result<std::vector<BlockLocation>> LocateBlocks(int64_t project, const std::vector<Hash128>& hashes) override {

@@ -27,17 +27,6 @@ inline std::string StatusOf(const std::string& mnt) {
   return out;
 }
 
-// Waits for `cond` until the deadline (no sleep as synchronisation: the
-// condition is polled); true if it held.
-inline bool Within(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    if (cond()) return true;
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-}
-
 // Whether the mount's journal empties within `limit` (everything sent).
 inline bool JournalEmptiesWithin(const std::string& mnt, std::chrono::milliseconds limit) {
   return Within(limit, [&] { return StatusOf(mnt).find("\"journal_pending\": 0") != std::string::npos; });

@@ -1,7 +1,10 @@
 // Small helpers for tests that drive the API directly.
 #pragma once
 
+#include <chrono>
+#include <functional>
 #include <random>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -12,6 +15,17 @@
 #include "core/block_frame.h"
 
 namespace tidefs {
+
+// Waits for `cond` until the deadline (no sleep as synchronisation: the
+// condition is polled); true if it held.
+inline bool Within(std::chrono::milliseconds limit, const std::function<bool()>& cond) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    if (cond()) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
 
 inline std::string RandomBytes(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -55,6 +69,19 @@ inline CommitOp DeleteOp(uint64_t id, uint64_t base) {
   op.id = id;
   op.has_base = true;
   op.base = base;
+  return op;
+}
+
+// A create of a one-block file whose block is on the server already (or
+// meant not to be).
+inline CommitOp CreateOfBlock(uint64_t parent, const std::string& name, const std::string& block) {
+  CommitOp op;
+  op.type = OpType::kCreate;
+  op.id = NewNodeId();
+  op.parent = parent;
+  op.name = name;
+  op.size = block.size();
+  op.blocks = {HashBlock(block)};
   return op;
 }
 

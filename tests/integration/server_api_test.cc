@@ -1,7 +1,11 @@
 // The v1 API against the real server binary.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
+#include <filesystem>
 #include <set>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -644,6 +648,88 @@ TEST_F(ServerApiTest, AStoredBlockIsIndexedOnlyOnceDurable) {
   ASSERT_TRUE(missing.ok());
   EXPECT_EQ(*missing, std::vector<Hash128>{HashBlock(third)}) << "only the block stored after the last commit is asked again";
   EXPECT_EQ(c.Raw("GET", "/nodes/4711/content")->body, data);
+}
+
+// Bytes the packs hold on disk (holes not counted).
+uint64_t PackDiskBytes(const std::string& data_dir) {
+  uint64_t total = 0;
+  for (const auto& e : std::filesystem::directory_iterator(data_dir + "/packs")) {
+    struct stat st;
+    if (stat(e.path().c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_blocks) * 512;
+  }
+  return total;
+}
+
+// Uploaded blocks that no commit names are collected once their grace
+// has passed: unindexed, their bytes freed in the packs. Committed ones
+// stay, and a commit naming a collected block is refused until it is sent
+// again.
+TEST_F(ServerApiTest, AnUploadNoCommitNamesIsCollectedAfterItsGrace) {
+  server_.Stop();
+  server_.extra_args = {"--block-grace", "1", "--collect-every", "1"};
+  server_.Start();
+  ApiClient c = server_.Client(server_.rw_token);
+  const std::string kept = RandomBytes(kBlockSize, 31), dropped = RandomBytes(kBlockSize, 32);
+  std::string body;
+  AppendBlockFrame(&body, HashBlock(kept), kept);
+  AppendBlockFrame(&body, HashBlock(dropped), dropped);
+  ASSERT_EQ(c.Raw("POST", "/blocks", body)->body, "{\"stored\":2,\"present\":0}");
+  CommitOp f = CreateOfBlock(kRootId, "kept.bin", kept);
+  MustCommit(c, {f});  // (indexes both)
+  const uint64_t before = PackDiskBytes(server_.data_dir());
+  // (Watched through the metrics: asking about the block would refresh it.)
+  std::string metrics;
+  ASSERT_TRUE(Within(std::chrono::seconds(20), [&] {
+    auto m = c.Raw("GET", "//metrics");
+    metrics = m.ok() ? m->body : "";
+    return metrics.find("tidefs_blocks_collected_total 0\n") == std::string::npos;
+  })) << "the block no commit named was never collected";
+  EXPECT_NE(metrics.find("tidefs_blocks_collected_total 1\n"), std::string::npos) << metrics;
+  EXPECT_EQ(*c.MissingBlocks({HashBlock(dropped), HashBlock(kept)}), std::vector<Hash128>{HashBlock(dropped)})
+      << "a committed block was collected, or the other one not";
+  EXPECT_EQ(c.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content")->body, kept);
+  EXPECT_LE(PackDiskBytes(server_.data_dir()) + 60 * 1024, before) << "its bytes still take space in the pack";
+  // A commit naming it now is refused; sent again, it is taken.
+  CommitOp g = CreateOfBlock(kRootId, "late.bin", dropped);
+  auto r = c.Commit({g});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->refused);
+  EXPECT_EQ(r->reason, "missing_blocks");
+  EXPECT_EQ(r->missing, std::vector<Hash128>{HashBlock(dropped)});
+  body.clear();
+  AppendBlockFrame(&body, HashBlock(dropped), dropped);
+  ASSERT_EQ(c.Raw("POST", "/blocks", body)->body, "{\"stored\":1,\"present\":0}");
+  MustCommit(c, {g});
+  EXPECT_EQ(c.Raw("GET", "/nodes/" + std::to_string(g.id) + "/content")->body, dropped);
+}
+
+// A client told that a block no commit names yet is here (it resumes an
+// upload, or asks before its commit) gives that block its grace anew: it
+// is not collected between the answer and the commit.
+TEST_F(ServerApiTest, AskingAboutAnUploadStartsItsGraceAnew) {
+  server_.Stop();
+  server_.extra_args = {"--block-grace", "4", "--collect-every", "1"};
+  server_.Start();
+  ApiClient c = server_.Client(server_.rw_token);
+  const std::string data = RandomBytes(kBlockSize, 33);
+  std::string body;
+  AppendBlockFrame(&body, HashBlock(data), data);
+  ASSERT_EQ(c.Raw("POST", "/blocks", body)->body, "{\"stored\":1,\"present\":0}");
+  // Indexed (as by any commit), then asked about every half second for
+  // three graces: each answer that it is here refreshes it once it is two
+  // seconds old. (The pacing of a client; the collector runs every second.)
+  CommitOp mk = MkdirOp(kRootId, "d");
+  MustCommit(c, {mk});
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(12);
+  while (std::chrono::steady_clock::now() < until) {
+    auto m = c.MissingBlocks({HashBlock(data)});
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(m->empty()) << "collected while a client kept asking about it";
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  }
+  CommitOp f = CreateOfBlock(kRootId, "f.bin", data);
+  MustCommit(c, {f});
+  EXPECT_EQ(c.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content")->body, data);
 }
 
 TEST_F(ServerApiTest, DataSurvivesARestart) {

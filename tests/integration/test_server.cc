@@ -57,8 +57,12 @@ void TestServer::Start() {
     prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive a crashed test
     // A restart keeps the port, so clients (and mounts) reconnect.
     std::string listen = "127.0.0.1:" + (url_.empty() ? std::string("0") : url_.substr(url_.rfind(':') + 1));
-    execl(TIDEFS_BINARY, TIDEFS_BINARY, "serve", "--data", data_.c_str(), "--listen", listen.c_str(), "--ready-file",
-          ready.c_str(), static_cast<char*>(nullptr));
+    std::vector<std::string> args = {TIDEFS_BINARY, "serve", "--data", data_, "--listen", listen, "--ready-file", ready};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(TIDEFS_BINARY, argv.data());
     _exit(127);
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);

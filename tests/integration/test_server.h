@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "client/api_client.h"
 
@@ -32,6 +33,8 @@ class TestServer {
   ApiClient Client(const std::string& token, const std::string& project = "demo") const;
 
   std::string rw_token, ro_token;
+  // More flags for `tidefs serve`, from the next Start on.
+  std::vector<std::string> extra_args;
 
   void Start();
   void Stop();  // SIGTERM and wait
