@@ -479,6 +479,12 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   // before this one touches the file.
   if (older) {
     WaitWrites(*older);
+    {
+      // Reads pinned in it end first: they read its file, which this
+      // version is about to punch and rewrite. (None pins it from now on.)
+      std::unique_lock lock(older->mu);
+      older->written.wait(lock, [&] { return std::all_of(older->pins.begin(), older->pins.end(), [](uint32_t k) { return k == 0; }); });
+    }
     // A fetch that chose its blocks before the retirement writes them
     // first (not over this version's, below).
     { std::unique_lock resized(older->resize_mu); }
@@ -734,10 +740,13 @@ void ChunkCache::AddChunkLocked(const ChunkKey& key, uint64_t bytes) {
 Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& n, uint64_t chunk) {
   Entry& e = *entry;
   const uint64_t first = chunk * kChunkSize;
-  uint64_t msize;
+  uint64_t msize, version;
   std::vector<Hash128> hashes;  // this chunk's, taken under the lock (a truncate may shrink the manifest)
   {
+    // The entry's version, which its manifest is of (the record may be
+    // older or newer: a version change under way, a node changed here).
     std::lock_guard lock(e.mu);
+    version = e.version;
     msize = e.manifest.size;
     for (uint64_t b = first / kBlockSize; b < std::min<uint64_t>(first / kBlockSize + kBlocksPerChunk, e.manifest.blocks.size()); ++b)
       hashes.push_back(e.manifest.blocks[b]);
@@ -754,7 +763,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   const auto deadline = std::chrono::steady_clock::now() + retry_for_;
   for (int attempt = 0;; ++attempt) {
     size_t got = 0;
-    Status st = client_->ReadContent(n.id, n.version, first + have, last, data + have, &got);
+    Status st = client_->ReadContent(n.id, version, first + have, last, data + have, &got);
     if (got > want - have) return Status::Corruption("node " + std::to_string(n.id) + ": longer answer than asked for");
     have += got;
     if (st.ok() && have == want) break;
@@ -820,7 +829,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   if (whole) {
     KeepHot(entry, chunk, buf.get());
     (void)DirectFd(e);  // opened once, before the writer needs it
-    WriteJob job{entry, n.id, n.version, chunk, std::move(buf)};
+    WriteJob job{entry, n.id, version, chunk, std::move(buf)};
     {
       // A disk behind by a full backlog slows the fetches down to its pace
       // (through the page cache instead costs a CPU-second per GiB here,
@@ -854,7 +863,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   }
   // The bytes are in the file before the bitmap says so.
   SaveBitmap(e);
-  Touch({n.id, n.version, chunk}, bytes.size());
+  Touch({n.id, version, chunk}, bytes.size());
   return Status::Ok();
 }
 
@@ -1174,27 +1183,47 @@ void ChunkCache::StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecor
 }
 
 Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, size_t len) {
+  for (int attempt = 0;; ++attempt) {
+    bool replaced = false;
+    auto p = PinOnce(n, off, len, &replaced);
+    // A newer version replaced the entry while this read used it (what it
+    // lacked, the retired entry fetches no more): the read is the newer
+    // one's, as a read that began a moment later is.
+    if (p.ok() || !replaced || attempt >= 8) return p;
+    spdlog::debug("node {}: a newer version arrived during a read; reading that", n.id);
+  }
+}
+
+Result<ChunkCache::Pinned> ChunkCache::PinOnce(const NodeRecord& n, uint64_t off, size_t len, bool* replaced) {
   Pinned p;
   p.off = off;
   if (off >= n.size || len == 0) return p;
   len = std::min<uint64_t>(len, n.size - off);
-  ASSIGN_OR_RETURN(auto e, Open(n, /*reading=*/true));
   const uint64_t c0 = off / kChunkSize;
   uint64_t c1 = (off + len - 1) / kChunkSize;
-  {
+  std::shared_ptr<Entry> e;
+  uint64_t version;  // the entry's
+  for (;;) {
+    ASSIGN_OR_RETURN(e, Open(n, /*reading=*/true));
+    // Pinned before they are fetched, so a fetch that overflows the cache
+    // never evicts the chunks this read is waiting for; and never in an
+    // entry a newer version retired (its opener, once the pins it found
+    // are gone, rewrites the file: this read would see its holes).
+    std::lock_guard lock(e->mu);
+    if (e->retired) continue;  // (the opener's turn first: then its entry)
     // A record older than the entry (a newer, shorter version arrived
     // while this read began) reads no further than the entry's chunks.
     // (Past its end of file within that last chunk, the reply comes short.)
-    std::lock_guard lock(e->mu);
     const uint64_t chunks = e->pins.size();
     if (c0 >= chunks) return p;
     if (c1 >= chunks) {
       c1 = chunks - 1;
       len = (c1 + 1) * kChunkSize - off;
     }
+    for (uint64_t c = c0; c <= c1; ++c) e->pins[c]++;
+    version = e->version;
+    break;
   }
-  // Pinned before they are fetched, so a fetch that overflows the cache
-  // never evicts the chunks this read is waiting for.
   struct Guard {
     Guard(std::shared_ptr<Entry> entry, uint64_t first, uint64_t last) : e(std::move(entry)), c0(first), c1(last) {}
     Guard(const Guard&) = delete;
@@ -1204,13 +1233,16 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
     ~Guard() {
       std::lock_guard lock(e->mu);
       for (uint64_t c = c0; c <= c1; ++c) e->pins[c]--;
+      if (e->retired) e->written.notify_all();  // (its replacement's opener waits for the last)
     }
   };
-  {
-    std::lock_guard lock(e->mu);
-    for (uint64_t c = c0; c <= c1; ++c) e->pins[c]++;
-  }
   auto guard = std::make_shared<Guard>(e, c0, c1);
+  // A failure in an entry retired meanwhile says so (the caller reads again).
+  auto retired = [&](Status st) {
+    std::lock_guard lock(e->mu);
+    *replaced = e->retired;
+    return st;
+  };
   p.pin = guard;
   // A chunk still in memory needs nothing else (it may still be on its
   // way to disk); any other is made present in the cache file.
@@ -1225,12 +1257,12 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
   for (uint64_t c = c0; c <= c1; ++c) {
     auto b = take_hot(c);
     if (!b) {
-      RETURN_IF_ERROR(EnsureChunk(e, n, c, /*memory_ok=*/true));
+      if (Status st = EnsureChunk(e, n, c, /*memory_ok=*/true); !st.ok()) return retired(st);
       b = take_hot(c);
     }
     all_held = all_held && b;
     held.push_back(std::move(b));
-    Touch({n.id, n.version, c}, 0);
+    Touch({n.id, version, c}, 0);
   }
   StartReadahead(e, n, off, len, c1);
   p.fd = e->fd;
@@ -1245,7 +1277,8 @@ Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, si
     return p;
   }
   // Not all of it in memory: all of it from the file, once there.
-  for (uint64_t c = c0; c <= c1; ++c) RETURN_IF_ERROR(EnsureChunk(e, n, c));
+  for (uint64_t c = c0; c <= c1; ++c)
+    if (Status st = EnsureChunk(e, n, c); !st.ok()) return retired(st);
   return p;
 }
 

@@ -351,6 +351,8 @@ class ChunkCache {
   int OpenFile(const std::string& path, int flags);
   // The entry of `id` open in this mount, or null.
   std::shared_ptr<Entry> FindEntry(uint64_t id);
+  // Pin's one try; `replaced`: it failed as the entry it used was retired.
+  Result<Pinned> PinOnce(const NodeRecord& n, uint64_t off, size_t len, bool* replaced);
   // Makes every block of `chunk` present, fetching it if needed.
   // With `memory_ok`, a chunk fetched and not yet in the file will do
   // (in e->hot); otherwise only bytes in the file count.

@@ -3,8 +3,10 @@
 // from their saved state with the same bytes; files changed here stay.
 #include "cache/chunk_cache.h"
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -87,6 +89,60 @@ TEST_F(ChunkCacheTest, AChangeNeverGoesIntoAnEntryANewerVersionRetired) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(*r, got.size());
   EXPECT_TRUE(got == want);
+}
+
+// Readers of a file while newer versions of it are opened (each opener
+// retires the entry and punches the blocks that changed out of the cache
+// file it shares): every read gets whole blocks of some version, never
+// the holes. (Each read here takes the whole file, more chunks than stay
+// in memory: from the cache file, long enough for an opener to come.)
+TEST_F(ChunkCacheTest, AReadNeverSeesTheHolesANewerVersionPunches) {
+  const std::string a = RandomBytes(16 * kChunkSize, 91), b = RandomBytes(16 * kChunkSize, 92);
+  CommitOp op = CreateOp(client_, kRootId, "flip", a), with_b;
+  UploadContent(client_, b, &with_b);
+  std::vector<NodeRecord> versions = {MustCommit(client_, {op}).items.at(0)};
+  constexpr int kVersions = 10;
+  for (int v = 1; v < kVersions; ++v) {  // a, b, a, b...: every block changes each time
+    CommitOp w = v % 2 ? with_b : op;
+    w.type = OpType::kWrite;
+    w.has_base = true;
+    w.base = versions.back().version;
+    w.id = op.id;
+    versions.push_back(MustCommit(client_, {w}).items.at(0));
+  }
+  cache_ = NewCache(1000);
+  std::atomic<bool> done{false};
+  std::atomic<int> bad{0}, reads{0}, started{0};
+  std::thread reader([&] {
+    std::string got(a.size(), '\0');
+    while (!done) {
+      // (The oldest record: served by whichever entry is newest.)
+      ++started;
+      auto r = cache_->Read(versions[0], 0, got.size(), got.data());
+      if (!r.ok() || *r != got.size()) {
+        ADD_FAILURE() << (r.ok() ? "short read " + std::to_string(*r) : r.status().ToString());
+        ++bad;
+        continue;
+      }
+      ++reads;
+      for (size_t off = 0; off < got.size(); off += kBlockSize)
+        if (got.compare(off, kBlockSize, a, off, kBlockSize) != 0 && got.compare(off, kBlockSize, b, off, kBlockSize) != 0)
+          ++bad;
+    }
+  });
+  std::string buf(16, '\0');
+  for (const NodeRecord& v : versions) {
+    // A read that found the file all here (it read it whole before) has
+    // just begun: the newer version opens while it reads.
+    const int done_reads = reads;
+    ASSERT_TRUE(Within(std::chrono::seconds(30), [&] { return reads > done_reads || bad > 0; }));
+    const int begun = started;
+    ASSERT_TRUE(Within(std::chrono::seconds(30), [&] { return started > begun || bad > 0; }));
+    ASSERT_TRUE(cache_->Read(v, 0, buf.size(), buf.data()).ok());
+  }
+  done = true;
+  reader.join();
+  EXPECT_EQ(bad, 0) << "reads got blocks of neither version (holes), or failed, over " << reads << " reads";
 }
 
 TEST_F(ChunkCacheTest, FilesOnlyReadAreLetGoBeyondTheBoundAndReadTheSameAfter) {
