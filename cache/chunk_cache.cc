@@ -171,7 +171,6 @@ ChunkCache::ChunkCache(std::string dir, ApiClient* client, LocalState* state, Ch
     max_open_ = std::clamp<size_t>(rl.rlim_cur / 4, 16, 4096);
   local_ = std::move(opts.local);
   std::filesystem::create_directories(dir_ + "/data");
-  if (state_ && opts.rebooted) CheckLocalAfterReboot(local_);
   // What earlier mounts cached counts against the limit from the start.
   if (state_) {
     auto files = state_->LoadAllFiles();
@@ -607,6 +606,24 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   }
   e->Grow(size);
   e->changed_here = local;
+  if (local && from_saved && !e->tracked) {
+    // An earlier mount's local bytes: its saved dirty bits may lack blocks
+    // it wrote after it saved them (it died first), or be unknown (an
+    // older cache dir). Its cache file is as it left it (a new boot had
+    // its fetched blocks checked already): a present block that is not the
+    // manifest's was written there. Marked now, so every record saved from
+    // here on names all of them (a later reboot's check keeps them).
+    std::string buf(kBlockSize, '\0');
+    for (uint64_t b = 0; b < std::min<uint64_t>(e->present.size(), e->manifest.blocks.size()); ++b) {
+      if (!e->present[b] || e->dirty[b]) continue;
+      const uint64_t off = b * kBlockSize;
+      const size_t len = std::min<uint64_t>(kBlockSize, e->manifest.size - std::min(off, e->manifest.size));
+      if (len == 0 || off + len > size || ::pread(e->fd, buf.data(), len, static_cast<off_t>(off)) != static_cast<ssize_t>(len) ||
+          HashBlock(buf.data(), len) != e->manifest.blocks[b])
+        e->dirty[b] = true;
+    }
+    e->tracked = true;
+  }
   if (primed) {
     // In the file before the saved record below says so; a few pages
     // through the page cache, here (no hand-over to the cache's writer).
@@ -801,10 +818,13 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   // so nothing lands past its cut after it.
   std::shared_lock resizing(e.resize_mu);
   {
-    // Blocks past a manifest a truncate shrank meanwhile are not written.
+    // Blocks past a manifest a truncate shrank meanwhile are not written,
+    // nor ones the manifest names other bytes for now (a commit replaced
+    // it while this fetched).
     std::lock_guard lock(e.mu);
     for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) {
-      have_block.push_back(b >= e.manifest.blocks.size() || e.present[b]);
+      have_block.push_back(b >= e.manifest.blocks.size() || e.present[b] ||
+                           e.manifest.blocks[b] != hashes[b - first / kBlockSize]);
       whole = whole && !have_block.back();
     }
     if (e.retired) {
@@ -829,7 +849,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   if (whole) {
     KeepHot(entry, chunk, buf.get());
     (void)DirectFd(e);  // opened once, before the writer needs it
-    WriteJob job{entry, n.id, version, chunk, std::move(buf)};
+    WriteJob job{entry, n.id, version, chunk, std::move(buf), std::move(hashes)};
     {
       // A disk behind by a full backlog slows the fetches down to its pace
       // (through the page cache instead costs a CPU-second per GiB here,
@@ -893,8 +913,12 @@ Status ChunkCache::WriteChunk(const WriteJob& job) {
   {
     std::lock_guard lock(e.mu);
     if (st.ok() && !cancelled) {
+      // (Not a block the manifest names other bytes for now: a commit
+      // replaced it while this was fetched and written.)
       const uint64_t end = std::min<uint64_t>((first + job.buf->len + kBlockSize - 1) / kBlockSize, e.manifest.blocks.size());
-      for (uint64_t b = first / kBlockSize; b < end; ++b) e.present[b] = true;
+      for (uint64_t b = first / kBlockSize; b < end; ++b)
+        if (b - first / kBlockSize < job.hashes.size() && e.manifest.blocks[b] == job.hashes[b - first / kBlockSize])
+          e.present[b] = true;
     } else if (!st.ok()) {
       auto it = e.hot.find(job.chunk);
       if (it != e.hot.end() && it->second == job.buf) e.hot.erase(it);  // it never reached the file
@@ -1029,7 +1053,7 @@ void ChunkCache::RunPunches(std::vector<Punch> punches) {
   }
 }
 
-void ChunkCache::CheckLocalAfterReboot(const std::set<uint64_t>& ids) {
+Status ChunkCache::CheckLocalAfterReboot(const std::string& dir, LocalState* state, const std::set<uint64_t>& ids) {
   // A local file's cache file holds its local bytes and the server's bytes
   // of blocks fetched before them; its flush re-hashes every present block
   // and sends what differs. A fetched block whose bytes a power cut lost
@@ -1040,20 +1064,20 @@ void ChunkCache::CheckLocalAfterReboot(const std::set<uint64_t>& ids) {
   // they are the user's bytes, as fsync left them.
   std::string buf(kBlockSize, '\0');
   for (uint64_t id : ids) {
-    auto saved = state_->LoadFile(id);
-    if (!saved.ok() || !*saved) continue;
-    LocalState::CachedFile& f = **saved;
+    ASSIGN_OR_RETURN(auto saved, state->LoadFile(id));
+    if (!saved) continue;
+    LocalState::CachedFile& f = *saved;
     if (!f.dirty) {
       spdlog::info("node {}: changed before the restart, saved without its written blocks; its cached blocks are "
                    "taken as they are", id);
       continue;
     }
-    const std::string path = dir_ + "/data/" + std::to_string(id);
+    const std::string path = dir + "/data/" + std::to_string(id);
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;  // nothing cached: nothing to check
     const Fd closing(fd);
     struct stat st;
-    if (::fstat(fd, &st) != 0) continue;
+    if (::fstat(fd, &st) != 0) return Status::IoError("cannot stat " + path + ": " + std::strerror(errno));
     const uint64_t size = static_cast<uint64_t>(st.st_size);
     uint64_t dropped = 0;
     for (uint64_t b = 0; b < f.present.size() && b < f.manifest.blocks.size(); ++b) {
@@ -1071,9 +1095,12 @@ void ChunkCache::CheckLocalAfterReboot(const std::set<uint64_t>& ids) {
     spdlog::warn("node {}: {} blocks fetched before the machine restarted did not survive it; they are fetched again "
                  "from the server, the blocks written here are kept",
                  id, dropped);
-    if (Status st2 = state_->SaveFile(f); !st2.ok())
-      spdlog::warn("node {}: cannot save its checked bitmap: {}", id, st2.ToString());
+    // (Not saved: the mount does not start, and the next one checks again.)
+    if (Status saved_st = state->SaveFile(f); !saved_st.ok())
+      return Status(saved_st.code(), "cannot save the checked bitmap of node " + std::to_string(id) + ": " +
+                                         saved_st.message());
   }
+  return Status::Ok();
 }
 
 void ChunkCache::Verify(Entry& e, uint64_t chunk) {
@@ -1183,13 +1210,20 @@ void ChunkCache::StartReadahead(const std::shared_ptr<Entry>& e, const NodeRecor
 }
 
 Result<ChunkCache::Pinned> ChunkCache::Pin(const NodeRecord& n, uint64_t off, size_t len) {
+  NodeRecord cur = n;
   for (int attempt = 0;; ++attempt) {
     bool replaced = false;
-    auto p = PinOnce(n, off, len, &replaced);
+    auto p = PinOnce(cur, off, len, &replaced);
     // A newer version replaced the entry while this read used it (what it
     // lacked, the retired entry fetches no more): the read is the newer
-    // one's, as a read that began a moment later is.
+    // one's, as a read that began a moment later is. Not a node deleted
+    // meanwhile (nothing of it is opened again).
     if (p.ok() || !replaced || attempt >= 8) return p;
+    if (lookup_) {
+      auto now = lookup_(n.id);
+      if (!now) return p;
+      cur = *now;
+    }
     spdlog::debug("node {}: a newer version arrived during a read; reading that", n.id);
   }
 }
@@ -1439,15 +1473,30 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     mblocks = e->manifest.blocks.size();
     msize = e->manifest.size;
   }
+  std::vector<uint64_t> partial;  // blocks that keep some of the server's bytes
   for (uint64_t b : {off / kBlockSize, (end - 1) / kBlockSize}) {
-    if (b >= mblocks) continue;
+    if (b >= mblocks || (!partial.empty() && partial.back() == b)) continue;
     const uint64_t bs = b * kBlockSize, be = std::min<uint64_t>(bs + kBlockSize, msize);
-    if (!(off <= bs && end >= be)) RETURN_IF_ERROR(EnsureCheckedBlock(e, n, b, !was_local));
+    if (!(off <= bs && end >= be)) {
+      RETURN_IF_ERROR(EnsureCheckedBlock(e, n, b, !was_local));
+      partial.push_back(b);
+    }
   }
   // Past the end, from a later block: the block the old end falls in keeps
   // its first bytes (the rest of it becomes zeros), so it is here first,
-  // as for Extend. (Not, it would be sent as the cache file's hole.)
-  if (off > msize) RETURN_IF_ERROR(EnsureBlockAt(e, n, msize, !was_local));
+  // as for Extend. (Not, it would be sent as the cache file's hole.) It is
+  // not the manifest's block any more: dirty too.
+  std::optional<uint64_t> old_last;
+  if (off > msize && msize % kBlockSize && msize / kBlockSize < off / kBlockSize) {
+    RETURN_IF_ERROR(EnsureBlockAt(e, n, msize, !was_local));
+    old_last = msize / kBlockSize;
+  }
+  bool newly_partial = false;  // such a block dirty for the first time: synced before its record
+  {
+    std::lock_guard lock(e->mu);
+    for (uint64_t b : partial) newly_partial = newly_partial || (b < e->dirty.size() && !e->dirty[b]);
+    if (old_last) newly_partial = newly_partial || (*old_last < e->dirty.size() && !e->dirty[*old_last]);
+  }
   // Claim the blocks (present, dirty) once no fetch is writing their chunk;
   // a fetch that starts later leaves present blocks alone.
   for (uint64_t c = off / kChunkSize; c <= (end - 1) / kChunkSize; ++c) {
@@ -1487,6 +1536,11 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     // blocks as sent, nor a send ahead that read them half written.
     std::lock_guard lock(e->mu);
     e->write_gen++;
+    if (old_last && *old_last < e->dirty.size()) {
+      e->dirty[*old_last] = true;
+      e->Rewrote(*old_last, *old_last);
+    }
+    if (newly_partial) e->partial_gen++;
     if (!err) behind = e->write_behind.Wrote(off, end);
     e->write_front = std::max(e->write_front, end);
     e->Rewrote(off / kBlockSize, (end - 1) / kBlockSize);
@@ -1559,21 +1613,26 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
   if (::ftruncate(e->fd, static_cast<off_t>(size)) != 0)
     return Status::IoError("cannot resize the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
   Manifest m;
-  std::vector<bool> present, dirty;
+  std::vector<bool> present;
+  std::optional<std::vector<bool>> dirty;
   {
     std::lock_guard lock(e->mu);
     e->Grow(size);
     e->hot.erase(e->hot.lower_bound(cut / kChunkSize), e->hot.end());
     const uint64_t keep = (size + kBlockSize - 1) / kBlockSize;
     for (uint64_t b = keep; b < e->present.size(); ++b) e->present[b] = e->dirty[b] = false;
-    if (cut % kBlockSize) e->present[cut / kBlockSize] = e->dirty[cut / kBlockSize] = true;
+    if (cut % kBlockSize) {
+      const uint64_t b = cut / kBlockSize;
+      if (b < e->manifest.blocks.size() && !e->dirty[b]) e->partial_gen++;  // (the server's first bytes)
+      e->present[b] = e->dirty[b] = true;
+    }
     for (uint64_t b = cut / kBlockSize; b < keep; ++b) e->present[b] = e->dirty[b] = true;
     e->write_gen++;
     e->ForgetAhead();
     e->write_front = std::min(e->write_front, size);
     m = e->manifest;
     present = e->present;
-    dirty = e->dirty;
+    if (e->tracked) dirty = e->dirty;
   }
   if (state_) RETURN_IF_ERROR(state_->SaveFile({n.id, e->version, m, present, dirty}));
   return Status::Ok();
@@ -1601,6 +1660,8 @@ Status ChunkCache::Extend(const NodeRecord& n, uint64_t size) {
   e->Grow(size);
   e->hot.erase(e->hot.lower_bound(old / kChunkSize), e->hot.end());
   // The new blocks are local zeros (and the one the old end fell in).
+  if (old % kBlockSize && old / kBlockSize < e->manifest.blocks.size() && !e->dirty[old / kBlockSize])
+    e->partial_gen++;  // (the server's first bytes)
   for (uint64_t b = old / kBlockSize; b < (size + kBlockSize - 1) / kBlockSize; ++b) e->present[b] = e->dirty[b] = true;
   e->write_gen++;
   e->ForgetAhead();
@@ -1717,6 +1778,7 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         if (e->write_gen == write_gen && e->changing > 0) e->clear_at = write_gen;  // (by the last change to end)
         if (e->write_gen == write_gen && e->changing == 0) {
           std::fill(e->dirty.begin(), e->dirty.end(), false);
+          e->synced_gen = e->partial_gen;  // (nothing dirty to keep)
           e->ForgetAhead();
           local_.erase(id);
           // Sent from its staged bytes, and the entry opened since holds
@@ -1779,9 +1841,23 @@ Status ChunkCache::SyncFile(uint64_t id) {
     return Status::Ok();
   }
   RETURN_IF_ERROR(EnsureOpen(*e));
+  uint64_t gen;
+  {
+    std::lock_guard lock(e->mu);
+    gen = e->partial_gen;
+  }
   if (::fdatasync(e->fd) != 0)
     return Status::IoError("cannot sync the cache file of node " + std::to_string(id) + ": " + std::strerror(errno));
+  std::lock_guard lock(e->mu);
+  e->synced_gen = std::max(e->synced_gen, gen);
   return Status::Ok();
+}
+
+bool ChunkCache::NeedsSync(uint64_t id) {
+  std::shared_ptr<Entry> e = FindEntry(id);
+  if (!e) return false;
+  std::lock_guard lock(e->mu);
+  return e->synced_gen != e->partial_gen;
 }
 
 bool ChunkCache::Holds(uint64_t id) const {
@@ -1793,7 +1869,10 @@ std::optional<LocalState::CachedFile> ChunkCache::FileRecord(uint64_t id) {
   std::shared_ptr<Entry> e = FindEntry(id);
   if (!e) return std::nullopt;
   std::lock_guard lock(e->mu);
-  return LocalState::CachedFile{id, e->version, e->manifest, e->present, e->dirty};
+  // (Dirty bits only once they are complete: not for an earlier mount's
+  // local bytes not yet looked at.)
+  return LocalState::CachedFile{id, e->version, e->manifest, e->present,
+                                e->tracked ? std::optional<std::vector<bool>>(e->dirty) : std::nullopt};
 }
 
 void ChunkCache::CreatedCommitted(uint64_t id) {
@@ -1811,7 +1890,7 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
       std::lock_guard elock(e->mu);
       if (e->version != from) return;
       e->version = to;
-      f = {id, to, e->manifest, e->present, e->dirty};
+      f = {id, to, e->manifest, e->present, e->tracked ? std::optional<std::vector<bool>>(e->dirty) : std::nullopt};
       RekeyLocked(id, to, f.present, f.manifest.size);
     }
     if (state_) (void)state_->SaveFile(f);

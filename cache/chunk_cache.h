@@ -70,11 +70,6 @@ struct ChunkCacheOptions {
   // Nodes whose cached bytes are local changes not yet committed (from the
   // journal): known before the first eviction, never evicted.
   std::set<uint64_t> local;
-  // The machine restarted since the state was last used (a power cut may
-  // have lost cached bytes the saved bitmaps count): before anything else,
-  // the blocks of `local` files that were fetched, not written here, are
-  // checked against their manifests, and those that fail are dropped.
-  bool rebooted = false;
   // Told of every chunk fetched (node, bytes), from the fetching thread.
   std::function<void(const NodeRecord&, uint64_t)> on_fetched;
 };
@@ -84,6 +79,12 @@ class ChunkCache {
   // Keeps at most `max_bytes` of file data, evicting the least recently
   // read chunks (all cached data is clean while the mount is read-only).
   ChunkCache(std::string dir, ApiClient* client, LocalState* state, ChunkCacheOptions opts = {});
+  // The machine restarted since the cache in `dir` was last used: a power
+  // cut may have lost cached bytes its saved bitmaps count. Before a cache
+  // opens there, the blocks of the files `local` names (changed, not yet
+  // sent) that were fetched, not written here, are checked against their
+  // manifests, and those that fail are dropped from the saved bitmaps.
+  static Status CheckLocalAfterReboot(const std::string& dir, LocalState* state, const std::set<uint64_t>& local);
   ~ChunkCache();
 
   // Fetches a small file (at most 1 MiB) in the background, bytes and
@@ -151,6 +152,10 @@ class ChunkCache {
   bool Holds(uint64_t id) const;
   // fdatasync of the cache file of `id` (fsync's promise).
   Status SyncFile(uint64_t id);
+  // Whether a record of `id` saved now would call dirty a block whose
+  // bytes from the server are not known to be on disk (a partial write):
+  // then SyncFile first.
+  bool NeedsSync(uint64_t id);
   // Marks a node as holding local content (also for one created here:
   // `created`, then the cache knows it has nothing saved of it).
   void MarkLocal(uint64_t id, bool created = false);
@@ -276,6 +281,11 @@ class ChunkCache {
     // BeginAhead looks from; a write, a resize or a failed send moves it back)
     uint64_t ahead_from = 0;
     bool tracked = true;         // guarded by mu; false: local writes of an earlier mount, unmarked
+    // guarded by mu: bumped when a block holding the server's bytes is
+    // written only in part (or cut, or grown from): its record must not
+    // call it dirty before those bytes are on disk (a reboot's check skips
+    // dirty blocks), so the file is synced first (NeedsSync) up to here.
+    uint64_t partial_gen = 0, synced_gen = 0;
     uint64_t used = 0;           // guarded by ChunkCache::mu_: when last opened (use_tick_)
     // guarded by mu: changed in this mount (written, resized, committed,
     // opened with local content): its saved record may lag the write-back's
@@ -361,8 +371,6 @@ class ChunkCache {
   // A file end at `end` keeps the first bytes of the block it falls in:
   // that block is made present (fetched) first.
   Status EnsureBlockAt(const std::shared_ptr<Entry>& e, const NodeRecord& n, uint64_t end, bool check);
-  // opts.rebooted: checks the fetched blocks of local files (see there).
-  void CheckLocalAfterReboot(const std::set<uint64_t>& ids);
   // Re-hashes the blocks of a chunk an earlier mount cached; clears the
   // ones that fail (a crash may have lost bytes the bitmap counts).
   void Verify(Entry& e, uint64_t chunk);
@@ -381,6 +389,7 @@ class ChunkCache {
     std::shared_ptr<Entry> entry;
     uint64_t id = 0, version = 0, chunk = 0;
     std::shared_ptr<ChunkBuf> buf;
+    std::vector<Hash128> hashes;  // of its blocks, as fetched
   };
   Status WriteChunk(const WriteJob& job);
   // Saves e's block bitmap in the local state (the newest, in order).

@@ -525,7 +525,18 @@ LocalState::JournalEntry FlushEntry(uint64_t id) {
 
 // Queues the content of an open file for the server (close, fsync).
 Status RecordFlush(Fs* fs, FileHandle* h, bool fsync = false) {
-  if (!h || !h->wrote) return Status::Ok();
+  if (!h) return Status::Ok();
+  if (!h->wrote) {
+    // An fsync through a handle that did not write covers the file's other
+    // writers too (as on a local disk): its content is queued, with the
+    // bitmap and the blocks written here (a reboot's check keeps those).
+    if (!fsync || !fs->cache->IsLocal(h->id)) return Status::Ok();
+    std::lock_guard lock(fs->meta_mu);
+    auto n = fs->tree.Get(h->id);
+    if (!n.ok()) return n.status();
+    if (!*n || (*n)->kind != NodeKind::kFile) return Status::Ok();
+    return fs->wb->Record({**n}, {FlushEntry(h->id)}, {h->id});
+  }
   std::lock_guard lock(fs->meta_mu);
   if (h->created) {
     // The content goes by the entry the writes queued; the row (size,
@@ -1718,9 +1729,13 @@ Status RunMount(const MountOptions& opts) {
   const std::string boot = BootId();
   if (warm && !co.local.empty() && !boot.empty()) {
     auto last = state->Meta("boot_id");
-    co.rebooted = last.ok() && !last->empty() && *last != boot;
-    if (co.rebooted) spdlog::info("the machine restarted since the last mount: checking the cached blocks of {} changed files",
-                                  co.local.size());
+    if (last.ok() && !last->empty() && *last != boot) {
+      spdlog::info("the machine restarted since the last mount: checking the cached blocks of {} changed files",
+                   co.local.size());
+      if (Status st = ChunkCache::CheckLocalAfterReboot(cache_dir, state.get(), co.local); !st.ok())
+        return Status(st.code(), "checking the cache in " + cache_dir + " after a restart: " + st.message() +
+                                     " (nothing was sent; free space or fix the disk, then mount again)");
+    }
   }
   co.on_fetched = [&fs](const NodeRecord& n, uint64_t bytes) {
     RemoteSync* sync = fs.live_sync;

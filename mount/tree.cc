@@ -100,6 +100,10 @@ void Tree::DropSavedLocked() {
 
 void Tree::SetVersion(uint64_t id, uint64_t version, uint64_t seq) {
   std::unique_lock lock(mu_);
+  if (auto u = unsaved_.find(id); u != unsaved_.end() && u->second.second.version <= version) {
+    u->second.second.version = version;  // (what a directory read replays)
+    u->second.second.seq = seq;
+  }
   auto it = nodes_.find(id);
   // Forward only: a remote change applied meanwhile may already be newer.
   if (it == nodes_.end() || it->second.version > version) return;

@@ -134,6 +134,11 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
     auto cur = tree_->Get(r.id);
     if (cur.ok() && *cur) r.version = std::max(r.version, (*cur)->version);
   }
+  // A bitmap calling a block dirty that kept some of the server's bytes
+  // goes to the log only once those bytes are on disk: after a power cut,
+  // the check of a new boot keeps dirty blocks as they are.
+  for (uint64_t id : files)
+    if (cache_->NeedsSync(id)) RETURN_IF_ERROR(cache_->SyncFile(id));
   // Counted until saved (rows) or committed (entries): a remote change to
   // these nodes waits for them.
   CountPending(c.entries, c.rows, +1);

@@ -22,6 +22,20 @@ int64_t NowNs() {
       .count();
 }
 
+// While held, the connection's transactions sync the WAL at commit (they
+// survive a power cut, not only a crash); NORMAL again after.
+class FullSync {
+ public:
+  explicit FullSync(Db* db) : db_(db), status_(db->Exec("PRAGMA synchronous=FULL")) {}
+  ~FullSync() { (void)db_->Exec("PRAGMA synchronous=NORMAL"); }
+  FullSync(const FullSync&) = delete;
+  const Status& status() const { return status_; }
+
+ private:
+  Db* db_;
+  Status status_;
+};
+
 constexpr const char* kNodeCols =
     "id, parent, name, kind, mode, size, mtime_ns, version, seq, deleted, target";
 
@@ -335,6 +349,11 @@ class SqliteMetadataStore final : public MetadataStore {
   Result<std::vector<BlockLocation>> TakeUnreferencedBlocks(int64_t age_ns, size_t limit) override {
     const int64_t before_ns = NowNs() - age_ns;
     std::lock_guard lock(write_mu_);
+    // Durable before the caller frees the bytes: a delete lost to a power
+    // cut would bring back rows naming holes (counted present, then
+    // committed, unreadable for good).
+    FullSync full(writer_.db.get());
+    RETURN_IF_ERROR(full.status());
     Transaction tx(writer_.db.get());
     RETURN_IF_ERROR(tx.status());
     std::vector<BlockLocation> out;
@@ -404,11 +423,8 @@ class SqliteMetadataStore final : public MetadataStore {
     // they must survive a power cut, not only a crash of the process, so
     // this transaction syncs the WAL. Other writes (block index, device
     // last-seen) are made durable by the next commit's sync.
-    RETURN_IF_ERROR(writer_.db->Exec("PRAGMA synchronous=FULL"));
-    struct Restore {
-      Db* db;
-      ~Restore() { (void)db->Exec("PRAGMA synchronous=NORMAL"); }
-    } restore{writer_.db.get()};
+    FullSync full(writer_.db.get());
+    RETURN_IF_ERROR(full.status());
     Transaction tx(writer_.db.get());
     RETURN_IF_ERROR(tx.status());
     if (!key.empty()) {

@@ -145,6 +145,32 @@ TEST_F(ChunkCacheTest, AReadNeverSeesTheHolesANewerVersionPunches) {
   EXPECT_EQ(bad, 0) << "reads got blocks of neither version (holes), or failed, over " << reads << " reads";
 }
 
+// A block that keeps some of the server's bytes when written (in part,
+// or the old last block of a write past the end) is dirty, and the cache
+// file is synced before a record may say so; a block already dirty and
+// synced needs nothing more.
+TEST_F(ChunkCacheTest, ABlockWrittenInPartIsDirtyAndOnDiskBeforeItsRecordSaysSo) {
+  cache_ = NewCache(1000);
+  const NodeRecord& f = files_[100];  // 10,700 bytes: one block
+  ASSERT_EQ(ReadOf(*cache_, 100), Content(100));
+  EXPECT_FALSE(cache_->NeedsSync(f.id));
+  ASSERT_TRUE(cache_->Write(f, 3 * kBlockSize, "x", 1).ok());
+  auto rec = cache_->FileRecord(f.id);
+  ASSERT_TRUE(rec && rec->dirty);
+  ASSERT_GE(rec->dirty->size(), 4u);
+  EXPECT_TRUE((*rec->dirty)[0]) << "the old last block is not the manifest's any more";
+  EXPECT_TRUE(cache_->NeedsSync(f.id));
+  ASSERT_TRUE(cache_->SyncFile(f.id).ok());
+  EXPECT_FALSE(cache_->NeedsSync(f.id));
+  ASSERT_TRUE(cache_->Write(f, 5, "again", 5).ok());
+  EXPECT_FALSE(cache_->NeedsSync(f.id)) << "a block dirty and synced already";
+  const NodeRecord& g = files_[101];
+  ASSERT_EQ(ReadOf(*cache_, 101), Content(101));
+  ASSERT_TRUE(cache_->Write(g, 10, "part", 4).ok());
+  EXPECT_TRUE(cache_->NeedsSync(g.id));
+  ASSERT_TRUE(cache_->FileRecord(g.id)->dirty.value()[0]);
+}
+
 TEST_F(ChunkCacheTest, FilesOnlyReadAreLetGoBeyondTheBoundAndReadTheSameAfter) {
   cache_ = NewCache(40);
   // One written here first: it stays whatever is read after it.

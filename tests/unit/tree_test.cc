@@ -148,6 +148,10 @@ TEST(TreeTest, LocalChangesNotYetSavedAreInADirectoryReadFirstMeanwhile) {
     fresh.StartLazy(10);
     EXPECT_EQ(Names(fresh, 2), (std::vector<std::string>{"b.txt", "copy.txt"}));
     EXPECT_EQ(Names(fresh, 3), (std::vector<std::string>{"moved.txt"}));
+    // A commit of one not saved moves its version there too.
+    t.ApplyUnsaved(Rec(9, 6, "in-x"), 3);  // (6 was deleted above: never read)
+    t.SetVersion(9, 4, 12);
+    EXPECT_EQ((*t.Get(9))->version, 4u);
     // A later remote change supersedes one not saved: it is not replayed.
     t.ApplyUnsaved(Rec(8, 5, "inside"), 3);  // (5 is a file: a directory never read)
     NodeRecord back = Rec(8, 2, "elsewhere");
