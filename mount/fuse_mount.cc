@@ -1630,12 +1630,32 @@ Result<uint64_t> ParseSize(const std::string& text) {
   return v;
 }
 
-// This boot of the machine (Linux's random boot id), "" if unknown.
-std::string BootId() {
-  std::ifstream in("/proc/sys/kernel/random/boot_id");
-  std::string id;
-  std::getline(in, id);
-  return id;
+// The first line of `path`, "" if none.
+std::string FirstLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// Records `boot` (Linux's boot id) as the one the cache in `dir` was last
+// used on: written aside, synced, renamed over, the directory synced (a
+// power cut right after a mount must not lose it: the next mount would
+// not know to check). Only when it changed: once per boot.
+Status SaveBootId(const std::string& dir, const std::string& boot) {
+  const std::string path = dir + "/boot_id", tmp = path + ".tmp";
+  if (FirstLine(path) == boot) return Status::Ok();
+  {
+    Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    const std::string line = boot + "\n";
+    if (fd.get() < 0 || ::write(fd.get(), line.data(), line.size()) != static_cast<ssize_t>(line.size()) ||
+        ::fdatasync(fd.get()) != 0)
+      return Status::IoError("cannot write " + tmp + ": " + std::strerror(errno));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return Status::IoError("cannot rename " + tmp + ": " + std::strerror(errno));
+  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (d.get() < 0 || ::fsync(d.get()) != 0) return Status::IoError("cannot sync " + dir + ": " + std::strerror(errno));
+  return Status::Ok();
 }
 
 // One mount per cache dir (its databases are held exclusively): an flock
@@ -1726,10 +1746,12 @@ Status RunMount(const MountOptions& opts) {
   }
   // A power cut loses what was in the page cache only: on the same boot as
   // the last mount, cached bytes are as that mount left them.
-  const std::string boot = BootId();
+  // (A file, not a row of state.db: a cold mount's save of the snapshot
+  // holds that database for a while, and this is on the way to ready.)
+  const std::string boot = FirstLine("/proc/sys/kernel/random/boot_id");
   if (warm && !co.local.empty() && !boot.empty()) {
-    auto last = state->Meta("boot_id");
-    if (last.ok() && !last->empty() && *last != boot) {
+    const std::string last = FirstLine(cache_dir + "/boot_id");
+    if (!last.empty() && last != boot) {
       spdlog::info("the machine restarted since the last mount: checking the cached blocks of {} changed files",
                    co.local.size());
       if (Status st = ChunkCache::CheckLocalAfterReboot(cache_dir, state.get(), co.local); !st.ok())
@@ -1743,7 +1765,8 @@ Status RunMount(const MountOptions& opts) {
   };
   fs.cache = std::make_unique<ChunkCache>(cache_dir, &reads, state.get(), co);
   if (!boot.empty())
-    if (Status st = state->SetMeta("boot_id", boot); !st.ok()) spdlog::warn("cannot save the boot id: {}", st.ToString());
+    if (Status st = SaveBootId(cache_dir, boot); !st.ok())
+      spdlog::warn("{} (after a power cut, the next mount would not know to check the cache)", st.ToString());
   // A file fetched ahead is what the tree says when its turn comes.
   fs.cache->set_node_lookup([&fs](uint64_t id) -> std::optional<NodeRecord> {
     auto n = fs.tree.Get(id);

@@ -1020,10 +1020,9 @@ TEST_F(MountTest, AWritePastTheEndKeepsTheBytesOfTheOldLastBlock) {
 // Makes the next mount of the cache under `dir` take the machine for
 // restarted since the last one (its boot id is another).
 void PretendARestart(const std::string& dir) {
-  std::string out;
-  ASSERT_EQ(RunCommand("sqlite3 " + dir + "/cache/state.db \"UPDATE meta SET value='an earlier boot' WHERE "
-                       "key='boot_id'; SELECT changes();\" 2>&1", &out), 0) << out;
-  ASSERT_EQ(out, "1\n") << "the mount saved no boot id";
+  const std::string path = dir + "/cache/boot_id";
+  ASSERT_EQ(ReadAll(path), ReadAll("/proc/sys/kernel/random/boot_id")) << "the mount saved no boot id";
+  std::ofstream(path) << "an earlier boot\n";
 }
 
 // A power cut after a file's change was recorded: the blocks it had
