@@ -23,6 +23,16 @@ namespace tidefs {
 namespace {
 
 constexpr size_t kPage = 4096;        // O_DIRECT alignment of offsets, lengths and buffers
+
+// Whether block `b` of the cache file `fd` holds what manifest `m` names
+// there (a short read, past the file's end, does not). `buf`: kBlockSize.
+bool HoldsManifestBlock(int fd, const Manifest& m, uint64_t b, std::string* buf) {
+  const uint64_t off = b * kBlockSize;
+  if (b >= m.blocks.size() || off >= m.size) return false;
+  const size_t len = std::min<uint64_t>(kBlockSize, m.size - off);
+  return ::pread(fd, buf->data(), len, static_cast<off_t>(off)) == static_cast<ssize_t>(len) &&
+         HashBlock(buf->data(), len) == m.blocks[b];
+}
 constexpr size_t kHotChunks = 8;      // fetched chunks kept in memory (32 MiB): read-ahead's window twice
 constexpr size_t kSpareBuffers = 20;  // about what hot chunks, the backlog and fetches hold
 // A first read of a file this size or smaller fetches its bytes with its
@@ -614,14 +624,8 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     // manifest's was written there. Marked now, so every record saved from
     // here on names all of them (a later reboot's check keeps them).
     std::string buf(kBlockSize, '\0');
-    for (uint64_t b = 0; b < std::min<uint64_t>(e->present.size(), e->manifest.blocks.size()); ++b) {
-      if (!e->present[b] || e->dirty[b]) continue;
-      const uint64_t off = b * kBlockSize;
-      const size_t len = std::min<uint64_t>(kBlockSize, e->manifest.size - std::min(off, e->manifest.size));
-      if (len == 0 || off + len > size || ::pread(e->fd, buf.data(), len, static_cast<off_t>(off)) != static_cast<ssize_t>(len) ||
-          HashBlock(buf.data(), len) != e->manifest.blocks[b])
-        e->dirty[b] = true;
-    }
+    for (uint64_t b = 0; b < std::min<uint64_t>(e->present.size(), e->manifest.blocks.size()); ++b)
+      if (e->present[b] && !e->dirty[b] && !HoldsManifestBlock(e->fd, e->manifest, b, &buf)) e->dirty[b] = true;
     e->tracked = true;
   }
   if (primed) {
@@ -1076,18 +1080,9 @@ Status ChunkCache::CheckLocalAfterReboot(const std::string& dir, LocalState* sta
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;  // nothing cached: nothing to check
     const Fd closing(fd);
-    struct stat st;
-    if (::fstat(fd, &st) != 0) return Status::IoError("cannot stat " + path + ": " + std::strerror(errno));
-    const uint64_t size = static_cast<uint64_t>(st.st_size);
     uint64_t dropped = 0;
     for (uint64_t b = 0; b < f.present.size() && b < f.manifest.blocks.size(); ++b) {
-      if (!f.present[b] || (b < f.dirty->size() && (*f.dirty)[b])) continue;
-      const uint64_t off = b * kBlockSize;
-      const size_t len = std::min<uint64_t>(kBlockSize, f.manifest.size - std::min(off, f.manifest.size));
-      const bool fits = len > 0 && off + len <= size;
-      if (fits && ::pread(fd, buf.data(), len, static_cast<off_t>(off)) == static_cast<ssize_t>(len) &&
-          HashBlock(buf.data(), len) == f.manifest.blocks[b])
-        continue;
+      if (!f.present[b] || (b < f.dirty->size() && (*f.dirty)[b]) || HoldsManifestBlock(fd, f.manifest, b, &buf)) continue;
       f.present[b] = false;  // (a fetch writes it over)
       ++dropped;
     }
@@ -1492,7 +1487,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     old_last = msize / kBlockSize;
   }
   bool newly_partial = false;  // such a block dirty for the first time: synced before its record
-  {
+  if (!partial.empty() || old_last) {
     std::lock_guard lock(e->mu);
     for (uint64_t b : partial) newly_partial = newly_partial || (b < e->dirty.size() && !e->dirty[b]);
     if (old_last) newly_partial = newly_partial || (*old_last < e->dirty.size() && !e->dirty[*old_last]);

@@ -19,9 +19,24 @@ namespace {
 
 class ServerApiTest : public ::testing::Test {
  protected:
+  // The server started again with more flags; a client of it.
+  ApiClient RestartWith(std::vector<std::string> args) {
+    server_.Stop();
+    server_.extra_args = std::move(args);
+    server_.Start();
+    return server_.Client(server_.rw_token);
+  }
   TestServer server_;
   ApiClient c_ = server_.Client(server_.rw_token);
 };
+
+// POST /blocks of these blocks, framed; the answer's body.
+std::string PostBlocks(ApiClient& c, std::initializer_list<const std::string*> blocks) {
+  std::string body;
+  for (const std::string* b : blocks) AppendBlockFrame(&body, HashBlock(*b), *b);
+  auto r = c.Raw("POST", "/blocks", body);
+  return r.ok() ? r->body : r.status().ToString();
+}
 
 TEST_F(ServerApiTest, HealthzAndMetrics) {
   auto h = c_.Raw("GET", "//healthz");
@@ -618,36 +633,22 @@ TEST_F(ServerApiTest, DedupStoresABlockOnce) {
 // stored before a server died and never committed is asked for again.
 TEST_F(ServerApiTest, AStoredBlockIsIndexedOnlyOnceDurable) {
   const std::string data = RandomBytes(kBlockSize, 12), other = RandomBytes(kBlockSize, 13);
-  for (const std::string* d : {&data, &other}) {
-    std::string body;
-    AppendBlockFrame(&body, HashBlock(*d), *d);
-    ASSERT_EQ(c_.Raw("POST", "/blocks", body)->body, "{\"stored\":1,\"present\":0}");
-  }
+  for (const std::string* d : {&data, &other}) ASSERT_EQ(PostBlocks(c_, {d}), "{\"stored\":1,\"present\":0}");
   auto missing = c_.MissingBlocks({HashBlock(data), HashBlock(other)});
   ASSERT_TRUE(missing.ok());
   EXPECT_TRUE(missing->empty()) << "a block stored and not yet indexed counts as missing";
   // A commit naming one indexes both (and is accepted).
-  CommitOp f;
-  f.type = OpType::kCreate;
-  f.id = 4711;
-  f.parent = kRootId;
-  f.name = "f.bin";
-  f.size = data.size();
-  f.blocks = {HashBlock(data)};
+  CommitOp f = CreateOfBlock(kRootId, "f.bin", data);
   MustCommit(c_, {f});
   std::string third = RandomBytes(kBlockSize, 14);
-  {
-    std::string body;
-    AppendBlockFrame(&body, HashBlock(third), third);
-    ASSERT_EQ(c_.Raw("POST", "/blocks", body)->status, 200);
-  }
+  ASSERT_EQ(PostBlocks(c_, {&third}), "{\"stored\":1,\"present\":0}");
   server_.Kill();
   server_.Start();
   ApiClient c = server_.Client(server_.rw_token);
   missing = c.MissingBlocks({HashBlock(data), HashBlock(other), HashBlock(third)});
   ASSERT_TRUE(missing.ok());
   EXPECT_EQ(*missing, std::vector<Hash128>{HashBlock(third)}) << "only the block stored after the last commit is asked again";
-  EXPECT_EQ(c.Raw("GET", "/nodes/4711/content")->body, data);
+  EXPECT_EQ(c.Raw("GET", "/nodes/" + std::to_string(f.id) + "/content")->body, data);
 }
 
 // Bytes the packs hold on disk (holes not counted).
@@ -665,15 +666,9 @@ uint64_t PackDiskBytes(const std::string& data_dir) {
 // stay, and a commit naming a collected block is refused until it is sent
 // again.
 TEST_F(ServerApiTest, AnUploadNoCommitNamesIsCollectedAfterItsGrace) {
-  server_.Stop();
-  server_.extra_args = {"--block-grace", "1", "--collect-every", "1"};
-  server_.Start();
-  ApiClient c = server_.Client(server_.rw_token);
+  ApiClient c = RestartWith({"--block-grace", "1", "--collect-every", "1"});
   const std::string kept = RandomBytes(kBlockSize, 31), dropped = RandomBytes(kBlockSize, 32);
-  std::string body;
-  AppendBlockFrame(&body, HashBlock(kept), kept);
-  AppendBlockFrame(&body, HashBlock(dropped), dropped);
-  ASSERT_EQ(c.Raw("POST", "/blocks", body)->body, "{\"stored\":2,\"present\":0}");
+  ASSERT_EQ(PostBlocks(c, {&kept, &dropped}), "{\"stored\":2,\"present\":0}");
   CommitOp f = CreateOfBlock(kRootId, "kept.bin", kept);
   MustCommit(c, {f});  // (indexes both)
   const uint64_t before = PackDiskBytes(server_.data_dir());
@@ -696,9 +691,7 @@ TEST_F(ServerApiTest, AnUploadNoCommitNamesIsCollectedAfterItsGrace) {
   EXPECT_TRUE(r->refused);
   EXPECT_EQ(r->reason, "missing_blocks");
   EXPECT_EQ(r->missing, std::vector<Hash128>{HashBlock(dropped)});
-  body.clear();
-  AppendBlockFrame(&body, HashBlock(dropped), dropped);
-  ASSERT_EQ(c.Raw("POST", "/blocks", body)->body, "{\"stored\":1,\"present\":0}");
+  ASSERT_EQ(PostBlocks(c, {&dropped}), "{\"stored\":1,\"present\":0}");
   MustCommit(c, {g});
   EXPECT_EQ(c.Raw("GET", "/nodes/" + std::to_string(g.id) + "/content")->body, dropped);
 }
@@ -707,14 +700,9 @@ TEST_F(ServerApiTest, AnUploadNoCommitNamesIsCollectedAfterItsGrace) {
 // upload, or asks before its commit) gives that block its grace anew: it
 // is not collected between the answer and the commit.
 TEST_F(ServerApiTest, AskingAboutAnUploadStartsItsGraceAnew) {
-  server_.Stop();
-  server_.extra_args = {"--block-grace", "4", "--collect-every", "1"};
-  server_.Start();
-  ApiClient c = server_.Client(server_.rw_token);
+  ApiClient c = RestartWith({"--block-grace", "4", "--collect-every", "1"});
   const std::string data = RandomBytes(kBlockSize, 33);
-  std::string body;
-  AppendBlockFrame(&body, HashBlock(data), data);
-  ASSERT_EQ(c.Raw("POST", "/blocks", body)->body, "{\"stored\":1,\"present\":0}");
+  ASSERT_EQ(PostBlocks(c, {&data}), "{\"stored\":1,\"present\":0}");
   // Indexed (as by any commit), then asked about every half second for
   // three graces: each answer that it is here refreshes it once it is two
   // seconds old. (The pacing of a client; the collector runs every second.)
