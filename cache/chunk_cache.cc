@@ -1593,6 +1593,7 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
       e->manifest.size = cut;
       e->manifest.blocks.resize((cut + kBlockSize - 1) / kBlockSize);
     }
+    e->cuts.emplace_back(e->write_gen + 1, cut);  // (the generation this truncate makes, below)
     // A fetch that chose its blocks before the view shrank writes them
     // without the lock: those writes end before the file is cut. (Its
     // transfer is not waited for: with the server away that is the retry
@@ -1768,6 +1769,16 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         std::lock_guard elock(e->mu);
         e->version = version;
         e->manifest = m;
+        // Cut here after the flush's view: the new version is the base only
+        // up to the cut (as Truncate left the older one).
+        uint64_t clip = m.size;
+        for (const auto& [gen, at] : e->cuts)
+          if (gen > write_gen) clip = std::min(clip, at);
+        std::erase_if(e->cuts, [&](const auto& c) { return c.first <= write_gen; });
+        if (clip < m.size) {
+          e->manifest.size = clip;
+          e->manifest.blocks.resize((clip + kBlockSize - 1) / kBlockSize);
+        }
         e->tracked = true;
         e->changed_here = true;  // (its record is saved by the write-back, later)
         if (e->write_gen == write_gen && e->changing > 0) e->clear_at = write_gen;  // (by the last change to end)

@@ -685,6 +685,46 @@ TEST_F(MountTest, AServerThatStopsAnsweringFailsUncachedReadsAfterTheRetryPeriod
 // A truncate does not wait for a fetch of the bytes it cuts off: with the
 // server silent that lasts the retry period, and the mount's namespace
 // operations would wait behind the truncate.
+// A file cut while a commit of its earlier content is on its way, then
+// written anew in part of a block once that commit is in: the new version
+// is the base only up to the cut, so the write fetches none of the
+// server's old bytes back into the file (they were sent as the file's
+// content, past the 4 KiB written: found by tests/e2e/model_test.cc).
+TEST_F(MountTest, AFileCutWhileACommitOfItIsOnItsWayGetsNoneOfItsOldBytesBack) {
+  const std::string old = RandomBytes(1552621, 31), data = RandomBytes(4095, 32);
+  Write("f.bin", old);
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    const std::string f = m.path() + "/f.bin";
+    ASSERT_EQ(ReadAll(f), old);
+    // The truncate's commit is applied and its answer held; every commit
+    // after it is refused (tried again later) until the end.
+    proxy.SetRule("refuse /commit 0 -1 1\nhold /commit 0 1");
+    ASSERT_EQ(truncate(f.c_str(), 1228663), 0);
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the truncate was never committed";
+    int fd = open(f.c_str(), O_WRONLY | O_TRUNC);
+    ASSERT_GE(fd, 0);
+    proxy.SetRule("refuse /commit 0 -1 1");
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] {
+      return StatusOf(m.path()).find("\"journal_pending\": 1,") != std::string::npos;
+    })) << "the truncate's commit was not taken in: " << StatusOf(m.path());
+    ASSERT_EQ(write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    ASSERT_EQ(close(fd), 0);
+    EXPECT_EQ(ReadAll(f).size(), data.size());
+    proxy.SetRule("pass");
+    ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << StatusOf(m.path());
+    const std::string here = ReadAll(f);
+    EXPECT_EQ(here.size(), data.size());
+    EXPECT_TRUE(here == data);
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  const std::string there = ReadAll(fresh.path() + "/f.bin");
+  EXPECT_EQ(there.size(), data.size()) << "the server's copy has more than was written";
+  EXPECT_TRUE(there == data);
+}
+
 TEST_F(MountTest, ATruncateDoesNotWaitForAFetchOfTheBytesItCutsOff) {
   const std::string big = RandomBytes(12 * kChunkSize, 15);
   Write("big.bin", big);
@@ -856,29 +896,6 @@ std::vector<std::string> ConflictCopies(const std::string& dir, const std::strin
 }
 
 // The pid of the mount's process (from `tidefs status`), or -1.
-pid_t MountPid(const std::string& mnt) {
-  std::string out;
-  if (RunCommand(std::string(TIDEFS_BINARY) + " status --json " + mnt + " 2>&1", &out) != 0) return -1;
-  size_t at = out.find("\"pid\": ");
-  return at == std::string::npos ? -1 : std::stoi(out.substr(at + 7));
-}
-
-bool WaitForExit(pid_t pid, std::chrono::seconds limit) {
-  return Within(limit, [pid] { return kill(pid, 0) != 0; });
-}
-
-// kill -9 of the mount at `mnt` (it must be running); returns once the
-// process is gone and its dead mount point cleared. (A void function: the
-// ASSERTs end only it; callers check HasFatalFailure where it matters.)
-void KillMount(const std::string& mnt) {
-  const pid_t pid = MountPid(mnt);
-  ASSERT_GT(pid, 0);
-  ASSERT_EQ(kill(pid, SIGKILL), 0);
-  EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
-  std::string out;
-  RunCommand("fusermount3 -uz " + mnt + " 2>&1", &out);
-}
-
 // Edits f.txt (base\n in the mount at `mnt`) with its commit's answer
 // kept back by `rule` (a hold), then deletes it while that answer waits.
 void EditThenDeleteWhileTheAnswerIsHeld(FaultProxy& proxy, const std::string& mnt, const std::string& rule) {
