@@ -876,9 +876,13 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (NeedsBase(op.type)) {
         // The version we last knew: the tree's, or (a node deleted here)
         // the one our own commits gave it.
+        // (Of one deleted here, the newer of the two: an earlier mount's
+        // record of a version it made may predate one a later commit made,
+        // whose answer the entry's base already names.)
         auto n = tree_->Get(op.id);
         if (n.ok() && *n) op.base = (*n)->version;
-        else if (auto v = versions_.find(op.id); v != versions_.end()) op.base = v->second;
+        else if (auto v = versions_.find(op.id); v != versions_.end())
+          op.base = std::max(e.op.has_base ? e.op.base : 0, v->second);
         op.has_base = true;
         based[op.id] = op.base;
       }

@@ -484,6 +484,15 @@ Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>&
     RETURN_IF_ERROR(s.Run());
     s.Reset();
   }
+  // A version kept before, of a node this commit moved on, moves too (a
+  // change waiting still would name the older one after a restart).
+  ASSIGN_OR_RETURN(Stmt newer, db_->Prepare("UPDATE known_versions SET version=?2 WHERE id=?1 AND version<?2"));
+  for (const auto& n : rows) {
+    if (n.deleted || forget_known) continue;
+    newer.Bind(1, n.id).Bind(2, n.version);
+    RETURN_IF_ERROR(newer.Run());
+    newer.Reset();
+  }
   ASSIGN_OR_RETURN(Stmt keep, db_->Prepare("INSERT INTO known_versions(id, version) VALUES(?1, ?2) ON CONFLICT(id) "
                                            "DO UPDATE SET version=max(version, excluded.version)"));
   for (const auto& [id, version] : known) {

@@ -221,6 +221,37 @@ TEST_F(LocalStateTest, KnownVersionsOfDeletedNodesSurviveAReopenUntilDropped) {
   }
 }
 
+// A version kept for a change still waiting moves on with a later commit
+// of the node that no change waits on (its lost answer replayed, say):
+// kept at the older one, a delete made after would name it after a
+// restart, be refused as stale, and the deleted file come back.
+TEST_F(LocalStateTest, AKnownVersionMovesOnWithALaterCommitOfItsNode) {
+  auto s = Open();
+  for (uint64_t t : {1, 2}) {
+    LocalChange c = Change(t, 100 + t, "f" + std::to_string(t));
+    ASSERT_TRUE(s->LogChange(c).ok());
+    ASSERT_TRUE(s->SaveChanges({&c}).ok());
+  }
+  auto j = s->PendingJournal(10);
+  ASSERT_TRUE(j.ok() && j->size() == 2u);
+  NodeRecord made;
+  made.id = 301;
+  made.version = 1;
+  ASSERT_TRUE(s->CompleteJournal(0, {made}, {{301, 1}}).ok());
+  made.version = 2;
+  ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {made}, {}).ok());
+  auto k = s->KnownVersions();
+  ASSERT_TRUE(k.ok());
+  EXPECT_EQ(*k, (std::unordered_map<uint64_t, uint64_t>{{301, 2}}));
+  NodeRecord gone;
+  gone.id = 301;
+  gone.deleted = true;
+  ASSERT_TRUE(s->CompleteJournal((*j)[0].seq, {gone}, {}).ok());
+  k = s->KnownVersions();
+  ASSERT_TRUE(k.ok());
+  EXPECT_TRUE(k->empty());
+}
+
 TEST_F(LocalStateTest, ATornOrDamagedEndIsKeptAsideAndTheRestReplayed) {
   Open();  // creates the databases
   const std::string good = EncodeLocalChange(Change(2, 101, "b.txt"));
