@@ -73,6 +73,30 @@ class TestMount {
   std::string dir_, mnt_;
 };
 
+// The pid of the mount at `mnt` (from its status), or -1.
+inline pid_t MountPid(const std::string& mnt) {
+  std::string out;
+  if (RunCommand(std::string(TIDEFS_BINARY) + " status --json " + mnt + " 2>&1", &out) != 0) return -1;
+  size_t at = out.find("\"pid\": ");
+  return at == std::string::npos ? -1 : std::stoi(out.substr(at + 7));
+}
+
+inline bool WaitForExit(pid_t pid, std::chrono::seconds limit) {
+  return Within(limit, [pid] { return kill(pid, 0) != 0; });
+}
+
+// kill -9 of the mount at `mnt` (it must be running); returns once the
+// process is gone and its dead mount point cleared. (A void function: the
+// ASSERTs end only it; callers check HasFatalFailure where it matters.)
+inline void KillMount(const std::string& mnt) {
+  const pid_t pid = MountPid(mnt);
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  EXPECT_TRUE(WaitForExit(pid, std::chrono::seconds(10)));
+  std::string out;
+  RunCommand("fusermount3 -uz " + mnt + " 2>&1", &out);
+}
+
 inline std::string ReadAll(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});

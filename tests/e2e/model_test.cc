@@ -1,0 +1,320 @@
+// End to end, at random: a long run of file and folder operations on a
+// real mount, each also done on a local folder (the model). After every
+// operation both must agree (the same success or errno), every so often
+// the whole trees must, and at the end a fresh mount of the server's copy
+// must hold exactly the model. A second run kills the mount (-9) at random
+// points and starts it again from its cache dir: nothing a returned
+// syscall did may be lost. A failure prints the seed and the last
+// operations; TIDEFS_MODEL_SEED=N runs one seed again.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "../integration/helpers.h"
+#include "../integration/test_server.h"
+#include "e2e_helpers.h"
+
+namespace tidefs {
+namespace {
+
+namespace fs = std::filesystem;
+
+// What a tree holds, as comparable text: one line per node, sorted (type,
+// mode, size, and a hash of a file's bytes).
+std::string Describe(const std::string& root) {
+  std::vector<std::string> lines;
+  for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it) {
+    const std::string rel = it->path().string().substr(root.size());
+    struct stat st;
+    if (lstat(it->path().c_str(), &st) != 0) {
+      lines.push_back(rel + " lstat failed: " + strerror(errno));
+      continue;
+    }
+    std::ostringstream line;
+    line << rel << " " << std::oct << (st.st_mode & 07777) << std::dec;
+    if (S_ISDIR(st.st_mode)) {
+      line << " dir";
+    } else if (S_ISREG(st.st_mode)) {
+      const std::string bytes = ReadAll(it->path());
+      line << " file " << st.st_size << " read " << bytes.size() << " hash " << std::hash<std::string>{}(bytes);
+    } else {
+      line << " other";
+    }
+    lines.push_back(line.str());
+  }
+  std::sort(lines.begin(), lines.end());
+  std::string out;
+  for (auto& l : lines) out += l + "\n";
+  return out;
+}
+
+class Model {
+ public:
+  Model(uint64_t seed, std::string ref) : rng_(seed), ref_(std::move(ref)) {}
+
+  // One random operation on both trees; false (with the test failed) when
+  // they disagreed.
+  bool Step(const std::string& mnt) {
+    std::ostringstream what;
+    int a = 0, b = 0;  // results: 0, or errno
+    auto both = [&](const std::function<int(const std::string& root)>& op) {
+      a = op(ref_);
+      b = op(mnt);
+    };
+    const std::string p = Path(), q = Path();
+    switch (Pick({8, 6, 3, 3, 4, 3, 3, 2, 2, 3, 2, 2})) {
+      case 0: {  // a file written anew
+        const std::string data = Bytes();
+        what << "write " << p << " " << data.size() << " bytes";
+        both([&](const std::string& root) { return WriteWhole(root + p, data, O_CREAT | O_TRUNC); });
+        break;
+      }
+      case 1: {  // bytes written into a file, maybe past its end
+        const off_t off = static_cast<off_t>(Size() % (1 << 21));
+        const std::string data = Bytes();
+        what << "pwrite " << p << " at " << off << " " << data.size() << " bytes";
+        both([&](const std::string& root) { return PWrite(root + p, data, off); });
+        break;
+      }
+      case 2: {
+        const off_t size = static_cast<off_t>(Size() % (1 << 21));
+        what << "truncate " << p << " to " << size;
+        both([&](const std::string& root) { return ::truncate((root + p).c_str(), size) == 0 ? 0 : errno; });
+        break;
+      }
+      case 3: {
+        const std::string data = Bytes();
+        what << "append " << data.size() << " bytes to " << p;
+        both([&](const std::string& root) { return WriteWhole(root + p, data, O_APPEND); });
+        break;
+      }
+      case 4: {  // files and folders, over what is there or not
+        const std::string from = Pick({1, 1}) ? DirPath() : p;
+        what << "rename " << from << " to " << q;
+        both([&](const std::string& root) {
+          return ::rename((root + from).c_str(), (root + q).c_str()) == 0 ? 0 : errno;
+        });
+        break;
+      }
+      case 5:
+        what << "unlink " << p;
+        both([&](const std::string& root) { return ::unlink((root + p).c_str()) == 0 ? 0 : errno; });
+        break;
+      case 6: {
+        const std::string d = DirPath();
+        what << "mkdir " << d;
+        both([&](const std::string& root) { return ::mkdir((root + d).c_str(), 0755) == 0 ? 0 : errno; });
+        break;
+      }
+      case 7: {
+        const std::string d = DirPath();
+        what << "rmdir " << d;
+        both([&](const std::string& root) { return ::rmdir((root + d).c_str()) == 0 ? 0 : errno; });
+        break;
+      }
+      case 8: {
+        const mode_t mode = std::vector<mode_t>{0600, 0644, 0755, 0640}[Size() % 4];
+        what << "chmod " << p << " " << std::oct << mode;
+        both([&](const std::string& root) { return ::chmod((root + p).c_str(), mode) == 0 ? 0 : errno; });
+        break;
+      }
+      case 9: {  // read back
+        what << "read " << p;
+        const std::string x = ReadOrError(ref_ + p), y = ReadOrError(mnt + p);
+        if (x != y) {
+          ADD_FAILURE() << what.str() << ": the mount read " << y.size() << " bytes, the model " << x.size()
+                        << "\n" << History();
+          return false;
+        }
+        break;
+      }
+      case 10:
+        what << "fsync " << p;
+        both([&](const std::string& root) {
+          int fd = ::open((root + p).c_str(), O_RDWR | O_CLOEXEC);
+          if (fd < 0) return errno;
+          int r = ::fsync(fd) == 0 ? 0 : errno;
+          ::close(fd);
+          return r;
+        });
+        break;
+      case 11: {  // written through a shared mapping
+        const uint64_t salt = Size();
+        what << "mmap-write " << p << " salt " << salt;
+        both([&](const std::string& root) { return MapWrite(root + p, salt); });
+        break;
+      }
+    }
+    history_.push_back(what.str() + " -> " + (a ? strerror(a) : "ok"));
+    if (history_.size() > 60) history_.pop_front();
+    if (a != b) {
+      ADD_FAILURE() << what.str() << ": the model says " << (a ? strerror(a) : "ok") << ", the mount "
+                    << (b ? strerror(b) : "ok") << "\n" << History();
+      return false;
+    }
+    return true;
+  }
+
+  void Note(const std::string& what) {
+    history_.push_back(what);
+    if (history_.size() > 60) history_.pop_front();
+  }
+  std::string History() const {
+    std::string out = "last operations:\n";
+    for (auto& h : history_) out += "  " + h + "\n";
+    return out;
+  }
+
+ private:
+  size_t Pick(std::vector<int> weights) {
+    std::discrete_distribution<size_t> d(weights.begin(), weights.end());
+    return d(rng_);
+  }
+  uint64_t Size() { return rng_(); }
+  // A few names in a few folders: operations run into one another.
+  std::string DirPath() {
+    static const std::vector<std::string> dirs = {"/a", "/b", "/a/c", "/b/d", "/a/c/e"};
+    return dirs[rng_() % dirs.size()];
+  }
+  std::string Path() {
+    static const std::vector<std::string> dirs = {"", "", "/a", "/b", "/a/c"};
+    return dirs[rng_() % dirs.size()] + "/f" + std::to_string(rng_() % 5);
+  }
+  std::string Bytes() {
+    static const std::vector<size_t> sizes = {0, 1, 100, 4095, 65535, 65536, 65537, 200000, (1 << 20) + 7};
+    const size_t n = sizes[rng_() % sizes.size()];
+    std::string s(n, '\0');
+    for (auto& c : s) c = static_cast<char>(rng_());
+    return s;
+  }
+  static int WriteWhole(const std::string& path, const std::string& data, int flags) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC | flags, 0644);
+    if (fd < 0) return errno;
+    int r = 0;
+    if (!data.empty() && ::write(fd, data.data(), data.size()) != static_cast<ssize_t>(data.size())) r = errno ? errno : EIO;
+    if (::close(fd) != 0 && !r) r = errno;
+    return r;
+  }
+  static int PWrite(const std::string& path, const std::string& data, off_t off) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int r = 0;
+    if (!data.empty() && ::pwrite(fd, data.data(), data.size(), off) != static_cast<ssize_t>(data.size())) r = errno ? errno : EIO;
+    if (::close(fd) != 0 && !r) r = errno;
+    return r;
+  }
+  // Flips up to 64 bytes of an existing non-empty file through MAP_SHARED.
+  static int MapWrite(const std::string& path, uint64_t salt) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return errno;
+    struct stat st;
+    if (::fstat(fd, &st) != 0 || st.st_size == 0) {
+      ::close(fd);
+      return st.st_size == 0 ? 0 : errno;
+    }
+    void* m = ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+      int r = errno;
+      ::close(fd);
+      return r;
+    }
+    auto* bytes = static_cast<unsigned char*>(m);
+    for (int i = 0; i < 64; ++i) bytes[(salt + i * 4099) % st.st_size] ^= static_cast<unsigned char>(salt >> (i % 56));
+    int r = ::msync(m, st.st_size, MS_SYNC) == 0 ? 0 : errno;
+    ::munmap(m, st.st_size);
+    ::close(fd);
+    return r;
+  }
+  static std::string ReadOrError(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::string("error ") + strerror(errno);
+    struct stat st;
+    const bool dir = ::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+    ::close(fd);
+    return dir ? "a directory" : ReadAll(path);
+  }
+
+  std::mt19937_64 rng_;
+  std::string ref_;
+  std::deque<std::string> history_;
+};
+
+uint64_t Seed(uint64_t fallback) {
+  const char* s = std::getenv("TIDEFS_MODEL_SEED");
+  return s ? std::strtoull(s, nullptr, 10) : fallback;
+}
+
+class ModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(access("/dev/fuse", R_OK | W_OK), 0) << "/dev/fuse is missing: end-to-end tests cannot run";
+    dir_ = MakeTempDir("tidefs-e2e");
+    ref_ = dir_ + "/ref";
+    fs::create_directories(ref_);
+  }
+  void TearDown() override {
+    // TIDEFS_MODEL_KEEP=1: a failed run's folders stay (the mount's log,
+    // run with -vv, is in m/cache/mount.log).
+    if (HasFailure() && std::getenv("TIDEFS_MODEL_KEEP")) {
+      std::fprintf(stderr, "kept %s\n", dir_.c_str());
+      return;
+    }
+    fs::remove_all(dir_);
+  }
+  // `steps` random operations; with `kill_every` > 0, the mount is killed
+  // and started again about that often. Then the server's copy is checked.
+  void Run(uint64_t seed, int steps, int kill_every) {
+    SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
+    Model model(seed, ref_);
+    std::mt19937_64 kills(seed ^ 0x5eed);
+    std::optional<TestMount> m;
+    m.emplace(server_, server_.rw_token, dir_ + "/m", std::getenv("TIDEFS_MODEL_KEEP") ? "-vv" : "");
+    for (int i = 1; i <= steps; ++i) {
+      if (!model.Step(m->path())) return;
+      if (kill_every > 0 && kills() % kill_every == 0) {
+        model.Note("kill -9 and restart");
+        ASSERT_NO_FATAL_FAILURE(KillMount(m->path()));
+        m.reset();
+        m.emplace(server_, server_.rw_token, dir_ + "/m", std::getenv("TIDEFS_MODEL_KEEP") ? "-vv" : "");
+        ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "after a kill -9 and a restart at step " << i << "\n"
+                                                       << model.History();
+      }
+      if (i % 50 == 0) {
+        ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "at step " << i << "\n" << model.History();
+      }
+    }
+    ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "at the end\n" << model.History();
+    ASSERT_TRUE(JournalEmptiesWithin(m->path(), std::chrono::seconds(30))) << StatusOf(m->path());
+    m.reset();
+    TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+    EXPECT_EQ(Describe(fresh.path()), Describe(ref_)) << "the server's copy differs from what was done\n"
+                                                      << model.History();
+  }
+  TestServer server_;
+  std::string dir_, ref_;
+};
+
+TEST_F(ModelTest, RandomOperationsMatchALocalFolderAndTheServer) { Run(Seed(1), 400, 0); }
+
+TEST_F(ModelTest, RandomOperationsSurviveKilledMounts) { Run(Seed(2), 200, 25); }
+
+}  // namespace
+}  // namespace tidefs
