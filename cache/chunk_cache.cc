@@ -1593,7 +1593,6 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
       e->manifest.size = cut;
       e->manifest.blocks.resize((cut + kBlockSize - 1) / kBlockSize);
     }
-    e->cuts.emplace_back(e->write_gen + 1, cut);  // (the generation this truncate makes, below)
     // A fetch that chose its blocks before the view shrank writes them
     // without the lock: those writes end before the file is cut. (Its
     // transfer is not waited for: with the server away that is the retry
@@ -1768,13 +1767,14 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         // one under way (counted in `changing`) keeps it local too.
         std::lock_guard elock(e->mu);
         e->version = version;
+        // Changed here since the bytes committed were read (or they are an
+        // earlier attempt's): the new version is the base only as far as
+        // the view of the old one reached. A cut since shrank that view
+        // (Truncate); the server's bytes past it are gone here, and a
+        // partial write or a read there must not fetch them back. (What
+        // lies past it and is the file's was written here: present, dirty.)
+        const uint64_t clip = e->write_gen == write_gen ? m.size : std::min(m.size, e->manifest.size);
         e->manifest = m;
-        // Cut here after the flush's view: the new version is the base only
-        // up to the cut (as Truncate left the older one).
-        uint64_t clip = m.size;
-        for (const auto& [gen, at] : e->cuts)
-          if (gen > write_gen) clip = std::min(clip, at);
-        std::erase_if(e->cuts, [&](const auto& c) { return c.first <= write_gen; });
         if (clip < m.size) {
           e->manifest.size = clip;
           e->manifest.blocks.resize((clip + kBlockSize - 1) / kBlockSize);

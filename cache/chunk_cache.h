@@ -256,12 +256,6 @@ class ChunkCache {
     std::vector<bool> verified;  // guarded by mu, per chunk: fetched or re-hashed by this mount
     std::vector<bool> dirty;     // guarded by mu, per block: written since the last flush began
     uint64_t write_gen = 0;      // guarded by mu, bumped by every local write
-    // guarded by mu: local truncates since the last commit, as (the
-    // write_gen each makes, where it cut): a commit of a flush whose view
-    // predates one takes the server's new version for the base only up to
-    // that cut (the bytes past it are gone here; the manifest's view shrank
-    // for them, and a later partial write must not fetch them back).
-    std::vector<std::pair<uint64_t, uint64_t>> cuts;
     // guarded by mu: local changes (write, truncate, extend) under way, from
     // before the node is marked local until their blocks are claimed and
     // written: a commit meanwhile keeps the node local and its blocks dirty.

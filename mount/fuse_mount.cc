@@ -242,7 +242,9 @@ struct Fs {
   // Before sync, cache and wb: their threads call back into these.
   std::mutex meta_mu;
   std::unordered_map<uint64_t, int> open_count;  // guarded by meta_mu
-  std::unordered_set<uint64_t> orphans;          // guarded by meta_mu: unlinked while open
+  // guarded by meta_mu: files unlinked (or replaced) while open, as their
+  // handles change them (fstat of such a file asks by node, not handle).
+  std::unordered_map<uint64_t, NodeRecord> orphans;
   // Files made here whose handles queue their flush entry at the first
   // write (no FLUSH round trip at close), while handles that wrote are
   // open or an entry is queued. guarded by meta_mu.
@@ -338,10 +340,21 @@ void OpLookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 void OpGetattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
   Fs* fs = Self(req);
   fs->n_getattr++;
-  auto n = NodeOrReply(req, ino);
-  if (!n) return;
+  auto n = fs->tree.Get(ino);
+  if (!n.ok()) {
+    spdlog::error("reading node {} from the local state failed: {}", ino, n.status().ToString());
+    return (void)fuse_reply_err(req, EIO);
+  }
+  if (!*n) {
+    // Unlinked while open: still there for fstat(), as on a local disk
+    // (the kernel asks by node, not by handle).
+    std::lock_guard lock(fs->meta_mu);
+    auto o = fs->orphans.find(ino);
+    if (o == fs->orphans.end()) return (void)fuse_reply_err(req, ENOENT);
+    *n = o->second;
+  }
   struct stat st;
-  FillStat(*fs, *n, &st);
+  FillStat(*fs, **n, &st);
   fuse_reply_attr(req, &st, kAttrTimeout);
 }
 
@@ -654,10 +667,12 @@ void OpWrite(fuse_req_t req, fuse_ino_t ino, const char* data, size_t size, off_
       if (staged) fs->cache->Unstage(ino);
       return (void)ReplyStatus(req, cur.status(), "write", ino);
     }
-    NodeRecord rec = cur.ok() && *cur ? **cur : *n;
+    auto orphan = cur.ok() && !*cur ? fs->orphans.find(ino) : fs->orphans.end();
+    NodeRecord rec = cur.ok() && *cur ? **cur : orphan != fs->orphans.end() ? orphan->second : *n;
     rec.size = std::max<uint64_t>(rec.size, static_cast<uint64_t>(off) + size);
     rec.mtime_ns = NowNs();
     if (cur.ok() && *cur) fs->tree.Apply(rec);
+    if (orphan != fs->orphans.end()) orphan->second = rec;
     if (h && h->created && cur.ok() && *cur) {
       Fs::Unsent& u = fs->unsent[ino];
       const int64_t now = SteadyNs();
@@ -843,7 +858,7 @@ Status DeleteLocked(Fs* fs, const NodeRecord& n) {
   e.op.base = n.version;
   RETURN_IF_ERROR(fs->wb->Record({gone}, {e}));
   if (n.kind == NodeKind::kFile) {
-    if (fs->open_count.count(n.id)) fs->orphans.insert(n.id);
+    if (fs->open_count.count(n.id)) fs->orphans[n.id] = n;
     else fs->cache->Forget(n.id);
   }
   return Status::Ok();
@@ -970,7 +985,7 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   entries.push_back(e);
   if (Status st = fs->wb->Record(rows, entries); !st.ok()) return (void)ReplyStatus(req, st, "rename", s.id);
   if (*dst && (*dst)->kind == NodeKind::kFile) {
-    if (fs->open_count.count((*dst)->id)) fs->orphans.insert((*dst)->id);
+    if (fs->open_count.count((*dst)->id)) fs->orphans[(*dst)->id] = **dst;
     else fs->cache->Forget((*dst)->id);
   }
   fuse_reply_err(req, 0);
@@ -1016,6 +1031,7 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
     if (Status st = fs->wb->Record({rec}, entries, bitmap); !st.ok()) return (void)ReplyStatus(req, st, "setattr", ino);
   }
   if (FileHandle* h = HandleOf(fi)) h->rec = rec;
+  if (auto o = fs->orphans.find(ino); o != fs->orphans.end() && !(live.ok() && *live)) o->second = rec;
   struct stat st;
   FillStat(*fs, rec, &st);
   fuse_reply_attr(req, &st, kAttrTimeout);

@@ -1483,14 +1483,22 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     (void)Record({}, {}, {s.id});
   }
   // Attributes or a move committed on a base: the cached bytes are those of
-  // the new version if the server's manifest says so.
+  // the new version if the server's manifest says so: the same as the
+  // cache's, or as the base's on the server (the cache's view of it is
+  // shorter after a cut here; left on the base, the file's next flush
+  // would name it, be refused as stale, and become a conflict copy of
+  // this device's own change).
   for (const auto& [id, base] : based) {
     auto it = by_id.find(id);
     if (it == by_id.end() || it->second->deleted || it->second->kind != NodeKind::kFile) continue;
     auto held = cache_->FileRecord(id);
     if (!held || held->version != base) continue;
     auto m = client_->GetManifest(id, it->second->version);
-    if (m.ok() && *m == held->manifest) cache_->AdvanceVersion(id, base, it->second->version);
+    if (!m.ok()) continue;
+    bool same = *m == held->manifest;
+    if (!same)
+      if (auto b = client_->GetManifest(id, base); b.ok()) same = *m == *b;
+    if (same) cache_->AdvanceVersion(id, base, it->second->version);
   }
   // A delete the server did not apply: a directory it kept (it had files
   // from elsewhere), a file edited elsewhere (theirs stays): back here.

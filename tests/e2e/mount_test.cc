@@ -685,6 +685,21 @@ TEST_F(MountTest, AServerThatStopsAnsweringFailsUncachedReadsAfterTheRetryPeriod
 // A truncate does not wait for a fetch of the bytes it cuts off: with the
 // server silent that lasts the retry period, and the mount's namespace
 // operations would wait behind the truncate.
+// Runs `change` with its commit applied on the server and the answer kept
+// back; with `lost` that answer is cut once released (its retry is then
+// answered with it, replayed). Every commit after it (after the retry)
+// is refused until the rule changes: ReleaseHeldCommit, then "pass".
+void ChangeWithItsCommitHeld(FaultProxy& proxy, bool lost, const std::function<void()>& change) {
+  const std::string refuse = std::string("refuse /commit 0 -1 ") + (lost ? "2" : "1");
+  proxy.SetRule(refuse + "\n" + (lost ? "holdcut" : "hold") + " /commit 0 1");
+  change();
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the change was never committed";
+}
+void ReleaseHeldCommit(FaultProxy& proxy, bool lost) {
+  proxy.SetRule(std::string("refuse /commit 0 -1 ") + (lost ? "2" : "1"));
+  if (lost) ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 2; })) << "the retry never went";
+}
+
 // A file cut while a commit of its earlier content is on its way, then
 // written anew in part of a block once that commit is in: the new version
 // is the base only up to the cut, so the write fetches none of the
@@ -699,14 +714,10 @@ TEST_F(MountTest, AFileCutWhileACommitOfItIsOnItsWayGetsNoneOfItsOldBytesBack) {
     TestMount m(proxy.url(), server_.rw_token, dir_);
     const std::string f = m.path() + "/f.bin";
     ASSERT_EQ(ReadAll(f), old);
-    // The truncate's commit is applied and its answer held; every commit
-    // after it is refused (tried again later) until the end.
-    proxy.SetRule("refuse /commit 0 -1 1\nhold /commit 0 1");
-    ASSERT_EQ(truncate(f.c_str(), 1228663), 0);
-    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the truncate was never committed";
+    ASSERT_NO_FATAL_FAILURE(ChangeWithItsCommitHeld(proxy, false, [&] { ASSERT_EQ(truncate(f.c_str(), 1228663), 0); }));
     int fd = open(f.c_str(), O_WRONLY | O_TRUNC);
     ASSERT_GE(fd, 0);
-    proxy.SetRule("refuse /commit 0 -1 1");
+    ASSERT_NO_FATAL_FAILURE(ReleaseHeldCommit(proxy, false));
     ASSERT_TRUE(Within(std::chrono::seconds(10), [&] {
       return StatusOf(m.path()).find("\"journal_pending\": 1,") != std::string::npos;
     })) << "the truncate's commit was not taken in: " << StatusOf(m.path());
@@ -723,6 +734,92 @@ TEST_F(MountTest, AFileCutWhileACommitOfItIsOnItsWayGetsNoneOfItsOldBytesBack) {
   const std::string there = ReadAll(fresh.path() + "/f.bin");
   EXPECT_EQ(there.size(), data.size()) << "the server's copy has more than was written";
   EXPECT_TRUE(there == data);
+}
+
+// A file rewritten while the answer to a commit of its earlier bytes is
+// lost: the retry's answer is the earlier attempt's, and the file shows
+// what was written since, here and, once sent, on the server.
+TEST_F(MountTest, AFileRewrittenWhileItsCommitsAnswerIsLostShowsTheNewBytes) {
+  const std::string first = RandomBytes(1334013, 33), data = RandomBytes(65537, 34);
+  Write("f.bin", RandomBytes(1000, 35));
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    const std::string f = m.path() + "/f.bin";
+    ASSERT_EQ(ReadAll(f).size(), 1000u);
+    ASSERT_NO_FATAL_FAILURE(ChangeWithItsCommitHeld(proxy, true, [&] {
+      std::ofstream o(f, std::ios::binary | std::ios::trunc);
+      o << first;
+    }));
+    { std::ofstream o(f, std::ios::binary | std::ios::trunc); o << data; }
+    ASSERT_NO_FATAL_FAILURE(ReleaseHeldCommit(proxy, true));
+    struct stat st;
+    ASSERT_EQ(stat(f.c_str(), &st), 0);
+    EXPECT_EQ(st.st_size, static_cast<off_t>(data.size())) << "the earlier bytes' size shows";
+    EXPECT_TRUE(ReadAll(f) == data);
+    proxy.SetRule("pass");
+    ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << StatusOf(m.path());
+    EXPECT_TRUE(ReadAll(f) == data);
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  const std::string there = ReadAll(fresh.path() + "/f.bin");
+  EXPECT_EQ(there.size(), data.size());
+  EXPECT_TRUE(there == data);
+}
+
+// fstat() of a file unlinked while open (the temporary-file idiom) says
+// what its handle wrote and cut, as on a local disk: the kernel asks by
+// node, which no name leads to any more.
+TEST_F(MountTest, AFileUnlinkedWhileOpenStillHasItsSizeForFstat) {
+  Import();
+  TestMount m(server_, server_.rw_token, dir_);
+  const std::string f = m.path() + "/tmp.bin";
+  { std::ofstream o(f, std::ios::binary); o << RandomBytes(100000, 36); }
+  int fd = open(f.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(unlink(f.c_str()), 0);
+  const std::string more = RandomBytes(1000, 37);
+  ASSERT_EQ(pwrite(fd, more.data(), more.size(), 500000), static_cast<ssize_t>(more.size()));
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0) << strerror(errno);
+  EXPECT_EQ(st.st_size, 501000);
+  ASSERT_EQ(ftruncate(fd, 200), 0);
+  ASSERT_EQ(fstat(fd, &st), 0) << strerror(errno);
+  EXPECT_EQ(st.st_size, 200);
+  close(fd);
+  EXPECT_FALSE(fs::exists(f));
+}
+
+// A chmod whose answer was lost, then a cut here: the retry's answer (the
+// earlier attempt's) moves the cached file on to the chmod's version, so
+// the cut goes on top of it, not into a conflict copy of this device's
+// own change.
+TEST_F(MountTest, ACutAfterALostAnswerToAChmodMakesNoConflictCopy) {
+  const std::string data = RandomBytes(300000, 38);
+  Write("f.bin", data);
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    const std::string f = m.path() + "/f.bin";
+    ASSERT_EQ(ReadAll(f), data);
+    ASSERT_NO_FATAL_FAILURE(ChangeWithItsCommitHeld(proxy, true, [&] { ASSERT_EQ(chmod(f.c_str(), 0600), 0); }));
+    ASSERT_EQ(truncate(f.c_str(), 1000), 0);
+    ASSERT_NO_FATAL_FAILURE(ReleaseHeldCommit(proxy, true));
+    proxy.SetRule("pass");
+    ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << StatusOf(m.path());
+    size_t entries = 0;
+    for (auto& e : fs::directory_iterator(m.path())) entries += e.path().filename().string().find("conflict") != std::string::npos;
+    EXPECT_EQ(entries, 0u) << "a conflict copy of this device's own change";
+  }
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  EXPECT_TRUE(ReadAll(fresh.path() + "/f.bin") == data.substr(0, 1000));
+  struct stat st;
+  ASSERT_EQ(stat((fresh.path() + "/f.bin").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  for (auto& e : fs::directory_iterator(fresh.path()))
+    EXPECT_EQ(e.path().filename().string().find("conflict"), std::string::npos) << e.path();
 }
 
 TEST_F(MountTest, ATruncateDoesNotWaitForAFetchOfTheBytesItCutsOff) {
