@@ -4,7 +4,8 @@
 // the whole trees must, and at the end a fresh mount of the server's copy
 // must hold exactly the model. A second run kills the mount (-9) at random
 // points and starts it again from its cache dir: nothing a returned
-// syscall did may be lost. A failure prints the seed and the last
+// syscall did may be lost; a third also has the server refuse uploads and
+// commits (or cut their answers) for a while now and then. A failure prints the seed and the last
 // operations; TIDEFS_MODEL_SEED=N runs one seed again.
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -49,12 +50,16 @@ std::string Describe(const std::string& root) {
       continue;
     }
     std::ostringstream line;
-    line << rel << " " << std::oct << (st.st_mode & 07777) << std::dec;
+    line << rel;
+    if (!S_ISLNK(st.st_mode)) line << " " << std::oct << (st.st_mode & 07777) << std::dec;
     if (S_ISDIR(st.st_mode)) {
       line << " dir";
     } else if (S_ISREG(st.st_mode)) {
       const std::string bytes = ReadAll(it->path());
       line << " file " << st.st_size << " read " << bytes.size() << " hash " << std::hash<std::string>{}(bytes);
+    } else if (S_ISLNK(st.st_mode)) {
+      std::error_code ec;
+      line << " link " << fs::read_symlink(it->path(), ec).string();
     } else {
       line << " other";
     }
@@ -80,7 +85,7 @@ class Model {
       b = op(mnt);
     };
     const std::string p = Path(), q = Path();
-    switch (Pick({8, 6, 3, 3, 4, 3, 3, 2, 2, 3, 2, 2})) {
+    switch (Pick({8, 6, 3, 3, 4, 3, 3, 2, 2, 3, 2, 2, 2, 2, 2, 2, 2})) {
       case 0: {  // a file written anew
         const std::string data = Bytes();
         what << "write " << p << " " << data.size() << " bytes";
@@ -160,6 +165,56 @@ class Model {
         const uint64_t salt = Size();
         what << "mmap-write " << p << " salt " << salt;
         both([&](const std::string& root) { return MapWrite(root + p, salt); });
+        break;
+      }
+      case 12: {  // a symbolic link (its target need not exist)
+        // (Inside the tree wherever the link is: never "..".)
+        const std::string target = (Pick({1, 1}) ? "f" : "c/f") + std::to_string(Size() % 5);
+        what << "symlink " << p << " -> " << target;
+        both([&](const std::string& root) { return ::symlink(target.c_str(), (root + p).c_str()) == 0 ? 0 : errno; });
+        break;
+      }
+      case 13: {  // swapped, or moved only where nothing is
+        const unsigned flags = Pick({1, 1}) ? RENAME_EXCHANGE : RENAME_NOREPLACE;
+        what << (flags == RENAME_EXCHANGE ? "exchange " : "rename-noreplace ") << p << " " << q;
+        both([&](const std::string& root) {
+          return ::renameat2(AT_FDCWD, (root + p).c_str(), AT_FDCWD, (root + q).c_str(), flags) == 0 ? 0 : errno;
+        });
+        break;
+      }
+      case 14: {  // a new file that must not exist yet
+        const std::string data = Bytes();
+        what << "create-excl " << p << " " << data.size() << " bytes";
+        both([&](const std::string& root) { return WriteWhole(root + p, data, O_CREAT | O_EXCL); });
+        break;
+      }
+      case 15: {  // unlinked while open: still written and read through the descriptor
+        const std::string data = Bytes();
+        const off_t off = static_cast<off_t>(Size() % (1 << 20));
+        what << "unlink-while-open " << p << " pwrite at " << off << " " << data.size() << " bytes";
+        std::string x, y;
+        a = UnlinkWhileOpen(ref_ + p, data, off, &x);
+        b = UnlinkWhileOpen(mnt + p, data, off, &y);
+        if (a == 0 && b == 0 && x != y) {
+          ADD_FAILURE() << what.str() << ": read back " << y.size() << " bytes, the model " << x.size() << "\n"
+                        << History();
+          return false;
+        }
+        break;
+      }
+      case 16: {  // cut through a descriptor that also writes
+        const off_t size = static_cast<off_t>(Size() % (1 << 21));
+        const std::string data = Bytes();
+        what << "ftruncate " << p << " to " << size << " then write " << data.size() << " bytes at 0";
+        both([&](const std::string& root) {
+          int fd = ::open((root + p).c_str(), O_RDWR | O_CLOEXEC);
+          if (fd < 0) return errno;
+          int r = ::ftruncate(fd, size) == 0 ? 0 : errno;
+          if (!r && !data.empty() && ::pwrite(fd, data.data(), data.size(), 0) != static_cast<ssize_t>(data.size()))
+            r = errno ? errno : EIO;
+          if (::close(fd) != 0 && !r) r = errno;
+          return r;
+        });
         break;
       }
     }
@@ -243,6 +298,22 @@ class Model {
     ::close(fd);
     return r;
   }
+  // Opens, unlinks, writes through the descriptor, reads it all back.
+  static int UnlinkWhileOpen(const std::string& path, const std::string& data, off_t off, std::string* back) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return errno;
+    int r = ::unlink(path.c_str()) == 0 ? 0 : errno;
+    if (!r && !data.empty() && ::pwrite(fd, data.data(), data.size(), off) != static_cast<ssize_t>(data.size()))
+      r = errno ? errno : EIO;
+    struct stat st;
+    if (!r && ::fstat(fd, &st) == 0) {
+      back->resize(static_cast<size_t>(st.st_size));
+      ssize_t n = ::pread(fd, back->data(), back->size(), 0);
+      if (n != static_cast<ssize_t>(back->size())) r = n < 0 ? errno : EIO;
+    }
+    if (::close(fd) != 0 && !r) r = errno;
+    return r;
+  }
   static std::string ReadOrError(const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return std::string("error ") + strerror(errno);
@@ -281,19 +352,32 @@ class ModelTest : public ::testing::Test {
   }
   // `steps` random operations; with `kill_every` > 0, the mount is killed
   // and started again about that often. Then the server's copy is checked.
-  void Run(uint64_t seed, int steps, int kill_every) {
+  // With `outages`, the mount reaches the server through a proxy that
+  // now and then refuses its uploads or commits for a while.
+  void Run(uint64_t seed, int steps, int kill_every, bool outages = false) {
     SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
     Model model(seed, ref_);
     std::mt19937_64 kills(seed ^ 0x5eed);
+    std::optional<FaultProxy> proxy;
+    if (outages) proxy.emplace(server_, dir_);
+    const std::string url = outages ? proxy->url() : server_.url();
+    const std::string flags = std::getenv("TIDEFS_MODEL_KEEP") ? "-vv" : "";
     std::optional<TestMount> m;
-    m.emplace(server_, server_.rw_token, dir_ + "/m", std::getenv("TIDEFS_MODEL_KEEP") ? "-vv" : "");
+    m.emplace(url, server_.rw_token, dir_ + "/m", flags);
     for (int i = 1; i <= steps; ++i) {
       if (!model.Step(m->path())) return;
+      if (outages && kills() % 20 == 0) {
+        static const std::vector<std::string> rules = {"pass", "refuse /commit 0 -1", "refuse /blocks 0 -1",
+                                                       "cut /commit 10 1", "cut /blocks 100 1"};
+        const std::string& rule = rules[kills() % rules.size()];
+        model.Note("server: " + rule);
+        proxy->SetRule(rule);
+      }
       if (kill_every > 0 && kills() % kill_every == 0) {
         model.Note("kill -9 and restart");
         ASSERT_NO_FATAL_FAILURE(KillMount(m->path()));
         m.reset();
-        m.emplace(server_, server_.rw_token, dir_ + "/m", std::getenv("TIDEFS_MODEL_KEEP") ? "-vv" : "");
+        m.emplace(url, server_.rw_token, dir_ + "/m", flags);
         ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "after a kill -9 and a restart at step " << i << "\n"
                                                        << model.History();
       }
@@ -302,6 +386,7 @@ class ModelTest : public ::testing::Test {
       }
     }
     ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "at the end\n" << model.History();
+    if (outages) proxy->SetRule("pass");
     ASSERT_TRUE(JournalEmptiesWithin(m->path(), std::chrono::seconds(30))) << StatusOf(m->path());
     m.reset();
     TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
@@ -315,6 +400,8 @@ class ModelTest : public ::testing::Test {
 TEST_F(ModelTest, RandomOperationsMatchALocalFolderAndTheServer) { Run(Seed(1), 400, 0); }
 
 TEST_F(ModelTest, RandomOperationsSurviveKilledMounts) { Run(Seed(2), 200, 25); }
+
+TEST_F(ModelTest, RandomOperationsSurviveServerOutagesAndKilledMounts) { Run(Seed(3), 200, 40, /*outages=*/true); }
 
 }  // namespace
 }  // namespace tidefs
