@@ -403,5 +403,29 @@ TEST_F(ModelTest, RandomOperationsSurviveKilledMounts) { Run(Seed(2), 200, 25); 
 
 TEST_F(ModelTest, RandomOperationsSurviveServerOutagesAndKilledMounts) { Run(Seed(3), 200, 40, /*outages=*/true); }
 
+// Another device watching: a second mount, read through its kernel's
+// caches every 10 operations, shows exactly the model within seconds of
+// the first mount's journal emptying (nothing stale left in its kernel).
+TEST_F(ModelTest, AnotherMountSeesEveryChange) {
+  const uint64_t seed = Seed(4);
+  SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
+  Model model(seed, ref_);
+  TestMount m(server_, server_.rw_token, dir_ + "/m");
+  TestMount other(server_, server_.ro_token, dir_ + "/other");
+  std::string last;
+  size_t checked = 0;  // nodes compared, over all rounds
+  for (int i = 1; i <= 400; ++i) {
+    if (!model.Step(m.path())) return;
+    if (i % 10) continue;
+    ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << StatusOf(m.path());
+    const std::string want = Describe(ref_);
+    EXPECT_TRUE(Within(std::chrono::seconds(5), [&] { return (last = Describe(other.path())) == want; }))
+        << "the other mount at step " << i << ":\n" << last << "the model:\n" << want << model.History();
+    if (HasFailure()) return;
+    checked += std::count(want.begin(), want.end(), '\n');
+  }
+  EXPECT_GT(checked, 100u) << "the model's trees were nearly empty: nothing was checked";
+}
+
 }  // namespace
 }  // namespace tidefs
