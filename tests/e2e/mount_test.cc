@@ -697,7 +697,9 @@ void ChangeWithItsCommitHeld(FaultProxy& proxy, bool lost, const std::function<v
 }
 void ReleaseHeldCommit(FaultProxy& proxy, bool lost) {
   proxy.SetRule(std::string("refuse /commit 0 -1 ") + (lost ? "2" : "1"));
-  if (lost) ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 2; })) << "the retry never went";
+  if (lost) {
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 2; })) << "the retry never went";
+  }
 }
 
 // A file cut while a commit of its earlier content is on its way, then
