@@ -1593,6 +1593,11 @@ Status ChunkCache::Truncate(const NodeRecord& n, uint64_t size) {
       e->manifest.size = cut;
       e->manifest.blocks.resize((cut + kBlockSize - 1) / kBlockSize);
     }
+    // A change from here: a commit landing before the cut is done takes
+    // its version as the base only up to the cut (Committed), instead of
+    // putting the whole of it back under a file about to be cut (a write
+    // after would then fetch the old bytes back).
+    e->write_gen++;
     // A fetch that chose its blocks before the view shrank writes them
     // without the lock: those writes end before the file is cut. (Its
     // transfer is not waited for: with the server away that is the retry
@@ -1755,6 +1760,10 @@ void ChunkCache::ForgetAhead(uint64_t id) {
 }
 
 void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uint64_t write_gen, bool staged) {
+  // What the commit made clean counts against the limit from now on:
+  // written here, it may take the cache past it (a copy in of more than
+  // the limit), and nothing else evicts before the next fetch.
+  std::vector<Punch> punches;
   {
     std::lock_guard lock(mu_);
     auto it = entries_.find(id);
@@ -1794,16 +1803,19 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         present = e->present;
       }
       RekeyLocked(id, version, present, m.size);
-      return;
+      punches = EvictLocked();
+    } else if (staged) {
+      // Sent from its staged bytes and untouched since (any other use
+      // opens the entry): clean at `version`, all of it here once the bytes
+      // are in the file, if they are not already (the intent log keeps
+      // them until then; a chunk evicted before leaves its bits cleared).
+      local_.erase(id);
+      created_.erase(id);
+      RekeyLocked(id, version, std::vector<bool>(m.blocks.size(), true), m.size);
+      punches = EvictLocked();
     }
-    // Sent from its staged bytes and untouched since (any other use opens
-    // the entry): clean at `version`, all of it here once the bytes are in
-    // the file, if they are not already (the intent log keeps them until
-    // then).
-    if (!staged) return;
-    local_.erase(id);
-    created_.erase(id);
   }
+  RunPunches(std::move(punches));
 }
 
 void ChunkCache::RekeyLocked(uint64_t id, uint64_t version, const std::vector<bool>& present, uint64_t size) {

@@ -354,14 +354,15 @@ class ModelTest : public ::testing::Test {
   // and started again about that often. Then the server's copy is checked.
   // With `outages`, the mount reaches the server through a proxy that
   // now and then refuses its uploads or commits for a while.
-  void Run(uint64_t seed, int steps, int kill_every, bool outages = false) {
+  // `mount_flags`: more `tidefs mount` flags (a small --cache-size).
+  void Run(uint64_t seed, int steps, int kill_every, bool outages = false, const std::string& mount_flags = "") {
     SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
     Model model(seed, ref_);
     std::mt19937_64 kills(seed ^ 0x5eed);
     std::optional<FaultProxy> proxy;
     if (outages) proxy.emplace(server_, dir_);
     const std::string url = outages ? proxy->url() : server_.url();
-    const std::string flags = std::getenv("TIDEFS_MODEL_KEEP") ? "-vv" : "";
+    const std::string flags = mount_flags + (std::getenv("TIDEFS_MODEL_KEEP") ? " -vv" : "");
     std::optional<TestMount> m;
     m.emplace(url, server_.rw_token, dir_ + "/m", flags);
     for (int i = 1; i <= steps; ++i) {
@@ -388,6 +389,10 @@ class ModelTest : public ::testing::Test {
     ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "at the end\n" << model.History();
     if (outages) proxy->SetRule("pass");
     ASSERT_TRUE(JournalEmptiesWithin(m->path(), std::chrono::seconds(30))) << StatusOf(m->path());
+    if (mount_flags.find("--cache-size") != std::string::npos) {
+      EXPECT_EQ(StatusOf(m->path()).find("\"chunks_evicted\": 0,"), std::string::npos) << "nothing was evicted";
+      EXPECT_TRUE(Describe(m->path()) == Describe(ref_)) << "read again after the evictions";
+    }
     m.reset();
     TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
     EXPECT_EQ(Describe(fresh.path()), Describe(ref_)) << "the server's copy differs from what was done\n"
@@ -402,6 +407,10 @@ TEST_F(ModelTest, RandomOperationsMatchALocalFolderAndTheServer) { Run(Seed(1), 
 TEST_F(ModelTest, RandomOperationsSurviveKilledMounts) { Run(Seed(2), 200, 25); }
 
 TEST_F(ModelTest, RandomOperationsSurviveServerOutagesAndKilledMounts) { Run(Seed(3), 200, 40, /*outages=*/true); }
+
+// A cache smaller than what is written: what is committed is evicted and
+// fetched again as it is read; local changes never are.
+TEST_F(ModelTest, RandomOperationsWithASmallCache) { Run(Seed(5), 400, 0, /*outages=*/false, "--cache-size 4M"); }
 
 // Another device watching: a second mount, read through its kernel's
 // caches every 10 operations, shows exactly the model within seconds of

@@ -152,6 +152,35 @@ TEST_F(MountTest, CacheStaysUnderItsLimitAndBytesStayRight) {
   }
 }
 
+// Written here, more than the cache holds: once committed it is clean, and
+// the cache goes back under its limit (before, only a fetch evicted, so a
+// copy in of more than the limit stayed on the disk in full).
+TEST_F(MountTest, CacheGoesBackUnderItsLimitAfterMoreIsWrittenThanItHolds) {
+  Import();
+  std::map<std::string, std::string> files;
+  {
+    TestMount m(server_, server_.rw_token, dir_, "--cache-size 16M");
+    for (int i = 0; i < 5; ++i) files["big" + std::to_string(i)] = RandomBytes(8 << 20, 40 + i);
+    for (int i = 0; i < 1500; ++i) files["small" + std::to_string(i)] = RandomBytes(16 << 10, 100 + i);
+    for (const auto& [name, bytes] : files) {
+      std::ofstream f(m.path() + "/" + name, std::ios::binary);
+      f << bytes;
+    }
+    ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(60))) << StatusOf(m.path());
+    uint64_t used = 0;
+    EXPECT_TRUE(Within(std::chrono::seconds(10), [&] {
+      used = 0;
+      for (auto& e : fs::recursive_directory_iterator(dir_ + "/cache/data")) {
+        struct stat st;
+        if (stat(e.path().c_str(), &st) == 0) used += uint64_t(st.st_blocks) * 512;
+      }
+      return used <= (16u << 20);
+    })) << "the cache holds " << used << " bytes, over its 16 MiB limit, after " << (64u << 20) << " were written";
+    for (const auto& name : {"big0", "big4", "small0", "small1499"})
+      EXPECT_TRUE(ReadAll(m.path() + "/" + name) == files[name]) << name;
+  }
+}
+
 // Reads through the mount, bypassing the kernel's page cache for `path`.
 Result<std::string> ReadUncached(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY);
