@@ -614,6 +614,9 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   } else if (::ftruncate(e->fd, static_cast<off_t>(n.size)) != 0) {
     return Status::IoError("cannot size cache file " + path + ": " + std::strerror(errno));
   }
+  // Every block the manifest names has its bits, also where the file is
+  // shorter (local content cut after the record's manifest was saved).
+  e->Grow(std::max(size, e->manifest.size));
   e->Grow(size);
   e->changed_here = local;
   if (local && from_saved && !e->tracked) {
@@ -826,6 +829,7 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
     // nor ones the manifest names other bytes for now (a commit replaced
     // it while this fetched).
     std::lock_guard lock(e.mu);
+    e.Grow(std::min<uint64_t>(e.manifest.size, (last + 1)));  // (bits for every block chosen)
     for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) {
       have_block.push_back(b >= e.manifest.blocks.size() || e.present[b] ||
                            e.manifest.blocks[b] != hashes[b - first / kBlockSize]);
@@ -882,8 +886,15 @@ Status ChunkCache::Fetch(const std::shared_ptr<Entry>& entry, const NodeRecord& 
   std::vector<bool> present;
   {
     std::lock_guard lock(e.mu);
-    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) e.present[b] = true;
-    e.verified[chunk] = true;
+    // The blocks written now, if the manifest still names their bytes (a
+    // commit or a truncate may have changed it meanwhile); the others were
+    // here already, or are not the server's (past a cut, or replaced).
+    for (uint64_t b = first / kBlockSize; b <= last / kBlockSize; ++b) {
+      const size_t i = b - first / kBlockSize;
+      if (!have_block[i] && b < e.manifest.blocks.size() && b < e.present.size() && e.manifest.blocks[b] == hashes[i])
+        e.present[b] = true;
+    }
+    if (chunk < e.verified.size()) e.verified[chunk] = true;
   }
   // The bytes are in the file before the bitmap says so.
   SaveBitmap(e);
@@ -1784,6 +1795,7 @@ void ChunkCache::Committed(uint64_t id, uint64_t version, const Manifest& m, uin
         // lies past it and is the file's was written here: present, dirty.)
         const uint64_t clip = e->write_gen == write_gen ? m.size : std::min(m.size, e->manifest.size);
         e->manifest = m;
+        e->Grow(m.size);  // (its bits cover every block it names)
         if (clip < m.size) {
           e->manifest.size = clip;
           e->manifest.blocks.resize((clip + kBlockSize - 1) / kBlockSize);
