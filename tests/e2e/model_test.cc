@@ -196,8 +196,12 @@ class Model {
         a = UnlinkWhileOpen(ref_ + p, data, off, &x);
         b = UnlinkWhileOpen(mnt + p, data, off, &y);
         if (a == 0 && b == 0 && x != y) {
-          ADD_FAILURE() << what.str() << ": read back " << y.size() << " bytes, the model " << x.size() << "\n"
-                        << History();
+          size_t at = 0;
+          while (at < x.size() && at < y.size() && x[at] == y[at]) ++at;
+          size_t upto = at;
+          while (upto < x.size() && upto < y.size() && x[upto] != y[upto]) ++upto;
+          ADD_FAILURE() << what.str() << ": read back " << y.size() << " bytes, the model " << x.size()
+                        << "; they differ from byte " << at << " to " << upto << "\n" << History();
           return false;
         }
         break;
