@@ -617,7 +617,6 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   // Every block the manifest names has its bits, also where the file is
   // shorter (local content cut after the record's manifest was saved).
   e->Grow(std::max(size, e->manifest.size));
-  e->Grow(size);
   e->changed_here = local;
   if (local && from_saved && !e->tracked) {
     // An earlier mount's local bytes: its saved dirty bits may lack blocks
