@@ -402,7 +402,7 @@ void ChunkCache::DrainPrefetches() {
 }
 
 Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecord& n, bool reading, bool once,
-                                                                 bool* made) {
+                                                                 bool* made, bool saved_only) {
   bool local, created;
   {
     std::lock_guard lock(mu_);
@@ -520,6 +520,8 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   std::string path = dir_ + "/data/" + std::to_string(n.id);
   e->tracked = !local || n.version == 0;
   const bool from_saved = saved && (saved->version == n.version || local);
+  if (saved_only && !from_saved && n.version != 0)
+    return Status::NotFound("node " + std::to_string(n.id) + " has no saved cache record");
   if (from_saved) {
     e->version = saved->version;
     e->manifest = std::move(saved->manifest);
@@ -575,6 +577,9 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
         e->present[b] = saved->present[b] && saved->manifest.blocks[b] == e->manifest.blocks[b];
     }
   }
+  spdlog::trace("node {} opened at version {} ({} bytes{}): manifest {} bytes, {}", n.id, e->version, n.size,
+                local ? ", local" : "", e->manifest.size,
+                from_saved ? "as saved" : saved ? "fetched, saved record of another version" : "fetched, no saved record");
   if (!local && n.version != 0 && e->manifest.size != n.size)
     return Status::Corruption("manifest of node " + std::to_string(n.id) + " says " + std::to_string(e->manifest.size) +
                               " bytes, the node record " + std::to_string(n.size));
@@ -1939,7 +1944,19 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
   }
 }
 
+void ChunkCache::KeepOpen(const NodeRecord& n) {
+  if (n.kind != NodeKind::kFile || Holds(n.id)) return;
+  auto e = OpenEntry(n, /*reading=*/false, /*once=*/false, nullptr, /*saved_only=*/true);
+  if (!e.ok()) {
+    spdlog::trace("node {}: nothing saved to keep ({})", n.id, e.status().message());
+    return;
+  }
+  std::lock_guard lock((*e)->mu);
+  (*e)->changed_here = true;  // (never let go: its record is gone)
+}
+
 void ChunkCache::Forget(uint64_t id) {
+  spdlog::trace("node {}: its cache goes", id);
   // Openers of the node from now on wait until it is forgotten, then start
   // from the server's (a change that found its entry retired here would
   // otherwise open it again from the state this drops, and write into a

@@ -211,6 +211,12 @@ class ChunkCache {
   void AdvanceVersion(uint64_t id, uint64_t from, uint64_t to);
   // The node is gone (deleted here or on the server): forget its cache.
   void Forget(uint64_t id);
+  // `n`, open here, is being deleted (its saved record goes with the
+  // delete, and Forget waits for its last close): what the record says
+  // (a cut, local writes, cached blocks) is taken into memory first, for
+  // its open descriptors. Nothing is fetched: without a record of it, the
+  // server's version is what the file holds.
+  void KeepOpen(const NodeRecord& n);
   // A remote commit moved file `old` to `now`: the byte ranges whose
   // blocks changed (offset, length; length 0 = to the end), from the
   // manifest the cache holds and the new one (fetched now; the next read
@@ -343,8 +349,10 @@ class ChunkCache {
   // answer is tried once (a prefetch), not until the retry period ends,
   // and the node is looked up again once this is its one opener (gone or
   // changed: NotFound); `*made`: this call fetched and published it.
+  // `saved_only`: only from a saved record (or one created here): NotFound
+  // rather than asking the server.
   Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false, bool once = false,
-                                           bool* made = nullptr);
+                                           bool* made = nullptr, bool saved_only = false);
   void DrainPrefetches();
   // Requires mu_. `id` has state here, local or staged content, or an opener.
   bool HereOrOpeningLocked(uint64_t id) const;

@@ -856,6 +856,7 @@ Status DeleteLocked(Fs* fs, const NodeRecord& n) {
   e.op.id = n.id;
   e.op.has_base = true;
   e.op.base = n.version;
+  if (n.kind == NodeKind::kFile && fs->open_count.count(n.id)) fs->cache->KeepOpen(n);
   RETURN_IF_ERROR(fs->wb->Record({gone}, {e}));
   if (n.kind == NodeKind::kFile) {
     if (fs->open_count.count(n.id)) fs->orphans[n.id] = n;
@@ -983,6 +984,7 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   e.op.parent = newparent;
   e.op.name = newname;
   entries.push_back(e);
+  if (*dst && (*dst)->kind == NodeKind::kFile && fs->open_count.count((*dst)->id)) fs->cache->KeepOpen(**dst);
   if (Status st = fs->wb->Record(rows, entries); !st.ok()) return (void)ReplyStatus(req, st, "rename", s.id);
   if (*dst && (*dst)->kind == NodeKind::kFile) {
     if (fs->open_count.count((*dst)->id)) fs->orphans[(*dst)->id] = **dst;

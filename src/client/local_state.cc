@@ -646,6 +646,9 @@ Status LocalState::SaveFiles(const std::vector<CachedFile>& files) {
                                "ON CONFLICT(id) DO UPDATE SET version=excluded.version, manifest=excluded.manifest, "
                                "present=excluded.present, dirty=excluded.dirty WHERE excluded.version >= files.version"));
   for (const auto& f : files) {
+    if (spdlog::should_log(spdlog::level::trace))
+      spdlog::trace("local state: record of node {} at version {}: manifest {} bytes, {} blocks present", f.id,
+                    f.version, f.manifest.size, std::count(f.present.begin(), f.present.end(), true));
     std::string m = EncodeManifest(f.manifest), bits = PackBits(f.present);
     s.Bind(1, f.id).Bind(2, f.version).BindBlob(3, m.data(), m.size()).BindBlob(4, bits.data(), bits.size());
     std::string dirty;
@@ -682,6 +685,7 @@ Status LocalState::DropFiles(const std::vector<uint64_t>& ids) {
   }
   ASSIGN_OR_RETURN(Stmt s, files_db_->Prepare("DELETE FROM files WHERE id=?1"));
   for (uint64_t id : ids) {
+    spdlog::trace("local state: record of node {} dropped", id);
     s.Bind(1, id);
     RETURN_IF_ERROR(s.Run());
     s.Reset();

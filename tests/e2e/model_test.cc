@@ -347,7 +347,7 @@ class ModelTest : public ::testing::Test {
   }
   void TearDown() override {
     // TIDEFS_MODEL_KEEP=1: a failed run's folders stay (the mount's log,
-    // run with -vv, is in m/cache/mount.log).
+    // run with -vvv, is in m/cache/mount.log).
     if (HasFailure() && std::getenv("TIDEFS_MODEL_KEEP")) {
       std::fprintf(stderr, "kept %s\n", dir_.c_str());
       return;
@@ -366,7 +366,7 @@ class ModelTest : public ::testing::Test {
     std::optional<FaultProxy> proxy;
     if (outages) proxy.emplace(server_, dir_);
     const std::string url = outages ? proxy->url() : server_.url();
-    const std::string flags = mount_flags + (std::getenv("TIDEFS_MODEL_KEEP") ? " -vv" : "");
+    const std::string flags = mount_flags + (std::getenv("TIDEFS_MODEL_KEEP") ? " -vvv" : "");
     std::optional<TestMount> m;
     m.emplace(url, server_.rw_token, dir_ + "/m", flags);
     for (int i = 1; i <= steps; ++i) {
