@@ -197,6 +197,8 @@ Status RemoteSync::Apply(const std::vector<NodeRecord>& records, uint64_t next) 
     if (next <= d_.tree->seq()) return Status::Ok();  // applied meanwhile
     std::vector<NodeRecord> items;
     for (const auto& r : records) {
+      spdlog::trace("remote: node {} version {} seq {}: {} in {} as \"{}\"{}", r.id, r.version, r.seq,
+                    r.deleted ? "deleted" : "at", r.parent, r.name, d_.has_local_changes(r.id) ? " (waits: ours pending)" : "");
       if (d_.has_local_changes(r.id)) {
         // Ours in the journal (or written and not closed): our commit
         // names the version it started from, so a real conflict comes back

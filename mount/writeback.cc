@@ -1022,6 +1022,23 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
   std::unordered_map<uint64_t, Placed> placed;
   std::vector<uint64_t> restore;  // nodes whose move or delete was dropped: back as the server has them
   std::vector<uint64_t> repaged;  // nodes our op changed on a version made elsewhere: the kernel's pages are stale
+  // Nodes whose move or attributes went through over a change of their
+  // bytes made elsewhere since the version we knew (kept here), and which
+  // here are deleted or hold bytes of ours: this device shows bytes based
+  // on that version, not theirs, so it keeps naming it (a delete or write
+  // of ours still to go is then refused as stale: theirs is kept). Taking
+  // the version this commit makes would pass a delete of ours for one made
+  // on top of their bytes, and lose them. Their record comes with the
+  // remote sync once nothing of ours waits.
+  std::unordered_map<uint64_t, uint64_t> unseen;
+  auto forced = [&](const CommitOp& o, uint64_t current) {
+    if (!o.has_base || unseen.count(o.id)) return;
+    auto n = tree_->Get(o.id);
+    if (n.ok() && *n && !cache_->IsLocal(o.id)) return;  // shown as theirs once committed (repaged)
+    // (Base 0: a node deleted here since, whose version we no longer
+    // know: taken as changed.)
+    if (o.base == 0 || BytesDiffer(o.id, o.base, current)) unseen[o.id] = o.base;
+  };
   // The key names this batch: random, saved with the in-flight mark before
   // the first send, the same for every attempt of this journal range (also
   // after a crash), so a lost answer comes back even when the body sent
@@ -1046,6 +1063,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       spdlog::debug("write-back: committed {} ops ({} journal entries){}", ops.size(), entries.size(),
                     reply.replayed ? ", an earlier attempt's answer" : "");
       Applying applying(applying_, entries.size());
+      for (const auto& [id, base] : unseen)
+        std::erase_if(reply.items, [id = id](const NodeRecord& r) { return r.id == id && !r.deleted; });
       // The versions first: a change recorded from here on names them.
       if (!reply.replayed)
         for (const auto& r : reply.items)
@@ -1102,7 +1121,17 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
       for (uint64_t id : restore) RestoreNode(id);
-      for (uint64_t id : repaged) InvalidateNode(id);
+      for (uint64_t id : repaged) {
+        // Our op went over a version made elsewhere: the tree holds the
+        // new version with the sizes and times we had. With nothing of
+        // ours left to send (nor local bytes), the server's record is the
+        // node's (a read would else ask the new version for the old size).
+        if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted && !HasPending(id) &&
+                                      !cache_->IsLocal(id))
+          if (auto here = tree_->Get(id); here.ok() && *here)
+            (void)Record({*it->second}, {});
+        InvalidateNode(id);
+      }
       for (auto& [id, p] : placed) {
         if (!p.in_tree) continue;
         if (auto it = by_id.find(id); it != by_id.end()) {
@@ -1299,12 +1328,14 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       continue;
     }
     if (op.type == OpType::kSetattr && reply.reason == "stale_base") {
+      forced(op, reply.current_version);
       op.base = reply.current_version;  // attributes: last writer wins
       based.erase(op.id);                // but the cached bytes may be stale now
       repaged.push_back(op.id);
       continue;
     }
     if (op.type == OpType::kRename && reply.reason == "stale_base") {
+      forced(op, reply.current_version);
       op.has_base = false;  // the move still happens; a later write of ours will see the conflict
       based.erase(op.id);
       repaged.push_back(op.id);
@@ -1374,6 +1405,15 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
     return Status::Ok();
   }
   return Status::Internal("write-back: commit refused too many times");
+}
+
+bool WriteBack::BytesDiffer(uint64_t id, uint64_t ours, uint64_t theirs) {
+  auto a = client_->GetManifest(id, ours);
+  auto b = a.ok() ? client_->GetManifest(id, theirs) : a;
+  if (a.ok() && b.ok()) return a->size != b->size || a->blocks != b->blocks;
+  const Status& st = a.ok() ? b.status() : a.status();
+  spdlog::debug("write-back: manifests of node {} at versions {} and {}: {}", id, ours, theirs, st.message());
+  return st.code() != Code::kInvalidArgument && st.code() != Code::kNotFound;
 }
 
 std::unordered_set<uint64_t> WriteBack::Named(const std::vector<LocalState::JournalEntry>& entries, uint64_t last) {

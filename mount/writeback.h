@@ -176,6 +176,9 @@ class WriteBack {
   // node goes back where the server has it (a failure is logged; the
   // next cold mount sees it right).
   void RestoreNode(uint64_t id);
+  // Whether node `id`'s bytes differ between versions `ours` and `theirs`
+  // (not known: yes; not a file: no).
+  bool BytesDiffer(uint64_t id, uint64_t ours, uint64_t theirs);
   // A file's content sent in the batch being committed.
   struct Sent {
     uint64_t id;  // 0: its content went into a conflict copy

@@ -1390,6 +1390,44 @@ struct CutOffPair {
   std::unique_ptr<TestMount> one, two;
 };
 
+// A chmod sent over an edit made elsewhere that this mount has not heard
+// of (cut off from the server's changes): the attributes go through (last
+// writer wins), and the file then reads as the edit's bytes at their
+// length; it read as an I/O error (the new version with the old size).
+TEST_F(MountTest, AChmodOverAnEditNotHeardOfReadsTheEdit) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  p.OneSavesUnheard("f.txt", "base\n", "a longer edit saved by one\n");
+  ASSERT_EQ(chmod((p.two->path() + "/f.txt").c_str(), 0600), 0);
+  ASSERT_TRUE(JournalEmptiesWithin(p.two->path(), std::chrono::seconds(20))) << StatusOf(p.two->path());
+  std::string got;
+  EXPECT_NO_THROW(got = ReadAll(p.two->path() + "/f.txt"));
+  EXPECT_EQ(got, "a longer edit saved by one\n");
+}
+
+// Moved and then deleted here while an edit made elsewhere was not heard
+// of: the move goes through (last writer wins), the delete does not (this
+// device never saw the edit): the edited file stays where the move put it.
+// The delete went through and the edit was lost.
+TEST_F(MountTest, AMoveAndADeleteOverAnEditNotHeardOfKeepTheEdit) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  ASSERT_EQ(ReadAll(p.two->path() + "/f.txt"), "base\n");
+  const std::string cut = "status500 /events 0 -1\nstatus500 /changes 0 -1";
+  p.proxy.SetRule(cut + "\nrefuse /commit 0 -1");  // both wait in the journal
+  ASSERT_EQ(rename((p.two->path() + "/f.txt").c_str(), (p.two->path() + "/g.txt").c_str()), 0);
+  ASSERT_EQ(unlink((p.two->path() + "/g.txt").c_str()), 0);
+  { std::ofstream(p.one->path() + "/f.txt") << "edited by one\n"; }
+  ASSERT_TRUE(JournalEmptiesWithin(p.one->path(), std::chrono::seconds(20))) << StatusOf(p.one->path());
+  p.proxy.SetRule(cut);
+  ASSERT_TRUE(JournalEmptiesWithin(p.two->path(), std::chrono::seconds(20))) << StatusOf(p.two->path());
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  EXPECT_EQ(ReadAll(fresh.path() + "/g.txt"), "edited by one\n");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/f.txt"));
+}
+
 // An edit refused (changed elsewhere) and resolved into a conflict copy,
 // the resolved commit's answer lost, and the file written again before
 // the retry: the replayed answer leaves the later bytes in place, and
