@@ -1,5 +1,7 @@
 #include "mount/tree.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
@@ -56,6 +58,8 @@ void Tree::ApplyUnsaved(const NodeRecord& n, uint64_t ticket) {
 }
 
 void Tree::ApplyLocked(const NodeRecord& n, std::optional<uint64_t> unsaved) {
+  spdlog::trace("tree: node {} version {} {} \"{}\" in {}{}", n.id, n.version, n.deleted ? "deleted, was" : "at", n.name,
+                n.parent, unsaved ? " (local)" : "");
   ++generation_;
   if (!loading_.empty()) recent_.emplace_back(generation_, n);
   unsaved_.erase(n.id);  // (superseded)
@@ -113,7 +117,14 @@ void Tree::SetVersion(uint64_t id, uint64_t version, uint64_t seq) {
 
 void Tree::InsertLocked(const NodeRecord& n) {
   nodes_[n.id] = n;
-  if (n.id != kRootId) dirs_[n.parent].children[n.name] = n.id;
+  if (n.id == kRootId) return;
+  Dir& d = dirs_[n.parent];
+  uint64_t& slot = d.children[n.name];
+  if (slot != 0 && slot != n.id) {
+    spdlog::trace("tree: \"{}\" in {} was node {}, now node {}", n.name, n.parent, slot, n.id);
+    d.shadowed.emplace(n.name, slot);
+  }
+  slot = n.id;
 }
 
 void Tree::RemoveLocked(uint64_t id) {
@@ -121,8 +132,24 @@ void Tree::RemoveLocked(uint64_t id) {
   if (it == nodes_.end()) return;
   auto d = dirs_.find(it->second.parent);
   if (d != dirs_.end()) {
-    auto c = d->second.children.find(it->second.name);
-    if (c != d->second.children.end() && c->second == id) d->second.children.erase(c);
+    const std::string& name = it->second.name;
+    auto c = d->second.children.find(name);
+    if (c != d->second.children.end() && c->second == id) {
+      d->second.children.erase(c);
+      // A node the leaving one had taken the name from, still there, has it back.
+      auto [b, e] = d->second.shadowed.equal_range(name);
+      for (auto s = b; s != e;) {
+        auto other = nodes_.find(s->second);
+        const bool there = s->second != id && other != nodes_.end() && other->second.parent == it->second.parent &&
+                           other->second.name == name;
+        s = d->second.shadowed.erase(s);
+        if (there) {
+          spdlog::trace("tree: \"{}\" in {} is node {} again", name, it->second.parent, other->first);
+          d->second.children[name] = other->first;
+          break;
+        }
+      }
+    }
   }
   nodes_.erase(it);
 }

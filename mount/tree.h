@@ -71,6 +71,11 @@ class Tree {
   struct Dir {
     bool loaded = false;
     std::map<std::string, uint64_t> children;
+    // Nodes whose name another node took: two records naming one place for
+    // a moment (a remote create landing while a node of ours there waits
+    // to be moved away as a conflict). The name goes back to one of them
+    // when the node holding it leaves.
+    std::multimap<std::string, uint64_t> shadowed;
   };
   // Makes sure `parent`'s children are in memory.
   Status EnsureDir(uint64_t parent);

@@ -309,7 +309,9 @@ void WriteBack::RestoreNode(uint64_t id) {
   auto here = tree_->Get(id);
   if (r->deleted && here.ok() && !*here) return;  // gone here and there
   NodeRecord rec = *r;
-  if (here.ok() && *here && (*here)->kind == NodeKind::kFile) rec.size = (*here)->size;  // local bytes may be newer
+  // Local bytes not yet sent are newer (reads go to them); otherwise the
+  // server's size goes with its version.
+  if (here.ok() && *here && (*here)->kind == NodeKind::kFile && cache_->IsLocal(id)) rec.size = (*here)->size;
   spdlog::warn("write-back: node {} goes back to where the server has it (\"{}\" in directory {})", id, rec.name,
                rec.parent);
   if (!Record({rec}, {}).ok()) return;
@@ -641,8 +643,11 @@ void WriteBack::SaveKeptIn() {
 void WriteBack::ShowTheirs(uint64_t id) {
   // The local record carries our size still (written here since theirs
   // was recorded): the server's is the one now.
+  // (Read first: until the record is theirs, a reader opening the node
+  // from the server would ask their version for our size, and fail.)
+  auto r = client_->GetNode(id);
   cache_->Forget(id);
-  if (auto r = client_->GetNode(id); r.ok()) (void)Record({*r}, {});
+  if (r.ok()) (void)Record({*r}, {});
   else spdlog::warn("write-back: reading node {} back failed ({}); it is read again at the next change", id, r.status().ToString());
   InvalidateNode(id);  // what the kernel kept of ours
 }
@@ -1121,17 +1126,6 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
       for (auto& f : after) f(by_id);
       for (uint64_t id : restore) RestoreNode(id);
-      for (uint64_t id : repaged) {
-        // Our op went over a version made elsewhere: the tree holds the
-        // new version with the sizes and times we had. With nothing of
-        // ours left to send (nor local bytes), the server's record is the
-        // node's (a read would else ask the new version for the old size).
-        if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted && !HasPending(id) &&
-                                      !cache_->IsLocal(id))
-          if (auto here = tree_->Get(id); here.ok() && *here)
-            (void)Record({*it->second}, {});
-        InvalidateNode(id);
-      }
       for (auto& [id, p] : placed) {
         if (!p.in_tree) continue;
         if (auto it = by_id.find(id); it != by_id.end()) {
@@ -1142,6 +1136,23 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         InvalidateEntry(p.old_parent, p.old_name);
         InvalidateEntry(p.rec.parent, p.rec.name);
       }
+      // The tree's record of a file our op moved to a new version made
+      // elsewhere (a move or attributes over their edit, a place found for
+      // ours) has that version with our size: without local bytes, the
+      // size and time are the server's (else a read asks the new version
+      // for the old size, and fails); the place and mode stay ours while a
+      // change of ours to them waits.
+      for (const auto& r : reply.items) {
+        if (r.deleted || r.kind != NodeKind::kFile || cache_->IsLocal(r.id)) continue;
+        auto here = tree_->Get(r.id);
+        if (!here.ok() || !*here || (*here)->version != r.version || (*here)->size == r.size) continue;
+        NodeRecord fixed = HasPending(r.id) ? **here : r;
+        fixed.size = r.size;
+        fixed.mtime_ns = r.mtime_ns;
+        (void)Record({fixed}, {});
+        InvalidateNode(r.id);
+      }
+      for (uint64_t id : repaged) InvalidateNode(id);
       return Status::Ok();
     }
     const size_t k = std::min(reply.op, ops.size() - 1);
@@ -1257,7 +1268,9 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         std::vector<NodeRecord> rows{copy};
         if (auto m = client_->GetManifest(old_id, current); m.ok()) {
           auto o = tree_->Get(old_id);
-          if (o.ok() && *o) {
+          // (Not over a newer record the remote sync brought meanwhile:
+          // its version with this older size would be neither.)
+          if (o.ok() && *o && (*o)->version <= current) {
             NodeRecord theirs = **o;
             theirs.size = m->size;
             theirs.version = current;

@@ -92,6 +92,34 @@ TEST(TreeTest, ChangesToDirectoriesNotYetUsedAreNotLost) {
   EXPECT_EQ((*t.Get(4))->parent, 3u);
 }
 
+// Two records naming one place for a moment (a remote create landing
+// while a node of ours there waits to move away as a conflict copy, and
+// a late record of ours putting it back there): once ours leaves, the
+// name finds the other one again (it was lost from the listing until a
+// remount: a two-device random run found it).
+TEST(TreeTest, ANameTakenForAMomentComesBackToTheNodeStillThere) {
+  Tree t;
+  t.Load(std::make_shared<Snapshot>(Sample()));
+  ASSERT_EQ(Names(t, kRootId), (std::vector<std::string>{"a", "c"}));
+  t.Apply(Rec(8, kRootId, "f"));   // ours
+  t.Apply(Rec(9, kRootId, "f"));   // theirs lands
+  t.Apply(Rec(8, kRootId, "f"));   // a record of ours, late
+  t.Apply(Rec(8, kRootId, "f (conflict)"));  // ours moves away
+  auto f = t.Lookup(kRootId, "f");
+  ASSERT_TRUE(f.ok() && *f) << "the name lost its node";
+  EXPECT_EQ((*f)->id, 9u);
+  EXPECT_EQ(Names(t, kRootId), (std::vector<std::string>{"a", "c", "f", "f (conflict)"}));
+  // A node that took a name and then left for good gives nothing back
+  // that is not there any more.
+  t.Apply(Rec(10, kRootId, "g"));
+  t.Apply(Rec(11, kRootId, "g"));
+  NodeRecord gone = Rec(10, kRootId, "g");
+  gone.deleted = true;
+  t.Apply(gone);
+  t.Apply(Rec(11, kRootId, "h"));
+  EXPECT_FALSE(*t.Lookup(kRootId, "g"));
+}
+
 TEST(TreeTest, WarmTreeReadsTheLocalStateAndItsChanges) {
   SampleState st;
   ASSERT_TRUE(st.state);
