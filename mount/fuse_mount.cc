@@ -580,11 +580,11 @@ Status RecordFlush(Fs* fs, FileHandle* h, bool fsync = false) {
   return Status::Ok();
 }
 
-void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+// Opens `n` for `fi`; `entry`: the answer to a create (the name's entry
+// with the handle).
+void OpenNode(fuse_req_t req, std::optional<NodeRecord> n, fuse_file_info* fi, bool entry) {
   Fs* fs = Self(req);
-  fs->n_open++;
-  auto n = NodeOrReply(req, ino);
-  if (!n) return;
+  const uint64_t ino = n->id;
   if (n->kind == NodeKind::kDir) return (void)fuse_reply_err(req, EISDIR);
   const bool writing = (fi->flags & O_ACCMODE) != O_RDONLY;
   // (O_TRUNC empties the file whatever the access mode, as the kernel does
@@ -607,7 +607,13 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // FLUSH round trip.
   if (!writing) fi->noflush = 1;
   Opened(fs, fi, *n);
-  fuse_reply_open(req, fi);
+  if (entry) {
+    fuse_entry_param ep;
+    FillEntry(*fs, *n, &ep);
+    fuse_reply_create(req, &ep, fi);
+  } else {
+    fuse_reply_open(req, fi);
+  }
   if (!writing && n->kind == NodeKind::kFile) {
     const bool cold = !fs->cache->Holds(n->id);
     for (const NodeRecord& next : fs->scan_ahead.Opened(*n, cold, [fs](uint64_t dir, const std::string& name, size_t k) {
@@ -615,6 +621,13 @@ void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
          }))
       fs->cache->Prefetch(next);
   }
+}
+
+void OpOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  Self(req)->n_open++;
+  auto n = NodeOrReply(req, ino);
+  if (!n) return;
+  OpenNode(req, n, fi, false);
 }
 
 void OpRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info* fi) {
@@ -826,6 +839,21 @@ void MakeNode(fuse_req_t req, uint64_t parent, const char* name, NodeKind kind, 
 
 void OpCreate(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
   if (!S_ISREG(mode)) return (void)fuse_reply_err(req, EPERM);
+  if (!(fi->flags & O_EXCL)) {
+    // Made elsewhere a moment ago (the kernel had no entry for the name
+    // yet): opened as it is, as open(O_CREAT) of an existing file does,
+    // not EEXIST.
+    Fs* fs = Self(req);
+    std::optional<NodeRecord> there;
+    {
+      std::lock_guard lock(fs->meta_mu);
+      if (auto e = fs->tree.Lookup(parent, name); e.ok() && *e) there = **e;
+    }
+    if (there && there->kind == NodeKind::kFile) {
+      fs->n_open++;
+      return OpenNode(req, there, fi, true);
+    }
+  }
   MakeNode(req, parent, name, NodeKind::kFile, mode, nullptr, fi);
 }
 

@@ -646,10 +646,14 @@ void WriteBack::ShowTheirs(uint64_t id) {
   // (Read first: until the record is theirs, a reader opening the node
   // from the server would ask their version for our size, and fail.)
   auto r = client_->GetNode(id);
+  auto here = tree_->Get(id);
   cache_->Forget(id);
   if (r.ok()) (void)Record({*r}, {});
   else spdlog::warn("write-back: reading node {} back failed ({}); it is read again at the next change", id, r.status().ToString());
   InvalidateNode(id);  // what the kernel kept of ours
+  // Theirs may be elsewhere (moved there): both places' names and listings.
+  if (here.ok() && *here) InvalidateEntry((*here)->parent, (*here)->name);
+  if (r.ok() && !r->deleted) InvalidateEntry(r->parent, r->name);
 }
 
 void WriteBack::ForgetKeptClosed() {
@@ -950,7 +954,11 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           // tree's, which may show a newer remote one): a stale base then
           // becomes a conflict copy, never an overwrite.
           uint64_t base = view.version;
-          if (base == 0) base = versions_.count(n->id) ? versions_[n->id] : n->version;
+          // Or a newer one our own commit made (its entry done, the cache's
+          // record of it not yet saved when the mount was killed: the rest
+          // of the file's changes waited in the journal).
+          if (auto v = versions_.find(n->id); v != versions_.end()) base = std::max(base, v->second);
+          if (base == 0) base = n->version;
           if (base == 0) {
             if (last == 0)
               return Status::Internal("write-back: no known server version for node " + std::to_string(n->id) +
@@ -1100,10 +1108,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           cache_->AdvanceVersion(id, base, it->second->version);
       // Files created and never written: nothing local is left of them
       // (unless a flush of theirs waits in the journal still: a batch cut
-      // short, or a retry of the entries of a lost answer).
+      // short, or a retry of the entries of a lost answer). Also when the
+      // create went in an earlier batch with a change of the node (a move)
+      // still waiting: that change's batch is the last (else the node
+      // stayed local, and a record of it from the server waited forever).
       for (const auto& o : ops)
-        if (o.type == OpType::kCreate && !flushed.count(o.id) && by_id.count(o.id) && !HasPending(o.id))
-          cache_->CreatedCommitted(o.id);
+        if (!flushed.count(o.id) && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);
       // Files sent from their staged bytes: all here at the new version,
       // on record before the cache takes them for committed (a read then
       // finds the record, not a node with nothing local and nothing known).

@@ -822,6 +822,28 @@ TEST_F(MountTest, AFileUnlinkedWhileOpenStillHasItsSizeForFstat) {
   EXPECT_FALSE(fs::exists(f));
 }
 
+// A file made elsewhere moments ago, never looked up here: open(O_CREAT)
+// of its name opens the file as it is, as on a local disk. (When the
+// kernel still trusts a negative entry of the name, it asks to create
+// it: that failed with EEXIST in a two-device random run, in the moment
+// between the tree taking the remote create and the kernel being told.
+// This test does not force that moment.)
+TEST_F(MountTest, OpenWithCreateOfAFileJustMadeElsewhereOpensIt) {
+  Import();
+  TestMount one(server_, server_.rw_token, dir_ + "/one");
+  TestMount two(server_, server_.rw_token, dir_ + "/two");
+  { std::ofstream(one.path() + "/f.txt") << "from one\n"; }
+  { std::ofstream(one.path() + "/g.txt") << "after it\n"; }
+  ASSERT_TRUE(JournalEmptiesWithin(one.path(), std::chrono::seconds(20))) << StatusOf(one.path());
+  // (g.txt seen: f.txt's record is in too; f.txt itself is never looked up.)
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return fs::exists(two.path() + "/g.txt"); }));
+  int fd = open((two.path() + "/f.txt").c_str(), O_CREAT | O_WRONLY | O_APPEND, 0644);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  ASSERT_EQ(write(fd, "and two\n", 8), 8);
+  ASSERT_EQ(close(fd), 0);
+  EXPECT_EQ(ReadAll(two.path() + "/f.txt"), "from one\nand two\n");
+}
+
 // A file written here with holes (blocks before its bytes never written
 // nor fetched), committed, then cut inside its last written block while
 // that commit waits: reading it from the start fetches the holes, and the
