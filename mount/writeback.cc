@@ -954,11 +954,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           // tree's, which may show a newer remote one): a stale base then
           // becomes a conflict copy, never an overwrite.
           uint64_t base = view.version;
-          // Or a newer one our own commit made (its entry done, the cache's
-          // record of it not yet saved when the mount was killed: the rest
-          // of the file's changes waited in the journal).
-          if (auto v = versions_.find(n->id); v != versions_.end()) base = std::max(base, v->second);
-          if (base == 0) base = n->version;
+          if (base == 0) base = versions_.count(n->id) ? versions_[n->id] : n->version;
           if (base == 0) {
             if (last == 0)
               return Status::Internal("write-back: no known server version for node " + std::to_string(n->id) +

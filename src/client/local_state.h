@@ -84,8 +84,7 @@ class LocalState {
   // waits).
   Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows,
                          const std::vector<std::pair<uint64_t, uint64_t>>& known = {}, bool forget_known = false);
-  // Those kept (id -> version): of nodes deleted here since, and of files
-  // whose cache record, saved later, may name an older one after a kill.
+  // Those kept of nodes deleted here since (id -> version).
   Result<std::unordered_map<uint64_t, uint64_t>> KnownVersions();
   Result<uint64_t> JournalSize();
   // The last journal entry of a commit sent without a known outcome (the
