@@ -1078,6 +1078,29 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (!reply.replayed)
         for (const auto& r : reply.items)
           if (!r.deleted) tree_->SetVersion(r.id, r.version, r.seq);
+      // The cache takes the versions our bytes made, on disk, before the
+      // journal lets go of the entries: a kill in between left the file's
+      // later bytes naming the older version (refused as stale: a conflict
+      // copy of this device's own change). A kill before the entries go
+      // sends the batch again under its key, and its answer is replayed.
+      std::vector<uint64_t> saved;
+      if (!reply.replayed) {
+        std::unordered_map<uint64_t, uint64_t> made;
+        for (const auto& r : reply.items)
+          if (!r.deleted) made[r.id] = r.version;
+        std::vector<LocalState::CachedFile> records;
+        for (const auto& s : sent) {
+          auto it = made.find(s.id);
+          // (A new file sent from its staged bytes, not opened since: its
+          // record is written whole below, before the cache takes it.)
+          if (it == made.end() || (s.staged && !cache_->Holds(s.id))) continue;
+          cache_->Committed(s.id, it->second, s.m, s.view.write_gen, s.staged);
+          saved.push_back(s.id);
+          if (auto f = cache_->FileRecord(s.id)) records.push_back(std::move(*f));
+        }
+        if (!records.empty())
+          if (Status f = state_->SaveFiles(records); !f.ok()) spdlog::warn("{} (saved again with the next change)", f.ToString());
+      }
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
         ApplyReplayed(ops, reply.items, sent, based, Named(entries, last));
@@ -1121,15 +1144,13 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (!staged_files.empty())
         if (Status f = state_->SaveFiles(staged_files); !f.ok())
           spdlog::warn("{} (the new files are fetched again when read)", f.ToString());
-      std::vector<uint64_t> saved;
-      for (const auto& s : sent) {
-        auto it = by_id.find(s.id);
-        if (it != by_id.end() && !it->second->deleted) {
+      const std::unordered_set<uint64_t> taken(saved.begin(), saved.end());
+      for (const auto& s : sent)
+        if (auto it = by_id.find(s.id); it != by_id.end() && !it->second->deleted && !taken.count(s.id)) {
           cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
           saved.push_back(s.id);
         }
-      }
-      if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps, now of the committed versions
+      if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps (also in queue order with later ones)
       for (auto& f : after) f(by_id);
       for (uint64_t id : restore) RestoreNode(id);
       for (auto& [id, p] : placed) {
