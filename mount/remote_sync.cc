@@ -197,9 +197,10 @@ Status RemoteSync::Apply(const std::vector<NodeRecord>& records, uint64_t next) 
     if (next <= d_.tree->seq()) return Status::Ok();  // applied meanwhile
     std::vector<NodeRecord> items;
     for (const auto& r : records) {
+      const bool ours = d_.has_local_changes(r.id);
       spdlog::trace("remote: node {} version {} seq {}: {} in {} as \"{}\"{}", r.id, r.version, r.seq,
-                    r.deleted ? "deleted" : "at", r.parent, r.name, d_.has_local_changes(r.id) ? " (waits: ours pending)" : "");
-      if (d_.has_local_changes(r.id)) {
+                    r.deleted ? "deleted" : "at", r.parent, r.name, ours ? " (waits: ours pending)" : "");
+      if (ours) {
         // Ours in the journal (or written and not closed): our commit
         // names the version it started from, so a real conflict comes back
         // as a refusal and both are kept. Looked at again once sent.

@@ -1084,6 +1084,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // copy of this device's own change). A kill before the entries go
       // sends the batch again under its key, and its answer is replayed.
       std::vector<uint64_t> saved;
+      std::vector<const Sent*> staged_later;  // new files sent from staged bytes, not opened since
       if (!reply.replayed) {
         std::unordered_map<uint64_t, uint64_t> made;
         for (const auto& r : reply.items)
@@ -1093,7 +1094,11 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           auto it = made.find(s.id);
           // (A new file sent from its staged bytes, not opened since: its
           // record is written whole below, before the cache takes it.)
-          if (it == made.end() || (s.staged && !cache_->Holds(s.id))) continue;
+          if (it == made.end()) continue;
+          if (s.staged && !cache_->Holds(s.id)) {
+            staged_later.push_back(&s);
+            continue;
+          }
           cache_->Committed(s.id, it->second, s.m, s.view.write_gen, s.staged);
           saved.push_back(s.id);
           if (auto f = cache_->FileRecord(s.id)) records.push_back(std::move(*f));
@@ -1144,12 +1149,10 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       if (!staged_files.empty())
         if (Status f = state_->SaveFiles(staged_files); !f.ok())
           spdlog::warn("{} (the new files are fetched again when read)", f.ToString());
-      const std::unordered_set<uint64_t> taken(saved.begin(), saved.end());
-      for (const auto& s : sent)
-        if (auto it = by_id.find(s.id); it != by_id.end() && !it->second->deleted && !taken.count(s.id)) {
-          cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
-          saved.push_back(s.id);
-        }
+      for (const Sent* s : staged_later) {
+        cache_->Committed(s->id, by_id.at(s->id)->version, s->m, s->view.write_gen, s->staged);
+        saved.push_back(s->id);
+      }
       if (!saved.empty()) (void)Record({}, {}, saved);  // their bitmaps (also in queue order with later ones)
       for (auto& f : after) f(by_id);
       for (uint64_t id : restore) RestoreNode(id);
