@@ -1105,7 +1105,19 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         }
         if (!records.empty())
           if (Status f = state_->SaveFiles(records); !f.ok()) spdlog::warn("{} (saved again with the next change)", f.ToString());
+        // Nodes our ops moved or changed the attributes of from the version
+        // we knew: the cached bytes are still those of the new version (the
+        // same window: a write after it, still waiting, named the base).
+        // Content changes (in `sent`) moved with their new manifest above:
+        // saved with the old one, a kill then left blocks that matched
+        // neither (EIO on the next mount).
+        std::unordered_set<uint64_t> sent_ids = content_elsewhere;
+        for (const auto& s : sent) sent_ids.insert(s.id);
+        for (const auto& [id, base] : based)
+          if (auto it = made.find(id); it != made.end() && !sent_ids.count(id))
+            cache_->AdvanceVersion(id, base, it->second);
       }
+      if (reply.replayed) CommitReplayedBytes(reply.items, sent, based);
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
         ApplyReplayed(ops, reply.items, sent, based, Named(entries, last));
@@ -1121,15 +1133,6 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           versions_[r.id] = r.version;
         }
       }
-      // Nodes our ops moved from the version we knew: the cached bytes are
-      // still those of the new version. Content changes (in `sent`) move
-      // with their new manifest below: saved now with the old one, a kill
-      // before that left blocks that matched neither (EIO on the next mount).
-      std::unordered_set<uint64_t> sent_ids = content_elsewhere;
-      for (const auto& s : sent) sent_ids.insert(s.id);
-      for (const auto& [id, base] : based)
-        if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted && !sent_ids.count(id))
-          cache_->AdvanceVersion(id, base, it->second->version);
       // Files created and never written: nothing local is left of them
       // (unless a flush of theirs waits in the journal still: a batch cut
       // short, or a retry of the entries of a lost answer). Also when the
@@ -1469,6 +1472,52 @@ std::unordered_set<uint64_t> WriteBack::Named(const std::vector<LocalState::Jour
   return ids;
 }
 
+void WriteBack::CommitReplayedBytes(const std::vector<NodeRecord>& made, const std::vector<Sent>& sent,
+                                    const std::unordered_map<uint64_t, uint64_t>& based) {
+  std::unordered_map<uint64_t, const NodeRecord*> by_id;
+  for (const auto& r : made) by_id[r.id] = &r;
+  std::vector<LocalState::CachedFile> records;
+  for (const auto& s : sent) {
+    if (s.id == 0) continue;
+    auto it = by_id.find(s.id);
+    if (it == by_id.end() || it->second->deleted) continue;  // (in a conflict copy: ApplyReplayed)
+    // The bytes sent then are those held now only if the manifests agree;
+    // otherwise the cache keeps its content local, on the server's version
+    // (a later flush sends it).
+    auto m = client_->GetManifest(s.id, it->second->version);
+    if (m.ok() && *m == s.m) {
+      if (s.staged) (void)state_->SaveFile(AllHere(s.id, it->second->version, s.m));
+      cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
+    } else if (m.ok()) {
+      cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
+    } else {
+      continue;
+    }
+    if (auto f = cache_->FileRecord(s.id)) records.push_back(std::move(*f));
+  }
+  if (!records.empty())
+    if (Status f = state_->SaveFiles(records); !f.ok()) spdlog::warn("{} (saved again with the next change)", f.ToString());
+  // Attributes or a move committed on a base: the cached bytes are those of
+  // the new version if the server's manifest says so: the same as the
+  // cache's, or as the base's on the server (the cache's view of it is
+  // shorter after a cut here; left on the base, the file's next flush
+  // would name it, be refused as stale, and become a conflict copy of
+  // this device's own change).
+  // (AdvanceVersion saves the record.)
+  for (const auto& [id, base] : based) {
+    auto it = by_id.find(id);
+    if (it == by_id.end() || it->second->deleted || it->second->kind != NodeKind::kFile) continue;
+    auto held = cache_->FileRecord(id);
+    if (!held || held->version != base) continue;
+    auto m = client_->GetManifest(id, it->second->version);
+    if (!m.ok()) continue;
+    bool same = *m == held->manifest;
+    if (!same)
+      if (auto b = client_->GetManifest(id, base); b.ok()) same = *m == *b;
+    if (same) cache_->AdvanceVersion(id, base, it->second->version);
+  }
+}
+
 void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
                               const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based,
                               const std::unordered_set<uint64_t>& named) {
@@ -1553,35 +1602,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       InvalidateNode(s.id);
       continue;
     }
-    // The bytes sent then are those held now only if the manifests agree;
-    // otherwise the cache keeps its content local, on the server's version
-    // (a later flush sends it).
-    auto m = client_->GetManifest(s.id, it->second->version);
-    if (m.ok() && *m == s.m) {
-      if (s.staged) (void)state_->SaveFile(AllHere(s.id, it->second->version, s.m));
-      cache_->Committed(s.id, it->second->version, s.m, s.view.write_gen, s.staged);
-    } else if (m.ok()) {
-      cache_->Committed(s.id, it->second->version, *m, ~uint64_t{0});
-    }
-    (void)Record({}, {}, {s.id});
-  }
-  // Attributes or a move committed on a base: the cached bytes are those of
-  // the new version if the server's manifest says so: the same as the
-  // cache's, or as the base's on the server (the cache's view of it is
-  // shorter after a cut here; left on the base, the file's next flush
-  // would name it, be refused as stale, and become a conflict copy of
-  // this device's own change).
-  for (const auto& [id, base] : based) {
-    auto it = by_id.find(id);
-    if (it == by_id.end() || it->second->deleted || it->second->kind != NodeKind::kFile) continue;
-    auto held = cache_->FileRecord(id);
-    if (!held || held->version != base) continue;
-    auto m = client_->GetManifest(id, it->second->version);
-    if (!m.ok()) continue;
-    bool same = *m == held->manifest;
-    if (!same)
-      if (auto b = client_->GetManifest(id, base); b.ok()) same = *m == *b;
-    if (same) cache_->AdvanceVersion(id, base, it->second->version);
+    (void)Record({}, {}, {s.id});  // (its bytes taken by CommitReplayedBytes)
   }
   // A delete the server did not apply: a directory it kept (it had files
   // from elsewhere), a file edited elsewhere (theirs stays): back here.
