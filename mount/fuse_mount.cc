@@ -757,7 +757,10 @@ void OpRelease(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     }
     if (--fs->open_count[ino] <= 0) {
       fs->open_count.erase(ino);
-      if (fs->orphans.erase(ino)) fs->cache->Forget(ino);  // unlinked while open: now gone
+      // Unlinked while open (here or elsewhere): now gone. (Unless it came
+      // back meanwhile: a delete refused, the file edited elsewhere.)
+      if (fs->orphans.erase(ino))
+        if (auto live = fs->tree.Get(ino); live.ok() && !*live) fs->cache->Forget(ino);
     }
   }
   delete h;
@@ -1159,8 +1162,11 @@ Status LoadTree(Fs* fs, LocalState* state, std::thread* saver, std::shared_ptr<s
   for (;;) {
     auto page = fs->client->Changes(since);
     if (!page.ok()) {
-      if (cursor && page.status().code() == Code::kUnavailable) {
-        spdlog::warn("server unreachable ({}); serving the tree saved at seq {}", page.status().message(), since);
+      // (A server failing, 500, is an outage too; a refused token is not.)
+      const Code code = page.status().code();
+      if (cursor && (code == Code::kUnavailable || code == Code::kInternal)) {
+        spdlog::warn("server unreachable or failing ({}); serving the tree saved at seq {}", page.status().message(),
+                     since);
         return Status::Ok();
       }
       return page.status();
@@ -1859,7 +1865,12 @@ Status RunMount(const MountOptions& opts) {
     d.tree = &fs.tree;
     d.cache = fs.cache.get();
     d.meta_mu = &fs.meta_mu;
-    d.is_open = is_open;
+    d.keep_if_open = [&fs](const NodeRecord& n) {
+      std::lock_guard lock(fs.meta_mu);
+      if (!fs.open_count.count(n.id)) return false;
+      if (n.kind == NodeKind::kFile) fs.orphans.try_emplace(n.id, n);  // (fstat answers from it)
+      return true;
+    };
     d.has_local_changes = [&fs](uint64_t id) { return fs.wb->HasPending(id) || fs.cache->IsLocal(id); };
     d.device = fs.device;
     d.ready = state_ready;

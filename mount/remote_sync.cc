@@ -276,7 +276,7 @@ void RemoteSync::Notify(const std::vector<Change>& changes) {
       if (!c.old) continue;
       k.deleted(c.old->parent, n.id, c.old->name);
       k.inval_listing(c.old->parent);
-      if (!(d_.is_open && d_.is_open(n.id))) d_.cache->Forget(n.id);
+      if (!(d_.keep_if_open && d_.keep_if_open(*c.old))) d_.cache->Forget(n.id);
       continue;
     }
     if (!c.old) {

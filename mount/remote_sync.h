@@ -49,7 +49,9 @@ class RemoteSync {
     Tree* tree = nullptr;
     ChunkCache* cache = nullptr;
     std::mutex* meta_mu = nullptr;  // the mount's namespace lock
-    std::function<bool(uint64_t)> is_open;
+    // A file deleted elsewhere: while open here, kept for its handles
+    // (true; its cache goes at the last close), else false.
+    std::function<bool(const NodeRecord&)> keep_if_open;
     // Whether the node has local changes not yet committed (journal
     // entries, or written and not yet closed). Asked under meta_mu.
     std::function<bool(uint64_t)> has_local_changes;

@@ -81,8 +81,18 @@ inline pid_t MountPid(const std::string& mnt) {
   return at == std::string::npos ? -1 : std::stoi(out.substr(at + 7));
 }
 
+// Gone, or a zombie: it has exited (its files closed, its mount's fd
+// too) and waits for its parent to reap it. (A daemon's parent is pid 1,
+// which on some machines reaps only every second or two.)
 inline bool WaitForExit(pid_t pid, std::chrono::seconds limit) {
-  return Within(limit, [pid] { return kill(pid, 0) != 0; });
+  return Within(limit, [pid] {
+    if (kill(pid, 0) != 0) return true;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const size_t paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
+  });
 }
 
 // kill -9 of the mount at `mnt` (it must be running); returns once the

@@ -637,21 +637,29 @@ class TwoWriters {
   bool unknown_ = false;  // bytes written this round that could not be read back
 };
 
-TEST_F(ModelTest, TwoDevicesWritingTheSameFilesLoseNothing) {
-  const uint64_t seed = Seed(9);
+// Two devices change the same few names, offline and live in turn (see
+// TwoWriters). With `kill_every` > 0, a device's mount is killed (-9) and
+// started again about that often: offline too, with its changes in its
+// journal only.
+void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_every) {
   SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
   const std::string flags = std::getenv("TIDEFS_MODEL_KEEP") ? " -vvv" : "";
-  fs::create_directories(dir_ + "/p1");
-  fs::create_directories(dir_ + "/p2");
-  FaultProxy p1(server_, dir_ + "/p1"), p2(server_, dir_ + "/p2");
+  fs::create_directories(dir + "/p1");
+  fs::create_directories(dir + "/p2");
+  FaultProxy p1(server, dir + "/p1"), p2(server, dir + "/p2");
   // (The token names the device, and so the conflict copies.)
-  TestMount one(p1.url(), server_.rw_token, dir_ + "/one", flags);
-  TestMount two(p2.url(), server_.NewToken("demo", "desktop"), dir_ + "/two", flags);
-  ASSERT_EQ(::mkdir((one.path() + "/a").c_str(), 0755), 0);
-  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return fs::exists(two.path() + "/a"); }));
-  TwoWriters w(seed, {one.path(), two.path()});
+  const std::array<std::string, 2> urls = {p1.url(), p2.url()};
+  const std::array<std::string, 2> tokens = {server.rw_token, server.NewToken("demo", "desktop")};
+  const std::array<std::string, 2> dirs = {dir + "/one", dir + "/two"};
+  std::array<std::optional<TestMount>, 2> m;
+  for (int d = 0; d < 2; ++d) m[d].emplace(urls[d], tokens[d], dirs[d], flags);
+  const std::string one = m[0]->path(), two = m[1]->path();
+  ASSERT_EQ(::mkdir((one + "/a").c_str(), 0755), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return fs::exists(two + "/a"); }));
+  TwoWriters w(seed, {one, two});
   std::mt19937_64 turns(seed ^ 0x7a);
   size_t files = 0;
+  int killed = 0;
   for (int round = 1; round <= 12; ++round) {
     const bool offline = round % 2 == 1;
     w.SetOffline(offline);
@@ -659,32 +667,45 @@ TEST_F(ModelTest, TwoDevicesWritingTheSameFilesLoseNothing) {
     const std::string rule = offline ? "refuse /commit 0 -1\nstatus500 /events 0 -1\nstatus500 /changes 0 -1" : "pass";
     p1.SetRule(rule);
     p2.SetRule(rule);
-    for (int i = 0; i < 20; ++i)
-      if (!w.Step(static_cast<int>(turns() % 2))) return;
+    for (int i = 0; i < 20; ++i) {
+      const int d = static_cast<int>(turns() % 2);
+      if (!w.Step(d)) return;
+      if (kill_every > 0 && turns() % kill_every == 0) {
+        w.Note("device " + std::to_string(d) + ": kill -9 and restart");
+        KillMount(m[d]->path());
+        if (::testing::Test::HasFatalFailure()) return;
+        m[d].reset();
+        m[d].emplace(urls[d], tokens[d], dirs[d], flags);
+        ++killed;
+      }
+    }
     p1.SetRule("pass");
     p2.SetRule("pass");
     // Quiet: both journals empty and the same tree on both, which stays.
     std::string a, b;
     ASSERT_TRUE(Within(std::chrono::seconds(30), [&] {
-      if (!JournalEmptiesWithin(one.path(), std::chrono::seconds(1)) ||
-          !JournalEmptiesWithin(two.path(), std::chrono::seconds(1)))
+      if (!JournalEmptiesWithin(one, std::chrono::seconds(1)) || !JournalEmptiesWithin(two, std::chrono::seconds(1)))
         return false;
-      a = Describe(one.path());
-      b = Describe(two.path());
+      a = Describe(one);
+      b = Describe(two);
       return a == b;
     })) << "round " << round << ": the devices do not agree\none:\n" << a << "two:\n" << b << w.History()
-
-        << StatusOf(one.path()) << StatusOf(two.path());
+        << StatusOf(one) << StatusOf(two);
     w.Note("-- round " + std::to_string(round) + " checked");
-    w.Check(one.path(), a);
-    if (HasFailure()) return;
+    w.Check(one, a);
+    if (::testing::Test::HasFailure()) return;
     files += std::count(a.begin(), a.end(), '\n');
   }
   EXPECT_GT(files, 50u) << "the trees were nearly empty: nothing was checked";
-  const std::string want = Describe(one.path());
-  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  if (kill_every > 0) {
+    EXPECT_GT(killed, 2) << "hardly a mount was killed: nothing was checked";
+  }
+  const std::string want = Describe(one);
+  TestMount fresh(server, server.ro_token, dir + "/fresh");
   EXPECT_EQ(Describe(fresh.path()), want) << "the server's copy differs\n" << w.History();
 }
+
+TEST_F(ModelTest, TwoDevicesWritingTheSameFilesLoseNothing) { RunTwo(server_, dir_, Seed(9), 0); }
 
 }  // namespace
 }  // namespace tidefs

@@ -357,13 +357,31 @@ TEST_F(MountTest, WarmRemountCatchesUpWithoutASnapshotAndStartsOffline) {
   EXPECT_EQ(SnapshotsServed(c_), 1u) << "a warm remount fetched the snapshot again";
   // With local state and no server, the mount starts offline.
   server_.Stop();
-  TestMount m(server_, server_.ro_token, dir_);
-  EXPECT_TRUE(fs::exists(m.path() + "/second.txt"));
-  std::vector<std::string> names;
-  for (auto& e : fs::directory_iterator(m.path())) names.push_back(e.path().filename());
-  std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"first.txt", "second.txt", "sub"}));  // sub/ comes from SetUp
+  {
+    TestMount m(server_, server_.ro_token, dir_);
+    EXPECT_TRUE(fs::exists(m.path() + "/second.txt"));
+    std::vector<std::string> names;
+    for (auto& e : fs::directory_iterator(m.path())) names.push_back(e.path().filename());
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, (std::vector<std::string>{"first.txt", "second.txt", "sub"}));  // sub/ comes from SetUp
+  }
   server_.Start();
+  // Also with a server that fails (500s) when asked for the changes.
+  fs::create_directories(dir_ + "/proxy");
+  FaultProxy proxy(server_, dir_ + "/proxy");
+  proxy.SetRule("status500 /changes 0 -1");
+  {
+    TestMount m(proxy.url(), server_.ro_token, dir_);
+    EXPECT_EQ(ReadAll(m.path() + "/second.txt"), "two");
+  }
+  // A token the server refuses is no outage: the mount fails, saying so.
+  proxy.SetRule("pass");
+  try {
+    TestMount m(proxy.url(), "not-a-token", dir_);
+    ADD_FAILURE() << "mounted with a token the server refuses";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("token"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(MountTest, CacheSurvivesRemountAndANewVersionKeepsUnchangedBlocks) {
@@ -586,7 +604,7 @@ TEST_F(MountTest, FilesDeletedWhileFetchedAheadLeaveNothingInTheCache) {
   FaultProxy proxy(server_, dir_);
   const auto path = [&](const std::string& mnt, int i) { return mnt + "/d/f" + (i < 10 ? "0" : "") + std::to_string(i); };
   {
-    TestMount m(proxy.url(), server_.rw_token, dir_);
+    TestMount m(proxy.url(), server_.rw_token, dir_, "-vv");  // (the log says why, if it fails)
     // The first two files fetched ahead are held (inode numbers are node ids).
     struct stat st2, st3;
     ASSERT_EQ(stat(path(m.path(), 2).c_str(), &st2), 0);
@@ -595,7 +613,8 @@ TEST_F(MountTest, FilesDeletedWhileFetchedAheadLeaveNothingInTheCache) {
                   std::to_string(st3.st_ino) + "/content 0 -1");
     ASSERT_EQ(ReadAll(path(m.path(), 0)).size(), 3000u);
     ASSERT_EQ(ReadAll(path(m.path(), 1)).size(), 3000u);
-    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() >= 2; })) << proxy.Held();
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() >= 2; }))
+        << proxy.Held() << " held; the mount: " << StatusOf(m.path()) << "\nits log:\n" << ReadAll(dir_ + "/cache/mount.log");
     for (int i = 2; i < 20; ++i) ASSERT_EQ(unlink(path(m.path(), i).c_str()), 0) << i;
     proxy.SetRule("pass");
     EXPECT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(20))) << StatusOf(m.path());

@@ -143,6 +143,38 @@ TEST_F(RealtimeTest, ChangesOnOneMountReachTheOther) {
   })) << "both mounts record their checkpoints: " << devices;
 }
 
+// A file deleted elsewhere while open here stays readable and fstat-able
+// through the open descriptor, as after an unlink on a local disk, and
+// its cached bytes go from the cache at the last close.
+TEST_F(RealtimeTest, AFileDeletedElsewhereWhileOpenHereStaysReadableUntilClosedThenLeavesTheCache) {
+  TestMount a(server_, server_.rw_token, dir_ + "/a");
+  TestMount b(server_, desk_token_, dir_ + "/b");
+  const std::string A = a.path(), B = b.path();
+  const std::string data = RandomBytes(300000, 71);
+  { std::ofstream(A + "/open.bin", std::ios::binary) << data; }
+  ASSERT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/open.bin") == data; }));
+  struct stat st;
+  ASSERT_EQ(stat((B + "/open.bin").c_str(), &st), 0);
+  const std::string cached = dir_ + "/b/cache/data/" + std::to_string(st.st_ino);
+  ASSERT_TRUE(fs::exists(cached));
+  int fd = open((B + "/open.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(unlink((A + "/open.bin").c_str()), 0);
+  EXPECT_TRUE(Within(kDeadline, [&] { return !Exists(B + "/open.bin"); }));
+  EXPECT_EQ(Pread(fd, data.size() + 10, 0), data);
+  struct stat open_st;
+  EXPECT_EQ(fstat(fd, &open_st), 0) << strerror(errno);
+  EXPECT_EQ(open_st.st_size, static_cast<off_t>(data.size()));
+  EXPECT_TRUE(fs::exists(cached)) << "the bytes of a file still open went";
+  close(fd);
+  EXPECT_TRUE(Within(kDeadline, [&] { return !fs::exists(cached); })) << "the cache kept a deleted file's bytes";
+  // And a file still there is not dropped at its close.
+  { std::ofstream(A + "/kept.bin", std::ios::binary) << data; }
+  ASSERT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/kept.bin") == data; }));
+  ASSERT_EQ(stat((B + "/kept.bin").c_str(), &st), 0);
+  EXPECT_TRUE(fs::exists(dir_ + "/b/cache/data/" + std::to_string(st.st_ino)));
+}
+
 TEST_F(RealtimeTest, AMountCatchesUpAcrossAServerRestart) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
   TestMount b(server_, desk_token_, dir_ + "/b");
