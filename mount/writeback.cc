@@ -1124,8 +1124,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         return Status::Ok();
       }
       std::unordered_map<uint64_t, const NodeRecord*> by_id;
+      // The nodes a change of ours still waits for (asked now: the fix-ups
+      // below queue records of their own, which count as waiting too).
+      std::unordered_set<uint64_t> waiting;
       for (const auto& r : reply.items) {
         by_id[r.id] = &r;
+        if (HasPending(r.id)) waiting.insert(r.id);
         if (r.deleted) {
           versions_.erase(r.id);
         } else {
@@ -1171,15 +1175,19 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       }
       // The tree's record of a file our op moved to a new version made
       // elsewhere (a move or attributes over their edit, a place found for
-      // ours) has that version with our size: without local bytes, the
-      // size and time are the server's (else a read asks the new version
-      // for the old size, and fails); the place and mode stay ours while a
-      // change of ours to them waits.
+      // ours) has that version with our size and mode: without local
+      // bytes, the size and time are the server's (else a read asks the
+      // new version for the old size, and fails), and so is the mode (a
+      // chmod made elsewhere: the remote sync's record of it may have come
+      // before this, and no other comes); the place and mode stay ours
+      // while a change of ours to them waits.
       for (const auto& r : reply.items) {
         if (r.deleted || r.kind != NodeKind::kFile || cache_->IsLocal(r.id)) continue;
         auto here = tree_->Get(r.id);
-        if (!here.ok() || !*here || (*here)->version != r.version || (*here)->size == r.size) continue;
-        NodeRecord fixed = HasPending(r.id) ? **here : r;
+        if (!here.ok() || !*here || (*here)->version != r.version ||
+            ((*here)->size == r.size && (*here)->mode == r.mode))
+          continue;
+        NodeRecord fixed = waiting.count(r.id) ? **here : r;
         fixed.size = r.size;
         fixed.mtime_ns = r.mtime_ns;
         (void)Record({fixed}, {});
@@ -1598,8 +1606,11 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       // (its record comes with the remote sync), and the kernel drops ours.
       // Unless written since (open, or a later flush in the journal): those
       // bytes are only in its cache, and that flush makes its own copy.
-      if (!WrittenHereStill(s.id)) cache_->Forget(s.id);
-      InvalidateNode(s.id);
+      // The tree takes their record first: it has our size still, and a
+      // read would ask their version for it, and fail, until the remote
+      // sync's record came.
+      if (!WrittenHereStill(s.id)) ShowTheirs(s.id);
+      else InvalidateNode(s.id);
       continue;
     }
     (void)Record({}, {}, {s.id});  // (its bytes taken by CommitReplayedBytes)

@@ -1478,6 +1478,42 @@ TEST_F(MountTest, AChmodOverAnEditNotHeardOfReadsTheEdit) {
   EXPECT_EQ(got, "a longer edit saved by one\n");
 }
 
+// Moved here over a file edited elsewhere meanwhile, while its own mode
+// and bytes were changed there: the file replaced comes back, ours gets a
+// conflict name, with their mode and
+// bytes here too, as on the other mount and the server. (Its mode stayed
+// the one this mount knew: the two mounts disagreed for good.)
+TEST_F(MountTest, AMoveOntoANameTakenElsewhereShowsTheModeChangedThere) {
+  Write("f.txt", "base\n");
+  Write("g.txt", "old g\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  const std::string one = p.one->path(), two = p.two->path();
+  ASSERT_EQ(ReadAll(two + "/f.txt"), "base\n");
+  p.proxy.SetRule("refuse /commit 0 -1");  // two hears at once; its commits wait
+  ASSERT_EQ(rename((two + "/f.txt").c_str(), (two + "/g.txt").c_str()), 0);
+  ASSERT_EQ(chmod((one + "/f.txt").c_str(), 0600), 0);
+  { std::ofstream(one + "/f.txt") << "edited by one\n"; }
+  { std::ofstream(one + "/g.txt") << "g edited by one\n"; }  // (the delete of g is refused: it comes back)
+  ASSERT_TRUE(JournalEmptiesWithin(one, std::chrono::seconds(20))) << StatusOf(one);
+  // Two has their records (held while its move waits), then sends it.
+  ASSERT_TRUE(Within(std::chrono::seconds(20), [&] { return StatusOf(two).find("\"deferred\": 0") == std::string::npos; }))
+      << StatusOf(two);
+  p.proxy.SetRule("pass");
+  ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << StatusOf(two);
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  const auto text = [](const std::string& root) {
+    std::string out;
+    for (const auto& [name, what] : Describe(root)) out += name + " " + what + "\n";
+    return out;
+  };
+  const std::string want = text(fresh.path());
+  EXPECT_NE(want.find("(conflict from laptop"), std::string::npos) << want;
+  EXPECT_NE(want.find(" 384 file"), std::string::npos) << "their mode (0600) is gone:\n" << want;
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return text(two) == want && text(one) == want; }))
+      << "the server:\n" << want << "two:\n" << text(two) << "one:\n" << text(one);
+}
+
 // Moved and then deleted here while an edit made elsewhere was not heard
 // of: the move goes through (last writer wins), the delete does not (this
 // device never saw the edit): the edited file stays where the move put it.
@@ -1528,6 +1564,39 @@ TEST_F(MountTest, BytesWrittenWhileALostAnswerToAConflictCopyWaitsAreKept) {
   const auto copies = ConflictCopies(fresh.path(), "f (conflict from ", ".txt");
   EXPECT_NE(std::find(copies.begin(), copies.end(), "two later\n"), copies.end())
       << "the bytes written after the lost answer are gone; copies: " << testing::PrintToString(copies);
+}
+
+// An edit refused (changed elsewhere) and resolved into a conflict copy,
+// the resolved commit's answer lost, nothing written since: once the
+// answer is replayed, the file reads as theirs here, also before this
+// mount hears of their edit. (It read as an I/O error: the version this
+// mount knew, with the size of its own edit, until their record came.)
+TEST_F(MountTest, AfterALostAnswerToAConflictCopyTheFileReadsAsTheirs) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  p.OneSavesUnheard("f.txt", "base\n", "from one\n");
+  const std::string deaf = "status500 /events 0 -1\nstatus500 /changes 0 -1";
+  p.proxy.SetRule(deaf + "\nholdcut /commit 0 1 1");
+  const std::string two = p.two->path();
+  {
+    // (Written over without a cut: one flush, all in the batch held.)
+    const std::string bytes = "two, longer\n";
+    const int fd = open((two + "/f.txt").c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+    ASSERT_EQ(close(fd), 0);
+  }
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return p.proxy.Held() == 1; })) << "no resolved commit was sent";
+  p.proxy.SetRule(deaf);
+  ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
+  ASSERT_NE(ReadAll(dir_ + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"), std::string::npos)
+      << "the answer was not lost, or not replayed";
+  std::string got;
+  EXPECT_NO_THROW(got = ReadAll(two + "/f.txt"));
+  EXPECT_EQ(got, "from one\n");
+  const auto copies = ConflictCopies(two, "f (conflict from ", ".txt");
+  EXPECT_EQ(copies, std::vector<std::string>{"two, longer\n"});
 }
 
 // Deleted here while edited elsewhere (unheard): the delete is refused and
