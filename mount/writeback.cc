@@ -1554,6 +1554,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
           if (e.op.exchange) wrote.erase(e.op.exchange);
         }
   std::unordered_map<uint64_t, const NodeRecord*> by_id;
+  std::vector<const NodeRecord*> copies;  // conflict copies the earlier attempt made
   for (const auto& r : made) {
     by_id[r.id] = &r;
     if (r.deleted) {
@@ -1570,6 +1571,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     // op elsewhere than it says (a conflict name, the top directory), and
     // not moved or deleted here since: it goes where the server put it.
     const bool copy = !*n && p == placing.end() && !named.count(r.id);
+    if (copy) copies.push_back(&r);
     const bool moved = (*n && p != placing.end() && (p->second->parent != r.parent || p->second->name != r.name) &&
                         (*n)->parent == p->second->parent && (*n)->name == p->second->name) ||
                        // A write that brought the file back at the top (its
@@ -1598,6 +1600,10 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     if (*n) InvalidateEntry((*n)->parent, (*n)->name);
     InvalidateEntry(r.parent, r.name);
   }
+  size_t to_copies = 0;  // files whose content went into a conflict copy
+  for (const auto& s : sent)
+    if (s.id != 0)
+      if (auto it = by_id.find(s.id); it == by_id.end() || it->second->deleted) ++to_copies;
   for (const auto& s : sent) {
     if (s.id == 0) continue;
     auto it = by_id.find(s.id);
@@ -1605,11 +1611,22 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
       // Our content went into a conflict copy: the original keeps theirs
       // (its record comes with the remote sync), and the kernel drops ours.
       // Unless written since (open, or a later flush in the journal): those
-      // bytes are only in its cache, and that flush makes its own copy.
-      // The tree takes their record first: it has our size still, and a
-      // read would ask their version for it, and fail, until the remote
-      // sync's record came.
-      if (!WrittenHereStill(s.id)) ShowTheirs(s.id);
+      // bytes are only in its cache, and that flush goes to the copy that
+      // holds what was sent (found by its manifest; none found: a copy of
+      // its own). The tree takes their record first: it has our size
+      // still, and a read would ask their version for it, and fail, until
+      // the remote sync's record came.
+      std::optional<KeptIn> in;
+      for (const NodeRecord* c : copies)
+        if (auto m = client_->GetManifest(c->id, c->version); m.ok() && *m == s.m) {
+          in = KeptIn{c->id, c->version};
+          break;
+        }
+      // (Written between the attempts, a cut and then its bytes: the one
+      // copy is the one file's.)
+      if (!in && copies.size() == 1 && to_copies == 1) in = KeptIn{copies[0]->id, copies[0]->version};
+      if (in) KeepOrForget(s.id, *in);
+      else if (!WrittenHereStill(s.id)) ShowTheirs(s.id);
       else InvalidateNode(s.id);
       continue;
     }

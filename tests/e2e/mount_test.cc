@@ -61,6 +61,8 @@ class MountTest : public ::testing::Test {
   void EditInADirectoryDeletedElsewhere(const std::function<void(CutOffPair& p)>& edit);
   // f.txt edited on one mount, unheard by the other, deleted there (see the tests).
   void DeleteHereWhileEditedElsewhere(bool lost);
+  // An edit made a conflict copy whose answer was lost (see the tests).
+  void LostAnswerToAConflictCopy(bool truncating);
   TestServer server_;
   ApiClient c_ = server_.Client(server_.rw_token);
   std::string dir_, src_;
@@ -1567,11 +1569,14 @@ TEST_F(MountTest, BytesWrittenWhileALostAnswerToAConflictCopyWaitsAreKept) {
 }
 
 // An edit refused (changed elsewhere) and resolved into a conflict copy,
-// the resolved commit's answer lost, nothing written since: once the
-// answer is replayed, the file reads as theirs here, also before this
-// mount hears of their edit. (It read as an I/O error: the version this
-// mount knew, with the size of its own edit, until their record came.)
-TEST_F(MountTest, AfterALostAnswerToAConflictCopyTheFileReadsAsTheirs) {
+// the resolved commit's answer lost: once the answer is replayed, the file
+// reads as theirs here, also before this mount hears of their edit. (It
+// read as an I/O error: the version this mount knew, with the size of its
+// own edit, until their record came.) With `truncating`, the edit is two
+// flushes (the cut at open, then the bytes), the second one after the
+// batch held: it goes to the same copy. (It made a second copy of the
+// same bytes.)
+void MountTest::LostAnswerToAConflictCopy(bool truncating) {
   Write("f.txt", "base\n");
   Import();
   CutOffPair p(server_, dir_);
@@ -1579,14 +1584,14 @@ TEST_F(MountTest, AfterALostAnswerToAConflictCopyTheFileReadsAsTheirs) {
   const std::string deaf = "status500 /events 0 -1\nstatus500 /changes 0 -1";
   p.proxy.SetRule(deaf + "\nholdcut /commit 0 1 1");
   const std::string two = p.two->path();
-  {
-    // (Written over without a cut: one flush, all in the batch held.)
-    const std::string bytes = "two, longer\n";
-    const int fd = open((two + "/f.txt").c_str(), O_WRONLY);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
-    ASSERT_EQ(close(fd), 0);
+  const std::string bytes = "two, longer\n";
+  const int fd = open((two + "/f.txt").c_str(), O_WRONLY | (truncating ? O_TRUNC : 0));
+  ASSERT_GE(fd, 0);
+  if (truncating) {
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return p.proxy.Held() == 1; })) << "the cut was not sent";
   }
+  ASSERT_EQ(write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  ASSERT_EQ(close(fd), 0);
   ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return p.proxy.Held() == 1; })) << "no resolved commit was sent";
   p.proxy.SetRule(deaf);
   ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
@@ -1595,9 +1600,16 @@ TEST_F(MountTest, AfterALostAnswerToAConflictCopyTheFileReadsAsTheirs) {
   std::string got;
   EXPECT_NO_THROW(got = ReadAll(two + "/f.txt"));
   EXPECT_EQ(got, "from one\n");
-  const auto copies = ConflictCopies(two, "f (conflict from ", ".txt");
-  EXPECT_EQ(copies, std::vector<std::string>{"two, longer\n"});
+  EXPECT_EQ(ConflictCopies(two, "f (conflict from ", ".txt"), std::vector<std::string>{bytes});
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/f.txt"), "from one\n");
+  EXPECT_EQ(ConflictCopies(fresh.path(), "f (conflict from ", ".txt"), std::vector<std::string>{bytes});
 }
+
+TEST_F(MountTest, AfterALostAnswerToAConflictCopyTheFileReadsAsTheirs) { LostAnswerToAConflictCopy(false); }
+
+TEST_F(MountTest, AnEditOfTwoFlushesWhoseConflictCopyAnswerWasLostMakesOneCopy) { LostAnswerToAConflictCopy(true); }
 
 // Deleted here while edited elsewhere (unheard): the delete is refused and
 // dropped, and their edit comes back into this mount's view. With `lost`,
