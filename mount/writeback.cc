@@ -314,6 +314,11 @@ void WriteBack::RestoreNode(uint64_t id) {
   if (here.ok() && *here && (*here)->kind == NodeKind::kFile && cache_->IsLocal(id)) rec.size = (*here)->size;
   spdlog::warn("write-back: node {} goes back to where the server has it (\"{}\" in directory {})", id, rec.name,
                rec.parent);
+  // Deleted here: whatever the cache held of it is not ours to send any
+  // more (a restart marks a file with a flush in the journal as holding
+  // local bytes; left so, the server's later records of it waited behind
+  // that for good). (Unless open here: its handles keep their bytes.)
+  if (!(here.ok() && *here) && !WrittenHereStill(id)) cache_->Forget(id);
   if (!Record({rec}, {}).ok()) return;
   if (here.ok() && *here) InvalidateEntry((*here)->parent, (*here)->name);
   if (!rec.deleted) InvalidateEntry(rec.parent, rec.name);

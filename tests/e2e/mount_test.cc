@@ -1921,6 +1921,37 @@ TEST_F(MountTest, BytesWrittenAfterAnEditKeptAsAConflictCopyFollowItAcrossACrash
       << "the bytes written after the copy made a copy of their own";
 }
 
+// Written and then deleted here, offline, while edited elsewhere, and the
+// mount killed before it could send: after the restart the delete is
+// refused (their edit stands) and the file comes back as theirs; nothing
+// written here is left to send, and their later edits show here. (It
+// stayed marked as holding local bytes: their edits waited behind that
+// for good.)
+TEST_F(MountTest, AFileWrittenAndDeletedHereBeforeAKillComesBackAsTheirsAndFollowsTheirEdits) {
+  Write("f.txt", "base\n");
+  Import();
+  {
+    CutOffPair p(server_, dir_);
+    const std::string two = p.two->path();
+    ASSERT_EQ(ReadAll(two + "/f.txt"), "base\n");
+    p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\nrefuse /commit 0 -1");
+    { std::ofstream(two + "/f.txt") << "written by two\n"; }
+    ASSERT_EQ(chmod((two + "/f.txt").c_str(), 0600), 0);
+    ASSERT_EQ(unlink((two + "/f.txt").c_str()), 0);
+    { std::ofstream(p.one->path() + "/f.txt") << "saved by one\n"; }
+    ASSERT_TRUE(JournalEmptiesWithin(p.one->path(), std::chrono::seconds(20))) << StatusOf(p.one->path());
+    KillMount(two);
+    if (HasFatalFailure()) return;
+  }
+  TestMount one(server_, server_.rw_token, dir_ + "/one");
+  TestMount two(server_, server_.rw_token, dir_ + "/two");
+  ASSERT_TRUE(JournalEmptiesWithin(two.path(), std::chrono::seconds(20))) << StatusOf(two.path());
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two.path() + "/f.txt") == "saved by one\n"; }));
+  { std::ofstream(one.path() + "/f.txt") << "saved again by one\n"; }
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two.path() + "/f.txt") == "saved again by one\n"; }))
+      << ReadAll(two.path() + "/f.txt") << StatusOf(two.path());
+}
+
 // The conflict copy is edited elsewhere before this mount's next flush of
 // the file it came from: that flush does not overwrite their edit of the
 // copy; it is kept in a copy of its own.
