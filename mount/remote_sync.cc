@@ -244,7 +244,17 @@ Status RemoteSync::RetryDeferred() {
       const NodeRecord r = std::move(it->second);
       it = deferred_.erase(it);
       ASSIGN_OR_RETURN(std::optional<NodeRecord> old, d_.tree->Get(r.id));
-      if (!old) continue;  // gone here (our delete went through, or a conflict moved it)
+      if (!old) {
+        // Gone here, our delete through: a record of it alive is newer (an
+        // edit elsewhere that did not know of the delete brought it back;
+        // a record older than our delete would have been replaced here by
+        // our delete's own, which comes after it), and it shows here.
+        if (!r.deleted) {
+          items.push_back(r);
+          changes.push_back({std::nullopt, r});
+        }
+        continue;
+      }
       // Theirs is still newer than what we hold: it applies now. At the
       // same version it is our own commit coming back, and the server's
       // record is the truth for that version: a setattr that won

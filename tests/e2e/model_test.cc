@@ -651,8 +651,10 @@ class TwoWriters {
 // Two devices change the same few names, offline and live in turn (see
 // TwoWriters). With `kill_every` > 0, a device's mount is killed (-9) and
 // started again about that often: offline too, with its changes in its
-// journal only.
-void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_every) {
+// journal only. With `faults`, now and then in live rounds a device's
+// commit answers are lost (the server applied the commit) or its uploads
+// refused or cut.
+void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_every, bool faults = false) {
   SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
   const std::string flags = std::getenv("TIDEFS_MODEL_KEEP") ? " -vvv" : "";
   fs::create_directories(dir + "/p1");
@@ -681,6 +683,13 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
     for (int i = 0; i < 20; ++i) {
       const int d = static_cast<int>(turns() % 2);
       if (!w.Step(d)) return;
+      if (faults && !offline && turns() % 8 == 0) {
+        static const std::vector<std::string> rules = {"pass", "cut /commit 10 1", "cut /commit 10 2 1",
+                                                       "refuse /blocks 0 2", "cut /blocks 100 1"};
+        const std::string& r = rules[turns() % rules.size()];
+        w.Note("device " + std::to_string(d) + " server: " + r);
+        (d == 0 ? p1 : p2).SetRule(r);
+      }
       if (kill_every > 0 && turns() % kill_every == 0) {
         w.Note("device " + std::to_string(d) + ": kill -9 and restart");
         KillMount(m[d]->path());
@@ -718,7 +727,7 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
 
 TEST_F(ModelTest, TwoDevicesWritingTheSameFilesLoseNothing) { RunTwo(server_, dir_, Seed(9), 0); }
 
-TEST_F(ModelTest, TwoDevicesWithKilledMountsLoseNothing) { RunTwo(server_, dir_, Seed(4), 16); }
+TEST_F(ModelTest, TwoDevicesWithKilledMountsLoseNothing) { RunTwo(server_, dir_, Seed(4), 16, /*faults=*/true); }
 
 }  // namespace
 }  // namespace tidefs

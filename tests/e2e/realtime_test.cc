@@ -175,6 +175,40 @@ TEST_F(RealtimeTest, AFileDeletedElsewhereWhileOpenHereStaysReadableUntilClosedT
   EXPECT_TRUE(fs::exists(dir_ + "/b/cache/data/" + std::to_string(st.st_ino)));
 }
 
+// Deleted here, and brought back by an edit made elsewhere that had not
+// heard of the delete, while this mount still waited for its delete's
+// answer: the file shows here again, with that edit. (The record bringing
+// it back waited behind the delete and was then dropped: this mount never
+// showed the file again.)
+TEST_F(RealtimeTest, AFileDeletedHereAndBroughtBackByAnEditElsewhereShowsHereAgain) {
+  fs::create_directories(dir_ + "/p1");
+  fs::create_directories(dir_ + "/p2");
+  FaultProxy p1(server_, dir_ + "/p1"), p2(server_, dir_ + "/p2");
+  std::optional<TestMount> a(std::in_place, p1.url(), server_.rw_token, dir_ + "/a");
+  TestMount b(p2.url(), desk_token_, dir_ + "/b");
+  const std::string A = a->path(), B = b.path();
+  { std::ofstream(A + "/f.txt") << "base\n"; }
+  ASSERT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/f.txt") == "base\n"; }));
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::seconds(20))) << StatusOf(A);
+  // A hears nothing from here on (started again: its event stream was open).
+  a.reset();
+  p1.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
+  a.emplace(p1.url(), server_.rw_token, dir_ + "/a");
+  p2.SetRule("hold /commit 0 -1");  // B's commits land; their answers wait
+  ASSERT_EQ(unlink((B + "/f.txt").c_str()), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return p2.Held() >= 1; })) << "B's delete was not sent";
+  { std::ofstream(A + "/f.txt") << "edited on A\n"; }  // against the delete: brings the file back
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::seconds(20))) << StatusOf(A);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return StatusOf(B).find("\"deferred\": 0") == std::string::npos; }))
+      << "B did not hear of the edit: " << StatusOf(B);
+  p2.SetRule("pass");
+  p1.SetRule("pass");
+  ASSERT_TRUE(JournalEmptiesWithin(B, std::chrono::seconds(20))) << StatusOf(B);
+  EXPECT_TRUE(Within(kDeadline, [&] { return ReadAll(B + "/f.txt") == "edited on A\n"; }))
+      << "B: " << (Exists(B + "/f.txt") ? ReadAll(B + "/f.txt") : std::string("no f.txt")) << StatusOf(B);
+  EXPECT_EQ(ReadAll(A + "/f.txt"), "edited on A\n");
+}
+
 TEST_F(RealtimeTest, AMountCatchesUpAcrossAServerRestart) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
   TestMount b(server_, desk_token_, dir_ + "/b");
