@@ -1605,37 +1605,31 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     if (*n) InvalidateEntry((*n)->parent, (*n)->name);
     InvalidateEntry(r.parent, r.name);
   }
-  size_t to_copies = 0;  // files whose content went into a conflict copy
-  for (const auto& s : sent)
-    if (s.id != 0)
-      if (auto it = by_id.find(s.id); it == by_id.end() || it->second->deleted) ++to_copies;
+  std::vector<const Sent*> copied;  // files whose content went into a conflict copy
   for (const auto& s : sent) {
     if (s.id == 0) continue;
-    auto it = by_id.find(s.id);
-    if (it == by_id.end() || it->second->deleted) {
-      // Our content went into a conflict copy: the original keeps theirs
-      // (its record comes with the remote sync), and the kernel drops ours.
-      // Unless written since (open, or a later flush in the journal): those
-      // bytes are only in its cache, and that flush goes to the copy that
-      // holds what was sent (found by its manifest; none found: a copy of
-      // its own). The tree takes their record first: it has our size
-      // still, and a read would ask their version for it, and fail, until
-      // the remote sync's record came.
-      std::optional<KeptIn> in;
-      for (const NodeRecord* c : copies)
-        if (auto m = client_->GetManifest(c->id, c->version); m.ok() && *m == s.m) {
-          in = KeptIn{c->id, c->version};
-          break;
-        }
-      // (Written between the attempts, a cut and then its bytes: the one
-      // copy is the one file's.)
-      if (!in && copies.size() == 1 && to_copies == 1) in = KeptIn{copies[0]->id, copies[0]->version};
-      if (in) KeepOrForget(s.id, *in);
-      else if (!WrittenHereStill(s.id)) ShowTheirs(s.id);
-      else InvalidateNode(s.id);
-      continue;
-    }
-    (void)Record({}, {}, {s.id});  // (its bytes taken by CommitReplayedBytes)
+    if (auto it = by_id.find(s.id); it == by_id.end() || it->second->deleted) copied.push_back(&s);
+    else (void)Record({}, {}, {s.id});  // (its bytes taken by CommitReplayedBytes)
+  }
+  for (const Sent* s : copied) {
+    // The original shows theirs (the tree's record has our size still: a
+    // read would ask their version for it, and fail, until the remote
+    // sync's record came), and the kernel drops ours. Unless written since
+    // (open, or a later flush in the journal): those bytes are only in its
+    // cache, and that flush goes to the copy that holds what was sent
+    // (found by its manifest; written between the attempts, a cut and then
+    // its bytes: the batch's one copy of its one such file; none found: a
+    // copy of its own).
+    std::optional<KeptIn> in;
+    for (const NodeRecord* c : copies)
+      if (auto m = client_->GetManifest(c->id, c->version); m.ok() && *m == s->m) {
+        in = KeptIn{c->id, c->version};
+        break;
+      }
+    if (!in && copies.size() == 1 && copied.size() == 1) in = KeptIn{copies[0]->id, copies[0]->version};
+    if (in) KeepOrForget(s->id, *in);  // (ShowTheirs when not written since)
+    else if (!WrittenHereStill(s->id)) ShowTheirs(s->id);
+    else InvalidateNode(s->id);
   }
   // A delete the server did not apply: a directory it kept (it had files
   // from elsewhere), a file edited elsewhere (theirs stays): back here.

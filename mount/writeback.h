@@ -186,15 +186,15 @@ class WriteBack {
     Manifest m;
     bool staged = false;  // sent from staged bytes (view.staged, let go once read)
   };
-  // A commit answered `replayed` (an earlier attempt was applied, its
-  // answer lost): the local view follows the records it made. `named`:
-  // the nodes the batch's journal entries name (not conflict copies).
   // Before the journal lets go of a replayed batch's entries: the cache
   // takes the versions the earlier attempt's bytes made, on disk (a kill
   // after the entries went left the file's later bytes on the older
   // version: a conflict copy of this device's own change).
   void CommitReplayedBytes(const std::vector<NodeRecord>& made, const std::vector<Sent>& sent,
                            const std::unordered_map<uint64_t, uint64_t>& based);
+  // A commit answered `replayed` (an earlier attempt was applied, its
+  // answer lost): the local view follows the records it made. `named`:
+  // the nodes the batch's journal entries name (not conflict copies).
   void ApplyReplayed(const std::vector<CommitOp>& ops, const std::vector<NodeRecord>& made,
                      const std::vector<Sent>& sent, const std::unordered_map<uint64_t, uint64_t>& based,
                      const std::unordered_set<uint64_t>& named);

@@ -40,6 +40,25 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// The last operations of a random run, for a failure's message.
+class Recent {
+ public:
+  explicit Recent(size_t keep) : keep_(keep) {}
+  void Note(const std::string& what) {
+    lines_.push_back(what);
+    if (lines_.size() > keep_) lines_.pop_front();
+  }
+  std::string Text() const {
+    std::string out = "last operations:\n";
+    for (const auto& l : lines_) out += "  " + l + "\n";
+    return out;
+  }
+
+ private:
+  size_t keep_;
+  std::deque<std::string> lines_;
+};
+
 // A file's bytes; a read that fails (EIO) fails the test, naming the file
 // (the stream's exception does not).
 std::string ReadOrFail(const std::string& path) {
@@ -256,8 +275,7 @@ class Model {
         break;
       }
     }
-    history_.push_back(what.str() + " -> " + (a ? strerror(a) : "ok"));
-    if (history_.size() > 60) history_.pop_front();
+    recent_.Note(what.str() + " -> " + (a ? strerror(a) : "ok"));
     if (a != b) {
       ADD_FAILURE() << what.str() << ": the model says " << (a ? strerror(a) : "ok") << ", the mount "
                     << (b ? strerror(b) : "ok") << "\n" << History();
@@ -266,15 +284,8 @@ class Model {
     return true;
   }
 
-  void Note(const std::string& what) {
-    history_.push_back(what);
-    if (history_.size() > 60) history_.pop_front();
-  }
-  std::string History() const {
-    std::string out = "last operations:\n";
-    for (auto& h : history_) out += "  " + h + "\n";
-    return out;
-  }
+  void Note(const std::string& what) { recent_.Note(what); }
+  std::string History() const { return recent_.Text(); }
 
  private:
   size_t Pick(std::vector<int> weights) {
@@ -347,7 +358,7 @@ class Model {
 
   std::mt19937_64 rng_;
   std::string ref_;
-  std::deque<std::string> history_;
+  Recent recent_{60};
 };
 
 uint64_t Seed(uint64_t fallback) {
@@ -590,15 +601,8 @@ class TwoWriters {
   }
   // Offline rounds: what each device saw is known (see above).
   void SetOffline(bool offline) { offline_ = offline; }
-  void Note(const std::string& what) {
-    history_.push_back(what);
-    if (history_.size() > 80) history_.pop_front();
-  }
-  std::string History() const {
-    std::string out = "last operations:\n";
-    for (auto& h : history_) out += "  " + h + "\n";
-    return out;
-  }
+  void Note(const std::string& what) { recent_.Note(what); }
+  std::string History() const { return recent_.Text(); }
 
  private:
   struct Written {
@@ -643,7 +647,7 @@ class TwoWriters {
   std::array<std::string, 2> roots_;
   std::set<size_t> seen_;
   std::map<ino_t, Written> last_;
-  std::deque<std::string> history_;
+  Recent recent_{80};
   bool offline_ = false;
   bool unknown_ = false;  // bytes written this round that could not be read back
 };
