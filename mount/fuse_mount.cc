@@ -208,6 +208,7 @@ class ScanAhead {
     }
     if (!in_scan && !follows) return {};
     if (!in_scan) {
+      spdlog::debug("reading through directory {} from {}: fetching its next small files ahead", n.parent, n.name);
       dir_ = n.parent;
       window_.clear();
     }
@@ -606,6 +607,10 @@ void OpenNode(fuse_req_t req, std::optional<NodeRecord> n, fuse_file_info* fi, b
   // and locks are the kernel's (no lock ops here): its close() needs no
   // FLUSH round trip.
   if (!writing) fi->noflush = 1;
+  // Whether the cache held the file, asked before the reply: once the
+  // kernel has it, its first READ may already be filling the cache on
+  // another thread, and the open would count as warm.
+  const bool cold = !writing && n->kind == NodeKind::kFile && !fs->cache->Holds(n->id);
   Opened(fs, fi, *n);
   if (entry) {
     fuse_entry_param ep;
@@ -615,7 +620,6 @@ void OpenNode(fuse_req_t req, std::optional<NodeRecord> n, fuse_file_info* fi, b
     fuse_reply_open(req, fi);
   }
   if (!writing && n->kind == NodeKind::kFile) {
-    const bool cold = !fs->cache->Holds(n->id);
     for (const NodeRecord& next : fs->scan_ahead.Opened(*n, cold, [fs](uint64_t dir, const std::string& name, size_t k) {
            return fs->tree.ChildrenAfter(dir, name, k);
          }))

@@ -580,13 +580,14 @@ TEST_F(MountTest, ReadingThroughAFolderFetchesTheNextSmallFilesAhead) {
   Write("d/f05big", RandomBytes(2 * 1024 * 1024, 99));  // in the window, too large to fetch ahead
   Import();
   FaultProxy proxy(server_, dir_);
-  TestMount m(proxy.url(), server_.ro_token, dir_, "--retry-for 1");
+  TestMount m(proxy.url(), server_.ro_token, dir_, "--retry-for 1 -vv");  // (the log says why, if it fails)
   const auto path = [&](int i) { return m.path() + "/d/f" + (i < 10 ? "0" : "") + std::to_string(i); };
   ASSERT_EQ(ReadAll(path(0)), data[0]);
   ASSERT_EQ(ReadAll(path(1)), data[1]);
   // f02..f16 (f05big skipped): 15 files ahead of f01.
   ASSERT_TRUE(Within(std::chrono::milliseconds(10000), [&] { return proxy.BodyBytes("content") >= 17 * 3000u; }))
-      << proxy.BodyBytes("content");
+      << proxy.BodyBytes("content") << " bytes fetched; the mount: " << StatusOf(m.path()) << "\nits log:\n"
+      << ReadAll(dir_ + "/cache/mount.log");
   EXPECT_EQ(proxy.BodyBytes("content"), 17 * 3000u);
   EXPECT_NE(StatusOf(m.path()).find("\"files_prefetched\": 15"), std::string::npos) << StatusOf(m.path());
   proxy.SetRule("refuse /content 0 -1");
