@@ -134,7 +134,13 @@ async def copy_body(reader, writer, n, flip_at=-1, stop_after=-1):
 
 
 async def handle(client_r, client_w):
-    server_r, server_w = await asyncio.open_connection("127.0.0.1", TARGET)
+    try:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", TARGET)
+    except OSError:
+        # The server is down (a test restarting it): the client sees its
+        # connection closed, as if refused.
+        client_w.close()
+        return
     try:
         while True:
             try:

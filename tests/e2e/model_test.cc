@@ -657,7 +657,8 @@ class TwoWriters {
 // started again about that often: offline too, with its changes in its
 // journal only. With `faults`, now and then in live rounds a device's
 // commit answers are lost (the server applied the commit) or its uploads
-// refused or cut.
+// refused or cut, and the server is killed (-9) and started again, with
+// both mounts' commits and uploads possibly under way.
 void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_every, bool faults = false) {
   SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
   const std::string flags = std::getenv("TIDEFS_MODEL_KEEP") ? " -vvv" : "";
@@ -676,7 +677,7 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
   TwoWriters w(seed, {one, two});
   std::mt19937_64 turns(seed ^ 0x7a);
   size_t files = 0;
-  int killed = 0;
+  int killed = 0, restarts = 0;
   for (int round = 1; round <= 12; ++round) {
     const bool offline = round % 2 == 1;
     w.SetOffline(offline);
@@ -693,6 +694,12 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
         const std::string& r = rules[turns() % rules.size()];
         w.Note("device " + std::to_string(d) + " server: " + r);
         (d == 0 ? p1 : p2).SetRule(r);
+      }
+      if (faults && !offline && turns() % 24 == 0) {
+        w.Note("server: kill -9 and restart");
+        server.Kill();
+        server.Start();
+        ++restarts;
       }
       if (kill_every > 0 && turns() % kill_every == 0) {
         w.Note("device " + std::to_string(d) + ": kill -9 and restart");
@@ -723,6 +730,9 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
   EXPECT_GT(files, 50u) << "the trees were nearly empty: nothing was checked";
   if (kill_every > 0) {
     EXPECT_GT(killed, 2) << "hardly a mount was killed: nothing was checked";
+  }
+  if (faults) {
+    EXPECT_GT(restarts, 0) << "the server was never restarted: nothing was checked";
   }
   const std::string want = Describe(one);
   TestMount fresh(server, server.ro_token, dir + "/fresh");

@@ -23,7 +23,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr auto kDeadline = std::chrono::milliseconds(1000);
+// Correctness, not speed: how fast a change arrives is measured in
+// bench/realtime_bench.sh (p99 under 100 ms). A mount connected to the
+// events polls nothing, so a change seen at all came through them; the
+// deadline only has to outlast a loaded CI machine.
+constexpr auto kDeadline = std::chrono::milliseconds(5000);
 
 // The protocol-level tests' two files, x.txt and y.txt, in folder `dir`.
 void WriteXY(const std::string& dir) {
@@ -357,7 +361,7 @@ TEST_F(RealtimeTest, ASwapIsRefusedAtOnceWhileTheServerIsOlderThanSwaps) {
   EXPECT_EQ(errno, EINVAL);
   EXPECT_EQ(ReadAll(A + "/x.txt"), "x bytes");
   EXPECT_EQ(ReadAll(A + "/y.txt"), "y bytes");
-  EXPECT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(1000)));
+  EXPECT_TRUE(JournalEmptiesWithin(A, std::chrono::milliseconds(5000)));
   EXPECT_GT(proxy.Faults(), 0u);
   std::string human;
   RunCommand(std::string(TIDEFS_BINARY) + " status " + A + " 2>&1", &human);
