@@ -586,19 +586,29 @@ std::string WriteBack::ConflictName(const std::string& name) const {
   localtime_r(&t, &tm);
   char stamp[32];
   strftime(stamp, sizeof stamp, "%Y-%m-%d %H%M", &tm);
-  std::string stem = name, ext;
-  auto dot = name.rfind('.');
-  if (dot != std::string::npos && dot > 0) {
-    stem = name.substr(0, dot);
-    ext = name.substr(dot);
+  return ConflictCopyName(name, device_, stamp);
+}
+
+void WriteBack::ShowServersAttributes(const std::vector<NodeRecord>& made, const std::unordered_set<uint64_t>& waiting) {
+  // The tree's record of a file our op moved to a new version made
+  // elsewhere (a move or attributes over their edit, a place found for
+  // ours) has that version with our size and mode: without local bytes,
+  // the size and time are the server's (else a read asks the new version
+  // for the old size, and fails), and so is the mode (a chmod made
+  // elsewhere: the remote sync's record of it may have come before this,
+  // and no other comes); the place and mode stay ours while a change of
+  // ours to them waits.
+  for (const auto& r : made) {
+    if (r.deleted || r.kind != NodeKind::kFile || cache_->IsLocal(r.id)) continue;
+    auto here = tree_->Get(r.id);
+    if (!here.ok() || !*here || (*here)->version != r.version || ((*here)->size == r.size && (*here)->mode == r.mode))
+      continue;
+    NodeRecord fixed = waiting.count(r.id) ? **here : r;
+    fixed.size = r.size;
+    fixed.mtime_ns = r.mtime_ns;
+    (void)Record({fixed}, {});
+    InvalidateNode(r.id);
   }
-  std::string tag = " (conflict from " + device_ + " " + stamp + ")" + ext;
-  if (stem.size() + tag.size() > kMaxNameBytes) {
-    stem.resize(kMaxNameBytes > tag.size() ? kMaxNameBytes - tag.size() : 0);
-    while (!stem.empty() && (static_cast<unsigned char>(stem.back()) & 0xC0) == 0x80) stem.pop_back();  // whole characters
-    if (!stem.empty() && (static_cast<unsigned char>(stem.back()) & 0xC0) == 0xC0) stem.pop_back();
-  }
-  return stem + tag;
 }
 
 void WriteBack::KeepOrForget(uint64_t id, KeptIn copy) {
@@ -1178,26 +1188,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         InvalidateEntry(p.old_parent, p.old_name);
         InvalidateEntry(p.rec.parent, p.rec.name);
       }
-      // The tree's record of a file our op moved to a new version made
-      // elsewhere (a move or attributes over their edit, a place found for
-      // ours) has that version with our size and mode: without local
-      // bytes, the size and time are the server's (else a read asks the
-      // new version for the old size, and fails), and so is the mode (a
-      // chmod made elsewhere: the remote sync's record of it may have come
-      // before this, and no other comes); the place and mode stay ours
-      // while a change of ours to them waits.
-      for (const auto& r : reply.items) {
-        if (r.deleted || r.kind != NodeKind::kFile || cache_->IsLocal(r.id)) continue;
-        auto here = tree_->Get(r.id);
-        if (!here.ok() || !*here || (*here)->version != r.version ||
-            ((*here)->size == r.size && (*here)->mode == r.mode))
-          continue;
-        NodeRecord fixed = waiting.count(r.id) ? **here : r;
-        fixed.size = r.size;
-        fixed.mtime_ns = r.mtime_ns;
-        (void)Record({fixed}, {});
-        InvalidateNode(r.id);
-      }
+      ShowServersAttributes(reply.items, waiting);
       for (uint64_t id : repaged) InvalidateNode(id);
       return Status::Ok();
     }
@@ -1558,6 +1549,11 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
           wrote.erase(e.op.id);
           if (e.op.exchange) wrote.erase(e.op.exchange);
         }
+  // The nodes a change of ours still waits for (asked before the records
+  // below, which count as waiting too).
+  std::unordered_set<uint64_t> waiting;
+  for (const auto& r : made)
+    if (HasPending(r.id)) waiting.insert(r.id);
   std::unordered_map<uint64_t, const NodeRecord*> by_id;
   std::vector<const NodeRecord*> copies;  // conflict copies the earlier attempt made
   for (const auto& r : made) {
@@ -1645,6 +1641,9 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
   }
   for (const auto& o : ops)
     if (o.type == OpType::kCreate && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);
+  // As after a first answer: a file our op moved to a version made
+  // elsewhere shows its size (and mode) there.
+  ShowServersAttributes(made, waiting);
 }
 
 }  // namespace tidefs

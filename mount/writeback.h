@@ -129,6 +129,10 @@ class WriteBack {
   // Drops our bytes of file `id` (in a conflict copy now) and shows the
   // server's version of it here.
   void ShowTheirs(uint64_t id);
+  // After a commit (`made`: its records): a file our op moved to a version
+  // made elsewhere, with no local bytes, shows that version's size, time
+  // and (unless a change of ours to it is in `waiting`) mode.
+  void ShowServersAttributes(const std::vector<NodeRecord>& made, const std::unordered_set<uint64_t>& waiting);
   // Journal entries in the local state.
   uint64_t Persisted();
   // "WHAT needs a server of protocol 2 ...; upgrade the server": a swap

@@ -41,4 +41,42 @@ Status ValidateName(std::string_view name) {
   return Status::Ok();
 }
 
+std::string ConflictCopyName(std::string_view name, std::string_view device, std::string_view stamp) {
+  const std::string open = " (conflict from " + std::string(device) + " " + std::string(stamp);
+  std::string_view stem = name, ext;
+  unsigned number = 1;
+  // Already a copy of this device and minute: the tag's number goes up.
+  if (const size_t at = name.rfind(open); at != std::string_view::npos && at > 0) {
+    size_t p = at + open.size();
+    unsigned n = 1;
+    if (p + 1 < name.size() && name[p] == ' ' && name[p + 1] >= '1' && name[p + 1] <= '9') {
+      n = 0;
+      for (++p; p < name.size() && name[p] >= '0' && name[p] <= '9' && n < 100000; ++p) n = n * 10 + (name[p] - '0');
+    }
+    if (p < name.size() && name[p] == ')') {
+      const std::string_view rest = name.substr(p + 1);
+      if (rest.empty() || (rest[0] == '.' && rest.find('.', 1) == std::string_view::npos)) {
+        stem = name.substr(0, at);
+        ext = rest;
+        number = n + 1;
+      }
+    }
+  }
+  if (number == 1) {
+    if (const size_t dot = name.rfind('.'); dot != std::string_view::npos && dot > 0) {
+      stem = name.substr(0, dot);
+      ext = name.substr(dot);
+    }
+  }
+  const std::string tag = open + (number > 1 ? " " + std::to_string(number) : "") + ")" + std::string(ext);
+  std::string out(stem);
+  if (out.size() + tag.size() > kMaxNameBytes) {
+    out.resize(kMaxNameBytes > tag.size() ? kMaxNameBytes - tag.size() : 0);
+    // Whole characters only: drop a cut one's continuation bytes and lead byte.
+    while (!out.empty() && (static_cast<unsigned char>(out.back()) & 0xC0) == 0x80) out.pop_back();
+    if (!out.empty() && (static_cast<unsigned char>(out.back()) & 0xC0) == 0xC0) out.pop_back();
+  }
+  return out + tag;
+}
+
 }  // namespace tidefs

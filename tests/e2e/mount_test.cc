@@ -1469,16 +1469,36 @@ struct CutOffPair {
 // of (cut off from the server's changes): the attributes go through (last
 // writer wins), and the file then reads as the edit's bytes at their
 // length; it read as an I/O error (the new version with the old size).
-TEST_F(MountTest, AChmodOverAnEditNotHeardOfReadsTheEdit) {
-  Write("f.txt", "base\n");
-  Import();
-  CutOffPair p(server_, dir_);
+void ChmodOverAnEditNotHeardOf(const TestServer& server, const std::string& dir, bool lost) {
+  CutOffPair p(server, dir);
   p.OneSavesUnheard("f.txt", "base\n", "a longer edit saved by one\n");
+  // Lost: the first commit is refused (stale), the resolved one applied
+  // and its answer cut; the retry gets it replayed.
+  if (lost) p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 1");
   ASSERT_EQ(chmod((p.two->path() + "/f.txt").c_str(), 0600), 0);
   ASSERT_TRUE(JournalEmptiesWithin(p.two->path(), std::chrono::seconds(20))) << StatusOf(p.two->path());
+  if (lost) {
+    EXPECT_NE(ReadAll(dir + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"), std::string::npos)
+        << "the answer was not lost, or not replayed";
+  }
   std::string got;
   EXPECT_NO_THROW(got = ReadAll(p.two->path() + "/f.txt"));
   EXPECT_EQ(got, "a longer edit saved by one\n");
+}
+
+TEST_F(MountTest, AChmodOverAnEditNotHeardOfReadsTheEdit) {
+  Write("f.txt", "base\n");
+  Import();
+  ChmodOverAnEditNotHeardOf(server_, dir_, false);
+}
+
+// The same with the chmod's answer lost (replayed): the file read as an
+// I/O error until the remote sync's record of it came (never, with the
+// mount cut off), as before the fix of the first answer.
+TEST_F(MountTest, AChmodOverAnEditNotHeardOfWhoseAnswerWasLostReadsTheEdit) {
+  Write("f.txt", "base\n");
+  Import();
+  ChmodOverAnEditNotHeardOf(server_, dir_, true);
 }
 
 // Moved here over a file edited elsewhere meanwhile, while its own mode
@@ -1678,6 +1698,41 @@ TEST_F(MountTest, OneNameCreatedOnTwoMountsKeepsBoth) {
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/new.txt"), "made by one\n");
   EXPECT_EQ(ConflictCopies(fresh.path(), "new (conflict from ", ".txt"), std::vector<std::string>{"made by two\n"});
+}
+
+// The conflict copy's own name is taken as well (one made files of those
+// names for this minute and the next): two's copy gets a number, not a
+// second tag.
+TEST_F(MountTest, AConflictCopyWhoseNameIsTakenTooGetsANumber) {
+  Import();
+  CutOffPair p(server_, dir_);
+  p.CutOff();
+  const auto stamp = [](time_t t) {
+    struct tm tm;
+    localtime_r(&t, &tm);
+    char s[32];
+    strftime(s, sizeof s, "%Y-%m-%d %H%M", &tm);
+    return std::string(s);
+  };
+  const time_t now = time(nullptr);
+  { std::ofstream(p.one->path() + "/new.txt") << "made by one\n"; }
+  for (time_t t : {now, now + 60}) std::ofstream(p.one->path() + "/new (conflict from laptop " + stamp(t) + ").txt") << "one's\n";
+  p.one.reset();
+  { std::ofstream(p.two->path() + "/new.txt") << "made by two\n"; }
+  p.two.reset();
+  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  EXPECT_EQ(ReadAll(fresh.path() + "/new.txt"), "made by one\n");
+  std::vector<std::string> copies;
+  for (auto& e : fs::directory_iterator(fresh.path())) {
+    const std::string name = e.path().filename();
+    if (!e.is_regular_file() || ReadAll(e.path()) != "made by two\n") continue;
+    copies.push_back(name);
+    EXPECT_EQ(name.find("(conflict"), name.rfind("(conflict")) << name << ": a second tag";
+    EXPECT_TRUE(name == "new (conflict from laptop " + stamp(now) + " 2).txt" ||
+                name == "new (conflict from laptop " + stamp(now + 60) + " 2).txt")
+        << name;
+  }
+  EXPECT_EQ(copies.size(), 1u);
 }
 
 // The server applies a commit whose refused op the mount resolved (another
