@@ -1601,6 +1601,16 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     if (*n) InvalidateEntry((*n)->parent, (*n)->name);
     InvalidateEntry(r.parent, r.name);
   }
+  // As after a first answer: a file our op moved to a version made
+  // elsewhere shows its size (and mode) there. (At once: until then a read
+  // asks that version for our size, and fails.) The kernel's pages of it
+  // may be of the version we knew: they go (their bytes of the same size
+  // would not be read otherwise).
+  ShowServersAttributes(made, waiting);
+  for (const auto& [id, base] : based)
+    if (auto it = by_id.find(id); it != by_id.end() && !it->second->deleted && it->second->version != base &&
+                                  it->second->kind == NodeKind::kFile)
+      InvalidateNode(id);
   std::vector<const Sent*> copied;  // files whose content went into a conflict copy
   for (const auto& s : sent) {
     if (s.id == 0) continue;
@@ -1641,9 +1651,6 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
   }
   for (const auto& o : ops)
     if (o.type == OpType::kCreate && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);
-  // As after a first answer: a file our op moved to a version made
-  // elsewhere shows its size (and mode) there.
-  ShowServersAttributes(made, waiting);
 }
 
 }  // namespace tidefs

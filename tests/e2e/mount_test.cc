@@ -1469,9 +1469,9 @@ struct CutOffPair {
 // of (cut off from the server's changes): the attributes go through (last
 // writer wins), and the file then reads as the edit's bytes at their
 // length; it read as an I/O error (the new version with the old size).
-void ChmodOverAnEditNotHeardOf(const TestServer& server, const std::string& dir, bool lost) {
+void ChmodOverAnEditNotHeardOf(const TestServer& server, const std::string& dir, bool lost, const std::string& edit) {
   CutOffPair p(server, dir);
-  p.OneSavesUnheard("f.txt", "base\n", "a longer edit saved by one\n");
+  p.OneSavesUnheard("f.txt", "base\n", edit);
   // Lost: the first commit is refused (stale), the resolved one applied
   // and its answer cut; the retry gets it replayed.
   if (lost) p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 1");
@@ -1483,22 +1483,33 @@ void ChmodOverAnEditNotHeardOf(const TestServer& server, const std::string& dir,
   }
   std::string got;
   EXPECT_NO_THROW(got = ReadAll(p.two->path() + "/f.txt"));
-  EXPECT_EQ(got, "a longer edit saved by one\n");
+  EXPECT_EQ(got, edit);
 }
 
 TEST_F(MountTest, AChmodOverAnEditNotHeardOfReadsTheEdit) {
   Write("f.txt", "base\n");
   Import();
-  ChmodOverAnEditNotHeardOf(server_, dir_, false);
+  ChmodOverAnEditNotHeardOf(server_, dir_, false, "a longer edit saved by one\n");
 }
 
 // The same with the chmod's answer lost (replayed): the file read as an
 // I/O error until the remote sync's record of it came (never, with the
-// mount cut off), as before the fix of the first answer.
+// mount cut off), as before the fix of the first answer. An edit of the
+// same length: the kernel's pages of what two read before go too.
 TEST_F(MountTest, AChmodOverAnEditNotHeardOfWhoseAnswerWasLostReadsTheEdit) {
   Write("f.txt", "base\n");
   Import();
-  ChmodOverAnEditNotHeardOf(server_, dir_, true);
+  ChmodOverAnEditNotHeardOf(server_, dir_, true, "a longer edit saved by one\n");
+}
+TEST_F(MountTest, AChmodOverASameSizeEditNotHeardOfReadsTheEdit) {
+  Write("f.txt", "base\n");
+  Import();
+  ChmodOverAnEditNotHeardOf(server_, dir_, false, "BASE\n");
+}
+TEST_F(MountTest, AChmodOverASameSizeEditNotHeardOfWhoseAnswerWasLostReadsTheEdit) {
+  Write("f.txt", "base\n");
+  Import();
+  ChmodOverAnEditNotHeardOf(server_, dir_, true, "BASE\n");
 }
 
 // Moved here over a file edited elsewhere meanwhile, while its own mode
