@@ -1966,8 +1966,7 @@ Status RunMount(const MountOptions& opts) {
     RemoteSync* sync;
     ~SyncStopper() { sync->Stop(); }
   } stop_sync{fs.sync.get()};
-  if (opts.on_ready) opts.on_ready();
-  // After on_ready: a background mount has its final pid by then.
+  // (A background mount forked before it began: this is its final pid.)
   if (FILE* f = fopen(pid_file.c_str(), "w")) {
     fprintf(f, "%ld\n%s\n", static_cast<long>(getpid()), cache_dir.c_str());
     fclose(f);
@@ -1977,6 +1976,10 @@ Status RunMount(const MountOptions& opts) {
     ~PidFileGuard() { ::unlink(path.c_str()); }
   } pid_guard{pid_file};
   StatusServer status_server(&fs, cache_dir + "/control.sock");
+  // Only now: `tidefs status` right after `tidefs mount` returns must
+  // find the pid file and the status socket (it found a previous mount's
+  // socket, or none, and failed).
+  if (opts.on_ready) opts.on_ready();
   fuse_loop_config cfg = FuseLoopConfig();
   int rc = fuse_session_loop_mt(se, &cfg);
   // No more kernel notifications: nobody answers requests now, and an

@@ -42,7 +42,11 @@ class MountTest : public ::testing::Test {
     src_ = dir_ + "/src";
     fs::create_directories(src_ + "/sub/deeper");
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  // TIDEFS_E2E_KEEP=1 keeps the test's folder (mount logs in */cache/mount.log).
+  void TearDown() override {
+    if (std::getenv("TIDEFS_E2E_KEEP")) return (void)(std::cerr << "kept " << dir_ << "\n");
+    fs::remove_all(dir_);
+  }
   void Import() {
     std::string out;
     ASSERT_EQ(RunCommand(std::string(TIDEFS_BINARY) + " import --server " + server_.url() + " --project demo --token " +
@@ -631,7 +635,8 @@ TEST_F(MountTest, FilesDeletedWhileFetchedAheadLeaveNothingInTheCache) {
   EXPECT_EQ(files, 2u) << "cache files of deleted nodes were left";
   proxy.SetRule("refuse /content 0 -1");
   TestMount again(proxy.url(), server_.rw_token, dir_);
-  EXPECT_NE(StatusOf(again.path()).find("\"bytes\": 6000,"), std::string::npos) << StatusOf(again.path());
+  const std::string first = StatusOf(again.path());
+  EXPECT_NE(first.find("\"bytes\": 6000,"), std::string::npos) << first << "\nthen:\n" << StatusOf(again.path());
   EXPECT_EQ(ReadAll(path(again.path(), 1)).size(), 3000u);
   EXPECT_FALSE(fs::exists(path(again.path(), 2)));
 }
@@ -2128,33 +2133,57 @@ TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereKeepsBoth) {
   EXPECT_EQ(ours, std::vector<std::string>{"ours\n"});
 }
 
-TEST_F(MountTest, TwoDirectoriesMovedIntoEachOtherOnTwoMountsKeepOneMoveAndEveryFile) {
-  fs::create_directories(src_ + "/a");
-  fs::create_directories(src_ + "/b");
-  Write("a/in-a.txt", "a\n");
-  Write("b/in-b.txt", "b\n");
-  Import();
-  CutOffPair p(server_, dir_);
+// Two directories moved into each other on two mounts (see the tests).
+// `lost`: the commit with the move, its refusal resolved, is applied and
+// its answer lost (replayed).
+void DirectoriesMovedIntoEachOther(const TestServer& server, const std::string& dir, bool lost) {
+  CutOffPair p(server, dir);
   ASSERT_TRUE(fs::is_directory(p.two->path() + "/a"));
   p.CutOff();
   ASSERT_EQ(rename((p.one->path() + "/b").c_str(), (p.one->path() + "/a/b").c_str()), 0);
   p.one.reset();
+  // (Both changes wait, to go in one batch: the move is refused, the
+  // create goes through, and that answer is cut.)
+  if (lost) p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\nrefuse /commit 0 -1");
   // Two has not heard: it moves a into b, which the server cannot do now.
   ASSERT_EQ(rename((p.two->path() + "/a").c_str(), (p.two->path() + "/b/a").c_str()), 0);
   { std::ofstream(p.two->path() + "/later.txt") << "later\n"; }  // the journal goes on
   const std::string two = p.two->path();
+  if (lost) p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 1");
   EXPECT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
+  if (lost) {
+    EXPECT_NE(ReadAll(dir + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"), std::string::npos)
+        << "the answer was not lost, or not replayed";
+  }
   // Two shows a where the server has it; once it hears again, all of it.
   EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return fs::is_directory(two + "/a"); })) << "a was not put back";
   p.proxy.SetRule("pass");
   EXPECT_TRUE(Within(std::chrono::seconds(20), [&] { return ReadAll(two + "/a/b/in-b.txt") == "b\n"; }));
   EXPECT_EQ(ReadAll(two + "/a/in-a.txt"), "a\n");
   p.two.reset();
-  TestMount fresh(server_, server_.ro_token, dir_ + "/three");
+  TestMount fresh(server, server.ro_token, dir + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/a/in-a.txt"), "a\n");
   EXPECT_EQ(ReadAll(fresh.path() + "/a/b/in-b.txt"), "b\n");
   EXPECT_FALSE(fs::exists(fresh.path() + "/b"));
   EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
+}
+
+TEST_F(MountTest, TwoDirectoriesMovedIntoEachOtherOnTwoMountsKeepOneMoveAndEveryFile) {
+  fs::create_directories(src_ + "/a");
+  fs::create_directories(src_ + "/b");
+  Write("a/in-a.txt", "a\n");
+  Write("b/in-b.txt", "b\n");
+  Import();
+  DirectoriesMovedIntoEachOther(server_, dir_, false);
+}
+
+TEST_F(MountTest, TwoDirectoriesMovedIntoEachOtherWithTheAnswerLostKeepOneMoveAndEveryFile) {
+  fs::create_directories(src_ + "/a");
+  fs::create_directories(src_ + "/b");
+  Write("a/in-a.txt", "a\n");
+  Write("b/in-b.txt", "b\n");
+  Import();
+  DirectoriesMovedIntoEachOther(server_, dir_, true);
 }
 
 // Each cache file open costs the mount a descriptor: far more files than
