@@ -1554,6 +1554,9 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
   std::unordered_set<uint64_t> waiting;
   for (const auto& r : made)
     if (HasPending(r.id)) waiting.insert(r.id);
+  for (const auto& o : ops)
+    for (uint64_t id : {o.id, o.exchange})
+      if (id && HasPending(id)) waiting.insert(id);
   std::unordered_map<uint64_t, const NodeRecord*> by_id;
   std::vector<const NodeRecord*> copies;  // conflict copies the earlier attempt made
   for (const auto& r : made) {
@@ -1648,6 +1651,15 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     }
     if (dir) RestoreDir(o.id);
     else RestoreNode(o.id);
+  }
+  // A move or attributes the server did not apply (the node deleted there,
+  // or a directory moved there into the one moved here; a swap: both):
+  // back where the server has it, as after a first answer, unless a later
+  // change of ours names it.
+  for (const auto& o : ops) {
+    if (o.type != OpType::kRename && o.type != OpType::kSetattr) continue;
+    for (uint64_t id : {o.id, o.exchange})
+      if (id && !by_id.count(id) && !waiting.count(id)) RestoreNode(id);
   }
   for (const auto& o : ops)
     if (o.type == OpType::kCreate && by_id.count(o.id) && !HasPending(o.id)) cache_->CreatedCommitted(o.id);

@@ -65,6 +65,9 @@ class MountTest : public ::testing::Test {
   void EditInADirectoryDeletedElsewhere(const std::function<void(CutOffPair& p)>& edit);
   // f.txt edited on one mount, unheard by the other, deleted there (see the tests).
   void DeleteHereWhileEditedElsewhere(bool lost);
+  // Directories a and b moved into each other on two mounts; `lost`: the
+  // answer to the resolved commit is lost (see the tests).
+  void DirectoriesMovedIntoEachOther(bool lost);
   // An edit made a conflict copy whose answer was lost (see the tests).
   void LostAnswerToAConflictCopy(bool truncating);
   TestServer server_;
@@ -2136,7 +2139,14 @@ TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereKeepsBoth) {
 // Two directories moved into each other on two mounts (see the tests).
 // `lost`: the commit with the move, its refusal resolved, is applied and
 // its answer lost (replayed).
-void DirectoriesMovedIntoEachOther(const TestServer& server, const std::string& dir, bool lost) {
+void MountTest::DirectoriesMovedIntoEachOther(bool lost) {
+  fs::create_directories(src_ + "/a");
+  fs::create_directories(src_ + "/b");
+  Write("a/in-a.txt", "a\n");
+  Write("b/in-b.txt", "b\n");
+  Import();
+  const TestServer& server = server_;
+  const std::string& dir = dir_;
   CutOffPair p(server, dir);
   ASSERT_TRUE(fs::is_directory(p.two->path() + "/a"));
   p.CutOff();
@@ -2169,21 +2179,11 @@ void DirectoriesMovedIntoEachOther(const TestServer& server, const std::string& 
 }
 
 TEST_F(MountTest, TwoDirectoriesMovedIntoEachOtherOnTwoMountsKeepOneMoveAndEveryFile) {
-  fs::create_directories(src_ + "/a");
-  fs::create_directories(src_ + "/b");
-  Write("a/in-a.txt", "a\n");
-  Write("b/in-b.txt", "b\n");
-  Import();
-  DirectoriesMovedIntoEachOther(server_, dir_, false);
+  DirectoriesMovedIntoEachOther(false);
 }
 
 TEST_F(MountTest, TwoDirectoriesMovedIntoEachOtherWithTheAnswerLostKeepOneMoveAndEveryFile) {
-  fs::create_directories(src_ + "/a");
-  fs::create_directories(src_ + "/b");
-  Write("a/in-a.txt", "a\n");
-  Write("b/in-b.txt", "b\n");
-  Import();
-  DirectoriesMovedIntoEachOther(server_, dir_, true);
+  DirectoriesMovedIntoEachOther(true);
 }
 
 // Each cache file open costs the mount a descriptor: far more files than
