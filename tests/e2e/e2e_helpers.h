@@ -47,6 +47,7 @@ class TestMount {
             const std::string& extra = "")
       : TestMount(server.url(), token, dir, extra) {}
   // `prefix` goes before the command (e.g. "prlimit --nofile=128:128").
+  // TIDEFS_E2E_VERBOSE=1 logs everything (-vvv) to <dir>/cache/mount.log.
   TestMount(const std::string& url, const std::string& token, const std::string& dir, const std::string& extra = "",
             const std::string& prefix = "")
       : dir_(dir) {
@@ -54,7 +55,8 @@ class TestMount {
     std::filesystem::create_directories(mnt_);
     std::string out;
     int rc = RunCommand(prefix + " " + std::string(TIDEFS_BINARY) + " mount --server " + url + " --project demo --token " +
-                            token + " --cache-dir " + dir + "/cache " + extra + " " + mnt_ + " 2>&1",
+                            token + " --cache-dir " + dir + "/cache " + extra +
+                            (std::getenv("TIDEFS_E2E_VERBOSE") ? " -vvv " : " ") + mnt_ + " 2>&1",
                         &out);
     if (rc != 0 || !IsMounted(mnt_)) throw std::runtime_error("tidefs mount failed: " + out);
   }

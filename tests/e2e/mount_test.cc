@@ -65,6 +65,9 @@ class MountTest : public ::testing::Test {
   void EditInADirectoryDeletedElsewhere(const std::function<void(CutOffPair& p)>& edit);
   // f.txt edited on one mount, unheard by the other, deleted there (see the tests).
   void DeleteHereWhileEditedElsewhere(bool lost);
+  // A move here over an empty directory that got files elsewhere; `lost`:
+  // the answer to the resolved commit is lost (see the tests).
+  void MoveOverADirectoryThatGotFilesElsewhere(bool lost);
   // Directories a and b moved into each other on two mounts; `lost`: the
   // answer to the resolved commit is lost (see the tests).
   void DirectoriesMovedIntoEachOther(bool lost);
@@ -2111,7 +2114,9 @@ TEST_F(MountTest, ADirectoryDeletedBeforeARestartThatGotFilesElsewhereComesBack)
 // mv src dst over an empty dst, while dst got a file elsewhere: the server
 // cannot replace it; theirs stays (with its file), ours is kept beside it
 // under a conflict name, and the journal goes on.
-TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereKeepsBoth) {
+// A move here over an empty directory that got files elsewhere (see the
+// tests); `lost`: the answer to the resolved commit is lost (replayed).
+void MountTest::MoveOverADirectoryThatGotFilesElsewhere(bool lost) {
   fs::create_directories(src_ + "/src");
   fs::create_directories(src_ + "/dst");
   Write("src/a.txt", "ours\n");
@@ -2121,19 +2126,41 @@ TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereKeepsBoth) {
   p.CutOff();
   { std::ofstream(p.one->path() + "/dst/theirs.txt") << "theirs\n"; }
   p.one.reset();
+  // (The changes wait, to go in one batch: the replaced directory's delete
+  // is refused (not empty), then the move (the name is taken), then the
+  // move under a conflict name goes with the create, and that answer is cut.)
+  if (lost) p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\nrefuse /commit 0 -1");
   ASSERT_EQ(rename((p.two->path() + "/src").c_str(), (p.two->path() + "/dst").c_str()), 0);
   { std::ofstream(p.two->path() + "/later.txt") << "later\n"; }  // the journal goes on
+  if (lost) p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\ncut /commit 0 1 2");
   const std::string two = p.two->path();
   EXPECT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << "the journal is stuck: " << StatusOf(two);
+  if (lost) {
+    EXPECT_NE(ReadAll(dir_ + "/two/cache/mount.log").find("an earlier attempt of this commit was applied"), std::string::npos)
+        << "the answer was not lost, or not replayed";
+  }
+  const auto ours_in = [](const std::string& root) {
+    std::vector<std::string> ours;
+    for (const auto& e : fs::directory_iterator(root))
+      if (e.path().filename().string().rfind("dst (conflict from ", 0) == 0) ours.push_back(ReadAll(e.path().string() + "/a.txt"));
+    return ours;
+  };
+  // Two's own view, still hearing nothing: theirs back, ours beside it.
+  EXPECT_TRUE(Within(std::chrono::seconds(10), [&] { return ReadAll(two + "/dst/theirs.txt") == "theirs\n"; }))
+      << "their directory did not come back";
+  EXPECT_EQ(ours_in(two), std::vector<std::string>{"ours\n"});
   p.two.reset();
   TestMount fresh(server_, server_.ro_token, dir_ + "/three");
   EXPECT_EQ(ReadAll(fresh.path() + "/dst/theirs.txt"), "theirs\n");
   EXPECT_FALSE(fs::exists(fresh.path() + "/src"));
   EXPECT_EQ(ReadAll(fresh.path() + "/later.txt"), "later\n");
-  std::vector<std::string> ours;
-  for (const auto& e : fs::directory_iterator(fresh.path()))
-    if (e.path().filename().string().rfind("dst (conflict from ", 0) == 0) ours.push_back(ReadAll(e.path().string() + "/a.txt"));
-  EXPECT_EQ(ours, std::vector<std::string>{"ours\n"});
+  EXPECT_EQ(ours_in(fresh.path()), std::vector<std::string>{"ours\n"});
+}
+
+TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereKeepsBoth) { MoveOverADirectoryThatGotFilesElsewhere(false); }
+
+TEST_F(MountTest, AMoveOverADirectoryThatGotFilesElsewhereWithTheAnswerLostKeepsBoth) {
+  MoveOverADirectoryThatGotFilesElsewhere(true);
 }
 
 // Two directories moved into each other on two mounts (see the tests).
