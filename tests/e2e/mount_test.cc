@@ -65,6 +65,9 @@ class MountTest : public ::testing::Test {
   void EditInADirectoryDeletedElsewhere(const std::function<void(CutOffPair& p)>& edit);
   // f.txt edited on one mount, unheard by the other, deleted there (see the tests).
   void DeleteHereWhileEditedElsewhere(bool lost);
+  // A chmod over an edit made elsewhere, unheard; `lost`: its answer is
+  // lost (see the tests).
+  void ChmodOverAnEditNotHeardOf(bool lost, const std::string& edit);
   // A move here over an empty directory that got files elsewhere; `lost`:
   // the answer to the resolved commit is lost (see the tests).
   void MoveOverADirectoryThatGotFilesElsewhere(bool lost);
@@ -1487,8 +1490,11 @@ struct CutOffPair {
 // of (cut off from the server's changes): the attributes go through (last
 // writer wins), and the file then reads as the edit's bytes at their
 // length; it read as an I/O error (the new version with the old size).
-void ChmodOverAnEditNotHeardOf(const TestServer& server, const std::string& dir, bool lost, const std::string& edit) {
-  CutOffPair p(server, dir);
+void MountTest::ChmodOverAnEditNotHeardOf(bool lost, const std::string& edit) {
+  Write("f.txt", "base\n");
+  Import();
+  const std::string& dir = dir_;
+  CutOffPair p(server_, dir);
   p.OneSavesUnheard("f.txt", "base\n", edit);
   // Lost: the first commit is refused (stale), the resolved one applied
   // and its answer cut; the retry gets it replayed.
@@ -1504,30 +1510,20 @@ void ChmodOverAnEditNotHeardOf(const TestServer& server, const std::string& dir,
   EXPECT_EQ(got, edit);
 }
 
-TEST_F(MountTest, AChmodOverAnEditNotHeardOfReadsTheEdit) {
-  Write("f.txt", "base\n");
-  Import();
-  ChmodOverAnEditNotHeardOf(server_, dir_, false, "a longer edit saved by one\n");
-}
+TEST_F(MountTest, AChmodOverAnEditNotHeardOfReadsTheEdit) { ChmodOverAnEditNotHeardOf(false, "a longer edit saved by one\n"); }
 
 // The same with the chmod's answer lost (replayed): the file read as an
 // I/O error until the remote sync's record of it came (never, with the
-// mount cut off), as before the fix of the first answer. An edit of the
-// same length: the kernel's pages of what two read before go too.
+// mount cut off), as before the fix of the first answer.
 TEST_F(MountTest, AChmodOverAnEditNotHeardOfWhoseAnswerWasLostReadsTheEdit) {
-  Write("f.txt", "base\n");
-  Import();
-  ChmodOverAnEditNotHeardOf(server_, dir_, true, "a longer edit saved by one\n");
+  ChmodOverAnEditNotHeardOf(true, "a longer edit saved by one\n");
 }
-TEST_F(MountTest, AChmodOverASameSizeEditNotHeardOfReadsTheEdit) {
-  Write("f.txt", "base\n");
-  Import();
-  ChmodOverAnEditNotHeardOf(server_, dir_, false, "BASE\n");
-}
+
+// An edit of the same length: the kernel's pages of what this mount read
+// before go too (after a lost answer, they stayed).
+TEST_F(MountTest, AChmodOverASameSizeEditNotHeardOfReadsTheEdit) { ChmodOverAnEditNotHeardOf(false, "BASE\n"); }
 TEST_F(MountTest, AChmodOverASameSizeEditNotHeardOfWhoseAnswerWasLostReadsTheEdit) {
-  Write("f.txt", "base\n");
-  Import();
-  ChmodOverAnEditNotHeardOf(server_, dir_, true, "BASE\n");
+  ChmodOverAnEditNotHeardOf(true, "BASE\n");
 }
 
 // Moved here over a file edited elsewhere meanwhile, while its own mode

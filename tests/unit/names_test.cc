@@ -24,26 +24,26 @@ TEST(Names, RefusesBadNames) {
 
 TEST(Names, ConflictCopyNames) {
   const std::string s = "2026-11-29 2319";
-  EXPECT_EQ(ConflictCopyName("report.txt", "desk", s), "report (conflict from desk 2026-11-29 2319).txt");
-  EXPECT_EQ(ConflictCopyName("Makefile", "desk", s), "Makefile (conflict from desk 2026-11-29 2319)");
-  EXPECT_EQ(ConflictCopyName(".bashrc", "desk", s), ".bashrc (conflict from desk 2026-11-29 2319)");
-  EXPECT_EQ(ConflictCopyName("a.tar.gz", "desk", s), "a.tar (conflict from desk 2026-11-29 2319).gz");
-  // The copy's own name taken: a number, not a second tag.
-  EXPECT_EQ(ConflictCopyName("report (conflict from desk 2026-11-29 2319).txt", "desk", s),
-            "report (conflict from desk 2026-11-29 2319 2).txt");
-  EXPECT_EQ(ConflictCopyName("report (conflict from desk 2026-11-29 2319 2).txt", "desk", s),
-            "report (conflict from desk 2026-11-29 2319 3).txt");
-  EXPECT_EQ(ConflictCopyName("Makefile (conflict from my.pc 2026-11-29 2319 9)", "my.pc", s),
-            "Makefile (conflict from my.pc 2026-11-29 2319 10)");
-  // Another device's copy, another minute's, or text after the tag: a tag of its own.
-  EXPECT_EQ(ConflictCopyName("r (conflict from laptop 2026-11-29 2319).txt", "desk", s),
-            "r (conflict from laptop 2026-11-29 2319) (conflict from desk 2026-11-29 2319).txt");
-  EXPECT_EQ(ConflictCopyName("r (conflict from desk 2026-11-29 2318).txt", "desk", s),
-            "r (conflict from desk 2026-11-29 2318) (conflict from desk 2026-11-29 2319).txt");
-  EXPECT_EQ(ConflictCopyName("r (conflict from desk 2026-11-29 2319) old.txt", "desk", s),
-            "r (conflict from desk 2026-11-29 2319) old (conflict from desk 2026-11-29 2319).txt");
-  EXPECT_EQ(ConflictCopyName("r (conflict from desk 2026-11-29 2319 0).txt", "desk", s),
-            "r (conflict from desk 2026-11-29 2319 0) (conflict from desk 2026-11-29 2319).txt");
+  // {name, device, the copy's name}; T is this device's tag for the minute.
+  const std::string T = " (conflict from desk 2026-11-29 2319";
+  const struct {
+    std::string name, device, want;
+  } cases[] = {
+      {"report.txt", "desk", "report" + T + ").txt"},
+      {"Makefile", "desk", "Makefile" + T + ")"},
+      {".bashrc", "desk", ".bashrc" + T + ")"},
+      {"a.tar.gz", "desk", "a.tar" + T + ").gz"},
+      // The copy's own name taken: a number, not a second tag.
+      {"report" + T + ").txt", "desk", "report" + T + " 2).txt"},
+      {"report" + T + " 2).txt", "desk", "report" + T + " 3).txt"},
+      {"Makefile (conflict from my.pc 2026-11-29 2319 9)", "my.pc", "Makefile (conflict from my.pc 2026-11-29 2319 10)"},
+      // Another device's copy, another minute's, or text after the tag: a tag of its own.
+      {"r (conflict from laptop 2026-11-29 2319).txt", "desk", "r (conflict from laptop 2026-11-29 2319)" + T + ").txt"},
+      {"r (conflict from desk 2026-11-29 2318).txt", "desk", "r (conflict from desk 2026-11-29 2318)" + T + ").txt"},
+      {"r" + T + ") old.txt", "desk", "r" + T + ") old" + T + ").txt"},
+      {"r" + T + " 0).txt", "desk", "r" + T + " 0)" + T + ").txt"},
+  };
+  for (const auto& c : cases) EXPECT_EQ(ConflictCopyName(c.name, c.device, s), c.want) << c.name;
   // Cut to 255 bytes at a whole character, the tag and extension kept.
   std::string longname;
   for (int i = 0; i < 120; ++i) longname += "\xc3\xa9";  // 240 bytes of e-acute
