@@ -202,8 +202,10 @@ TEST(PackBlockStorePageCache, AppendsAndReleasedReadsLeaveThePageCache) {
   for (size_t i = 8; i < 16; ++i) ASSERT_TRUE((*store)->ReadInto(locs[i], HashBlock(blocks[i]), out.data()).ok());
   // (Their pages, and the ends of large folios; the kernel's read-ahead
   // of a sequential reader adds 128 KiB at least, 8 MiB on our VM's disk.)
+  // (Counted with mincore, which reads nothing: an IsCached probe of
+  // block 40 here failed once in CI, the probe's own read-ahead having
+  // brought it in; see above.)
   EXPECT_LE(ResidentPages(pack), 8 * kBlockSize / 4096 + 24) << "the reads pulled in more than their blocks";
-  EXPECT_FALSE((*store)->IsCached(locs[40]));
   // So a download asks for all it will read: 32 MiB come in (the kernel
   // reads at most a device's read-ahead size of each request).
   (*store)->Release(locs);
