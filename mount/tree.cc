@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
+#include <tuple>
+#include <utility>
 #include <unordered_set>
 
 namespace tidefs {
@@ -54,7 +56,22 @@ void Tree::Apply(const NodeRecord& n) {
 
 void Tree::ApplyUnsaved(const NodeRecord& n, uint64_t ticket) {
   std::unique_lock lock(mu_);
-  ApplyLocked(n, ticket);
+  // Versions only move forward (SetVersion): a local change's record read
+  // before a commit of ours moved the node on must not carry the older
+  // version back, or the next op on the node names it as its base and
+  // comes back a conflict with this device's own commit.
+  uint64_t newer = 0, seq = 0;
+  if (auto it = nodes_.find(n.id); it != nodes_.end()) std::tie(newer, seq) = std::pair(it->second.version, it->second.seq);
+  if (auto u = unsaved_.find(n.id); u != unsaved_.end() && u->second.second.version > newer)
+    std::tie(newer, seq) = std::pair(u->second.second.version, u->second.second.seq);
+  if (n.deleted || newer <= n.version) {
+    ApplyLocked(n, ticket);
+    return;
+  }
+  NodeRecord r = n;
+  r.version = newer;
+  r.seq = std::max(r.seq, seq);
+  ApplyLocked(r, ticket);
 }
 
 void Tree::ApplyLocked(const NodeRecord& n, std::optional<uint64_t> unsaved) {

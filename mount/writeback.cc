@@ -124,7 +124,8 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
                          const std::vector<uint64_t>& files, std::vector<StagedBytes> staged) {
   ready_.wait();  // a cold mount saves its snapshot first
   // Versions are the server's to move (SetVersion): a record read before
-  // a commit landed must not carry the older one back.
+  // a commit landed must not carry the older one back. (The tree checks
+  // again as it applies them, below: a commit may land in between.)
   LocalState::Change c;
   c.rows = rows;
   c.entries = entries;

@@ -189,6 +189,36 @@ TEST(TreeTest, LocalChangesNotYetSavedAreInADirectoryReadFirstMeanwhile) {
   }
 }
 
+// A local change's record read before a commit of ours moved the node's
+// version (a chmod racing the commit of the file's bytes) keeps the newer
+// version: the next op on the node names it as its base.
+TEST(TreeTest, ALocalRecordReadBeforeACommitDoesNotTakeTheVersionBack) {
+  Tree t;
+  Snapshot s;
+  s.seq = 1;
+  s.nodes = {Rec(kRootId, kRootId, "", NodeKind::kDir), Rec(5, kRootId, "f")};
+  t.Load(std::make_shared<Snapshot>(s));
+  ASSERT_EQ(Names(t, kRootId), std::vector<std::string>{"f"});
+  NodeRecord chmod = **t.Get(5);  // read at version 1...
+  t.SetVersion(5, 3, 7);           // ...our commit lands...
+  chmod.mode = 0600;
+  t.ApplyUnsaved(chmod, 1);        // ...and the chmod is applied
+  auto now = t.Get(5);
+  ASSERT_TRUE(now.ok() && *now);
+  EXPECT_EQ((*now)->version, 3u);
+  EXPECT_EQ((*now)->seq, 7u);
+  EXPECT_EQ((*now)->mode, 0600u) << "the change itself was lost";
+  // A newer version in the record is taken as it is, and a delete too.
+  chmod.version = 4;
+  t.ApplyUnsaved(chmod, 2);
+  EXPECT_EQ((*t.Get(5))->version, 4u);
+  NodeRecord gone = chmod;
+  gone.version = 1;
+  gone.deleted = true;
+  t.ApplyUnsaved(gone, 3);
+  EXPECT_FALSE(*t.Get(5));
+}
+
 // A directory read from the local state while changes to it land (the
 // remote sync writes the state, then the tree): none is lost, whatever
 // their number during the read, and a delete that landed then stays gone.
