@@ -665,13 +665,37 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   }
   if (state_ && local && !from_saved && !IsLocal(n.id)) {
     // Committed while this opened (its staged bytes, sent from memory):
-    // the record made then says what is here.
+    // the record made then says what is here. Its version may be newer
+    // than the one this opener was handed (looked up before the commit's
+    // answer moved the tree): taken if the file holds just its bytes (the
+    // staged ones; nothing else changes a file with no entry), else a
+    // change through this entry named the older version as its base and
+    // came back a conflict with itself.
     auto f = state_->LoadFile(n.id);
-    if (f.ok() && *f && (*f)->version == e->version && (*f)->manifest == e->manifest &&
-        (*f)->present.size() == e->present.size()) {
-      std::lock_guard elock(e->mu);
-      e->present = (*f)->present;
-      std::fill(e->dirty.begin(), e->dirty.end(), false);
+    if (f.ok() && *f) {
+      LocalState::CachedFile& r = **f;
+      bool take = r.version == e->version && r.manifest == e->manifest && r.present.size() == e->present.size();
+      if (!take && r.version > e->version && r.present.size() == r.manifest.blocks.size()) {
+        struct stat st;
+        std::string buf(kBlockSize, '\0');
+        take = ::fstat(e->fd, &st) == 0 && static_cast<uint64_t>(st.st_size) == r.manifest.size;
+        for (uint64_t b = 0; take && b < r.manifest.blocks.size(); ++b) take = HoldsManifestBlock(e->fd, r.manifest, b, &buf);
+      }
+      if (take) {
+        std::lock_guard elock(e->mu);
+        if (r.version != e->version) {
+          spdlog::trace("node {}: committed at version {} while it opened at {}; taken as that", n.id, r.version,
+                        e->version);
+          e->version = r.version;
+          e->manifest = std::move(r.manifest);
+          e->present.assign(e->manifest.blocks.size(), false);
+          e->dirty.assign(e->manifest.blocks.size(), false);
+          e->Grow(e->manifest.size);
+          e->tracked = true;
+        }
+        e->present = std::move(r.present);
+        std::fill(e->dirty.begin(), e->dirty.end(), false);
+      }
     }
   }
   std::vector<Punch> punches;

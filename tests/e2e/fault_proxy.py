@@ -26,8 +26,11 @@ first that matches applies):
                             last digit of its last hash, N=1 all of it
                             into text that does not decode
   hold PATH 0 TIMES         pass the request on, then keep the server's
-                            answer back for as long as a hold rule for
-                            PATH stays in CONTROL_FILE (counted in "held")
+                            answer back for as long as the rule's line
+                            stays in CONTROL_FILE as it was (counted in
+                            "held"; "hold /commit 0 1 0", another line,
+                            holds the next commit's answer while the
+                            first one's goes on)
   holdcut PATH N TIMES      the same, then cut it as `cut` does (an
                             answer lost at a moment the test chooses)
 A rule applies to requests whose path contains PATH, at most TIMES times
@@ -71,19 +74,18 @@ def rule_for(path, only=None):
             return None  # let this one pass
         if times >= 0 and seen - skip >= times:
             continue
-        return words[0], int(words[2])
+        return words[0], int(words[2]), key
     return None
 
 
-def holding(path):
-    """Whether CONTROL_FILE still has a hold rule for this path (not counted)."""
+def holding(key):
+    """Whether CONTROL_FILE still has the rule line `key` (not counted)."""
     try:
         with open(CONTROL) as f:
             lines = f.read().splitlines()
     except FileNotFoundError:
         return False
-    return any(len(w) in (4, 5) and w[0] in ("hold", "holdcut") and w[1] in path
-               for w in (line.split() for line in lines))
+    return any(" ".join(line.split()) == key for line in lines)
 
 
 async def pipe(reader, writer):
@@ -214,7 +216,7 @@ async def handle(client_r, client_w):
             if rule and rule[0] in ("hold", "holdcut"):
                 stats["held"] += 1
                 save_stats()
-                while holding(path):
+                while holding(rule[2]):
                     await asyncio.sleep(0.01)
                 rule = ("cut", rule[1]) if rule[0] == "holdcut" else None
             client_w.write(resp)

@@ -2636,6 +2636,43 @@ TEST_F(MountTest, ASmallFileWrittenWhileItsCreateIsCommittedStaysCached) {
   EXPECT_EQ(ReadAll(fresh.path() + "/s.txt"), "small\nmore\n");
 }
 
+// And opened again while those first bytes are committed: the opener
+// looked the file up at its create's version, and the commit of the
+// staged bytes lands while it waits for that version's manifest. It takes
+// the newer version (the file holds just its bytes), so a change through
+// it is no conflict with this device's own commit (a conflict copy of
+// the file appeared so, now and then, under load).
+TEST_F(MountTest, AFileOpenedWhileItsFirstBytesAreCommittedTakesTheirVersion) {
+  Import();
+  FaultProxy proxy(server_, dir_);
+  TestMount m(proxy.url(), server_.rw_token, dir_, "--retry-for 20");
+  proxy.SetRule("hold /commit 0 1");
+  int fd = open((m.path() + "/s.txt").c_str(), O_CREAT | O_EXCL | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the create was never committed";
+  ASSERT_EQ(write(fd, "small\n", 6), 6);  // (staged: the file is at version 0 here)
+  ASSERT_EQ(close(fd), 0);
+  // The create's answer goes on; the bytes' commit lands, its answer held.
+  proxy.SetRule("hold /commit 0 1 0\nhold /manifest 0 -1");
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 2; })) << "the bytes were never sent";
+  // An append opens it at the create's version, and waits for its manifest.
+  std::thread append([&] { std::ofstream(m.path() + "/s.txt", std::ios::app) << "more\n"; });
+  const bool asked = Within(std::chrono::seconds(10), [&] { return proxy.Held() == 3; });
+  // The bytes' answer comes meanwhile; then the manifest.
+  proxy.SetRule("hold /manifest 0 -1");
+  const bool committed = JournalEmptiesWithin(m.path(), std::chrono::seconds(10));
+  proxy.SetRule("pass");
+  append.join();
+  ASSERT_TRUE(asked) << "the append never asked for the manifest";
+  ASSERT_TRUE(committed) << StatusOf(m.path());
+  ASSERT_TRUE(JournalEmptiesWithin(m.path(), std::chrono::seconds(10))) << StatusOf(m.path());
+  EXPECT_EQ(ReadAll(m.path() + "/s.txt"), "small\nmore\n");
+  TestMount fresh(server_, server_.ro_token, dir_ + "/other");
+  EXPECT_EQ(ReadAll(fresh.path() + "/s.txt"), "small\nmore\n");
+  for (const auto& e : fs::directory_iterator(fresh.path()))
+    EXPECT_EQ(e.path().filename().string().find("conflict"), std::string::npos) << e.path();
+}
+
 TEST_F(MountTest, ABlockWrittenIntoAHoleAfterAnIdleCommitSurvivesAKilledMount) {
   Import();
   FaultProxy proxy(server_, dir_);
