@@ -2,6 +2,7 @@
 // fault proxy that sits between them.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include "../integration/helpers.h"
@@ -109,9 +111,27 @@ inline void KillMount(const std::string& mnt) {
   RunCommand("fusermount3 -uz " + mnt + " 2>&1", &out);
 }
 
+// A file's bytes, "" if it cannot be opened (not there: tests wait for
+// one to come); a failed read throws, saying where (a stream would stop at
+// the failure and hand back what came before as all of it).
 inline std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw std::system_error(err, std::generic_category(), "read " + path + " at " + std::to_string(out.size()));
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
 }
 
 inline uint64_t ContentBytesSent(ApiClient& c) {

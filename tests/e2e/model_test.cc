@@ -6,7 +6,8 @@
 // points and starts it again from its cache dir: nothing a returned
 // syscall did may be lost; a third also has the server refuse uploads and
 // commits (or cut their answers) for a while now and then. A failure prints the seed and the last
-// operations; TIDEFS_MODEL_SEED=N runs one seed again.
+// operations; TIDEFS_MODEL_SEED=N runs one seed again, and
+// TIDEFS_MODEL_TRACE=1 prints every operation and its result as it runs.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -100,6 +101,26 @@ std::string Describe(const std::string& root) {
   std::sort(lines.begin(), lines.end());
   std::string out;
   for (auto& l : lines) out += l + "\n";
+  return out;
+}
+
+// Where two Describe() texts differ, as the lines only one of them has:
+// short enough to survive a CI log's cut, which keeps only a failure's
+// head and tail.
+std::string TreeDiff(const std::string& a_text, const std::string& b_text, const std::string& a_name = "the mount",
+                     const std::string& b_name = "the model") {
+  auto lines = [](const std::string& text) {
+    std::set<std::string> out;
+    std::istringstream in(text);
+    for (std::string l; std::getline(in, l);) out.insert(l);
+    return out;
+  };
+  const auto a = lines(a_text), b = lines(b_text);
+  std::string out = "the trees differ:\n";
+  for (const auto& l : a)
+    if (!b.count(l)) out += "  only " + a_name + ": " + l + "\n";
+  for (const auto& l : b)
+    if (!a.count(l)) out += "  only " + b_name + ": " + l + "\n";
   return out;
 }
 
@@ -276,6 +297,7 @@ class Model {
       }
     }
     recent_.Note(what.str() + " -> " + (a ? strerror(a) : "ok"));
+    if (std::getenv("TIDEFS_MODEL_TRACE")) std::fprintf(stderr, "TRACE %s -> %s\n", what.str().c_str(), a ? strerror(a) : "ok");
     if (a != b) {
       ADD_FAILURE() << what.str() << ": the model says " << (a ? strerror(a) : "ok") << ", the mount "
                     << (b ? strerror(b) : "ok") << "\n" << History();
@@ -412,14 +434,13 @@ class ModelTest : public ::testing::Test {
         ASSERT_NO_FATAL_FAILURE(KillMount(m->path()));
         m.reset();
         m.emplace(url, server_.rw_token, dir_ + "/m", flags);
-        ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "after a kill -9 and a restart at step " << i << "\n"
-                                                       << model.History();
+        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "after a kill -9 and a restart at step " + std::to_string(i), model));
       }
       if (i % 50 == 0) {
-        ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "at step " << i << "\n" << model.History();
+        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "at step " + std::to_string(i), model));
       }
     }
-    ASSERT_EQ(Describe(m->path()), Describe(ref_)) << "at the end\n" << model.History();
+    ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "at the end", model));
     if (outages) proxy->SetRule("pass");
     ASSERT_TRUE(JournalEmptiesWithin(m->path(), std::chrono::seconds(30))) << StatusOf(m->path());
     if (mount_flags.find("--cache-size") != std::string::npos) {
@@ -428,8 +449,15 @@ class ModelTest : public ::testing::Test {
     }
     m.reset();
     TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
-    EXPECT_EQ(Describe(fresh.path()), Describe(ref_)) << "the server's copy differs from what was done\n"
-                                                      << model.History();
+    const std::string got = Describe(fresh.path()), want = Describe(ref_);
+    EXPECT_TRUE(got == want) << "the server's copy differs from what was done\n" << model.History()
+                             << TreeDiff(got, want, "the server");
+  }
+  // The mount's tree is the model's; else a fatal failure saying `when`,
+  // the last operations and the difference (last: a CI log keeps the tail).
+  void SameTrees(const std::string& mnt, const std::string& when, const Model& model) {
+    const std::string got = Describe(mnt), want = Describe(ref_);
+    ASSERT_TRUE(got == want) << when << "\n" << model.History() << TreeDiff(got, want);
   }
   TestServer server_;
   std::string dir_, ref_;
@@ -720,8 +748,8 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
       a = Describe(one);
       b = Describe(two);
       return a == b;
-    })) << "round " << round << ": the devices do not agree\none:\n" << a << "two:\n" << b << w.History()
-        << StatusOf(one) << StatusOf(two);
+    })) << "round " << round << ": the devices do not agree\n" << w.History() << StatusOf(one) << StatusOf(two)
+        << TreeDiff(a, b, "device one", "device two");
     w.Note("-- round " + std::to_string(round) + " checked");
     w.Check(one, a);
     if (::testing::Test::HasFailure()) return;
@@ -736,7 +764,8 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
   }
   const std::string want = Describe(one);
   TestMount fresh(server, server.ro_token, dir + "/fresh");
-  EXPECT_EQ(Describe(fresh.path()), want) << "the server's copy differs\n" << w.History();
+  const std::string got = Describe(fresh.path());
+  EXPECT_TRUE(got == want) << "the server's copy differs\n" << w.History() << TreeDiff(got, want, "the server", "device one");
 }
 
 TEST_F(ModelTest, TwoDevicesWritingTheSameFilesLoseNothing) { RunTwo(server_, dir_, Seed(9), 0); }
