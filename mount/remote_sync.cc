@@ -209,6 +209,7 @@ Status RemoteSync::Apply(const std::vector<NodeRecord>& records, uint64_t next) 
       }
       deferred_.erase(r.id);
       ASSIGN_OR_RETURN(std::optional<NodeRecord> old, d_.tree->Get(r.id));
+      if (!old && !r.deleted && d_.tree->DeletedAfter(r.id, r.seq)) continue;  // deleted here since (NoteDeleted)
       items.push_back(r);
       if (old ? SameView(*old, r) : r.deleted) continue;  // our own commit, or nothing we knew
       changes.push_back({std::move(old), r});
@@ -246,10 +247,11 @@ Status RemoteSync::RetryDeferred() {
       ASSIGN_OR_RETURN(std::optional<NodeRecord> old, d_.tree->Get(r.id));
       if (!old) {
         // Gone here, our delete through: a record of it alive is newer (an
-        // edit elsewhere that did not know of the delete brought it back;
-        // a record older than our delete would have been replaced here by
-        // our delete's own, which comes after it), and it shows here.
-        if (!r.deleted) {
+        // edit elsewhere that did not know of the delete brought it back),
+        // and it shows here; unless it is older than our delete, whose own
+        // record has not come yet (a mkdir and rmdir of ours, the mkdir's
+        // record deferred: the directory came back for a moment).
+        if (!r.deleted && !d_.tree->DeletedAfter(r.id, r.seq)) {
           items.push_back(r);
           changes.push_back({std::nullopt, r});
         }

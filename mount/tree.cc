@@ -303,6 +303,18 @@ uint64_t Tree::seq() const {
 void Tree::set_seq(uint64_t s) {
   std::unique_lock lock(mu_);
   seq_ = s;
+  std::erase_if(deleted_, [s](const auto& kv) { return kv.second <= s; });
+}
+
+void Tree::NoteDeleted(uint64_t id, uint64_t seq) {
+  std::unique_lock lock(mu_);
+  if (seq > seq_) deleted_[id] = std::max(deleted_[id], seq);
+}
+
+bool Tree::DeletedAfter(uint64_t id, uint64_t seq) const {
+  std::shared_lock lock(mu_);
+  auto it = deleted_.find(id);
+  return it != deleted_.end() && it->second > seq;
 }
 
 size_t Tree::size() const {

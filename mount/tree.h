@@ -63,7 +63,15 @@ class Tree {
   // "/dir/name" of a node (for progress lines); "/" for the root.
   std::string PathOf(uint64_t id);
   uint64_t seq() const;
+  // Also forgets the deletes NoteDeleted kept that are at or before `s`.
   void set_seq(uint64_t s);
+  // A node this device's own commit deleted, at the server's `seq`: until
+  // /changes reaches that seq, a record of the node from before it (still
+  // on its way) must not bring the node back (RemoteSync asks
+  // DeletedAfter).
+  void NoteDeleted(uint64_t id, uint64_t seq);
+  // Whether our own commit deleted `id` after `seq`, not yet reached.
+  bool DeletedAfter(uint64_t id, uint64_t seq) const;
   // Nodes held in memory.
   size_t size() const;
 
@@ -109,6 +117,7 @@ class Tree {
   std::unordered_map<uint64_t, NodeRecord> nodes_;      // guarded by mu_
   std::unordered_map<uint64_t, Dir> dirs_;              // guarded by mu_
   uint64_t seq_ = 0;                                    // guarded by mu_
+  std::unordered_map<uint64_t, uint64_t> deleted_;      // guarded by mu_; NoteDeleted's, by id: seq
 };
 
 }  // namespace tidefs

@@ -1091,9 +1091,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       for (const auto& [id, base] : unseen)
         std::erase_if(reply.items, [id = id](const NodeRecord& r) { return r.id == id && !r.deleted; });
       // The versions first: a change recorded from here on names them.
+      // (A delete's too: a record of the node from before it, still on
+      // its way through /changes, must not bring it back.)
       if (!reply.replayed)
         for (const auto& r : reply.items)
           if (!r.deleted) tree_->SetVersion(r.id, r.version, r.seq);
+          else tree_->NoteDeleted(r.id, r.seq);
       // The cache takes the versions our bytes made, on disk, before the
       // journal lets go of the entries: a kill in between left the file's
       // later bytes naming the older version (refused as stale: a conflict
@@ -1564,6 +1567,7 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     by_id[r.id] = &r;
     if (r.deleted) {
       versions_.erase(r.id);
+      tree_->NoteDeleted(r.id, r.seq);
       continue;
     }
     versions_[r.id] = r.version;

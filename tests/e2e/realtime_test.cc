@@ -213,6 +213,47 @@ TEST_F(RealtimeTest, AFileDeletedHereAndBroughtBackByAnEditElsewhereShowsHereAga
   EXPECT_EQ(ReadAll(A + "/f.txt"), "edited on A\n");
 }
 
+// A directory made and removed here at once: the record of its making
+// reaches this mount while the removal waits in the journal (deferred),
+// and is looked at again once the removal is committed, before the
+// removal's own record arrives. It is older than our removal: the
+// directory must not come back, not even for a moment (a model test saw
+// it there, and a write into it succeed).
+TEST_F(RealtimeTest, ARecordOfADirectoryMadeHereDoesNotBringItBackAfterItsRemoval) {
+  FaultProxy proxy(server_, dir_);
+  proxy.SetRule("status500 /events 0 -1");  // records come from /changes only
+  TestMount a(proxy.url(), server_.rw_token, dir_ + "/a");
+  const std::string A = a.path();
+  auto deferred = [&] {
+    const std::string s = StatusOf(A);
+    const size_t at = s.find("\"deferred\": ");
+    return at == std::string::npos ? -1 : std::stoi(s.substr(at + 12));
+  };
+  proxy.SetRule("status500 /events 0 -1\nhold /commit 0 1");
+  ASSERT_EQ(mkdir((A + "/d").c_str(), 0755), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Held() == 1; })) << "the mkdir was never sent";
+  ASSERT_EQ(rmdir((A + "/d").c_str()), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return deferred() == 1; }))
+      << "the mkdir's record never came: " << StatusOf(A);
+  // The answers go on; the removal's record does not come yet.
+  proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1");
+  ASSERT_TRUE(JournalEmptiesWithin(A, std::chrono::seconds(10))) << StatusOf(A);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return deferred() == 0; })) << StatusOf(A);
+  EXPECT_FALSE(Exists(A + "/d")) << "the directory came back";
+  const int fd = open((A + "/d/f").c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+  const int err = errno;
+  if (fd >= 0) close(fd);
+  EXPECT_EQ(fd, -1) << "a file was made in the removed directory";
+  EXPECT_EQ(err, ENOENT);
+  proxy.SetRule("pass");
+  ASSERT_TRUE(Within(std::chrono::seconds(20),
+                     [&] { return StatusOf(A).find("\"connected\": true") != std::string::npos; }))
+      << StatusOf(A);
+  EXPECT_FALSE(Exists(A + "/d"));
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  EXPECT_FALSE(Exists(fresh.path() + "/d"));
+}
+
 TEST_F(RealtimeTest, AMountCatchesUpAcrossAServerRestart) {
   TestMount a(server_, server_.rw_token, dir_ + "/a");
   TestMount b(server_, desk_token_, dir_ + "/b");

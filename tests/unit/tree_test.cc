@@ -219,6 +219,21 @@ TEST(TreeTest, ALocalRecordReadBeforeACommitDoesNotTakeTheVersionBack) {
   EXPECT_FALSE(*t.Get(5));
 }
 
+// A delete our commit made is remembered until /changes reaches its seq:
+// a record of the node from before it must not bring the node back.
+TEST(TreeTest, ADeleteOfOursIsRememberedUntilTheChangesReachIt) {
+  Tree t;
+  t.set_seq(10);
+  t.NoteDeleted(5, 15);
+  EXPECT_TRUE(t.DeletedAfter(5, 14));
+  EXPECT_FALSE(t.DeletedAfter(5, 15)) << "its own record (or a later one) is not older";
+  EXPECT_FALSE(t.DeletedAfter(6, 1));
+  t.NoteDeleted(7, 9);  // already reached: nothing to keep
+  EXPECT_FALSE(t.DeletedAfter(7, 1));
+  t.set_seq(15);
+  EXPECT_FALSE(t.DeletedAfter(5, 14)) << "kept after the changes reached it";
+}
+
 // A directory read from the local state while changes to it land (the
 // remote sync writes the state, then the tree): none is lost, whatever
 // their number during the read, and a delete that landed then stays gone.
