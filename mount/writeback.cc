@@ -1036,6 +1036,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
 
   // Local fix-ups once the commit holds, given the versions it made.
   std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> after;
+  // The same, before the journal lets go of the batch's entries.
+  std::vector<std::function<void(const std::unordered_map<uint64_t, const NodeRecord*>&)>> before_finish;
   // Where ours ends up when a refusal moved it (a conflict name, the top
   // directory): applied here once the commit holds, the last place only.
   struct Placed {
@@ -1137,6 +1139,11 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
             cache_->AdvanceVersion(id, base, it->second);
       }
       if (reply.replayed) CommitReplayedBytes(reply.items, sent, based);
+      if (!reply.replayed && !before_finish.empty()) {
+        std::unordered_map<uint64_t, const NodeRecord*> made;
+        for (const auto& r : reply.items) made[r.id] = &r;
+        for (auto& f : before_finish) f(made);
+      }
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
         ApplyReplayed(ops, reply.items, sent, based, Named(entries, last));
@@ -1295,7 +1302,17 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       based.erase(old_id);
       spdlog::warn("write-back: node {} changed elsewhere; keeping this device's version as \"{}\"", old_id, copy.name);
       const uint64_t current = reply.current_version;
-      after.push_back([this, old_id, copy, current, &placed](const auto& made) mutable {
+      // The records of both go in before the journal lets go of the edit:
+      // a kill after that left the file's record with this device's size at
+      // the old version, its bytes on their way to the copy (reads failed
+      // with EIO on the next start: the size was neither version's). Their
+      // size is asked now, so nothing but the records is done in between
+      // (a kill there is a lost answer: the batch goes again).
+      auto copy_made = std::make_shared<NodeRecord>(copy);
+      std::optional<uint64_t> their_size;
+      if (auto m = client_->GetManifest(old_id, current); m.ok()) their_size = m->size;
+      before_finish.push_back([this, old_id, copy_made, current, their_size, &placed](const auto& made) {
+        NodeRecord& copy = *copy_made;
         // A later refusal may have placed the copy elsewhere.
         if (auto p = placed.find(copy.id); p != placed.end()) {
           copy.parent = p->second.rec.parent;
@@ -1305,21 +1322,26 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           copy.version = it->second->version;
           copy.seq = it->second->seq;
         }
-        KeepOrForget(old_id, {copy.id, copy.version});
         std::vector<NodeRecord> rows{copy};
-        if (auto m = client_->GetManifest(old_id, current); m.ok()) {
+        if (their_size) {
           auto o = tree_->Get(old_id);
           // (Not over a newer record the remote sync brought meanwhile:
           // its version with this older size would be neither.)
           if (o.ok() && *o && (*o)->version <= current) {
             NodeRecord theirs = **o;
-            theirs.size = m->size;
+            theirs.size = *their_size;
             theirs.version = current;
             rows.push_back(theirs);
           }
         }
         (void)Record(rows, {});
-        InvalidateEntry(copy.parent, copy.name);
+      });
+      after.push_back([this, old_id, copy_made](const auto&) {
+        // (Once those records are saved: until then they count as changes
+        // of the file still waiting, and it would keep our bytes.)
+        (void)WaitWritten();
+        KeepOrForget(old_id, {copy_made->id, copy_made->version});
+        InvalidateEntry(copy_made->parent, copy_made->name);
         InvalidateNode(old_id);
       });
       continue;

@@ -68,6 +68,9 @@ class MountTest : public ::testing::Test {
   // A chmod over an edit made elsewhere, unheard; `lost`: its answer is
   // lost (see the tests).
   void ChmodOverAnEditNotHeardOf(bool lost, const std::string& edit);
+  // A conflict copy, the file moved, the mount killed at a read of the
+  // node (`skip` of them let through; see the tests).
+  void KilledWhileShowingTheirs(int skip);
   // A move here over an empty directory that got files elsewhere; `lost`:
   // the answer to the resolved commit is lost (see the tests).
   void MoveOverADirectoryThatGotFilesElsewhere(bool lost);
@@ -1485,6 +1488,55 @@ struct CutOffPair {
   FaultProxy proxy;
   std::unique_ptr<TestMount> one, two;
 };
+
+// An edit refused as stale goes to a conflict copy, and the file is moved
+// (the move waits in the journal for the edit's batch); the mount is
+// killed (-9) at the `skip`+1th read of the file's node: 0, as it asks
+// the server's size before sending the copy; 1, after the commit, as it
+// reads the node back to show the server's version in its place. On the
+// next start the file reads (never an I/O error: its record kept this
+// device's size at the old version, the pending move kept the server's
+// record waiting, when a kill came between the journal letting go of the
+// edit and the fix-up) as the edit still waiting (0) or the server's
+// version (1); then as the server's, with the edit in one copy.
+void MountTest::KilledWhileShowingTheirs(int skip) {
+  Write("f.txt", "base\n");
+  Import();
+  CutOffPair p(server_, dir_);
+  ASSERT_NO_FATAL_FAILURE(p.OneSavesUnheard("f.txt", "base\n", "theirs, longer\n"));
+  struct stat st;
+  ASSERT_EQ(stat((p.two->path() + "/f.txt").c_str(), &st), 0);
+  p.proxy.SetRule("status500 /events 0 -1\nstatus500 /changes 0 -1\nhold /nodes/" + std::to_string(st.st_ino) +
+                  " 0 -1 " + std::to_string(skip));
+  const std::string ours = "ours, much longer than theirs\n";
+  { std::ofstream(p.two->path() + "/f.txt") << ours; }
+  ASSERT_EQ(rename((p.two->path() + "/f.txt").c_str(), (p.two->path() + "/g.txt").c_str()), 0);
+  ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return p.proxy.Held() >= 1; }))
+      << "the node was never read back: " << StatusOf(p.two->path());
+  ASSERT_NO_FATAL_FAILURE(KillMount(p.two->path()));
+  p.two.reset();
+  p.proxy.SetRule("pass");
+  p.two = std::make_unique<TestMount>(p.proxy.url(), server_.rw_token, dir_ + "/two");
+  const std::string two = p.two->path();
+  std::string got;
+  EXPECT_NO_THROW(got = ReadAll(two + "/g.txt")) << "right after the start";
+  EXPECT_EQ(got, skip == 0 ? ours : "theirs, longer\n") << "right after the start";
+  ASSERT_TRUE(JournalEmptiesWithin(two, std::chrono::seconds(20))) << StatusOf(two);
+  EXPECT_TRUE(Within(std::chrono::seconds(5), [&] { return ReadAll(two + "/g.txt") == "theirs, longer\n"; }));
+  TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+  for (const std::string& root : {two, fresh.path()}) {
+    std::vector<std::string> copies;
+    for (const auto& e : fs::directory_iterator(root))
+      if (e.path().filename().string().find("conflict") != std::string::npos) copies.push_back(ReadAll(e.path()));
+    EXPECT_EQ(copies, std::vector<std::string>{ours}) << root;
+  }
+  EXPECT_EQ(ReadAll(fresh.path() + "/g.txt"), "theirs, longer\n");
+  EXPECT_FALSE(fs::exists(fresh.path() + "/f.txt"));
+}
+
+TEST_F(MountTest, AMountKilledBeforeAConflictCopyIsSentMakesItOnce) { KilledWhileShowingTheirs(0); }
+
+TEST_F(MountTest, AMountKilledRightAfterAConflictCopyReadsTheFileAsTheirsAfter) { KilledWhileShowingTheirs(1); }
 
 // A chmod sent over an edit made elsewhere that this mount has not heard
 // of (cut off from the server's changes): the attributes go through (last
