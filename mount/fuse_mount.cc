@@ -960,6 +960,8 @@ void Exchange(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   LocalState::JournalEntry e;
   e.op.type = OpType::kRename;
   e.op.id = ma.id;
+  e.op.has_base = true;
+  e.op.base = ma.version;  // (as a setattr's: the fallback)
   e.op.parent = ma.parent;
   e.op.name = ma.name;
   e.op.exchange = mb.id;
@@ -1016,6 +1018,8 @@ void OpRename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t ne
   LocalState::JournalEntry e;
   e.op.type = OpType::kRename;
   e.op.id = s.id;
+  e.op.has_base = true;
+  e.op.base = s.version;  // (as a setattr's: the fallback)
   e.op.parent = newparent;
   e.op.name = newname;
   entries.push_back(e);
@@ -1038,7 +1042,11 @@ void OpSetattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fu
   LocalState::JournalEntry attrs;
   attrs.op.type = OpType::kSetattr;
   attrs.op.id = rec.id;
+  // The version seen now; the write-back names the newest it knows when it
+  // sends the op, and this one when it knows none (the node deleted here
+  // since, and the mount restarted: our commits' versions are gone).
   attrs.op.has_base = true;
+  attrs.op.base = rec.version;
   if (to_set & FUSE_SET_ATTR_SIZE) {
     if (rec.kind != NodeKind::kFile) return (void)fuse_reply_err(req, EISDIR);
     if (Status st = fs->cache->Truncate(rec, static_cast<uint64_t>(attr->st_size)); !st.ok())

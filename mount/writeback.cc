@@ -129,6 +129,9 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   LocalState::Change c;
   c.rows = rows;
   c.entries = entries;
+  for (const auto& e : entries)
+    if (!e.flush) spdlog::trace("journal: {} of node {}{}", OpName(e.op.type), e.op.id,
+                                e.op.has_base ? " on version " + std::to_string(e.op.base) : std::string());
   c.staged = std::move(staged);
   for (auto& r : c.rows) {
     if (r.deleted) continue;
@@ -908,6 +911,8 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         if (n.ok() && *n) op.base = (*n)->version;
         else if (auto v = versions_.find(op.id); v != versions_.end())
           op.base = std::max(e.op.has_base ? e.op.base : 0, v->second);
+        spdlog::trace("write-back: {} of node {} names version {} ({})", OpName(op.type), op.id, op.base,
+                      n.ok() && *n ? "the tree's" : versions_.count(op.id) ? "our commit's" : "the journal's");
         op.has_base = true;
         based[op.id] = op.base;
       }

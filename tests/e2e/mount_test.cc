@@ -1218,6 +1218,33 @@ TEST_F(MountTest, ADeleteQueuedWhileTheFilesEditWasCommittedSurvivesAKill) {
   ExpectDeletedOnTheServer(server_, dir_);
 }
 
+// A chmod and then a delete of a file, neither sent (commits refused), and
+// the mount killed: the next mount sends them naming the version the file
+// had. (The chmod named none: with the file gone here and the versions our
+// commits made gone with the process, it went as version 0, was refused
+// as stale and forced through, and the delete, stale in turn, was dropped:
+// the file came back.)
+TEST_F(MountTest, AChmodAndADeleteLeftInTheJournalByAKillDeleteTheFile) {
+  Write("f.txt", "base\n");
+  Import();
+  FaultProxy proxy(server_, dir_);
+  {
+    TestMount m(proxy.url(), server_.rw_token, dir_);
+    proxy.SetRule("refuse /commit 0 -1");
+    ASSERT_EQ(chmod((m.path() + "/f.txt").c_str(), 0600), 0);
+    ASSERT_EQ(unlink((m.path() + "/f.txt").c_str()), 0);
+    ASSERT_TRUE(Within(std::chrono::seconds(10), [&] { return proxy.Faults() >= 1; })) << "nothing was sent";
+    KillMount(m.path());
+  }
+  proxy.SetRule("pass");
+  {
+    TestMount again(proxy.url(), server_.rw_token, dir_);
+    ASSERT_TRUE(JournalEmptiesWithin(again.path(), std::chrono::seconds(20))) << StatusOf(again.path());
+    EXPECT_FALSE(fs::exists(again.path() + "/f.txt")) << "the deleted file came back here";
+  }
+  ExpectDeletedOnTheServer(server_, dir_);
+}
+
 // The same without a kill: the edit's answer is lost, and by the time its
 // batch goes again the file is deleted here (nothing of the batch is left
 // to send). Its answer is asked for, and the delete names the version the
