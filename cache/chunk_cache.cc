@@ -444,6 +444,7 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
         std::lock_guard lock(cache->mu_);
         cache->opening_slow_.erase(id);
         cache->forgotten_.erase(id);
+        cache->advanced_while_opening_.erase(id);
       }
       cache->opened_slow_.notify_all();
     }
@@ -713,6 +714,15 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
     auto it = entries_.find(n.id);
     if (it != entries_.end() && !it->second->retired && (it->second->version >= e->version || local_.count(n.id)))
       return it->second;  // another reader won
+    if (auto a = advanced_while_opening_.find(n.id); a != advanced_while_opening_.end()) {
+      std::lock_guard elock(e->mu);
+      if (e->version == a->second.first) {
+        spdlog::trace("node {}: moved to version {} while it opened at {}; taken as that", n.id, a->second.second,
+                      e->version);
+        e->version = a->second.second;
+      }
+      advanced_while_opening_.erase(a);
+    }
     RekeyLocked(n.id, e->version, e->present, e->manifest.size);
     if (it != entries_.end() && it->second->fd >= 0) open_fds_--;  // the older version's, closed once let go
     entries_[n.id] = e;
@@ -1971,7 +1981,20 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
     (*saved)->version = to;
     (void)state_->SaveFile(**saved);
     std::lock_guard lock(mu_);
-    if (!entries_.count(id)) RekeyLocked(id, to, (*saved)->present, (*saved)->manifest.size);
+    // An opener that read the record before this took `from`: it moves
+    // as it publishes, or here if it did meanwhile (else a change through
+    // it names `from`, and comes back a conflict with this device's own
+    // commit).
+    if (auto it = entries_.find(id); it == entries_.end()) {
+      RekeyLocked(id, to, (*saved)->present, (*saved)->manifest.size);
+      if (opening_slow_.count(id)) advanced_while_opening_[id] = {from, to};
+    } else if (!it->second->retired) {
+      std::lock_guard elock(it->second->mu);
+      if (it->second->version == from) {
+        it->second->version = to;
+        RekeyLocked(id, to, it->second->present, it->second->manifest.size);
+      }
+    }
   }
 }
 
@@ -2006,6 +2029,7 @@ void ChunkCache::Forget(uint64_t id) {
       {
         std::lock_guard lock(cache->mu_);
         cache->opening_slow_.erase(id);
+        cache->advanced_while_opening_.erase(id);
       }
       cache->opened_slow_.notify_all();
     }
