@@ -5,8 +5,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <mutex>
-#include <tuple>
-#include <utility>
 #include <unordered_set>
 
 namespace tidefs {
@@ -60,17 +58,16 @@ void Tree::ApplyUnsaved(const NodeRecord& n, uint64_t ticket) {
   // before a commit of ours moved the node on must not carry the older
   // version back, or the next op on the node names it as its base and
   // comes back a conflict with this device's own commit.
-  uint64_t newer = 0, seq = 0;
-  if (auto it = nodes_.find(n.id); it != nodes_.end()) std::tie(newer, seq) = std::pair(it->second.version, it->second.seq);
-  if (auto u = unsaved_.find(n.id); u != unsaved_.end() && u->second.second.version > newer)
-    std::tie(newer, seq) = std::pair(u->second.second.version, u->second.second.seq);
-  if (n.deleted || newer <= n.version) {
-    ApplyLocked(n, ticket);
-    return;
-  }
   NodeRecord r = n;
-  r.version = newer;
-  r.seq = std::max(r.seq, seq);
+  auto keep_newer = [&](const NodeRecord& held) {
+    if (held.version <= r.version) return;
+    r.version = held.version;
+    r.seq = std::max(r.seq, held.seq);
+  };
+  if (!n.deleted) {
+    if (auto it = nodes_.find(n.id); it != nodes_.end()) keep_newer(it->second);
+    if (auto u = unsaved_.find(n.id); u != unsaved_.end()) keep_newer(u->second.second);
+  }
   ApplyLocked(r, ticket);
 }
 

@@ -129,9 +129,9 @@ Status WriteBack::Record(const std::vector<NodeRecord>& rows, const std::vector<
   LocalState::Change c;
   c.rows = rows;
   c.entries = entries;
-  for (const auto& e : entries)
-    if (!e.flush) spdlog::trace("journal: {} of node {}{}", OpName(e.op.type), e.op.id,
-                                e.op.has_base ? " on version " + std::to_string(e.op.base) : std::string());
+  if (spdlog::should_log(spdlog::level::trace))  // (every change passes here: nothing built when not asked)
+    for (const auto& e : entries)
+      if (!e.flush) spdlog::trace("journal: {} of node {} on version {}", OpName(e.op.type), e.op.id, e.op.base);
   c.staged = std::move(staged);
   for (auto& r : c.rows) {
     if (r.deleted) continue;
@@ -911,8 +911,9 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
         if (n.ok() && *n) op.base = (*n)->version;
         else if (auto v = versions_.find(op.id); v != versions_.end())
           op.base = std::max(e.op.has_base ? e.op.base : 0, v->second);
-        spdlog::trace("write-back: {} of node {} names version {} ({})", OpName(op.type), op.id, op.base,
-                      n.ok() && *n ? "the tree's" : versions_.count(op.id) ? "our commit's" : "the journal's");
+        if (spdlog::should_log(spdlog::level::trace))
+          spdlog::trace("write-back: {} of node {} names version {} ({})", OpName(op.type), op.id, op.base,
+                        n.ok() && *n ? "the tree's" : versions_.count(op.id) ? "our commit's" : "the journal's");
         op.has_base = true;
         based[op.id] = op.base;
       }
@@ -1100,10 +1101,12 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       // The versions first: a change recorded from here on names them.
       // (A delete's too: a record of the node from before it, still on
       // its way through /changes, must not bring it back.)
-      if (!reply.replayed)
-        for (const auto& r : reply.items)
+      if (!reply.replayed) {
+        for (const auto& r : reply.items) {
           if (!r.deleted) tree_->SetVersion(r.id, r.version, r.seq);
           else tree_->NoteDeleted(r.id, r.seq);
+        }
+      }
       // The cache takes the versions our bytes made, on disk, before the
       // journal lets go of the entries: a kill in between left the file's
       // later bytes naming the older version (refused as stale: a conflict
@@ -1144,22 +1147,19 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
             cache_->AdvanceVersion(id, base, it->second);
       }
       if (reply.replayed) CommitReplayedBytes(reply.items, sent, based);
-      if (!reply.replayed && !before_finish.empty()) {
-        std::unordered_map<uint64_t, const NodeRecord*> made;
-        for (const auto& r : reply.items) made[r.id] = &r;
-        for (auto& f : before_finish) f(made);
-      }
+      std::unordered_map<uint64_t, const NodeRecord*> by_id;  // the versions the commit made
+      for (const auto& r : reply.items) by_id[r.id] = &r;
+      if (!reply.replayed)
+        for (auto& f : before_finish) f(by_id);
       RETURN_IF_ERROR(Finish(entries, last, reply.items, true));
       if (reply.replayed) {
         ApplyReplayed(ops, reply.items, sent, based, Named(entries, last));
         return Status::Ok();
       }
-      std::unordered_map<uint64_t, const NodeRecord*> by_id;
       // The nodes a change of ours still waits for (asked now: the fix-ups
       // below queue records of their own, which count as waiting too).
       std::unordered_set<uint64_t> waiting;
       for (const auto& r : reply.items) {
-        by_id[r.id] = &r;
         if (HasPending(r.id)) waiting.insert(r.id);
         if (r.deleted) {
           versions_.erase(r.id);
