@@ -3,7 +3,8 @@
 # of seeds and says which fail; their output stays in $OUT (default
 # /tmp/tidefs-model-seeds). With LOAD=1 the unit tests loop alongside each
 # run (a busy machine, as under ctest -j2), and TIDEFS_MODEL_KEEP=1 keeps a
-# failed run's folders and -vvv mount logs (the path is in its output).
+# failed run's folders and -vvv mount logs (the path is in its output);
+# TIDEFS_MODEL_SCALE=N runs N times the operations.
 #
 # Usage: tests/e2e/model_seeds.sh TEST FROM TO [RUNS=1]
 #   e.g. tests/e2e/model_seeds.sh TwoDevicesWithKilledMountsLoseNothing 1 20

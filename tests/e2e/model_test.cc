@@ -8,6 +8,8 @@
 // commits (or cut their answers) for a while now and then. A failure prints the seed and the last
 // operations; TIDEFS_MODEL_SEED=N runs one seed again, and
 // TIDEFS_MODEL_TRACE=1 prints every operation and its result as it runs.
+// Another run has several models at once, each in its own folder of one
+// mount, from as many threads.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -15,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdio>
 #include <cerrno>
 #include <cstdlib>
@@ -23,11 +26,13 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -147,7 +152,9 @@ int PWrite(const std::string& path, const std::string& data, off_t off) {
 
 class Model {
  public:
-  Model(uint64_t seed, std::string ref) : rng_(seed), ref_(std::move(ref)) {}
+  // `label`: a prefix for its trace lines (which thread).
+  Model(uint64_t seed, std::string ref, std::string label = "")
+      : rng_(seed), ref_(std::move(ref)), label_(std::move(label)) {}
 
   // One random operation on both trees; false (with the test failed) when
   // they disagreed.
@@ -297,7 +304,7 @@ class Model {
       }
     }
     recent_.Note(what.str() + " -> " + (a ? strerror(a) : "ok"));
-    if (std::getenv("TIDEFS_MODEL_TRACE")) std::fprintf(stderr, "TRACE %s -> %s\n", what.str().c_str(), a ? strerror(a) : "ok");
+    if (std::getenv("TIDEFS_MODEL_TRACE")) std::fprintf(stderr, "TRACE %s%s -> %s\n", label_.c_str(), what.str().c_str(), a ? strerror(a) : "ok");
     if (a != b) {
       ADD_FAILURE() << what.str() << ": the model says " << (a ? strerror(a) : "ok") << ", the mount "
                     << (b ? strerror(b) : "ok") << "\n" << History();
@@ -379,13 +386,20 @@ class Model {
   }
 
   std::mt19937_64 rng_;
-  std::string ref_;
+  std::string ref_, label_;
   Recent recent_{60};
 };
 
 uint64_t Seed(uint64_t fallback) {
   const char* s = std::getenv("TIDEFS_MODEL_SEED");
   return s ? std::strtoull(s, nullptr, 10) : fallback;
+}
+
+// TIDEFS_MODEL_SCALE=N: N times the operations (longer runs for sweeps).
+int Scaled(int n) {
+  const char* s = std::getenv("TIDEFS_MODEL_SCALE");
+  const long k = s ? std::strtol(s, nullptr, 10) : 1;
+  return n * static_cast<int>(k > 0 && k < 1000 ? k : 1);
 }
 
 class ModelTest : public ::testing::Test {
@@ -420,6 +434,7 @@ class ModelTest : public ::testing::Test {
     const std::string flags = mount_flags + (std::getenv("TIDEFS_MODEL_KEEP") ? " -vvv" : "");
     std::optional<TestMount> m;
     m.emplace(url, server_.rw_token, dir_ + "/m", flags);
+    steps = Scaled(steps);
     for (int i = 1; i <= steps; ++i) {
       if (!model.Step(m->path())) return;
       if (outages && kills() % 20 == 0) {
@@ -434,13 +449,13 @@ class ModelTest : public ::testing::Test {
         ASSERT_NO_FATAL_FAILURE(KillMount(m->path()));
         m.reset();
         m.emplace(url, server_.rw_token, dir_ + "/m", flags);
-        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "after a kill -9 and a restart at step " + std::to_string(i), model));
+        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "after a kill -9 and a restart at step " + std::to_string(i), model.History()));
       }
       if (i % 50 == 0) {
-        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "at step " + std::to_string(i), model));
+        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "at step " + std::to_string(i), model.History()));
       }
     }
-    ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "at the end", model));
+    ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "at the end", model.History()));
     if (outages) proxy->SetRule("pass");
     ASSERT_TRUE(JournalEmptiesWithin(m->path(), std::chrono::seconds(30))) << StatusOf(m->path());
     if (mount_flags.find("--cache-size") != std::string::npos) {
@@ -455,9 +470,67 @@ class ModelTest : public ::testing::Test {
   }
   // The mount's tree is the model's; else a fatal failure saying `when`,
   // the last operations and the difference (last: a CI log keeps the tail).
-  void SameTrees(const std::string& mnt, const std::string& when, const Model& model) {
+  void SameTrees(const std::string& mnt, const std::string& when, const std::string& history) {
     const std::string got = Describe(mnt), want = Describe(ref_);
-    ASSERT_TRUE(got == want) << when << "\n" << model.History() << TreeDiff(got, want);
+    ASSERT_TRUE(got == want) << when << "\n" << history << TreeDiff(got, want);
+  }
+  // `threads` models at once, each in its own folder of one mount and on
+  // its own thread (the mount's locks, batches and write-back under
+  // concurrent callers), `steps` operations each per round; every
+  // `kill_every` rounds the mount is killed (-9) and started again.
+  void RunThreads(uint64_t seed, int threads, int rounds, int steps, int kill_every) {
+    SCOPED_TRACE("seed " + std::to_string(seed) + " (TIDEFS_MODEL_SEED=" + std::to_string(seed) + " to run it again)");
+    const std::string flags = std::getenv("TIDEFS_MODEL_KEEP") ? " -vvv" : "";
+    std::optional<TestMount> m;
+    m.emplace(server_.url(), server_.rw_token, dir_ + "/m", flags);
+    std::vector<std::unique_ptr<Model>> models;
+    for (int t = 0; t < threads; ++t) {
+      const std::string sub = "/t" + std::to_string(t);
+      ASSERT_EQ(::mkdir((ref_ + sub).c_str(), 0755), 0);
+      ASSERT_EQ(::mkdir((m->path() + sub).c_str(), 0755), 0);
+      models.push_back(std::make_unique<Model>(seed * 31 + t, ref_ + sub, "[" + sub.substr(1) + "] "));
+    }
+    auto history = [&] {
+      std::string h;
+      for (int t = 0; t < threads; ++t) h += "thread " + std::to_string(t) + ":\n" + models[t]->History();
+      return h;
+    };
+    std::mt19937_64 kills(seed ^ 0x5eed);
+    const int phase = kill_every > 0 ? static_cast<int>(kills() % kill_every) : 0;
+    int killed = 0;
+    rounds = Scaled(rounds);
+    for (int r = 1; r <= rounds; ++r) {
+      std::atomic<bool> ok{true};
+      std::vector<std::thread> running;
+      for (int t = 0; t < threads; ++t)
+        running.emplace_back([&, t] {
+          const std::string root = m->path() + "/t" + std::to_string(t);
+          for (int i = 0; i < steps && ok; ++i)
+            if (!models[t]->Step(root)) ok = false;
+        });
+      for (auto& th : running) th.join();
+      if (!ok) return;
+      if (kill_every > 0 && (r + phase) % kill_every == 0) {
+        for (auto& model : models) model->Note("kill -9 and restart");
+        ASSERT_NO_FATAL_FAILURE(KillMount(m->path()));
+        m.reset();
+        m.emplace(server_.url(), server_.rw_token, dir_ + "/m", flags);
+        ++killed;
+        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "after a kill -9 and a restart after round " + std::to_string(r), history()));
+      } else if (r % 5 == 0) {
+        ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "after round " + std::to_string(r), history()));
+      }
+    }
+    ASSERT_NO_FATAL_FAILURE(SameTrees(m->path(), "at the end", history()));
+    if (kill_every > 0) {
+      EXPECT_GT(killed, 1) << "hardly a mount was killed: nothing was checked";
+    }
+    ASSERT_TRUE(JournalEmptiesWithin(m->path(), std::chrono::seconds(30))) << StatusOf(m->path());
+    m.reset();
+    TestMount fresh(server_, server_.ro_token, dir_ + "/fresh");
+    const std::string got = Describe(fresh.path()), want = Describe(ref_);
+    EXPECT_TRUE(got == want) << "the server's copy differs from what was done\n" << history()
+                             << TreeDiff(got, want, "the server");
   }
   TestServer server_;
   std::string dir_, ref_;
@@ -471,6 +544,10 @@ TEST_F(ModelTest, RandomOperationsSurviveServerOutagesAndKilledMounts) { Run(See
 
 // A cache smaller than what is written: what is committed is evicted and
 // fetched again as it is read; local changes never are.
+// Four threads at once, each on its own folder; the mount killed between
+// rounds now and then.
+TEST_F(ModelTest, RandomOperationsFromFourThreadsSurviveKilledMounts) { RunThreads(Seed(6), 4, 60, 10, 6); }
+
 TEST_F(ModelTest, RandomOperationsWithASmallCache) { Run(Seed(5), 400, 0, /*outages=*/false, "--cache-size 4M"); }
 
 // Another device watching: a second mount, read through its kernel's
@@ -706,7 +783,7 @@ void RunTwo(TestServer& server, const std::string& dir, uint64_t seed, int kill_
   std::mt19937_64 turns(seed ^ 0x7a);
   size_t files = 0;
   int killed = 0, restarts = 0;
-  for (int round = 1; round <= 12; ++round) {
+  for (int round = 1, rounds = Scaled(12); round <= rounds; ++round) {
     const bool offline = round % 2 == 1;
     w.SetOffline(offline);
     w.Note(offline ? "-- offline" : "-- live");
