@@ -1542,7 +1542,10 @@ void WriteBack::CommitReplayedBytes(const std::vector<NodeRecord>& made, const s
   for (const auto& [id, base] : based) {
     auto it = by_id.find(id);
     if (it == by_id.end() || it->second->deleted || it->second->kind != NodeKind::kFile) continue;
+    // (Not open here, after a restart say: its saved record.)
     auto held = cache_->FileRecord(id);
+    if (!held)
+      if (auto saved = state_->LoadFile(id); saved.ok() && *saved) held = std::move(**saved);
     if (!held || held->version != base) continue;
     auto m = client_->GetManifest(id, it->second->version);
     if (!m.ok()) continue;

@@ -509,9 +509,10 @@ Status LocalState::CompleteJournal(uint64_t last, const std::vector<NodeRecord>&
 
 Result<std::unordered_map<uint64_t, uint64_t>> LocalState::KnownVersions() {
   std::lock_guard lock(mu_);
-  // (Of nodes deleted here: the others' versions are in their rows.)
-  ASSIGN_OR_RETURN(Stmt s, db_->Prepare(
-      "SELECT id, version FROM known_versions k WHERE NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = k.id)"));
+  // Of every node, those still here too: one may be deleted here after
+  // this is read (its row goes a moment later), and a change made before
+  // that delete still names the version kept.
+  ASSIGN_OR_RETURN(Stmt s, db_->Prepare("SELECT id, version FROM known_versions"));
   std::unordered_map<uint64_t, uint64_t> out;
   while (s.Step()) out[s.U64(0)] = s.U64(1);
   RETURN_IF_ERROR(s.status());

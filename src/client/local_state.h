@@ -84,7 +84,7 @@ class LocalState {
   // waits).
   Status CompleteJournal(uint64_t last, const std::vector<NodeRecord>& rows,
                          const std::vector<std::pair<uint64_t, uint64_t>>& known = {}, bool forget_known = false);
-  // Those kept of nodes deleted here since (id -> version).
+  // Those kept (id -> version).
   Result<std::unordered_map<uint64_t, uint64_t>> KnownVersions();
   Result<uint64_t> JournalSize();
   // The last journal entry of a commit sent without a known outcome (the
