@@ -1587,6 +1587,7 @@ Status ChunkCache::Write(const NodeRecord& n, uint64_t off, const char* data, si
     // blocks as sent, nor a send ahead that read them half written.
     std::lock_guard lock(e->mu);
     e->write_gen++;
+    e->last_write = std::chrono::steady_clock::now();
     if (old_last && *old_last < e->dirty.size()) {
       e->dirty[*old_last] = true;
       e->Rewrote(*old_last, *old_last);
@@ -1938,6 +1939,13 @@ bool ChunkCache::NeedsSync(uint64_t id) {
 bool ChunkCache::Holds(uint64_t id) const {
   std::lock_guard lock(mu_);
   return entries_.count(id) > 0;
+}
+
+bool ChunkCache::WrittenWithin(uint64_t id, std::chrono::steady_clock::duration d) {
+  std::shared_ptr<Entry> e = FindEntry(id);
+  if (!e) return false;
+  std::lock_guard lock(e->mu);
+  return std::chrono::steady_clock::now() - e->last_write < d;
 }
 
 std::optional<LocalState::CachedFile> ChunkCache::FileRecord(uint64_t id) {

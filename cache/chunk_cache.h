@@ -150,6 +150,9 @@ class ChunkCache {
   std::optional<LocalState::CachedFile> FileRecord(uint64_t id);
   // Whether the node is open in this cache (FileRecord would say something).
   bool Holds(uint64_t id) const;
+  // Whether a write to the node ended within `d` (one write() the kernel
+  // split into several requests may be half done).
+  bool WrittenWithin(uint64_t id, std::chrono::steady_clock::duration d);
   // fdatasync of the cache file of `id` (fsync's promise).
   Status SyncFile(uint64_t id);
   // Whether a record of `id` saved now would call dirty a block whose
@@ -270,6 +273,8 @@ class ChunkCache {
     // write_gen: the last change to end clears what it would have, if
     // that change claimed nothing.
     std::optional<uint64_t> clear_at;
+    // guarded by mu: when a local write last ended.
+    std::chrono::steady_clock::time_point last_write{};
     // guarded by mu: of local writes to the file. What the send-ahead will
     // read soon stays in the page cache: it reads blocks 4 MiB and more
     // behind the writer, in rounds of 16 to 128 MiB, and drops them itself

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <random>
 #include <sstream>
+#include <thread>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
@@ -21,6 +22,10 @@ namespace {
 constexpr size_t kBatchEntries = 4000;
 // Journal entries looked through after a replayed answer for later moves.
 constexpr size_t kReplayScan = 100000;
+// A file written this recently through a handle still open is looked at
+// again that much later, at most kSettleTries times.
+constexpr auto kSettle = std::chrono::milliseconds(3);
+constexpr int kSettleTries = 30;
 // Group commit: a change goes out at once when nothing is being sent (after
 // a breath, for the rest of a burst: a close and the rename that follows);
 // changes made while a batch is in flight go together in the next one.
@@ -931,6 +936,13 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
       ASSIGN_OR_RETURN(std::optional<NodeRecord> n, tree_->Get(op.id));
       EndAheadShown(op.id);
       if (n && n->kind == NodeKind::kFile) {
+        // A file being written through another handle right now (one
+        // write() the kernel split into several requests may be half
+        // done): its view waits for a pause in the writes, so a commit
+        // does not take half a write (which stayed on the server when
+        // the rest was refused as stale).
+        for (int i = 0; i < kSettleTries && is_open_ && is_open_(n->id) && cache_->WrittenWithin(n->id, kSettle); ++i)
+          std::this_thread::sleep_for(kSettle);
         ASSIGN_OR_RETURN(auto view, cache_->BeginFlush(*n));
         UploadStats up;
         up.drop_behind = true;
@@ -995,7 +1007,7 @@ Status WriteBack::FlushBatch(bool* held, uint64_t* held_id) {
           w.mtime_ns = n->mtime_ns;
           ops.push_back(std::move(w));
         }
-        sent.push_back({n->id, std::move(view), std::move(m), from_staged});
+        sent.push_back({n->id, std::move(view), std::move(m), from_staged, n->parent, n->name});
         flushed.insert(n->id);
         Count(up);
         spdlog::debug("write-back: node {} ({} bytes): {} blocks hashed, {} sent", n->id, n->size, up.blocks_hashed,
@@ -1575,7 +1587,8 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     if (o.type == OpType::kWrite) wrote.insert(o.id);
   }
   // Of those, the ones moved or deleted here since (a later journal entry
-  // says where they go): left to that entry.
+  // says where they go): left to that entry. (One made while this batch
+  // was out may not be in the journal's table yet: see `moved` below.)
   if (!wrote.empty())
     if (auto later = state_->PendingJournal(kReplayScan); later.ok())
       for (const auto& e : *later)
@@ -1583,6 +1596,9 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
           wrote.erase(e.op.id);
           if (e.op.exchange) wrote.erase(e.op.exchange);
         }
+  std::unordered_map<uint64_t, const Sent*> sent_by_id;
+  for (const auto& s : sent)
+    if (s.id) sent_by_id[s.id] = &s;
   // The nodes a change of ours still waits for (asked before the records
   // below, which count as waiting too).
   std::unordered_set<uint64_t> waiting;
@@ -1614,9 +1630,11 @@ void WriteBack::ApplyReplayed(const std::vector<CommitOp>& ops, const std::vecto
     const bool moved = (*n && p != placing.end() && (p->second->parent != r.parent || p->second->name != r.name) &&
                         (*n)->parent == p->second->parent && (*n)->name == p->second->name) ||
                        // A write that brought the file back at the top (its
-                       // directory deleted too), not moved here since.
+                       // directory deleted too), not moved here since (still
+                       // where it was when sent).
                        (*n && p == placing.end() && wrote.count(r.id) &&
-                        ((*n)->parent != r.parent || (*n)->name != r.name));
+                        ((*n)->parent != r.parent || (*n)->name != r.name) && sent_by_id.count(r.id) &&
+                        (*n)->parent == sent_by_id[r.id]->parent && (*n)->name == sent_by_id[r.id]->name);
     if (!copy && !moved) {
       if (*n) tree_->SetVersion(r.id, r.version, r.seq);
       continue;

@@ -189,6 +189,8 @@ class WriteBack {
     ChunkCache::FlushView view;
     Manifest m;
     bool staged = false;  // sent from staged bytes (view.staged, let go once read)
+    uint64_t parent = 0;  // where it was when sent
+    std::string name;
   };
   // Before the journal lets go of a replayed batch's entries: the cache
   // takes the versions the earlier attempt's bytes made, on disk (a kill
