@@ -1739,11 +1739,15 @@ Result<ChunkCache::FlushView> ChunkCache::BeginFlush(const NodeRecord& n) {
     }
   }
   ASSIGN_OR_RETURN(auto e, Open(n));
+  // The size under the entry's lock, with the bitmap and write_gen: taken
+  // before it, a write ending in between was counted as sent (its
+  // write_gen in the view) while the size left its bytes out, and the
+  // commit then showed the file without them.
+  std::lock_guard lock(e->mu);
   struct stat st;
   if (::fstat(e->fd, &st) != 0)
     return Status::IoError("cannot stat the cache file of node " + std::to_string(n.id) + ": " + std::strerror(errno));
   v.size = static_cast<uint64_t>(st.st_size);  // the local size, whatever the tree shows
-  std::lock_guard lock(e->mu);
   v.fd = e->fd;
   v.version = e->version;
   v.base = e->manifest;
