@@ -1989,23 +1989,24 @@ void ChunkCache::AdvanceVersion(uint64_t id, uint64_t from, uint64_t to) {
   // punched nothing and the disk held more than counted).
   std::lock_guard records(closed_records_mu_);
   auto saved = state_->LoadFile(id);
-  if (saved.ok() && *saved && (*saved)->version == from) {
+  const bool had = saved.ok() && *saved && (*saved)->version == from;
+  if (had) {
     (*saved)->version = to;
     (void)state_->SaveFile(**saved);
-    std::lock_guard lock(mu_);
-    // An opener that read the record before this took `from`: it moves
-    // as it publishes, or here if it did meanwhile (else a change through
-    // it names `from`, and comes back a conflict with this device's own
-    // commit).
-    if (auto it = entries_.find(id); it == entries_.end()) {
-      RekeyLocked(id, to, (*saved)->present, (*saved)->manifest.size);
-      if (opening_slow_.count(id)) advanced_while_opening_[id] = {from, to};
-    } else if (!it->second->retired) {
-      std::lock_guard elock(it->second->mu);
-      if (it->second->version == from) {
-        it->second->version = to;
-        RekeyLocked(id, to, it->second->present, it->second->manifest.size);
-      }
+  }
+  std::lock_guard lock(mu_);
+  // An opener that read the record before this, or found none and took
+  // `from` from the tree: it moves as it publishes, or here if it did
+  // meanwhile (else a change through it names `from`, and comes back a
+  // conflict with this device's own commit).
+  if (auto it = entries_.find(id); it == entries_.end()) {
+    if (had) RekeyLocked(id, to, (*saved)->present, (*saved)->manifest.size);
+    if (opening_slow_.count(id)) advanced_while_opening_[id] = {from, to};
+  } else if (!it->second->retired) {
+    std::lock_guard elock(it->second->mu);
+    if (it->second->version == from) {
+      it->second->version = to;
+      RekeyLocked(id, to, it->second->present, it->second->manifest.size);
     }
   }
 }
