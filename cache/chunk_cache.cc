@@ -521,7 +521,9 @@ Result<std::shared_ptr<ChunkCache::Entry>> ChunkCache::OpenEntry(const NodeRecor
   std::string path = dir_ + "/data/" + std::to_string(n.id);
   e->tracked = !local || n.version == 0;
   const bool from_saved = saved && (saved->version == n.version || local);
-  if (saved_only && !from_saved && n.version != 0)
+  // (Bytes written here, in the cache file or staged just now, are the
+  // file's: a new file unlinked while open as its first bytes go out.)
+  if (saved_only && !from_saved && n.version != 0 && !local)
     return Status::NotFound("node " + std::to_string(n.id) + " has no saved cache record");
   if (from_saved) {
     e->version = saved->version;

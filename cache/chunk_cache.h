@@ -354,7 +354,8 @@ class ChunkCache {
   // answer is tried once (a prefetch), not until the retry period ends,
   // and the node is looked up again once this is its one opener (gone or
   // changed: NotFound); `*made`: this call fetched and published it.
-  // `saved_only`: only from a saved record (or one created here): NotFound
+  // `saved_only`: only from a saved record (or one created or written
+  // here, its bytes in the cache file or staged): NotFound
   // rather than asking the server.
   Result<std::shared_ptr<Entry>> OpenEntry(const NodeRecord& n, bool reading = false, bool once = false,
                                            bool* made = nullptr, bool saved_only = false);
