@@ -670,6 +670,15 @@ void WriteBack::ShowTheirs(uint64_t id) {
   // (Read first: until the record is theirs, a reader opening the node
   // from the server would ask their version for our size, and fail.)
   auto r = client_->GetNode(id);
+  // A newer version reached the tree while this was read (a change made
+  // elsewhere, the remote sync quicker): the server's newest, else the
+  // record would take that version with the older one's size, and every
+  // read of the file would fail (its manifest says otherwise).
+  for (int i = 0; i < 3 && r.ok(); ++i) {
+    auto now = tree_->Get(id);
+    if (!now.ok() || !*now || (*now)->version <= r->version) break;
+    r = client_->GetNode(id);
+  }
   auto here = tree_->Get(id);
   cache_->Forget(id);
   if (r.ok()) (void)Record({*r}, {});
