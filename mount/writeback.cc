@@ -24,8 +24,8 @@ constexpr size_t kBatchEntries = 4000;
 constexpr size_t kReplayScan = 100000;
 // A file written this recently through a handle still open is looked at
 // again that much later, at most kSettleTries times.
-constexpr auto kSettle = std::chrono::milliseconds(3);
-constexpr int kSettleTries = 30;
+constexpr auto kSettle = std::chrono::milliseconds(20);
+constexpr int kSettleTries = 25;
 // Group commit: a change goes out at once when nothing is being sent (after
 // a breath, for the rest of a burst: a close and the rename that follows);
 // changes made while a batch is in flight go together in the next one.
@@ -630,7 +630,7 @@ void WriteBack::KeepOrForget(uint64_t id, KeptIn copy) {
     return;
   }
   if (kept_in_.erase(id)) SaveKeptIn();
-  ShowTheirs(id);
+  ShowTheirs(id, copy);
 }
 
 constexpr const char* kKeptInKey = "kept_in";  // "ID:COPY:VERSION ..."
@@ -664,7 +664,7 @@ void WriteBack::SaveKeptIn() {
                  "files make copies of their own", st.ToString());
 }
 
-void WriteBack::ShowTheirs(uint64_t id) {
+void WriteBack::ShowTheirs(uint64_t id, std::optional<KeptIn> copy) {
   // The local record carries our size still (written here since theirs
   // was recorded): the server's is the one now.
   // (Read first: until the record is theirs, a reader opening the node
@@ -679,6 +679,16 @@ void WriteBack::ShowTheirs(uint64_t id) {
     if (!now.ok() || !*now || (*now)->version <= r->version) break;
     r = client_->GetNode(id);
   }
+  // Opened or written here while that was read (a program writing the
+  // file again at once): its bytes stay, and go where its edit went.
+  if (WrittenHereStill(id)) {
+    if (copy) {
+      kept_in_[id] = *copy;
+      SaveKeptIn();
+    }
+    InvalidateNode(id);
+    return;
+  }
   auto here = tree_->Get(id);
   cache_->Forget(id);
   if (r.ok()) (void)Record({*r}, {});
@@ -690,17 +700,17 @@ void WriteBack::ShowTheirs(uint64_t id) {
 }
 
 void WriteBack::ForgetKeptClosed() {
-  std::vector<uint64_t> gone;
+  std::vector<std::pair<uint64_t, KeptIn>> gone;
   for (auto it = kept_in_.begin(); it != kept_in_.end();) {
     if (WrittenHereStill(it->first)) {
       ++it;
       continue;
     }
-    gone.push_back(it->first);
+    gone.emplace_back(it->first, it->second);
     it = kept_in_.erase(it);
   }
   if (!gone.empty()) SaveKeptIn();
-  for (uint64_t id : gone) ShowTheirs(id);
+  for (const auto& [id, copy] : gone) ShowTheirs(id, copy);
 }
 
 void WriteBack::Kick() {

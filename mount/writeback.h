@@ -128,7 +128,8 @@ class WriteBack {
   void ForgetKeptClosed();
   // Drops our bytes of file `id` (in a conflict copy now) and shows the
   // server's version of it here.
-  void ShowTheirs(uint64_t id);
+  // `copy`: where its edit went (a write since then goes there too).
+  void ShowTheirs(uint64_t id, std::optional<KeptIn> copy = std::nullopt);
   // After a commit (`made`: its records): a file our op moved to a version
   // made elsewhere, with no local bytes, shows that version's size, time
   // and (unless a change of ours to it is in `waiting`) mode.
