@@ -474,9 +474,10 @@ class ChunkCache {
   // Forgotten while in opening_slow_: its opener publishes nothing and
   // removes what it made (it would outlive the node). guarded by mu_.
   std::unordered_set<uint64_t> forgotten_;
-  // Versions AdvanceVersion moved a saved record between while the node
-  // was in opening_slow_ (from, to): its opener may have read the record
-  // before, and takes the move as it publishes. guarded by mu_.
+  // Versions AdvanceVersion moved a node between while it was in
+  // opening_slow_ (from, to): its opener may have read the saved record,
+  // or the tree's version with none saved, before, and takes the move as
+  // it publishes. guarded by mu_.
   std::unordered_map<uint64_t, std::pair<uint64_t, uint64_t>> advanced_while_opening_;
   std::deque<NodeRecord> prefetch_queue_;  // guarded by mu_: oldest first
   int prefetchers_ = 0;                    // guarded by mu_: DrainPrefetches tasks running

@@ -127,8 +127,9 @@ class WriteBack {
   // (our bytes, in the copy now) goes, and the kernel's view of them.
   void ForgetKeptClosed();
   // Drops our bytes of file `id` (in a conflict copy now) and shows the
-  // server's version of it here.
-  // `copy`: where its edit went (a write since then goes there too).
+  // server's newest version of it here; opened or written here again
+  // meanwhile, it keeps them, linked to `copy` (where its edit went) if
+  // given.
   void ShowTheirs(uint64_t id, std::optional<KeptIn> copy = std::nullopt);
   // After a commit (`made`: its records): a file our op moved to a version
   // made elsewhere, with no local bytes, shows that version's size, time
